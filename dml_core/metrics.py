@@ -1,0 +1,269 @@
+"""Evaluation metrics for deep metric learning.
+
+Retrieval metrics follow the definitions of Musgrave, Belongie and Lim (2020),
+"A Metric Learning Reality Check" (ECCV), section 3.2, and agree with
+``pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator`` (PML 2.9) when PML
+is run with raw Euclidean distance (``CustomKNN(LpDistance(normalize_embeddings=False))``) and
+``k="max_bin_count"``.
+
+All distances are Euclidean distances between the embeddings exactly as given: nothing here
+normalises embeddings. Everything runs on the device of the input tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+from torch import Tensor
+
+__all__ = [
+    "collapse_signals",
+    "pair_overlap",
+    "retrieval_metrics",
+    "sample_pair_distances",
+]
+
+
+def _as_float(emb: Tensor) -> Tensor:
+    """Returns ``emb`` detached, as a 2-D floating tensor (float32 unless already floating)."""
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (n, dim), got shape {tuple(emb.shape)}")
+    emb = emb.detach()
+    return emb if emb.is_floating_point() else emb.float()
+
+
+def _as_labels(labels: Tensor, n: int) -> Tensor:
+    """Returns ``labels`` as a 1-D int64 tensor of length ``n``."""
+    labels = labels.reshape(-1).long()
+    if labels.numel() != n:
+        raise ValueError(f"expected {n} labels, got {labels.numel()}")
+    return labels
+
+
+def retrieval_metrics(
+    query_emb: Tensor,
+    query_labels: Tensor,
+    ref_emb: Tensor,
+    ref_labels: Tensor,
+    *,
+    same_set: bool = False,
+    with_nmi: bool = True,
+    chunk_size: int = 1024,
+    kmeans_seed: int = 0,
+) -> dict[str, float]:
+    """Computes Precision@1, R-Precision, MAP@R and (optionally) NMI.
+
+    Definitions (Musgrave et al. 2020, "A Metric Learning Reality Check", sec. 3.2): for a
+    query q, R is the number of references sharing q's label (q itself excluded when
+    ``same_set``). Rank the references by Euclidean distance to q and let ``rel(i)`` be 1 when
+    the i-th nearest has q's label. Then
+
+    * Precision@1 = ``rel(1)``;
+    * R-Precision = ``(1/R) * sum_{i<=R} rel(i)``;
+    * MAP@R = ``(1/R) * sum_{i<=R} P(i) rel(i)``, where ``P(i)`` is the precision among the
+      first i neighbours.
+
+    Each metric is the mean over queries. Queries with R = 0 (label absent from the reference
+    set, or a singleton class when ``same_set``) are skipped, as PML's ``AccuracyCalculator``
+    skips its "lone" queries; if every query is skipped the three metrics are 0.0 (PML's value).
+
+    The k nearest references (k = the largest R) are found in chunks of ``chunk_size`` queries,
+    so at most ``chunk_size * len(ref_emb)`` distances exist at a time. Ties in distance are
+    broken by ``torch.topk`` and may order differently from other libraries.
+
+    NMI (Musgrave et al. 2020, sec. 3.2 and its supplement) clusters the query embeddings with
+    scikit-learn ``KMeans`` (k-means++ init, ``n_init=1``, ``random_state=kmeans_seed``) into as
+    many clusters as there are distinct query labels, then reports
+    ``normalized_mutual_info_score(query_labels, clusters)`` (arithmetic normalisation). PML
+    uses faiss k-means for this, so NMI agrees with PML only approximately.
+
+    Args:
+        query_emb: Query embeddings, shape (n_query, dim).
+        query_labels: Integer class labels of the queries, shape (n_query,).
+        ref_emb: Reference embeddings, shape (n_ref, dim).
+        ref_labels: Integer class labels of the references, shape (n_ref,).
+        same_set: The queries are the references (e.g. the test set against itself): query i
+            is reference i and never retrieves itself. As with PML's ``ref_includes_query``,
+            the references may extend past the queries (queries = first ``n_query`` rows).
+        with_nmi: Also compute ``nmi`` (runs k-means on the CPU).
+        chunk_size: Number of queries whose distances are held at once.
+        kmeans_seed: ``random_state`` of the k-means used for NMI.
+
+    Returns:
+        ``{"precision_at_1", "r_precision", "map_at_r"}`` and ``"nmi"`` when ``with_nmi``, as
+        Python floats.
+
+    Raises:
+        ValueError: On inconsistent shapes or a non-positive ``chunk_size``.
+    """
+    query_emb, ref_emb = _as_float(query_emb), _as_float(ref_emb)
+    n_query, n_ref = query_emb.shape[0], ref_emb.shape[0]
+    query_labels = _as_labels(query_labels, n_query).to(query_emb.device)
+    ref_labels = _as_labels(ref_labels, n_ref).to(query_emb.device)
+    if query_emb.shape[1] != ref_emb.shape[1]:
+        raise ValueError("query and reference embeddings differ in dimension")
+    if same_set and n_query > n_ref:
+        raise ValueError("same_set=True needs the queries to be the first references")
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    ref_emb = ref_emb.to(query_emb.device, query_emb.dtype)
+
+    # R per query: count of references with the query's label (minus itself for same_set).
+    uniq, counts = torch.unique(ref_labels, return_counts=True)
+    if uniq.numel() == 0:
+        r_all = torch.zeros_like(query_labels)
+    else:
+        pos = torch.searchsorted(uniq, query_labels).clamp_max(uniq.numel() - 1)
+        r_all = torch.where(uniq[pos] == query_labels, counts[pos], 0)
+    if same_set:
+        r_all = r_all - 1
+    valid = r_all > 0
+    n_valid = int(valid.sum())
+
+    out: dict[str, float] = {}
+    if n_valid == 0:
+        out.update(precision_at_1=0.0, r_precision=0.0, map_at_r=0.0)
+    else:
+        k = int(r_all.max())
+        sums = torch.zeros(3, dtype=torch.float64, device=query_emb.device)
+        ranks = torch.arange(1, k + 1, device=query_emb.device, dtype=torch.float64)
+        for start in range(0, n_query, chunk_size):
+            stop = min(start + chunk_size, n_query)
+            keep = valid[start:stop]
+            if not bool(keep.any()):
+                continue
+            dist = torch.cdist(query_emb[start:stop], ref_emb)
+            if same_set:
+                rows = torch.arange(stop - start, device=dist.device)
+                dist[rows, rows + start] = float("inf")
+            if not bool(keep.all()):
+                dist = dist[keep]  # copies only when some queries are skipped
+            idx = torch.topk(dist, k, dim=1, largest=False, sorted=True).indices
+            del dist
+            r = r_all[start:stop][keep]
+            hit = ref_labels[idx] == query_labels[start:stop][keep].unsqueeze(1)
+            hit &= ranks.unsqueeze(0) <= r.unsqueeze(1)  # only the first R neighbours count
+            hit_f = hit.to(torch.float64)
+            r_f = r.to(torch.float64)
+            sums[0] += hit_f[:, 0].sum()
+            sums[1] += (hit_f.sum(1) / r_f).sum()
+            prec_at_i = hit_f.cumsum(1) / ranks
+            sums[2] += ((prec_at_i * hit_f).sum(1) / r_f).sum()
+        p1, rp, mapr = (sums / n_valid).tolist()
+        out.update(precision_at_1=p1, r_precision=rp, map_at_r=mapr)
+
+    if with_nmi:
+        out["nmi"] = _nmi(query_emb, query_labels, kmeans_seed)
+    return out
+
+
+def _nmi(emb: Tensor, labels: Tensor, seed: int) -> float:
+    """NMI between k-means clusters of ``emb`` and ``labels`` (see ``retrieval_metrics``)."""
+    y = labels.cpu().numpy()
+    n_clusters = int(np.unique(y).size)
+    if n_clusters <= 1 or n_clusters >= y.size:
+        # Degenerate partitions: the clustering is forced to match the labels' structure.
+        return 1.0
+    x = emb.detach().cpu().numpy().astype(np.float32, copy=False)
+    km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
+    clusters = km.fit_predict(x)
+    return float(normalized_mutual_info_score(y, clusters))
+
+
+def sample_pair_distances(
+    emb: Tensor,
+    labels: Tensor,
+    max_pairs: int = 5000,
+    generator: torch.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples Euclidean distances of positive and negative pairs.
+
+    Positive pairs are unordered pairs (i < j) with the same label, negative pairs (i < j) with
+    different labels, as in the pair-distance histograms of Musgrave et al. 2020, "A Metric
+    Learning Reality Check". Each set is subsampled uniformly without replacement to at most
+    ``max_pairs``. One (n, n) distance matrix is built, so pass at most a few thousand points.
+
+    Args:
+        emb: Embeddings, shape (n, dim).
+        labels: Integer labels, shape (n,).
+        max_pairs: Cap on the number of pairs returned per kind.
+        generator: Random generator for the subsampling (CPU); ``None`` uses the global one.
+
+    Returns:
+        ``(pos, neg)``: float32 numpy arrays of positive and negative pair distances.
+    """
+    emb = _as_float(emb).detach()
+    n = emb.shape[0]
+    labels = _as_labels(labels, n).to(emb.device)
+    iu = torch.triu_indices(n, n, offset=1, device=emb.device)
+    dist = torch.cdist(emb, emb)[iu[0], iu[1]]
+    same = labels[iu[0]] == labels[iu[1]]
+
+    def _cap(d: Tensor) -> np.ndarray:
+        if d.numel() > max_pairs:
+            perm = torch.randperm(d.numel(), generator=generator)[: max(max_pairs, 0)]
+            d = d[perm.to(d.device)]
+        return d.cpu().numpy().astype(np.float32)
+
+    return _cap(dist[same]), _cap(dist[~same])
+
+
+def pair_overlap(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Estimates P(d_neg < d_pos) for an independent random positive and negative pair.
+
+    This is the quantity the Histogram loss (Ustinova & Lempitsky 2016) minimises and a
+    summary of the overlap of the two distance histograms (Musgrave et al. 2020, "A Metric
+    Learning Reality Check"): 0 means every negative pair is farther apart than every positive
+    pair. It is computed exactly over all ``len(pos) * len(neg)`` combinations by sorting
+    ``neg`` and binary-searching each positive distance (O(n log n)); ties count as not less.
+
+    Args:
+        pos: Positive-pair distances, 1-D.
+        neg: Negative-pair distances, 1-D.
+
+    Returns:
+        The fraction of (pos, neg) combinations with ``neg < pos``; NaN if either is empty.
+    """
+    pos = np.asarray(pos, dtype=np.float64).reshape(-1)
+    neg = np.sort(np.asarray(neg, dtype=np.float64).reshape(-1))
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")  # number of negatives strictly below
+    return float(below.sum(dtype=np.float64) / (pos.size * neg.size))
+
+
+def collapse_signals(emb: Tensor, radius: float = 1e-2, max_points: int = 2000) -> dict[str, float]:
+    """Signals of embedding collapse (all points mapped to one spot).
+
+    Collapse is the failure mode behind the trivial solutions discussed by Musgrave et al.
+    2020, "A Metric Learning Reality Check" (e.g. a contrastive/triplet loss stuck at its
+    margin). Only the first ``max_points`` rows are used (deterministic subsample).
+
+    ``collapsed_fraction`` uses a scale-relative threshold: a pair (i != j) counts as
+    collapsed when its distance is at most ``radius`` times the mean embedding norm, so the
+    signal does not depend on the overall scale of the embedding space. It is 1.0 when all
+    embeddings are identical (zero included) and close to 0 for random Gaussian embeddings.
+
+    Args:
+        emb: Embeddings, shape (n, dim).
+        radius: Collapse radius, relative to the mean embedding norm.
+        max_points: Maximum number of points used.
+
+    Returns:
+        ``{"mean_distance", "collapsed_fraction"}``; both 0.0 when fewer than two points.
+    """
+    emb = _as_float(emb).detach()[:max_points]
+    n = emb.shape[0]
+    if n < 2:
+        return {"mean_distance": 0.0, "collapsed_fraction": 0.0}
+    # Direct differences, not the ||x||^2 + ||y||^2 - 2xy shortcut, so identical points are 0.
+    dist = torch.cdist(emb, emb, compute_mode="donot_use_mm_for_euclid_dist").double()
+    off_diag = ~torch.eye(n, dtype=torch.bool, device=emb.device)
+    d = dist[off_diag]
+    threshold = radius * float(emb.double().norm(dim=1).mean())
+    return {
+        "mean_distance": float(d.mean()),
+        "collapsed_fraction": float((d <= threshold).double().mean()),
+    }

@@ -1,0 +1,87 @@
+"""Small embedding networks: an MLP and the classic two-layer MNIST ConvNet.
+
+Both take uint8 images (B, 1, H, W), normalise them inside (so data can stay uint8 on the
+device) and return embeddings (B, D), optionally L2-normalised onto the unit sphere S^{D-1}.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from dml_core.geometry import l2_normalize
+
+NETS = ("mlp", "convnet")
+
+
+class Embedder(nn.Module):
+    """A trunk mapping normalised images to R^D, plus optional projection onto the sphere.
+
+    Args:
+        trunk: the layers, from (B, 1, H, W) float to (B, D).
+        mean, std: pixel statistics of the training images (0-255 scale), for normalisation.
+        normalize: L2-normalise the output. On the sphere all distances lie in [0, 2] and
+            margins have a fixed meaning; without it the net can shrink or inflate the space.
+    """
+
+    def __init__(self, trunk: nn.Module, mean: float, std: float, normalize: bool) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(max(float(std), 1e-6)))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Embed uint8 (or float 0-255) images (B, 1, H, W) -> (B, D)."""
+        x = (images.float() - self.mean) / self.std  # (B, 1, H, W)
+        emb = self.trunk(x)  # (B, D)
+        return l2_normalize(emb) if self.normalize else emb
+
+
+def mlp(image_shape: tuple[int, int, int], dim: int, hidden: int = 256) -> nn.Module:
+    """Flatten -> Linear(hidden) -> ReLU -> Linear(hidden) -> ReLU -> Linear(dim)."""
+    c, h, w = image_shape
+    return nn.Sequential(
+        nn.Flatten(),  # (B, C*H*W)
+        nn.Linear(c * h * w, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, dim),
+    )
+
+
+def convnet(image_shape: tuple[int, int, int], dim: int) -> nn.Module:
+    """conv3x3(32) -> ReLU -> conv3x3(64) -> ReLU -> maxpool 2 -> Linear(dim).
+
+    The embedding net of pytorch-metric-learning's MNIST example (and PyTorch's MNIST
+    example without its classifier head): 28x28 inputs give 64 x 12 x 12 = 9216 features.
+    """
+    c, h, w = image_shape
+    features = 64 * ((h - 4) // 2) * ((w - 4) // 2)
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 3),  # (B, 32, H-2, W-2)
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3),  # (B, 64, H-4, W-4)
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (B, 64, (H-4)/2, (W-4)/2)
+        nn.Flatten(),  # (B, features)
+        nn.Linear(features, dim),
+    )
+
+
+def build_net(
+    name: Literal["mlp", "convnet"],
+    image_shape: tuple[int, int, int],
+    dim: int,
+    normalize: bool = True,
+    mean: float = 0.0,
+    std: float = 255.0,
+) -> Embedder:
+    """Build an embedding net by name for images of ``image_shape`` (C, H, W)."""
+    trunks = {"mlp": mlp, "convnet": convnet}
+    if name not in trunks:
+        raise ValueError(f"The 'net' parameter must be one of {NETS}. Got {name!r}.")
+    return Embedder(trunks[name](image_shape, dim), mean, std, normalize)

@@ -1,0 +1,78 @@
+"""A Snapshot: what the live views need to draw one moment of a training run.
+
+Small and immutable; numpy only, so figures and pages never touch torch. Written to disk by
+``runs.py`` (one ``.npz`` per snapshot) and read back unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+ARRAY_FIELDS = ("probe_emb", "probe_labels", "pos_dist", "neg_dist")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of a run at one step.
+
+    Attributes:
+        step: optimiser steps taken.
+        samples_seen: training samples consumed (step * P * K).
+        elapsed: seconds of training so far (snapshot time excluded).
+        loss: loss of the last batch.
+        active_fraction: share of the loss's tuples with non-zero loss in the last batch.
+        kind_shares: share of easy / semi-hard / hard triplets in the last batch (triplet
+            losses; empty otherwise).
+        metrics: retrieval metrics on the fixed evaluation subset (``precision_at_1``,
+            ``r_precision``, ``map_at_r``).
+        collapse: collapse signals of the probe embeddings (``mean_distance``,
+            ``collapsed_fraction``) and ``collapsing`` (1.0 when the warning fires).
+        extras: learnable scalars worth plotting (e.g. ``beta`` of the margin loss).
+        probe_emb: embeddings of the fixed, class-balanced probe set, (n, D) float32.
+        probe_labels: their labels, (n,) int64.
+        pos_dist: a sample of positive-pair distances on the probe set, float32.
+        neg_dist: a sample of negative-pair distances on the probe set, float32.
+    """
+
+    step: int
+    samples_seen: int
+    elapsed: float
+    loss: float
+    active_fraction: float
+    probe_emb: np.ndarray
+    probe_labels: np.ndarray
+    pos_dist: np.ndarray
+    neg_dist: np.ndarray
+    kind_shares: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    collapse: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """One flat row for the metrics table: step, time, loss, shares, metrics, signals."""
+        row: dict[str, float] = {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "elapsed": self.elapsed,
+            "loss": self.loss,
+            "active_fraction": self.active_fraction,
+        }
+        for group in (self.kind_shares, self.metrics, self.collapse, self.extras):
+            row.update(group)
+        return row
+
+
+SCALAR_FIELDS = tuple(f.name for f in fields(Snapshot) if f.name not in ARRAY_FIELDS)
+
+
+def make_probe_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """A fixed, class-balanced sample of indices: about size / C of each class, sorted."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = max(1, size // len(classes))
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes
+    ]  # each (<= per_class,)
+    return np.sort(np.concatenate(chosen))
