@@ -18,8 +18,13 @@ SQRT2 = math.sqrt(2.0)
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """Project each row onto the unit sphere: x / max(||x||, eps). Shape (B, D) -> (B, D)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    """Project each row onto the unit sphere: x / max(||x||, eps). Shape (B, D) -> (B, D).
+
+    Half-precision inputs are normalised in float32 (eps underflows in float16) and cast back.
+    """
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    xf = x.float() if half else x
+    return (xf / xf.norm(dim=-1, keepdim=True).clamp_min(eps)).to(x.dtype)
 
 
 def pairwise_distances(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -29,6 +34,8 @@ def pairwise_distances(x: Tensor, y: Tensor | None = None) -> Tensor:
     never produce NaN gradients. The diagonal of ``pairwise_distances(x)`` is set to exactly 0.
     """
     same = y is None
+    if x.dtype in (torch.float16, torch.bfloat16):  # cdist has no half kernel on CPU
+        x, y = x.float(), (None if same else y.float())
     dist = torch.cdist(x, x if same else y)  # (B, B')
     if same:
         dist = dist.clone()

@@ -6,7 +6,18 @@ also exposes its formula as a plain function of distances (``pair_terms``, ``tri
 training and the Loss explorer call the same code.
 """
 
-from dml_core.losses import pair, triplet
+from dml_core.losses import anchor, memory, pair, proxy, triplet
 from dml_core.losses.base import LossOutput, PairLoss, Params, TripletLossBase, mean_active
 
-__all__ = ["LossOutput", "PairLoss", "Params", "TripletLossBase", "mean_active", "pair", "triplet"]
+__all__ = [
+    "LossOutput",
+    "PairLoss",
+    "Params",
+    "TripletLossBase",
+    "anchor",
+    "mean_active",
+    "memory",
+    "pair",
+    "proxy",
+    "triplet",
+]

@@ -26,8 +26,10 @@ class LossOutput(NamedTuple):
 
     Attributes:
         loss: the scalar to minimise, shape ().
-        terms: one value per tuple the loss used (pair losses: positive pairs then negative
-            pairs; triplet losses: one per triplet), shape (n,).
+        terms: the loss's summands, shape (n,): pair losses one per pair (positive pairs then
+            negative pairs); triplet losses one per triplet; anchor losses (lifted structure,
+            N-pair, multi-similarity, circle, histogram) one per anchor; the margin loss one
+            per triplet; class-level losses one per sample (proxy-anchor: one per proxy).
         tuples: the pairs or triplets the loss used.
         active: which terms are non-zero, i.e. give a gradient, shape (n,).
         pos_dist: distances of the positive pairs used, shape (n_pos,).

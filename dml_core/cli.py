@@ -1,0 +1,228 @@
+"""Command line: ``python -m dml_core train|list-losses|list-miners|list-runs``.
+
+Bad arguments print one line naming the argument and what it accepts, and exit with status 2
+(no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from dml_core.config import RunConfig, apply_margin, make_config
+from dml_core.data import DatasetError
+from dml_core.errors import ConfigError, allowed_values
+from dml_core.jobs import TrainingJob
+from dml_core.registry import LOSSES, MINERS, Registry
+from dml_core.runs import RunStore
+
+FLAG_FIELDS = {
+    "dataset": "dataset",
+    "split": "split",
+    "net": "net",
+    "embedding_dim": "embedding_dim",
+    "loss": "loss",
+    "miner": "miner",
+    "classes_per_batch": "classes_per_batch",
+    "samples_per_class": "samples_per_class",
+    "lr": "lr",
+    "steps": "steps",
+    "snapshot_every": "snapshot_every",
+    "probe_size": "probe_size",
+    "seed": "seed",
+    "device": "device",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``dml_core: error: <message>`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser() -> Parser:
+    """The argument parser of every subcommand."""
+    parser = Parser(prog="python -m dml_core", description="Metric Learning Playground core.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train = sub.add_parser("train", help="train one run and print its retrieval metrics")
+    fields = RunConfig.model_fields
+    for flag in FLAG_FIELDS:
+        field = fields[flag]
+        kind = field.annotation if field.annotation in (int, float) else str
+        help_text = (
+            f"{field.description} ({allowed_values(RunConfig, flag)}; default {field.default})"
+        )
+        train.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=help_text)
+    train.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise embeddings onto the unit sphere (default: on)",
+    )
+    train.add_argument(
+        "--margin", type=float, help="the loss's margin, and the miner's unless given"
+    )
+    train.add_argument(
+        "--loss-param", type=_key_value, action="append", default=[], metavar="NAME=VALUE"
+    )
+    train.add_argument(
+        "--miner-param", type=_key_value, action="append", default=[], metavar="NAME=VALUE"
+    )
+    train.add_argument(
+        "--no-final-eval", action="store_true", help="skip the full test-vs-train evaluation"
+    )
+    train.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
+    train.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    for name, registry in (("list-losses", LOSSES), ("list-miners", MINERS)):
+        listing = sub.add_parser(name, help=f"list the registered {registry.what}es")
+        listing.add_argument("--json", action="store_true")
+    runs = sub.add_parser("list-runs", help="list saved runs, newest first")
+    runs.add_argument("--out", default="runs")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Turn parsed flags into a checked RunConfig (raises ConfigError)."""
+    values: dict[str, Any] = {
+        field: getattr(args, flag)
+        for flag, field in FLAG_FIELDS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.normalize is not None:
+        values["normalize"] = args.normalize
+    values["loss_params"] = dict(args.loss_param)
+    values["miner_params"] = dict(args.miner_param)
+    if args.no_final_eval:
+        values["final_eval"] = False
+    if args.margin is not None:
+        values = apply_margin(values, args.margin)
+    return make_config(**values)
+
+
+def _progress_line(job: TrainingJob) -> str:
+    p = job.progress()
+    done = p.step / max(p.steps, 1)
+    bar = "#" * int(done * 20)
+    snap = job.latest
+    loss = f"loss {snap.loss:.4f}" if snap is not None and not math.isnan(snap.loss) else "loss -"
+    p1 = (
+        f"P@1 {snap.metrics.get('precision_at_1', float('nan')):.3f}"
+        if snap is not None
+        else "P@1 -"
+    )
+    eta = f"ETA {p.eta_s:.0f}s" if math.isfinite(p.eta_s) else "ETA -"
+    return f"[{bar:<20}] {p.step}/{p.steps} {loss} {p1} {p.samples_per_s:.0f} samples/s {eta}"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train synchronously with a progress line on stderr; print a summary or JSON."""
+    cfg = config_from_args(args)
+    store = RunStore(args.out)
+    run_id = store.create(cfg)
+    job = TrainingJob(cfg, store, run_id)
+    start = time.perf_counter()
+    job.start()
+    tty = sys.stderr.isatty()
+    last_snapshots = -1
+    try:
+        while not job.done:
+            job.join(0.25)
+            if tty:
+                print("\r" + _progress_line(job), end="", file=sys.stderr, flush=True)
+            elif job.snapshots != last_snapshots:
+                last_snapshots = job.snapshots
+                print(_progress_line(job), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        job.stop()
+        job.join()
+    if tty:
+        print(file=sys.stderr)
+    seconds = time.perf_counter() - start
+    p = job.progress()
+    result = {
+        "run_id": run_id,
+        "run_dir": str(store.path(run_id)),
+        "state": p.state,
+        "message": p.message,
+        "device": p.device,
+        "seconds": round(seconds, 2),
+        "train_seconds": round(job.elapsed, 2),
+        "steps": p.step,
+        "samples_per_s": round(p.samples_per_s, 1),
+        **job.final,
+        "config": cfg.model_dump(mode="json"),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"Run {run_id} {p.state} in {seconds:.1f} s on {p.device}.")
+        if p.message:
+            print(p.message)
+        for key in ("precision_at_1", "r_precision", "map_at_r", "nmi"):
+            if key in job.final:
+                print(f"  {key:<15} {job.final[key]:.4f}")
+        print(f"  saved in {store.path(run_id)}")
+    return 0 if p.state in ("finished", "stopped") else 1
+
+
+def list_registry(registry: Registry, as_json: bool) -> int:
+    """Print every entry with its parameters and paper."""
+    rows = []
+    for name, entry in registry.items():
+        params = {
+            field: {
+                "default": info.default,
+                "allowed": allowed_values(entry.params, field),
+                "help": info.description,
+            }
+            for field, info in entry.params.model_fields.items()
+        }
+        rows.append(
+            {"name": name, "summary": entry.summary, "paper": entry.paper, "params": params}
+        )
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return 0
+    for row in rows:
+        print(f"{row['name']}: {row['summary']}\n    paper: {row['paper']}")
+        for field, info in row["params"].items():
+            print(f"    {field} = {info['default']!r} ({info['allowed']}): {info['help']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "list-losses":
+            return list_registry(LOSSES, args.json)
+        if args.command == "list-miners":
+            return list_registry(MINERS, args.json)
+        for run_id in RunStore(args.out).list():
+            print(run_id)
+        return 0
+    except ConfigError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except DatasetError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")

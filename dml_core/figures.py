@@ -1,0 +1,524 @@
+r"""Plotly figures of a training run, built from snapshots; pages only display them.
+
+Pure functions: numpy / pandas in, ``go.Figure`` out; no streamlit, no torch. Every figure uses
+the ``plotly_white`` template, a constant ``uirevision`` (so a user's zoom and legend clicks
+survive live updates) and a height that suits a Streamlit column; classes keep one colour in
+every figure (``CLASS_COLORS``, indexed by label).
+
+What they show (DESIGN.md section 1, step 3):
+    - ``embedding_figure``: the probe set's layout (UMAP / PCA / direct view), one trace per class.
+    - ``distance_histogram_figure``: positive vs negative pair distances with the margins.
+    - ``sphere_distance_figure``: all pairwise distances of the L2-normalised embeddings against
+      q(d), the density for points uniform on S^{D-1} (Wu et al., Sampling Matters in Deep
+      Embedding Learning, ICCV 2017, Eq. 3), which concentrates at sqrt(2) as D grows.
+    - ``curves_figure``: loss, active fraction, retrieval metrics (Musgrave et al., A Metric
+      Learning Reality Check, ECCV 2020: P@1, R-Precision, MAP@R) and learnable scalars.
+    - ``density_figure``: q(d) for several dimensions, optionally against sampled distances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+from dml_core.geometry import distance_density
+
+if TYPE_CHECKING:
+    from dml_core.snapshot import Snapshot
+
+# D3 "category10": qualitative, colour-blind-tolerant, class c gets CLASS_COLORS[c % 10].
+CLASS_COLORS: tuple[str, ...] = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+POSITIVE_COLOR = "#2e9e44"
+NEGATIVE_COLOR = "#d64545"
+TEMPLATE = "plotly_white"
+HEIGHT = 450
+SQRT2 = float(np.sqrt(2.0))
+WAITING = "waiting for the first snapshot"
+
+CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Loss", (("loss", "loss"),)),
+    (
+        "Active tuples and their kinds",
+        (
+            ("active_fraction", "active"),
+            ("easy", "easy"),
+            ("semi-hard", "semi-hard"),
+            ("hard", "hard"),
+        ),
+    ),
+    (
+        "Retrieval (evaluation subset)",
+        (("precision_at_1", "P@1"), ("r_precision", "R-Precision"), ("map_at_r", "MAP@R")),
+    ),
+    ("Learnable scalars and spread", (("beta", "beta"), ("mean_distance", "mean distance"))),
+)
+FRACTION_PANELS = (1, 2)  # panels whose y-axis is [0, 1]
+
+
+def class_color(label: int) -> str:
+    """The colour of class ``label`` (the same in every figure)."""
+    return CLASS_COLORS[int(label) % len(CLASS_COLORS)]
+
+
+LEGENDS = {
+    "top": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
+    "right": {"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.02},
+    "bottom": {"orientation": "h", "yanchor": "top", "y": -0.12, "xanchor": "left", "x": 0.0},
+}
+MARGINS = {
+    "top": {"l": 55, "r": 20, "t": 95, "b": 50},
+    "right": {"l": 55, "r": 20, "t": 50, "b": 50},
+    "bottom": {"l": 55, "r": 20, "t": 70, "b": 110},
+}
+
+
+def _style(
+    fig: go.Figure, title: str, uirevision: str, height: int = HEIGHT, legend: str = "top"
+) -> go.Figure:
+    """Shared look: template, title, uirevision, compact margins, legend placement."""
+    fig.update_layout(
+        template=TEMPLATE,
+        title={
+            "text": title,
+            "x": 0.0,
+            "xref": "paper",
+            "xanchor": "left",
+            "y": 1.0,
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"t": 12},
+            "font": {"size": 16},
+        },
+        uirevision=uirevision,
+        height=height,
+        margin=MARGINS[legend],
+        legend=LEGENDS[legend],
+    )
+    return fig
+
+
+def _on_unit_sphere(points: np.ndarray, tol: float = 1e-3) -> bool:
+    """Whether every row has norm 1 (up to ``tol``)."""
+    return bool(len(points)) and bool(np.all(np.abs(np.linalg.norm(points, axis=1) - 1.0) < tol))
+
+
+def _density_grid(dim: int, num: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+    """q(d) on [0, 2]; for dim 2 the integrable pole at d = 2 is left out of the grid."""
+    d = np.linspace(0.0, 2.0, num)  # (num,)
+    if dim == 2:
+        d = d[:-1]
+    return d, np.asarray(distance_density(d, dim=dim))
+
+
+def embedding_figure(
+    layout: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    title: str,
+    uirevision: str = "embedding",
+    customdata: np.ndarray | None = None,
+    axis_labels: Sequence[str] = ("dim 1", "dim 2", "dim 3"),
+) -> go.Figure:
+    """The probe set as points, one trace per class (legend = class names).
+
+    A 2-D layout gives ``go.Scattergl`` traces with equal axis scales (a unit circle is drawn
+    when the points lie on it); a 3-D layout (direct view of a 3-D embedding) gives
+    ``go.Scatter3d`` traces, with a faint unit sphere when the points lie on it.
+
+    Args:
+        layout: (n, 2) or (n, 3) coordinates; (n, 1) is drawn on a line at y = 0.
+        labels: (n,) integer class labels; class c is named ``class_names[c]``.
+        class_names: names indexed by label (labels beyond it are shown as numbers).
+        title: figure title.
+        uirevision: constant per view, so zoom persists across updates.
+        customdata: (n, ...) per-point data returned by selections; defaults to the row index,
+            so a selected point maps back to its probe sample.
+        axis_labels: axis titles.
+    """
+    points = np.asarray(layout, dtype=np.float64)
+    if points.ndim != 2 or not 1 <= points.shape[1] <= 3:
+        raise ValueError(f"The 'layout' must have shape (n, 2) or (n, 3). Got {points.shape}.")
+    if points.shape[1] == 1:
+        points = np.pad(points, ((0, 0), (0, 1)))  # (n, 2)
+    labels = np.asarray(labels)
+    if labels.shape != (len(points),):
+        raise ValueError(f"The 'labels' must have shape ({len(points)},). Got {labels.shape}.")
+    extra = np.arange(len(points)) if customdata is None else np.asarray(customdata)
+    three_d = points.shape[1] == 3
+    fig = go.Figure()
+    for label in np.unique(labels):
+        mask = labels == label
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        common = {
+            "mode": "markers",
+            "name": name,
+            "legendgroup": name,
+            "customdata": extra[mask],
+            "hovertemplate": f"{name}<br>point %{{customdata}}<extra></extra>",
+        }
+        if three_d:
+            marker = {"size": 3, "color": class_color(label), "opacity": 0.85}
+            x, y, z = points[mask].T
+            fig.add_trace(go.Scatter3d(x=x, y=y, z=z, marker=marker, **common))
+        else:
+            marker = {"size": 5, "color": class_color(label), "opacity": 0.8}
+            x, y = points[mask].T
+            fig.add_trace(go.Scattergl(x=x, y=y, marker=marker, **common))
+    on_sphere = _on_unit_sphere(points)
+    if three_d:
+        if on_sphere:
+            fig.add_trace(_unit_sphere_surface())
+        axes = {"showbackground": False, "zeroline": False}
+        fig.update_layout(
+            scene={
+                "aspectmode": "cube" if on_sphere else "data",
+                "xaxis": {"title": {"text": axis_labels[0]}, **axes},
+                "yaxis": {"title": {"text": axis_labels[1]}, **axes},
+                "zaxis": {"title": {"text": axis_labels[2]}, **axes},
+                "uirevision": uirevision,
+            }
+        )
+    else:
+        if on_sphere:
+            fig.add_shape(
+                type="circle",
+                x0=-1,
+                y0=-1,
+                x1=1,
+                y1=1,
+                line={"color": "rgba(0,0,0,0.25)", "width": 1, "dash": "dot"},
+                layer="below",
+            )
+        fig.update_xaxes(title_text=axis_labels[0], zeroline=False)
+        fig.update_yaxes(title_text=axis_labels[1], zeroline=False, scaleanchor="x", scaleratio=1)
+    _style(fig, title, uirevision, height=500, legend="right")
+    fig.update_layout(legend={"itemsizing": "constant", "title": {"text": "class"}})
+    return fig
+
+
+def _unit_sphere_surface(resolution: int = 30) -> go.Surface:
+    """A faint, non-interactive unit sphere behind points that live on it."""
+    theta = np.linspace(0.0, np.pi, resolution)  # polar angle
+    phi = np.linspace(0.0, 2.0 * np.pi, 2 * resolution)  # azimuth
+    x = np.outer(np.sin(theta), np.cos(phi))  # (resolution, 2 * resolution)
+    y = np.outer(np.sin(theta), np.sin(phi))
+    z = np.outer(np.cos(theta), np.ones_like(phi))
+    return go.Surface(
+        x=x,
+        y=y,
+        z=z,
+        name="unit sphere",
+        opacity=0.12,
+        colorscale=[[0.0, "#9aa5b1"], [1.0, "#9aa5b1"]],
+        showscale=False,
+        showlegend=False,
+        hoverinfo="skip",
+        contours={
+            "x": {"show": True, "color": "rgba(0,0,0,0.08)", "width": 1},
+            "z": {"show": True, "color": "rgba(0,0,0,0.08)", "width": 1},
+        },
+    )
+
+
+def distance_histogram_figure(
+    pos: np.ndarray,
+    neg: np.ndarray,
+    lines: Mapping[str, float],
+    overlap: float | None,
+    title: str = "Positive and negative pair distances",
+    uirevision: str = "distances",
+    nbins: int = 60,
+) -> go.Figure:
+    """Overlaid density histograms of positive and negative pair distances, on shared bins.
+
+    A loss with margin(s) wants positives left of its line(s) and negatives right of them; the
+    overlap P(d- < d+) (the chance a random negative is closer than a random positive) is what
+    retrieval errors come from.
+
+    Args:
+        pos: positive-pair distances, (m,).
+        neg: negative-pair distances, (k,).
+        lines: label -> distance, drawn as dashed vertical lines (e.g. {"margin": 0.2}).
+        overlap: P(d- < d+), shown in the title when given.
+        title: figure title.
+        uirevision: constant per view.
+        nbins: number of shared bins.
+    """
+    pos = np.asarray(pos, dtype=np.float64).ravel()
+    neg = np.asarray(neg, dtype=np.float64).ravel()
+    both = np.concatenate([pos, neg])
+    both = both[np.isfinite(both)]
+    bins = None
+    if len(both):
+        lo, hi = float(both.min()), float(both.max())
+        size = (hi - lo) / nbins if hi > lo else 1e-3
+        bins = {"start": lo, "end": hi + size, "size": size}
+    fig = go.Figure()
+    for values, name, color in (
+        (pos, "positive pairs", POSITIVE_COLOR),
+        (neg, "negative pairs", NEGATIVE_COLOR),
+    ):
+        fig.add_trace(
+            go.Histogram(
+                x=values,
+                name=f"{name} (n={len(values)})",
+                histnorm="probability density",
+                xbins=bins,
+                marker={"color": color, "line": {"width": 0}},
+                opacity=0.55,
+                hovertemplate="d=%{x}<br>density=%{y:.3f}<extra></extra>",
+            )
+        )
+    for i, (label, value) in enumerate(lines.items()):
+        fig.add_vline(
+            x=float(value),
+            line={"dash": "dash", "color": "#333333", "width": 1.5},
+            annotation={
+                "text": f"{label} = {value:.3g}",
+                "font": {"size": 12},
+                "bgcolor": "rgba(255,255,255,0.8)",
+                "yshift": -18 * i,  # stagger labels of nearby lines
+            },
+            annotation_position="top right",
+        )
+    if overlap is not None:
+        title = f"{title}   ·   P(d⁻ < d⁺) ≈ {overlap:.2f}"
+    _style(fig, title, uirevision)
+    fig.update_layout(barmode="overlay", bargap=0.0)
+    fig.update_xaxes(title_text="distance d")
+    fig.update_yaxes(title_text="density")
+    return fig
+
+
+def _pairwise_upper(points: np.ndarray) -> np.ndarray:
+    """Distances ||x_i - x_j|| for i < j of unit rows, as a flat array (n (n - 1) / 2,)."""
+    gram = points @ points.T  # (n, n)
+    dist = np.sqrt(np.clip(2.0 - 2.0 * gram, 0.0, None))  # (n, n)
+    return dist[np.triu_indices(len(points), k=1)]
+
+
+def sphere_distance_figure(
+    emb: np.ndarray,
+    title: str = "All pairwise distances on the unit sphere",
+    max_points: int = 1000,
+    uirevision: str = "sphere",
+) -> go.Figure:
+    """Histogram of pairwise distances of the L2-normalised embeddings vs uniform-sphere q(d).
+
+    Uniformly spread points in D dimensions are almost all ~sqrt(2) apart (Wu et al. 2017,
+    Eq. 3); a trained embedding should pull same-class pairs well below that, and a collapsed
+    one piles everything near 0.
+
+    Args:
+        emb: embeddings, (n, D); normalised here.
+        title: figure title.
+        max_points: at most this many points (a fixed-seed subsample) enter the i < j pairs.
+        uirevision: constant per view.
+    """
+    points = np.asarray(emb, dtype=np.float64)
+    points = points / np.clip(np.linalg.norm(points, axis=1, keepdims=True), 1e-12, None)
+    if len(points) > max_points:
+        keep = np.sort(np.random.default_rng(0).choice(len(points), max_points, replace=False))
+        points = points[keep]
+    dists = _pairwise_upper(points)
+    dim = points.shape[1]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Histogram(
+            x=dists,
+            name=f"{len(points)} probe points ({len(dists)} pairs)",
+            histnorm="probability density",
+            xbins={"start": 0.0, "end": 2.0, "size": 0.025},
+            marker={"color": CLASS_COLORS[0], "line": {"width": 0}},
+            opacity=0.6,
+        )
+    )
+    if dim >= 2:
+        grid, density = _density_grid(dim)
+        fig.add_trace(
+            go.Scatter(
+                x=grid,
+                y=density,
+                mode="lines",
+                name=f"uniform on S^{dim - 1}",
+                line={"color": "#222222", "width": 2},
+            )
+        )
+    fig.add_vline(
+        x=SQRT2,
+        line={"dash": "dot", "color": "#555555", "width": 1.5},
+        annotation={"text": "√2", "font": {"size": 12}},
+        annotation_position="top right",
+    )
+    _style(fig, f"{title} (D = {dim})", uirevision)
+    fig.update_layout(bargap=0.0)
+    fig.update_xaxes(title_text="distance d", range=[0.0, 2.0])
+    fig.update_yaxes(title_text="density")
+    return fig
+
+
+def _waiting_figure(title: str, uirevision: str) -> go.Figure:
+    """An empty figure that says it is waiting for data."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=WAITING,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        showarrow=False,
+        font={"size": 16, "color": "#777777"},
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _style(fig, title, uirevision)
+
+
+def curves_figure(
+    history: pd.DataFrame,
+    x: str = "step",
+    uirevision: str = "curves",
+    title: str = "Training curves",
+) -> go.Figure:
+    """Loss, active fraction (+ easy / semi-hard / hard shares), retrieval metrics, scalars.
+
+    A 2 x 2 grid; each curve is drawn only when its column is present, so any history works.
+    Fractions and retrieval metrics share a [0, 1] y-axis.
+
+    Args:
+        history: one row per snapshot (``history_frame``), columns as in ``Snapshot.scalars``.
+        x: the column on the x-axis (``step``, ``samples_seen`` or ``elapsed``); the row number
+            when absent.
+        uirevision: constant per view.
+        title: figure title.
+    """
+    if history is None or len(history) == 0:
+        return _waiting_figure(title, uirevision)
+    if x in history.columns:
+        xs = history[x].to_numpy(dtype=np.float64, na_value=np.nan)
+        x_title = x.replace("_", " ")
+    else:
+        xs = np.arange(len(history), dtype=np.float64)
+        x_title = "snapshot"
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=[panel for panel, _ in CURVE_PANELS],
+        horizontal_spacing=0.1,
+        vertical_spacing=0.16,
+    )
+    color_index = 0
+    for i, (_, curves) in enumerate(CURVE_PANELS):
+        row, col = divmod(i, 2)
+        present = [(column, name) for column, name in curves if column in history.columns]
+        if not present:
+            fig.add_annotation(
+                text="not recorded in this run",
+                x=0.5,
+                y=0.5,
+                xref="x domain",
+                yref="y domain",
+                showarrow=False,
+                font={"color": "#999999"},
+                row=row + 1,
+                col=col + 1,
+            )
+            fig.update_xaxes(visible=False, row=row + 1, col=col + 1)
+            fig.update_yaxes(visible=False, row=row + 1, col=col + 1)
+            continue
+        for column, name in present:
+            ys = pd.to_numeric(history[column], errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers" if len(xs) < 30 else "lines",
+                    connectgaps=True,  # metrics may be computed less often than the loss
+                    name=name,
+                    line={"color": CLASS_COLORS[color_index % len(CLASS_COLORS)], "width": 2},
+                    marker={"size": 4},
+                ),
+                row=row + 1,
+                col=col + 1,
+            )
+            color_index += 1
+        if i in FRACTION_PANELS:
+            fig.update_yaxes(range=[0.0, 1.02], row=row + 1, col=col + 1)
+        fig.update_xaxes(title_text=x_title if row == 1 else None, row=row + 1, col=col + 1)
+    _style(fig, title, uirevision, height=580, legend="bottom")
+    fig.update_layout(legend={"y": -0.1})
+    return fig
+
+
+def density_figure(
+    dims: Sequence[int],
+    samples: Mapping[int, np.ndarray] | None = None,
+    title: str = "Distance between two random points on the unit sphere S^(n-1)",
+    uirevision: str = "density",
+) -> go.Figure:
+    """The analytic density q(d) (Wu et al. 2017, Eq. 3) for several dimensions n.
+
+    Args:
+        dims: ambient dimensions n >= 2; one curve each.
+        samples: optional n -> sampled distances (e.g. of uniform random points), drawn as
+            density histograms in the curve's colour.
+        title: figure title.
+        uirevision: constant per view.
+    """
+    dims = [int(n) for n in dims]
+    colors = sample_colorscale("Viridis", np.linspace(0.0, 0.9, max(len(dims), 2)).tolist())
+    fig = go.Figure()
+    for n, color in zip(dims, colors, strict=False):
+        grid, density = _density_grid(n)
+        fig.add_trace(
+            go.Scatter(x=grid, y=density, mode="lines", name=f"n = {n}", line={"color": color})
+        )
+        if samples is not None and n in samples:
+            fig.add_trace(
+                go.Histogram(
+                    x=np.asarray(samples[n], dtype=np.float64).ravel(),
+                    name=f"sampled, n = {n}",
+                    histnorm="probability density",
+                    xbins={"start": 0.0, "end": 2.0, "size": 0.02},
+                    marker={"color": color, "line": {"width": 0}},
+                    opacity=0.35,
+                )
+            )
+    fig.add_vline(
+        x=SQRT2,
+        line={"dash": "dot", "color": "#555555", "width": 1.5},
+        annotation={"text": "√2", "font": {"size": 12}},
+        annotation_position="top left",
+    )
+    _style(fig, title, uirevision)
+    fig.update_layout(barmode="overlay", bargap=0.0)
+    fig.update_xaxes(title_text="distance d", range=[0.0, 2.0])
+    fig.update_yaxes(title_text="density q(d)")
+    return fig
+
+
+def history_frame(snapshots: Sequence[Snapshot]) -> pd.DataFrame:
+    """One row per snapshot from ``Snapshot.scalars()``, in the given order."""
+    rows = [snapshot.scalars() for snapshot in snapshots]
+    if not rows:
+        return pd.DataFrame(columns=["step", "samples_seen", "elapsed", "loss", "active_fraction"])
+    return pd.DataFrame(rows)

@@ -1,0 +1,385 @@
+r"""2-D layouts of the probe embeddings: UMAP warm-started frame to frame, PCA, direct view.
+
+What the live embedding view needs: a layout per snapshot that is cheap to update and does not
+spin, flip or jump between consecutive frames.
+
+- ``project``: one layout. UMAP (McInnes, Healy, Melville, arXiv:1802.03426, 2018) through
+  umap-learn; PCA through numpy's SVD; "direct" returns the raw coordinates when D <= 3.
+- ``procrustes_align``: orthogonal Procrustes with uniform scale and translation
+  (Schoenemann 1966; Gower 1975): the similarity transform that best maps one layout onto
+  another in least squares, \min_{s, R, t} ||s X R + t - Y||_F with R^T R = I.
+- ``Projector``: chains layouts along a run. Each UMAP update starts from the previous layout
+  (``init=prev``, 50 epochs instead of 200-500: DESIGN.md section 6) and is then aligned to it.
+- ``ProjectionWorker``: a daemon thread that computes layouts off the UI thread, newest first;
+  stale requests are dropped, not queued (DESIGN.md section 2).
+
+umap-learn compiles its kernels with numba on the first fit of a process (~30 s on 2 cores).
+Importing this module sets ``NUMBA_CACHE_DIR`` (unless already set) to a persistent folder so
+later processes reuse the compiled code; umap itself is imported lazily, on the first fit.
+The setting only takes effect if numba has not been imported yet.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "dml_playground" / "numba"))
+
+Method = Literal["umap", "pca", "direct"]
+METHODS: tuple[str, ...] = ("umap", "pca", "direct")
+
+N_NEIGHBORS = 15
+MIN_DIST = 0.1
+WARM_EPOCHS = 50
+EXACT_KNN_MAX = 4096  # below this umap-learn also uses exact neighbours
+COMPILING = "compiling UMAP (first fit, ~30 s)"
+
+
+def _pca(emb: np.ndarray) -> np.ndarray:
+    """First two principal components via SVD, signs fixed (largest loading positive)."""
+    centred = emb - emb.mean(axis=0)  # (n, D)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)  # vt: (min(n, D), D)
+    components = vt[:2]  # (k, D), k <= 2
+    signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
+    layout = centred @ (components * signs[:, None]).T  # (n, k)
+    if layout.shape[1] < 2:
+        layout = np.pad(layout, ((0, 0), (0, 2 - layout.shape[1])))  # (n, 2)
+    return layout
+
+
+def exact_knn(emb: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (self included, first) in Euclidean distance.
+
+    Replaces umap-learn's own small-data path, which calls a numba metric once per pair through
+    scikit-learn (n^2 Python calls: ~3 s for 2k points, 30x this BLAS version).
+
+    Returns:
+        indices (n, k) int64 and distances (n, k) float32, sorted by distance.
+    """
+    x = emb.astype(np.float64)
+    sq = np.einsum("ij,ij->i", x, x)  # (n,)
+    indices, dists = [], []
+    for start in range(0, len(x), chunk):
+        rows = slice(start, start + chunk)
+        d2 = sq[rows, None] + sq[None, :] - 2.0 * x[rows] @ x.T  # (c, n)
+        d2[np.arange(d2.shape[0]), np.arange(start, start + d2.shape[0])] = -1.0  # self first
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (c, k), unordered
+        part_d2 = np.take_along_axis(d2, part, axis=1)
+        order = np.argsort(part_d2, axis=1, kind="stable")
+        indices.append(np.take_along_axis(part, order, axis=1))
+        dists.append(np.sqrt(np.clip(np.take_along_axis(part_d2, order, axis=1), 0.0, None)))
+    return np.concatenate(indices).astype(np.int64), np.concatenate(dists).astype(np.float32)
+
+
+def _umap(emb: np.ndarray, init: np.ndarray | None, seed: int, n_epochs: int | None) -> np.ndarray:
+    """UMAP layout; ``init`` warm-starts from a previous (n, 2) layout."""
+    import umap  # lazy: importing umap-learn takes seconds and triggers numba
+
+    n = emb.shape[0]
+    k = min(N_NEIGHBORS, n - 1)
+    knn = (*exact_knn(emb, k), None) if n < EXACT_KNN_MAX else (None, None, None)
+    reducer = umap.UMAP(
+        n_neighbors=k,
+        min_dist=MIN_DIST,
+        metric="euclidean",
+        n_components=2,
+        random_state=seed,
+        n_jobs=1,  # what random_state implies anyway; saying it silences umap's warning
+        init="spectral" if init is None else np.asarray(init, dtype=np.float32),
+        n_epochs=n_epochs,
+        precomputed_knn=knn,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        return reducer.fit_transform(emb).astype(np.float64)  # (n, 2)
+
+
+def project(
+    emb: np.ndarray,
+    method: Method,
+    init: np.ndarray | None = None,
+    seed: int = 0,
+    n_epochs: int | None = None,
+) -> np.ndarray:
+    """A low-dimensional layout of the embeddings, deterministic for a fixed seed.
+
+    Args:
+        emb: embeddings, (n, D).
+        method: "umap" (n >= 4), "pca", or "direct" (the raw coordinates; D <= 3 only).
+        init: UMAP only: a previous (n, 2) layout to start from (warm start). Without it UMAP
+            starts from its spectral initialisation.
+        seed: UMAP's ``random_state``. Setting it makes umap-learn run single-threaded; on 2
+            cores that costs little (measured, see the module's notes) and makes frames
+            reproducible.
+        n_epochs: UMAP optimisation epochs; default 50 when warm-started, else umap-learn's
+            default (500 for n <= 10k, 200 above).
+
+    Returns:
+        (n, 2) float64 layout; (n, D) for "direct".
+
+    Raises:
+        ValueError: unknown method, direct view of D > 3, too few points for UMAP, or an
+            ``init`` whose shape is not (n, 2).
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2:
+        raise ValueError(f"The 'emb' parameter of project must be 2-D (n, D). Got {emb.shape}.")
+    if method == "direct":
+        if emb.shape[1] > 3:
+            raise ValueError(
+                f"The direct view needs an embedding dimension <= 3. Got {emb.shape[1]}."
+            )
+        return emb.astype(np.float64)
+    if method == "pca":
+        return _pca(emb.astype(np.float64))
+    if method == "umap":
+        n = emb.shape[0]
+        if n < 4:
+            raise ValueError(f"UMAP needs at least 4 points. Got {n}.")
+        if init is not None:
+            init = np.asarray(init, dtype=np.float64)
+            if init.shape != (n, 2):
+                raise ValueError(f"The 'init' layout must have shape ({n}, 2). Got {init.shape}.")
+            if n_epochs is None:
+                n_epochs = WARM_EPOCHS
+        return _umap(emb, init, seed, n_epochs)
+    raise ValueError(f"The 'method' parameter of project must be one of {METHODS}. Got {method!r}.")
+
+
+def procrustes_align(layout: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    r"""Map ``layout`` onto ``reference`` by rotation/reflection, uniform scale and translation.
+
+    Orthogonal Procrustes with scaling (Gower 1975): with centred X, Y and the SVD
+    X^T Y = U S V^T, the optimum is R = U V^T, s = trace(S) / ||X||_F^2, t = mean(Y) - s mean(X) R.
+    Reflections are allowed, so a mirrored UMAP frame is flipped back.
+
+    Args:
+        layout: the new layout, (n, k).
+        reference: the layout to match (usually the previous frame), (n, k).
+
+    Returns:
+        s X R + t, (n, k). A layout collapsed to one point maps to the reference's centre.
+    """
+    X = np.asarray(layout, dtype=np.float64)
+    Y = np.asarray(reference, dtype=np.float64)
+    if X.shape != Y.shape:
+        raise ValueError(f"procrustes_align needs equal shapes. Got {X.shape} and {Y.shape}.")
+    mx, my = X.mean(axis=0), Y.mean(axis=0)  # (k,)
+    Xc, Yc = X - mx, Y - my  # (n, k)
+    norm_x = float(np.sum(Xc**2))
+    if norm_x == 0.0:
+        return np.broadcast_to(my, X.shape).copy()
+    U, S, Vt = np.linalg.svd(Xc.T @ Yc)  # (k, k) each
+    R = U @ Vt  # (k, k)
+    scale = S.sum() / norm_x
+    return scale * Xc @ R + my
+
+
+class Projector:
+    """Layouts of one run's probe set, each warm-started from and aligned to the previous one.
+
+    The first ``update`` is a cold fit; each later one passes the previous layout as ``init``
+    (UMAP) and Procrustes-aligns the result onto it, so the view neither spins nor flips. A
+    change in the number of points starts cold again. "direct" is never aligned: its axes are
+    the embedding's own.
+
+    Args:
+        method: "umap", "pca" or "direct".
+        seed: UMAP's random_state.
+        cold_epochs: UMAP epochs of the first fit (None: umap-learn's default).
+        warm_epochs: UMAP epochs of each warm-started update.
+    """
+
+    def __init__(
+        self,
+        method: Method = "umap",
+        seed: int = 0,
+        cold_epochs: int | None = None,
+        warm_epochs: int = WARM_EPOCHS,
+    ):
+        if method not in METHODS:
+            raise ValueError(
+                f"The 'method' parameter of Projector must be one of {METHODS}. Got {method!r}."
+            )
+        self.method = method
+        self.seed = seed
+        self.cold_epochs = cold_epochs
+        self.warm_epochs = warm_epochs
+        self.previous: np.ndarray | None = None
+
+    def update(self, emb: np.ndarray) -> np.ndarray:
+        """The layout of ``emb`` (n, D), chained on the previous one. Returns (n, 2)."""
+        prev = self.previous
+        if prev is not None and prev.shape[0] != len(emb):
+            prev = None
+        warm = prev is not None and self.method == "umap"
+        layout = project(
+            emb,
+            self.method,
+            init=prev if warm else None,
+            seed=self.seed,
+            n_epochs=self.warm_epochs if warm else self.cold_epochs,
+        )
+        if prev is not None and self.method != "direct":
+            layout = procrustes_align(layout, prev)
+        self.previous = layout
+        return layout
+
+
+class ProjectionWorker:
+    """A daemon thread that computes layouts for the UI, newest snapshot first.
+
+    Requests are keyed by (run key, method). A submitted index replaces every older index of
+    the same key that has not started yet, so a slow UMAP skips stale snapshots instead of
+    queueing them. One ``Projector`` per (key, method) chains warm starts along a run. The last
+    ``max_results`` layouts per (key, method) are kept (LRU). All shared state sits behind one
+    condition variable; the thread sleeps on it when there is nothing to do.
+
+    A failed computation does not stop the thread: its message is kept in ``last_error``.
+    """
+
+    def __init__(self, seed: int = 0, max_results: int = 200):
+        self.seed = seed
+        self.max_results = max_results
+        self.last_error: str | None = None
+        self._cond = threading.Condition()
+        self._pending: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        self._results: dict[tuple[str, str], OrderedDict[int, np.ndarray]] = {}
+        self._projectors: dict[tuple[str, str], Projector] = {}
+        self._busy: tuple[str, int, str] | None = None
+        self._warm_up_requested = False
+        self._umap_ready = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="projection-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, index: int, emb: np.ndarray, method: Method) -> None:
+        """Ask for the layout of snapshot ``index`` of run ``key``; returns at once.
+
+        Older pending indices of the same (key, method) are dropped. Already computed or
+        already pending requests are ignored.
+        """
+        if method not in METHODS:
+            raise ValueError(f"The 'method' parameter must be one of {METHODS}. Got {method!r}.")
+        slot = (key, method)
+        with self._cond:
+            if self._stopped or index in self._results.get(slot, {}):
+                return
+            pending = self._pending.setdefault(slot, {})
+            for old in [i for i in pending if i < index]:
+                del pending[old]
+            pending[index] = np.array(emb, dtype=np.float32, copy=True)
+            self._cond.notify_all()
+
+    def get(self, key: str, index: int, method: Method, timeout: float = 0.0) -> np.ndarray | None:
+        """The layout of snapshot ``index`` if computed, else None; waits up to ``timeout`` s."""
+        slot = (key, method)
+        with self._cond:
+            self._cond.wait_for(lambda: index in self._results.get(slot, {}), timeout=timeout)
+            results = self._results.get(slot)
+            if results is None or index not in results:
+                return None
+            results.move_to_end(index)
+            return results[index]
+
+    def latest(self, key: str, method: Method) -> tuple[int, np.ndarray] | None:
+        """The newest computed (index, layout) of run ``key``, or None if there is none yet."""
+        with self._cond:
+            results = self._results.get((key, method))
+            if not results:
+                return None
+            index = max(results)
+            return index, results[index]
+
+    def status(self) -> str:
+        """One of "compiling UMAP (first fit, ~30 s)", "working" or "idle"."""
+        with self._cond:
+            if self._busy is not None and self._busy[2] == "umap" and not self._umap_ready:
+                return COMPILING
+            if self._busy is not None or self._pending or self._warm_up_requested:
+                return "working"
+            return "idle"
+
+    def warm_up(self) -> None:
+        """Start a tiny UMAP fit in the background so numba compiles before the first request."""
+        with self._cond:
+            if not self._umap_ready:
+                self._warm_up_requested = True
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is pending or running; True unless the timeout passed."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._busy is None and not self._pending and not self._warm_up_requested,
+                timeout=timeout,
+            )
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Drop pending work and end the thread (after the layout it is computing, if any)."""
+        with self._cond:
+            self._stopped = True
+            self._pending.clear()
+            self._warm_up_requested = False
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _next_job(self) -> tuple[str, int, str, np.ndarray | None] | None:
+        """Pop the next job under the lock: warm-up first, then round-robin over keys."""
+        if self._warm_up_requested:
+            self._warm_up_requested = False
+            return ("", -1, "umap", None)
+        slot = next(iter(self._pending))
+        pending = self._pending.pop(slot)
+        index = max(pending)
+        emb = pending.pop(index)
+        if pending:
+            self._pending[slot] = pending  # re-inserted last: other keys go first
+        return (slot[0], index, slot[1], emb)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stopped or self._pending or self._warm_up_requested
+                )
+                if self._stopped:
+                    self._busy = None
+                    self._cond.notify_all()
+                    return
+                key, index, method, emb = self._next_job()
+                self._busy = (key, index, method)
+            layout = self._compute(key, method, emb)
+            with self._cond:
+                if method == "umap" and not (layout is None and emb is not None):
+                    self._umap_ready = True
+                if layout is not None and emb is not None:
+                    results = self._results.setdefault((key, method), OrderedDict())
+                    results[index] = layout
+                    while len(results) > self.max_results:
+                        results.popitem(last=False)
+                self._busy = None
+                self._cond.notify_all()
+
+    def _compute(self, key: str, method: str, emb: np.ndarray | None) -> np.ndarray | None:
+        """Run one job outside the lock; None (and ``last_error`` set) when it fails."""
+        try:
+            if emb is None:  # warm-up: compiles numba's kernels on a tiny problem
+                rng = np.random.default_rng(0)
+                return project(rng.normal(size=(64, 8)), "umap", seed=self.seed, n_epochs=10)
+            projector = self._projectors.get((key, method))
+            if projector is None:
+                projector = Projector(method, seed=self.seed)  # type: ignore[arg-type]
+                self._projectors[(key, method)] = projector
+            return projector.update(emb)
+        except Exception as error:  # the thread must survive a bad request
+            self.last_error = f"{type(error).__name__}: {error}"
+            return None

@@ -1,0 +1,206 @@
+"""RunStore: every run on disk under ``<root>/<run-id>/``, written atomically.
+
+Layout of a run directory::
+
+    config.json         the RunConfig
+    status.json         state (queued/running/finished/stopped/diverged/failed), message,
+                        device, step, final metrics, timestamps
+    metrics.csv         one row per snapshot (``Snapshot.scalars``), read with pandas
+    snapshots/NNNNNNNN.npz   one file per snapshot (arrays + scalars as JSON)
+    checkpoint.pt       the last good training state (weights, optimiser, step, RNG)
+
+Every file is written to a temporary file in the same directory, flushed, fsynced and moved
+into place with ``os.replace``, so a process killed at any moment leaves each file either
+old or new, never half-written, and the run always loads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dml_core.config import RunConfig
+from dml_core.errors import ConfigError
+from dml_core.snapshot import ARRAY_FIELDS, Snapshot
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+FINAL_STATES = ("finished", "stopped", "diverged", "failed", "interrupted")
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a safe directory name, else raise ConfigError."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise ConfigError(
+            f"The run id {run_id!r} is invalid: use 1-100 letters, digits, '-' or '_', "
+            "starting with a letter or digit."
+        )
+    return run_id
+
+
+def new_run_id(cfg: RunConfig) -> str:
+    """A fresh, sortable, unique id: ``20261123-154501-triplet-3fa2``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.loss.replace('_', '-')}-{secrets.token_hex(2)}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Atomically write ``value`` as indented JSON."""
+    atomic_write_bytes(path, json.dumps(value, indent=2, default=float).encode())
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as read from disk."""
+
+    run_id: str
+    path: Path
+    config: RunConfig
+    status: dict[str, Any]
+    history: pd.DataFrame
+    snapshot_steps: tuple[int, ...]
+
+
+class RunStore:
+    """Runs on disk: create, save snapshots and checkpoints, list, load, delete.
+
+    Args:
+        root: the runs directory (created if missing).
+    """
+
+    def __init__(self, root: str | Path = "runs") -> None:
+        self.root = Path(root)
+
+    def path(self, run_id: str) -> Path:
+        """Directory of a run (the id is validated first)."""
+        return self.root / check_run_id(run_id)
+
+    def create(self, cfg: RunConfig, run_id: str | None = None) -> str:
+        """Make the directory of a new run and write its config; never overwrites a run."""
+        run_id = check_run_id(new_run_id(cfg) if run_id is None else run_id)
+        path = self.root / run_id
+        try:
+            (path / "snapshots").mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise ConfigError(
+                f"A run named {run_id!r} exists already; choose another name."
+            ) from None
+        except OSError as err:
+            raise OSError(f"Cannot create the run directory {path}: {err.strerror}.") from err
+        atomic_write_json(path / "config.json", cfg.model_dump(mode="json"))
+        self.set_status(run_id, state="queued", created=time.time())
+        return run_id
+
+    def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into status.json (with an ``updated`` timestamp)."""
+        status = self.status(run_id)
+        status.update(fields, updated=time.time())
+        atomic_write_json(self.path(run_id) / "status.json", status)
+        return status
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """The run's status.json ({} if absent)."""
+        file = self.path(run_id) / "status.json"
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    def save_snapshot(self, run_id: str, snap: Snapshot) -> None:
+        """Write one snapshot file and append its scalars to metrics.csv."""
+        path = self.path(run_id)
+        meta = {k: v for k, v in snap.__dict__.items() if k not in ARRAY_FIELDS}
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, meta=np.array(json.dumps(meta)), **{k: getattr(snap, k) for k in ARRAY_FIELDS}
+        )
+        atomic_write_bytes(path / "snapshots" / f"{snap.step:08d}.npz", buffer.getvalue())
+        history = self.history(run_id)
+        row = pd.DataFrame([snap.scalars()])
+        history = row if history.empty else pd.concat([history[history.step != snap.step], row])
+        atomic_write_bytes(path / "metrics.csv", history.to_csv(index=False).encode())
+
+    def save_checkpoint(self, run_id: str, state: dict[str, Any]) -> None:
+        """Atomically write the training state (``Trainer.state_dict``)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.path(run_id) / "checkpoint.pt", buffer.getvalue())
+
+    def load_checkpoint(self, run_id: str) -> dict[str, Any]:
+        """The last saved training state (loaded with ``weights_only=True``: no code runs)."""
+        return torch.load(self.path(run_id) / "checkpoint.pt", weights_only=True)
+
+    def history(self, run_id: str) -> pd.DataFrame:
+        """The metrics table: one row per snapshot, sorted by step."""
+        file = self.path(run_id) / "metrics.csv"
+        if not file.exists():
+            return pd.DataFrame()
+        return pd.read_csv(file).sort_values("step").reset_index(drop=True)
+
+    def snapshot_steps(self, run_id: str) -> tuple[int, ...]:
+        """Steps at which snapshots were saved, ascending."""
+        folder = self.path(run_id) / "snapshots"
+        return tuple(sorted(int(f.stem) for f in folder.glob("*.npz") if f.stem.isdigit()))
+
+    def load_snapshot(self, run_id: str, step: int) -> Snapshot:
+        """Read one snapshot back (no pickle: ``allow_pickle=False``)."""
+        with np.load(self.path(run_id) / "snapshots" / f"{int(step):08d}.npz") as f:
+            meta = json.loads(str(f["meta"]))
+            arrays = {k: f[k] for k in ARRAY_FIELDS}
+        return Snapshot(**meta, **arrays)
+
+    def list(self) -> list[str]:
+        """Run ids, newest first (ids start with their creation time)."""
+        if not self.root.is_dir():
+            return []
+        runs = [
+            p.name
+            for p in self.root.iterdir()
+            if RUN_ID.match(p.name) and (p / "config.json").exists()
+        ]
+        return sorted(runs, key=lambda r: (self.status(r).get("created", 0), r), reverse=True)
+
+    def load(self, run_id: str) -> RunRecord:
+        """Config, status, history and snapshot list of a run."""
+        path = self.path(run_id)
+        if not (path / "config.json").exists():
+            raise ConfigError(f"There is no run named {run_id!r} in {self.root}.")
+        config = RunConfig.model_validate_json((path / "config.json").read_text())
+        return RunRecord(
+            run_id,
+            path,
+            config,
+            self.status(run_id),
+            self.history(run_id),
+            self.snapshot_steps(run_id),
+        )
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run directory and everything in it."""
+        path = self.path(run_id)
+        if not (path / "config.json").exists():
+            raise ConfigError(f"There is no run named {run_id!r} in {self.root}.")
+        shutil.rmtree(path)

@@ -1,0 +1,218 @@
+"""Tests for dml_core.projection: layouts, Procrustes alignment, warm starts, the worker."""
+
+import time
+
+import numpy as np
+import pytest
+
+from dml_core.projection import (
+    COMPILING,
+    ProjectionWorker,
+    Projector,
+    exact_knn,
+    procrustes_align,
+    project,
+)
+
+
+def blobs(n=200, dim=16, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)) * 3.0
+    labels = rng.integers(0, classes, n)
+    return (centres[labels] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def rotation(theta):
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+def test_pca_shape_and_determinism():
+    emb = blobs()
+    layout = project(emb, "pca")
+    assert layout.shape == (200, 2)
+    np.testing.assert_array_equal(layout, project(emb, "pca"))
+    np.testing.assert_allclose(layout.mean(axis=0), 0.0, atol=1e-6)
+    assert layout[:, 0].var() >= layout[:, 1].var()
+
+
+def test_pca_of_one_dimensional_embedding_is_padded():
+    emb = np.arange(10, dtype=np.float32)[:, None]
+    layout = project(emb, "pca")
+    assert layout.shape == (10, 2)
+    np.testing.assert_array_equal(layout[:, 1], 0.0)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_direct_returns_raw_coordinates(dim):
+    emb = blobs(dim=dim)
+    layout = project(emb, "direct")
+    assert layout.shape == (200, dim)
+    np.testing.assert_allclose(layout, emb)
+
+
+def test_direct_raises_above_three_dims():
+    with pytest.raises(ValueError, match="dimension <= 3"):
+        project(blobs(dim=4), "direct")
+
+
+def test_unknown_method_raises():
+    with pytest.raises(ValueError, match="method"):
+        project(blobs(), "tsne")
+
+
+def test_umap_rejects_init_of_wrong_shape():
+    with pytest.raises(ValueError, match="init"):
+        project(blobs(), "umap", init=np.zeros((10, 2)))
+
+
+def test_exact_knn_matches_brute_force():
+    emb = blobs(n=300)
+    indices, dists = exact_knn(emb, 6, chunk=64)
+    full = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
+    expected = np.sort(full, axis=1)[:, :6]
+    np.testing.assert_array_equal(indices[:, 0], np.arange(300))
+    np.testing.assert_allclose(dists, expected, atol=1e-4)
+
+
+def test_procrustes_recovers_rotation_scale_shift():
+    reference = np.random.default_rng(1).normal(size=(50, 2))
+    moved = 3.7 * reference @ rotation(1.1) + np.array([5.0, -2.0])
+    aligned = procrustes_align(moved, reference)
+    assert np.abs(aligned - reference).max() < 1e-8
+
+
+def test_procrustes_recovers_reflection():
+    reference = np.random.default_rng(2).normal(size=(40, 2))
+    mirrored = 0.5 * reference @ np.diag([-1.0, 1.0]) @ rotation(0.3) - 1.0
+    aligned = procrustes_align(mirrored, reference)
+    assert np.abs(aligned - reference).max() < 1e-8
+
+
+def test_procrustes_in_three_dimensions_and_degenerate_input():
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(30, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    assert np.abs(procrustes_align(2.0 * reference @ q + 1.0, reference) - reference).max() < 1e-8
+    collapsed = procrustes_align(np.ones((30, 3)), reference)
+    np.testing.assert_allclose(collapsed, np.broadcast_to(reference.mean(axis=0), (30, 3)))
+    with pytest.raises(ValueError, match="equal shapes"):
+        procrustes_align(np.zeros((3, 2)), np.zeros((4, 2)))
+
+
+def test_umap_is_deterministic_for_a_seed():
+    emb = blobs(n=120)
+    first = project(emb, "umap", seed=3, n_epochs=30)
+    second = project(emb, "umap", seed=3, n_epochs=30)
+    assert first.shape == (120, 2)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_projector_warm_start_stays_close():
+    emb = blobs(n=200)
+    projector = Projector("umap", seed=0, cold_epochs=100, warm_epochs=30)
+    first = projector.update(emb)
+    perturbed = emb + 0.01 * np.random.default_rng(5).normal(size=emb.shape).astype(np.float32)
+    second = projector.update(perturbed)
+    spread = np.linalg.norm(first - first.mean(axis=0), axis=1).mean()
+    displacement = np.linalg.norm(second - first, axis=1).mean()
+    assert second.shape == (200, 2)
+    assert displacement < 0.25 * spread
+
+
+def test_projector_pca_is_aligned_and_restarts_on_new_size():
+    emb = blobs(n=100)
+    projector = Projector("pca")
+    first = projector.update(emb)
+    flipped = projector.update(-emb)  # PCA of -emb is a sign flip: alignment undoes it
+    np.testing.assert_allclose(flipped, first, atol=1e-9)
+    assert projector.update(blobs(n=50)).shape == (50, 2)
+
+
+def test_projector_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        Projector("tsne")
+
+
+@pytest.fixture
+def worker():
+    w = ProjectionWorker()
+    yield w
+    w.stop()
+
+
+def test_worker_computes_newest_and_skips_stale(worker):
+    embs = [blobs(n=100, seed=s) for s in range(3)]
+    for index, emb in enumerate(embs):
+        worker.submit("run", index, emb, "pca")
+    newest = worker.get("run", 2, "pca", timeout=10.0)
+    assert newest is not None
+    assert newest.shape == (100, 2)
+    assert worker.wait_idle(timeout=10.0)
+    assert worker.status() == "idle"
+    assert worker.latest("run", "pca")[0] == 2
+    for index in (0, 1):  # stale: computed only if the worker got to it first
+        layout = worker.get("run", index, "pca")
+        assert layout is None or layout.shape == (100, 2)
+
+
+def test_worker_drops_pending_older_indices(worker):
+    with worker._cond:  # re-entrant: the worker cannot start a job while the test holds it
+        for index in range(5):
+            worker.submit("run", index, blobs(n=100, seed=index), "pca")
+        worker.submit("run", 2, blobs(n=100), "pca")  # older than pending 4: kept beside it
+        assert sorted(worker._pending[("run", "pca")]) == [2, 4]
+        worker.submit("run", 7, blobs(n=100), "pca")  # newer: drops 2 and 4
+        assert sorted(worker._pending[("run", "pca")]) == [7]
+    assert worker.wait_idle(timeout=10.0)
+    computed = [i for i in range(8) if worker.get("run", i, "pca") is not None]
+    assert computed == [7]
+
+
+def test_worker_keys_and_methods_are_separate(worker):
+    worker.submit("a", 0, blobs(n=60, dim=3), "direct")
+    worker.submit("b", 0, blobs(n=60, dim=8), "pca")
+    assert worker.get("a", 0, "direct", timeout=10.0).shape == (60, 3)
+    assert worker.get("b", 0, "pca", timeout=10.0).shape == (60, 2)
+    assert worker.get("a", 0, "pca") is None
+    assert worker.latest("c", "pca") is None
+
+
+def test_worker_survives_a_bad_request(worker):
+    worker.submit("run", 0, blobs(n=30, dim=8), "direct")  # direct of D > 3 raises
+    assert worker.wait_idle(timeout=10.0)
+    assert worker.get("run", 0, "direct") is None
+    assert "dimension" in worker.last_error
+    worker.submit("run", 1, blobs(n=30, dim=2), "direct")
+    assert worker.get("run", 1, "direct", timeout=10.0) is not None
+
+
+def test_worker_lru_bound():
+    w = ProjectionWorker(max_results=3)
+    try:
+        for index in range(6):
+            w.submit("run", index, blobs(n=20, dim=2, seed=index), "direct")
+            assert w.get("run", index, "direct", timeout=10.0) is not None
+        assert len(w._results[("run", "direct")]) == 3
+        assert w.get("run", 0, "direct") is None
+    finally:
+        w.stop()
+
+
+def test_worker_umap_warm_up_and_status(worker):
+    worker.warm_up()
+    assert worker.status() in (COMPILING, "working", "idle")
+    worker.submit("run", 0, blobs(n=80), "umap")
+    layout = worker.get("run", 0, "umap", timeout=120.0)
+    assert layout is not None
+    assert layout.shape == (80, 2)
+    assert worker.wait_idle(timeout=60.0)
+    assert worker.status() == "idle"
+
+
+def test_worker_stop_ends_thread_and_ignores_later_submits():
+    w = ProjectionWorker()
+    w.stop()
+    assert not w._thread.is_alive()
+    w.submit("run", 0, blobs(n=10, dim=2), "direct")
+    time.sleep(0.05)
+    assert w.get("run", 0, "direct") is None

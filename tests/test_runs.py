@@ -1,0 +1,116 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dml_core.config import make_config
+from dml_core.errors import ConfigError
+from dml_core.runs import RunStore, atomic_write_bytes
+from dml_core.snapshot import Snapshot
+
+
+def make_snapshot(step: int, n: int = 20, dim: int = 4) -> Snapshot:
+    rng = np.random.default_rng(step)
+    return Snapshot(
+        step=step, samples_seen=step * 10, elapsed=step * 0.1, loss=1.0 / (step + 1),
+        active_fraction=0.5, probe_emb=rng.normal(size=(n, dim)).astype(np.float32),
+        probe_labels=np.arange(n) % 3, pos_dist=rng.random(30).astype(np.float32),
+        neg_dist=rng.random(40).astype(np.float32), kind_shares={"easy": 0.2, "semi-hard": 0.8},
+        metrics={"precision_at_1": 0.5}, collapse={"mean_distance": 1.2}, extras={"beta": 1.1},
+    )  # fmt: skip
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    cfg = make_config(loss="contrastive", miner="all")
+    run_id = store.create(cfg)
+    for step in (0, 25, 50):
+        store.save_snapshot(run_id, make_snapshot(step))
+    store.save_checkpoint(run_id, {"step": 50, "w": np.zeros(3).tolist()})
+    record = store.load(run_id)
+    assert record.config == cfg
+    assert record.snapshot_steps == (0, 25, 50)
+    assert record.history["step"].tolist() == [0, 25, 50]
+    assert record.history["beta"].tolist() == [1.1] * 3
+    back = store.load_snapshot(run_id, 25)
+    want = make_snapshot(25)
+    np.testing.assert_array_equal(back.probe_emb, want.probe_emb)
+    assert back.kind_shares == want.kind_shares and back.metrics == want.metrics
+    assert store.load_checkpoint(run_id)["step"] == 50
+    assert store.list() == [run_id]
+    store.delete(run_id)
+    assert store.list() == []
+
+
+def test_list_is_newest_first_and_ids_never_collide(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    first = store.create(make_config(), "run-a")
+    time.sleep(0.01)
+    second = store.create(make_config(), "run-b")
+    assert store.list() == [second, first]
+    with pytest.raises(ConfigError, match="exists already"):
+        store.create(make_config(), "run-a")
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b", "..", "", ".hidden", "x" * 101, "run id"])
+def test_run_ids_cannot_escape_the_store(tmp_path: Path, bad: str) -> None:
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(ConfigError, match="run id"):
+        store.create(make_config(), bad)
+    with pytest.raises(ConfigError):
+        store.load(bad)
+    with pytest.raises(ConfigError):
+        store.delete(bad)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_atomic_write_leaves_old_content_when_interrupted(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    atomic_write_bytes(target, b"old")
+
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, object())  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    sys.path.insert(0, {root!r})
+    from tests.test_runs import make_snapshot
+    from dml_core.runs import RunStore
+    store = RunStore({runs!r})
+    step = 0
+    print("ready", flush=True)
+    while True:
+        store.save_snapshot("victim", make_snapshot(step, n=3000, dim=64))
+        store.save_checkpoint("victim", {{"step": step, "blob": list(range(20000))}})
+        step += 1
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.55, 0.8])
+def test_kill_9_during_writes_leaves_a_loadable_run(tmp_path: Path, delay: float) -> None:
+    store = RunStore(tmp_path)
+    store.create(make_config(), "victim")
+    root = str(Path(__file__).resolve().parents[1])
+    code = WRITER.format(root=root, runs=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    record = store.load("victim")
+    assert len(record.snapshot_steps) >= 1
+    for step in record.snapshot_steps:
+        assert store.load_snapshot("victim", step).probe_emb.shape == (3000, 64)
+    assert set(record.history["step"]) <= set(record.snapshot_steps)
+    assert store.load_checkpoint("victim")["step"] >= 0
