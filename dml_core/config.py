@@ -38,7 +38,7 @@ class RunConfig(BaseModel):
     miner_params: dict[str, Any] = Field(default_factory=dict)
     classes_per_batch: int = Field(6, ge=2, le=10, description="P, classes in each batch")
     samples_per_class: int = Field(16, ge=1, le=512, description="K, samples of each class")
-    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
     steps: int = Field(300, ge=1, le=1_000_000, description="optimiser steps")
     snapshot_every: int = Field(25, ge=1, le=100_000, description="steps between snapshots")
     probe_size: int = Field(2000, ge=50, le=10_000, description="points in the live views")

@@ -9,6 +9,7 @@ runs once, at the end (``Trainer.final_metrics``).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -199,15 +200,17 @@ class Trainer:
         return metrics.retrieval_metrics(query, self.data.query.y, ref, self.data.reference.y)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, loss parameters, optimiser, step, sampler RNG."""
-        return {
-            "net": self.net.state_dict(),
-            "loss": self.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "sampler_rng": self.sampler.generator.get_state(),
-        }
+        """A copy of everything needed to resume: weights, loss, optimiser, step, sampler RNG."""
+        return copy.deepcopy(
+            {
+                "net": self.net.state_dict(),
+                "loss": self.loss.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "sampler_rng": self.sampler.generator.get_state(),
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict`."""

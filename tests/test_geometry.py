@@ -66,4 +66,6 @@ def test_density_concentrates_near_sqrt2() -> None:
     d = np.linspace(0, 2, 10_001)
     peaks = [d[np.argmax(distance_density(d, n))] for n in (4, 32, 512)]
     assert abs(peaks[-1] - math.sqrt(2)) < 0.01
-    assert abs(peaks[0] - math.sqrt(2)) > abs(peaks[1] - math.sqrt(2)) > abs(peaks[2] - math.sqrt(2))
+    assert (
+        abs(peaks[0] - math.sqrt(2)) > abs(peaks[1] - math.sqrt(2)) > abs(peaks[2] - math.sqrt(2))
+    )

@@ -99,6 +99,7 @@ def test_procrustes_in_three_dimensions_and_degenerate_input():
         procrustes_align(np.zeros((3, 2)), np.zeros((4, 2)))
 
 
+@pytest.mark.slow  # numba compiles umap-learn: ~25 s in a fresh cache, ~2 s once cached
 def test_umap_is_deterministic_for_a_seed():
     emb = blobs(n=120)
     first = project(emb, "umap", seed=3, n_epochs=30)
@@ -107,16 +108,17 @@ def test_umap_is_deterministic_for_a_seed():
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.slow
 def test_projector_warm_start_stays_close():
     emb = blobs(n=200)
-    projector = Projector("umap", seed=0, cold_epochs=100, warm_epochs=30)
+    projector = Projector("umap", seed=0, warm_epochs=30)
     first = projector.update(emb)
     perturbed = emb + 0.01 * np.random.default_rng(5).normal(size=emb.shape).astype(np.float32)
     second = projector.update(perturbed)
     spread = np.linalg.norm(first - first.mean(axis=0), axis=1).mean()
     displacement = np.linalg.norm(second - first, axis=1).mean()
     assert second.shape == (200, 2)
-    assert displacement < 0.25 * spread
+    assert displacement < 0.3 * spread  # measured 0.10-0.15 over seeds; a cold refit: 0.6-0.9
 
 
 def test_projector_pca_is_aligned_and_restarts_on_new_size():
@@ -198,6 +200,7 @@ def test_worker_lru_bound():
         w.stop()
 
 
+@pytest.mark.slow
 def test_worker_umap_warm_up_and_status(worker):
     worker.warm_up()
     assert worker.status() in (COMPILING, "working", "idle")

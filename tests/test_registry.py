@@ -16,7 +16,7 @@ def test_registry_refuses_duplicates_and_unknown_names() -> None:
     reg.register(name="a", params=DemoParams, paper="p", equation="e", kind="pairs")(object)
     with pytest.raises(ValueError, match="already registered"):
         reg.register(name="a", params=DemoParams, paper="p", equation="e", kind="pairs")(object)
-    with pytest.raises(ConfigError, match="Unknown widget 'b'. Known widget names: a."):
+    with pytest.raises(ConfigError, match=r"Unknown widget 'b'\. Known widget names: a\."):
         reg["b"]
 
 
@@ -30,7 +30,9 @@ def test_create_validates_and_passes_context_only_when_accepted() -> None:
 
     w = reg.create("w", {"num_classes": 7, "embedding_dim": 3}, margin=0.25)
     assert (w.margin, w.num_classes) == (0.25, 7)
-    with pytest.raises(ConfigError, match=r"The 'margin' parameter of w must be in \(0, 1\]. Got 2."):
+    with pytest.raises(
+        ConfigError, match=r"The 'margin' parameter of w must be in \(0, 1\]. Got 2."
+    ):
         reg.create("w", margin=2)
 
 
@@ -51,7 +53,9 @@ def test_every_method_of_the_library_is_registered() -> None:
 
 @pytest.mark.parametrize("entry", [*LOSSES.values(), *MINERS.values()], ids=lambda e: e.name)
 def test_every_entry_documents_itself(entry: dml_core.Entry) -> None:
-    assert entry.summary and entry.paper and entry.equation
+    assert entry.summary
+    assert entry.paper
+    assert entry.equation
     assert entry.kind in ("pairs", "triplets", "classes")
     for name, field in entry.params.model_fields.items():
         assert field.description, f"{entry.name}.{name} has no description"
@@ -66,5 +70,6 @@ def test_every_loss_trains_a_step_with_defaults(name: str) -> None:
     loss = LOSSES.create(name, {"num_classes": 4, "embedding_dim": 8})
     out = loss(emb, labels)
     out.loss.backward()
-    assert torch.isfinite(out.loss) and torch.isfinite(emb.grad).all()
+    assert torch.isfinite(out.loss)
+    assert torch.isfinite(emb.grad).all()
     assert emb.grad.abs().sum() > 0

@@ -41,7 +41,8 @@ def test_round_trip(tmp_path: Path) -> None:
     back = store.load_snapshot(run_id, 25)
     want = make_snapshot(25)
     np.testing.assert_array_equal(back.probe_emb, want.probe_emb)
-    assert back.kind_shares == want.kind_shares and back.metrics == want.metrics
+    assert back.kind_shares == want.kind_shares
+    assert back.metrics == want.metrics
     assert store.load_checkpoint(run_id)["step"] == 50
     assert store.list() == [run_id]
     store.delete(run_id)

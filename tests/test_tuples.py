@@ -36,8 +36,10 @@ def test_all_triplets_equal_brute_force(labels: list[int]) -> None:
 def test_all_pairs_counts_for_pk_batch() -> None:
     labels = torch.arange(3).repeat_interleave(4)  # P=3, K=4
     a1, p, a2, n = all_pairs(labels)
-    assert len(a1) == 12 * 3 and len(a2) == 12 * 8
-    assert (labels[a1] == labels[p]).all() and (a1 != p).all()
+    assert len(a1) == 12 * 3
+    assert len(a2) == 12 * 8
+    assert (labels[a1] == labels[p]).all()
+    assert (a1 != p).all()
     assert (labels[a2] != labels[n]).all()
 
 
@@ -49,11 +51,15 @@ def test_to_pairs_dedups_and_to_triplets_inverts_all_pairs() -> None:
     # anchor 4 has no positive, so it anchors no triplet and none of its pairs survive
     keep = expected.anchor_neg != 4
     got_neg = set(zip(pairs.anchor_neg.tolist(), pairs.neg.tolist(), strict=True))
-    want_neg = set(zip(expected.anchor_neg[keep].tolist(), expected.neg[keep].tolist(), strict=True))
+    want_neg = set(
+        zip(expected.anchor_neg[keep].tolist(), expected.neg[keep].tolist(), strict=True)
+    )
     assert got_neg == want_neg
     assert len(got_neg) == len(pairs.neg)  # no duplicates
     rebuilt = to_triplets(pairs)
-    assert set(zip(*(x.tolist() for x in rebuilt), strict=True)) == brute_force_triplets(labels.tolist())
+    assert set(zip(*(x.tolist() for x in rebuilt), strict=True)) == brute_force_triplets(
+        labels.tolist()
+    )
 
 
 def test_conversions_of_empty_tuples() -> None:

@@ -1,0 +1,46 @@
+"""House rules checked on the AST: the core never imports streamlit; the UI holds no maths."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UI_FILES = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
+CORE_FILES = sorted((ROOT / "dml_core").rglob("*.py"))
+UI_FORBIDDEN = {"torch", "numpy", "scipy", "sklearn", "umap", "pytorch_metric_learning"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_never_imports_streamlit(path: Path) -> None:
+    assert "streamlit" not in imported_modules(path)
+
+
+@pytest.mark.parametrize("path", [p for p in UI_FILES if p.exists()], ids=lambda p: p.name)
+def test_ui_imports_no_maths_libraries(path: Path) -> None:
+    assert not imported_modules(path) & UI_FORBIDDEN
+
+
+def test_the_fixed_layout_exists() -> None:
+    for name in (
+        "app.py",
+        "pages",
+        "dml_core",
+        "assets",
+        "tests",
+        "requirements.txt",
+        "README.md",
+        ".ci/run",
+    ):
+        assert (ROOT / name).exists(), name

@@ -1,0 +1,99 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dml_core.cli import main
+from dml_core.registry import LOSSES, MINERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dml_core", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_json_prints_exactly_one_object(tmp_path: Path) -> None:
+    out = cli("train", "--steps", "40", "--snapshot-every", "20", "--probe-size", "200",
+              "--margin", "0.3", "--loss-param", "soft=false", "--out", str(tmp_path), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in (
+        "config",
+        "run_dir",
+        "device",
+        "seconds",
+        "precision_at_1",
+        "r_precision",
+        "map_at_r",
+    ):
+        assert key in result
+    assert result["config"]["loss_params"]["margin"] == 0.3
+    assert result["config"]["miner_params"]["margin"] == 0.3
+    assert Path(result["run_dir"], "metrics.csv").exists()
+    assert 0 <= result["map_at_r"] <= 1
+
+
+BAD_ARGS = [
+    (["train", "--embedding-dim", "1"], "'embedding_dim'", "[2, 512]"),
+    (["train", "--dataset", "cifar"], "'dataset'", "'digits', 'mnist', 'fashion-mnist'"),
+    (["train", "--steps", "0"], "'steps'", "[1, 1000000]"),
+    (["train", "--lr", "-1"], "'lr'", "(0, 10]"),
+    (["train", "--loss", "nope"], "Unknown loss 'nope'", "triplet"),
+    (["train", "--miner", "nope"], "Unknown miner 'nope'", "semi_hard"),
+    (["train", "--margin", "-1"], "'margin'", "(0, 2]"),
+    (["train", "--loss-param", "margin"], "--loss-param", "NAME=VALUE"),
+    (["train", "--loss-param", "bogus=1"], "no parameter 'bogus'", "'margin'"),
+    (["train", "--samples-per-class", "1"], "'samples_per_class'", "at least 2"),
+    (["train", "--classes-per-batch", "8", "--split", "open-set"], "'classes_per_batch'", "6"),
+    (["train", "--steps", "ten"], "--steps", "invalid int"),
+    (["train", "--device", "tpu"], "'device'", "'auto', 'cpu', 'cuda'"),
+    (["train", "--loss", "contrastive", "--margin", "5"], "'neg_margin'", "(0, 4]"),
+    (["frobnicate"], "invalid choice", "train"),
+]
+
+
+@pytest.mark.parametrize(("args", "names", "allowed"), BAD_ARGS)
+def test_bad_arguments_exit_2_with_one_line(
+    args: list[str], names: str, allowed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert names in err
+    assert allowed in err
+
+
+def test_bad_argument_in_a_real_process_has_no_traceback() -> None:
+    out = cli("train", "--embedding-dim", "1")
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("python -m dml_core: error: The 'embedding_dim'")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "registry"), [("list-losses", LOSSES), ("list-miners", MINERS)]
+)
+def test_listings_show_every_entry_with_params_and_paper(
+    command: str, registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(registry)
+    for row in rows:
+        assert row["paper"]
+        assert set(row["params"]) == set(registry[row["name"]].params.model_fields)
+    assert main([command]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{name}:" in text for name in registry)
