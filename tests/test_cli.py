@@ -22,8 +22,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_train_json_prints_exactly_one_object(tmp_path: Path) -> None:
-    out = cli("train", "--steps", "40", "--snapshot-every", "20", "--probe-size", "200",
-              "--margin", "0.3", "--loss-param", "soft=false", "--out", str(tmp_path), "--json")  # fmt: skip
+    flags = ["--steps", "40", "--snapshot-every", "20", "--probe-size", "200", "--margin", "0.3"]
+    out = cli("train", *flags, "--loss-param", "soft=false", "--out", str(tmp_path), "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     for key in (

@@ -47,9 +47,10 @@ def test_divergence_stops_with_a_clear_message_and_keeps_last_snapshot() -> None
     snaps = []
     with torch.no_grad():
         trainer.net.trunk[-1].weight.mul_(float("nan"))  # poison: like a blown-up step
+    run = trainer.run()
+    snaps.append(next(run))
     with pytest.raises(TrainingDivergedError, match="diverged at step 1: the embeddings"):
-        for snap in trainer.run():
-            snaps.append(snap)
+        next(run)
     assert [s.step for s in snaps] == [0]
 
 
