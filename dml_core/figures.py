@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import sample_colorscale
+from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from dml_core.geometry import distance_density
@@ -32,19 +32,8 @@ from dml_core.geometry import distance_density
 if TYPE_CHECKING:
     from dml_core.snapshot import Snapshot
 
-# D3 "category10": qualitative, colour-blind-tolerant, class c gets CLASS_COLORS[c % 10].
-CLASS_COLORS: tuple[str, ...] = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
+# D3 "category10": qualitative, colour-blind-tolerant; class c gets CLASS_COLORS[c % 10].
+CLASS_COLORS: tuple[str, ...] = tuple(qualitative.D3)
 POSITIVE_COLOR = "#2e9e44"
 NEGATIVE_COLOR = "#d64545"
 TEMPLATE = "plotly_white"
@@ -52,23 +41,19 @@ HEIGHT = 450
 SQRT2 = float(np.sqrt(2.0))
 WAITING = "waiting for the first snapshot"
 
-CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("Loss", (("loss", "loss"),)),
-    (
-        "Active tuples and their kinds",
-        (
-            ("active_fraction", "active"),
-            ("easy", "easy"),
-            ("semi-hard", "semi-hard"),
-            ("hard", "hard"),
-        ),
-    ),
-    (
-        "Retrieval (evaluation subset)",
-        (("precision_at_1", "P@1"), ("r_precision", "R-Precision"), ("map_at_r", "MAP@R")),
-    ),
-    ("Learnable scalars and spread", (("beta", "beta"), ("mean_distance", "mean distance"))),
+CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Loss", ("loss",)),
+    ("Active tuples and their kinds", ("active_fraction", "easy", "semi-hard", "hard")),
+    ("Retrieval (evaluation subset)", ("precision_at_1", "r_precision", "map_at_r")),
+    ("Learnable scalars and spread", ("beta", "mean_distance")),
 )
+CURVE_NAMES = {
+    "active_fraction": "active",
+    "precision_at_1": "P@1",
+    "r_precision": "R-Precision",
+    "map_at_r": "MAP@R",
+    "mean_distance": "mean distance",
+}
 FRACTION_PANELS = (1, 2)  # panels whose y-axis is [0, 1]
 
 
@@ -82,6 +67,7 @@ LEGENDS = {
     "right": {"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.02},
     "bottom": {"orientation": "h", "yanchor": "top", "y": -0.12, "xanchor": "left", "x": 0.0},
 }
+TITLE_POSITION = dict(x=0, xref="paper", xanchor="left", y=1, yref="container", yanchor="top")
 MARGINS = {
     "top": {"l": 55, "r": 20, "t": 95, "b": 50},
     "right": {"l": 55, "r": 20, "t": 50, "b": 50},
@@ -95,17 +81,7 @@ def _style(
     """Shared look: template, title, uirevision, compact margins, legend placement."""
     fig.update_layout(
         template=TEMPLATE,
-        title={
-            "text": title,
-            "x": 0.0,
-            "xref": "paper",
-            "xanchor": "left",
-            "y": 1.0,
-            "yref": "container",
-            "yanchor": "top",
-            "pad": {"t": 12},
-            "font": {"size": 16},
-        },
+        title={"text": title, "pad": {"t": 12}, "font": {"size": 16}, **TITLE_POSITION},
         uirevision=uirevision,
         height=height,
         margin=MARGINS[legend],
@@ -197,15 +173,8 @@ def embedding_figure(
         )
     else:
         if on_sphere:
-            fig.add_shape(
-                type="circle",
-                x0=-1,
-                y0=-1,
-                x1=1,
-                y1=1,
-                line={"color": "rgba(0,0,0,0.25)", "width": 1, "dash": "dot"},
-                layer="below",
-            )
+            line = {"color": "rgba(0,0,0,0.25)", "width": 1, "dash": "dot"}
+            fig.add_shape(type="circle", x0=-1, y0=-1, x1=1, y1=1, line=line, layer="below")
         fig.update_xaxes(title_text=axis_labels[0], zeroline=False)
         fig.update_yaxes(title_text=axis_labels[1], zeroline=False, scaleanchor="x", scaleratio=1)
     _style(fig, title, uirevision, height=500, legend="right")
@@ -220,21 +189,11 @@ def _unit_sphere_surface(resolution: int = 30) -> go.Surface:
     x = np.outer(np.sin(theta), np.cos(phi))  # (resolution, 2 * resolution)
     y = np.outer(np.sin(theta), np.sin(phi))
     z = np.outer(np.cos(theta), np.ones_like(phi))
+    grey, wire = [[0.0, "#9aa5b1"], [1.0, "#9aa5b1"]], {"show": True, "color": "rgba(0,0,0,0.08)"}
     return go.Surface(
-        x=x,
-        y=y,
-        z=z,
-        name="unit sphere",
-        opacity=0.12,
-        colorscale=[[0.0, "#9aa5b1"], [1.0, "#9aa5b1"]],
-        showscale=False,
-        showlegend=False,
-        hoverinfo="skip",
-        contours={
-            "x": {"show": True, "color": "rgba(0,0,0,0.08)", "width": 1},
-            "z": {"show": True, "color": "rgba(0,0,0,0.08)", "width": 1},
-        },
-    )
+        x=x, y=y, z=z, name="unit sphere", opacity=0.12, colorscale=grey, showscale=False,
+        showlegend=False, hoverinfo="skip", contours={"x": wire, "z": wire},
+    )  # fmt: skip
 
 
 def distance_histogram_figure(
@@ -275,17 +234,7 @@ def distance_histogram_figure(
         (pos, "positive pairs", POSITIVE_COLOR),
         (neg, "negative pairs", NEGATIVE_COLOR),
     ):
-        fig.add_trace(
-            go.Histogram(
-                x=values,
-                name=f"{name} (n={len(values)})",
-                histnorm="probability density",
-                xbins=bins,
-                marker={"color": color, "line": {"width": 0}},
-                opacity=0.55,
-                hovertemplate="d=%{x}<br>density=%{y:.3f}<extra></extra>",
-            )
-        )
+        fig.add_trace(_histogram(values, f"{name} (n={len(values)})", color, bins, 0.55))
     for i, (label, value) in enumerate(lines.items()):
         fig.add_vline(
             x=float(value),
@@ -305,6 +254,45 @@ def distance_histogram_figure(
     fig.update_xaxes(title_text="distance d")
     fig.update_yaxes(title_text="density")
     return fig
+
+
+def _histogram(x: np.ndarray, name: str, color: str, bins: dict | None, opacity: float):
+    """A density-normalised histogram trace (``histnorm="probability density"``)."""
+    return go.Histogram(
+        x=x,
+        name=name,
+        histnorm="probability density",
+        xbins=bins,
+        marker={"color": color, "line": {"width": 0}},
+        opacity=opacity,
+    )
+
+
+def _sqrt2_line(fig: go.Figure, position: str) -> None:
+    """A dotted vertical line at sqrt(2), where random points on a high-dim sphere sit."""
+    fig.add_vline(
+        x=SQRT2,
+        line={"dash": "dot", "color": "#555555", "width": 1.5},
+        annotation={"text": "√2", "font": {"size": 12}},
+        annotation_position=position,
+    )
+
+
+def _note(fig: go.Figure, text: str, size: int = 14, **cell: int) -> None:
+    """Grey text in the middle of the figure (or of subplot ``row``/``col``), axes hidden."""
+    ref = "x domain" if cell else "paper"
+    fig.add_annotation(
+        text=text,
+        x=0.5,
+        y=0.5,
+        xref=ref,
+        yref=ref.replace("x", "y"),
+        showarrow=False,
+        font={"size": size, "color": "#888888"},
+        **cell,
+    )
+    fig.update_xaxes(visible=False, **cell)
+    fig.update_yaxes(visible=False, **cell)
 
 
 def _pairwise_upper(points: np.ndarray) -> np.ndarray:
@@ -340,16 +328,9 @@ def sphere_distance_figure(
     dists = _pairwise_upper(points)
     dim = points.shape[1]
     fig = go.Figure()
-    fig.add_trace(
-        go.Histogram(
-            x=dists,
-            name=f"{len(points)} probe points ({len(dists)} pairs)",
-            histnorm="probability density",
-            xbins={"start": 0.0, "end": 2.0, "size": 0.025},
-            marker={"color": CLASS_COLORS[0], "line": {"width": 0}},
-            opacity=0.6,
-        )
-    )
+    name = f"{len(points)} probe points ({len(dists)} pairs)"
+    bins = {"start": 0.0, "end": 2.0, "size": 0.025}
+    fig.add_trace(_histogram(dists, name, CLASS_COLORS[0], bins, 0.6))
     if dim >= 2:
         grid, density = _density_grid(dim)
         fig.add_trace(
@@ -361,12 +342,7 @@ def sphere_distance_figure(
                 line={"color": "#222222", "width": 2},
             )
         )
-    fig.add_vline(
-        x=SQRT2,
-        line={"dash": "dot", "color": "#555555", "width": 1.5},
-        annotation={"text": "√2", "font": {"size": 12}},
-        annotation_position="top right",
-    )
+    _sqrt2_line(fig, "top right")
     _style(fig, f"{title} (D = {dim})", uirevision)
     fig.update_layout(bargap=0.0)
     fig.update_xaxes(title_text="distance d", range=[0.0, 2.0])
@@ -377,17 +353,7 @@ def sphere_distance_figure(
 def _waiting_figure(title: str, uirevision: str) -> go.Figure:
     """An empty figure that says it is waiting for data."""
     fig = go.Figure()
-    fig.add_annotation(
-        text=WAITING,
-        x=0.5,
-        y=0.5,
-        xref="paper",
-        yref="paper",
-        showarrow=False,
-        font={"size": 16, "color": "#777777"},
-    )
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
+    _note(fig, WAITING, size=16)
     return _style(fig, title, uirevision)
 
 
@@ -427,23 +393,11 @@ def curves_figure(
     color_index = 0
     for i, (_, curves) in enumerate(CURVE_PANELS):
         row, col = divmod(i, 2)
-        present = [(column, name) for column, name in curves if column in history.columns]
+        present = [column for column in curves if column in history.columns]
         if not present:
-            fig.add_annotation(
-                text="not recorded in this run",
-                x=0.5,
-                y=0.5,
-                xref="x domain",
-                yref="y domain",
-                showarrow=False,
-                font={"color": "#999999"},
-                row=row + 1,
-                col=col + 1,
-            )
-            fig.update_xaxes(visible=False, row=row + 1, col=col + 1)
-            fig.update_yaxes(visible=False, row=row + 1, col=col + 1)
+            _note(fig, "not recorded in this run", row=row + 1, col=col + 1)
             continue
-        for column, name in present:
+        for column in present:
             ys = pd.to_numeric(history[column], errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan
             )
@@ -453,7 +407,7 @@ def curves_figure(
                     y=ys,
                     mode="lines+markers" if len(xs) < 30 else "lines",
                     connectgaps=True,  # metrics may be computed less often than the loss
-                    name=name,
+                    name=CURVE_NAMES.get(column, column),
                     line={"color": CLASS_COLORS[color_index % len(CLASS_COLORS)], "width": 2},
                     marker={"size": 4},
                 ),
@@ -493,22 +447,10 @@ def density_figure(
             go.Scatter(x=grid, y=density, mode="lines", name=f"n = {n}", line={"color": color})
         )
         if samples is not None and n in samples:
-            fig.add_trace(
-                go.Histogram(
-                    x=np.asarray(samples[n], dtype=np.float64).ravel(),
-                    name=f"sampled, n = {n}",
-                    histnorm="probability density",
-                    xbins={"start": 0.0, "end": 2.0, "size": 0.02},
-                    marker={"color": color, "line": {"width": 0}},
-                    opacity=0.35,
-                )
-            )
-    fig.add_vline(
-        x=SQRT2,
-        line={"dash": "dot", "color": "#555555", "width": 1.5},
-        annotation={"text": "√2", "font": {"size": 12}},
-        annotation_position="top left",
-    )
+            values = np.asarray(samples[n], dtype=np.float64).ravel()
+            bins = {"start": 0.0, "end": 2.0, "size": 0.02}
+            fig.add_trace(_histogram(values, f"sampled, n = {n}", color, bins, 0.35))
+    _sqrt2_line(fig, "top left")
     _style(fig, title, uirevision)
     fig.update_layout(barmode="overlay", bargap=0.0)
     fig.update_xaxes(title_text="distance d", range=[0.0, 2.0])

@@ -13,7 +13,7 @@ References:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from pydantic import Field
@@ -78,15 +78,44 @@ class MarginParams(Params):
     )
 
 
-def _triplet_distances(dist: Tensor, labels: Tensor) -> tuple[Triplets, Tensor, Tensor]:
-    triplets = all_triplets(labels)
-    d_ap = dist[triplets.anchor, triplets.pos]  # (T,)
-    d_an = dist[triplets.anchor, triplets.neg]  # (T,)
-    return triplets, d_ap, d_an
+class SortedNegatives(NamedTuple):
+    """Each anchor's negatives sorted by distance: the index behind the band miners.
 
+    Attributes:
+        pos_mask: (B, B) positive pairs (same label, a != p).
+        dist: (B, B) the distances the bands are measured on.
+        sorted_dist: (B, B) row a holds d(a, n) over a's negatives ascending, then +inf.
+        order: (B, B) row a holds the batch index of each entry of ``sorted_dist[a]``.
+    """
 
-def _keep(triplets: Triplets, mask: Tensor) -> Triplets:
-    return Triplets(*(t[mask] for t in triplets))
+    pos_mask: Tensor
+    dist: Tensor
+    sorted_dist: Tensor
+    order: Tensor
+
+    @classmethod
+    def build(cls, dist: Tensor, labels: Tensor) -> SortedNegatives:
+        """Sort every row's negatives (O(B^2 log B)); ``dist`` is (B, B), labels (B,)."""
+        pos_mask, neg_mask = label_masks(labels)
+        sorted_dist, order = dist.masked_fill(~neg_mask, torch.inf).sort(dim=1)  # (B, B)
+        return cls(pos_mask, dist, sorted_dist.contiguous(), order)
+
+    def count_below(self, bound: Tensor, inclusive: bool) -> Tensor:
+        """(B, B) int64: how many negatives n of anchor a have d(a,n) < bound[a, p] (<= if
+        ``inclusive``); exactly the elementwise comparison, ties and all."""
+        return torch.searchsorted(self.sorted_dist, bound.contiguous(), right=inclusive)
+
+    def band(self, lo: Tensor, hi: Tensor) -> Triplets:
+        """The triplets (a, p, n) of every positive pair (a, p) whose negative has rank
+        lo[a, p] <= rank < hi[a, p] in a's sorted negatives (O(B^2 + output) work)."""
+        count = (hi - lo).clamp_min(0) * self.pos_mask  # (B, B)
+        a, p = count.nonzero(as_tuple=True)  # (m,) pairs with at least one negative
+        c = count[a, p]  # (m,)
+        total = int(c.sum()) if len(c) else 0
+        pair = torch.repeat_interleave(torch.arange(len(a), device=a.device), c, output_size=total)
+        first = torch.cumsum(c, 0) - c  # (m,) position of each pair's first triplet
+        rank = lo[a, p][pair] + torch.arange(total, device=a.device) - first[pair]  # (T,)
+        return Triplets(a[pair], p[pair], self.order[a[pair], rank])
 
 
 @MINERS.register(
@@ -104,9 +133,9 @@ class HardMiner(Miner):
     """
 
     def select(self, dist: Tensor, labels: Tensor) -> Triplets:
-        """Triplets with d(a,n) <= d(a,p)."""
-        triplets, d_ap, d_an = _triplet_distances(dist, labels)
-        return _keep(triplets, d_an <= d_ap)
+        """Triplets with d(a,n) <= d(a,p), read off each anchor's sorted negatives."""
+        neg = SortedNegatives.build(dist, labels)
+        return neg.band(torch.zeros_like(neg.order), neg.count_below(dist, inclusive=True))
 
 
 @MINERS.register(
@@ -127,9 +156,17 @@ class SemiHardMiner(Miner):
         self.margin = margin
 
     def select(self, dist: Tensor, labels: Tensor) -> Triplets:
-        """Triplets with d(a,p) < d(a,n) < d(a,p) + margin."""
-        triplets, d_ap, d_an = _triplet_distances(dist, labels)
-        return _keep(triplets, (d_an > d_ap) & (d_an < d_ap + self.margin))
+        """Triplets with d(a,p) < d(a,n) < d(a,p) + margin.
+
+        With each anchor's negatives sorted by distance, the semi-hard negatives of a pair
+        (a, p) are one contiguous run, found by binary search: no tensor over all
+        B (K - 1) (B - K) triplets is built, only the triplets kept (order: by anchor, positive,
+        then distance to the negative).
+        """
+        neg = SortedNegatives.build(dist, labels)
+        lo = neg.count_below(dist, inclusive=True)  # negatives with d(a,n) <= d(a,p)
+        hi = neg.count_below(dist + self.margin, inclusive=False)  # d(a,n) < d(a,p) + margin
+        return neg.band(lo, hi)
 
 
 @MINERS.register(

@@ -432,9 +432,10 @@ class ProjectionWorker:
     def _compute(self, key: str, method: str, emb: np.ndarray | None) -> np.ndarray | None:
         """Run one job outside the lock; None (and ``last_error`` set) when it fails."""
         try:
-            if emb is None:  # warm-up: compiles numba's kernels on a tiny problem
-                rng = np.random.default_rng(0)
-                return project(rng.normal(size=(64, 8)), "umap", seed=self.seed, n_epochs=10)
+            if emb is None:  # warm-up: compiles the cold and the warm path on a tiny problem
+                tiny = np.random.default_rng(0).normal(size=(64, 8))
+                layout = project(tiny, "umap", seed=self.seed, n_epochs=10)
+                return project(tiny, "umap", init=layout, seed=self.seed, n_epochs=5)
             projector = self._projectors.get((key, method))
             if projector is None:
                 projector = Projector(method, seed=self.seed)  # type: ignore[arg-type]

@@ -25,11 +25,14 @@ class Snapshot:
         active_fraction: share of the loss's tuples with non-zero loss in the last batch.
         kind_shares: share of easy / semi-hard / hard triplets in the last batch (triplet
             losses; empty otherwise).
-        metrics: retrieval metrics on the fixed evaluation subset (``precision_at_1``,
-            ``r_precision``, ``map_at_r``).
+        metrics: leave-one-out retrieval metrics within the probe set (``precision_at_1``,
+            ``r_precision``, ``map_at_r``) and ``pair_overlap``, the histogram-loss estimate
+            of P(d_neg < d_pos) from the sampled distances.
         collapse: collapse signals of the probe embeddings (``mean_distance``,
             ``collapsed_fraction``) and ``collapsing`` (1.0 when the warning fires).
         extras: learnable scalars worth plotting (e.g. ``beta`` of the margin loss).
+        lines: the loss's margins as absolute distances at this step, drawn on the distance
+            histograms (``distance_lines()`` of the loss; e.g. m_pos, m_neg, or beta +- alpha).
         probe_emb: embeddings of the fixed, class-balanced probe set, (n, D) float32.
         probe_labels: their labels, (n,) int64.
         pos_dist: a sample of positive-pair distances on the probe set, float32.
@@ -49,6 +52,7 @@ class Snapshot:
     metrics: dict[str, float] = field(default_factory=dict)
     collapse: dict[str, float] = field(default_factory=dict)
     extras: dict[str, float] = field(default_factory=dict)
+    lines: dict[str, float] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
         """One flat row for the metrics table: step, time, loss, shares, metrics, signals."""

@@ -148,7 +148,9 @@ class Trainer:
         pos, neg = metrics.sample_pair_distances(emb, labels, 5000, self._pair_gen)
         collapse = metrics.collapse_signals(emb)
         collapse["collapsing"] = float(collapse["collapsed_fraction"] >= 0.5)
+        retrieval["pair_overlap"] = metrics.pair_overlap(pos, neg)
         extras = self.loss.extras() if hasattr(self.loss, "extras") else {}
+        lines = self.loss.distance_lines() if hasattr(self.loss, "distance_lines") else {}
         return Snapshot(
             step=self.step,
             samples_seen=self.step * self.cfg.batch_size,
@@ -163,6 +165,7 @@ class Trainer:
             metrics=retrieval,
             collapse=collapse,
             extras=extras,
+            lines={k: float(v) for k, v in lines.items()},
         )
 
     def run(

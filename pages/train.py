@@ -1,0 +1,323 @@
+"""Train: pick a loss, a miner and a margin, press Train, watch the embedding change live."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import streamlit as st
+
+from dml_core import figures
+from dml_core.config import RunConfig, check_against_dataset, make_config
+from dml_core.data import DATASETS, dataset_availability, load_dataset
+from dml_core.errors import ConfigError
+from dml_core.projection import COMPILING, project
+from dml_core.registry import LOSSES, MINERS
+from dml_core.train import resolve_device
+from pages.ui import (
+    RUNS_DIR,
+    describe,
+    load_snapshot,
+    param_widgets,
+    run_label,
+    services,
+    use_app_navigation,
+)
+
+use_app_navigation()
+store, manager, worker = services()
+FIELDS = RunConfig.model_fields
+
+
+def sidebar_config() -> tuple[dict[str, Any], str | None]:
+    """The run settings, from widgets; returns (values, problem or None)."""
+    problem = None
+    with st.sidebar:
+        st.header("Settings")
+        dataset = st.selectbox(
+            "Dataset", DATASETS, key="cfg.dataset", help=FIELDS["dataset"].description
+        )
+        available, source = dataset_availability(dataset)
+        if available:
+            st.caption(f"Source: {source}")
+        else:
+            st.warning(source)
+            problem = f"The {dataset} dataset is not available here."
+        split = st.radio(
+            "Split",
+            ["standard", "open-set"],
+            key="cfg.split",
+            horizontal=True,
+            help=FIELDS["split"].description,
+        )
+        net = st.radio("Net", ["mlp", "convnet"], key="cfg.net", horizontal=True)
+        dim = st.select_slider(
+            "Embedding dim",
+            [2, 3, 4, 8, 16, 32, 64, 128, 256, 512],
+            value=32,
+            key="cfg.embedding_dim",
+            help=FIELDS["embedding_dim"].description,
+        )
+        normalize = st.checkbox("L2-normalise (unit sphere)", value=True, key="cfg.normalize")
+
+        st.subheader("Loss")
+        loss = st.selectbox(
+            "Loss", list(LOSSES), index=list(LOSSES).index("triplet"), key="cfg.loss"
+        )
+        loss_entry = LOSSES[loss]
+        st.caption(loss_entry.summary)
+        loss_params = param_widgets(loss_entry, "loss")
+        describe(loss_entry)
+
+        st.subheader("Miner")
+        miner = st.selectbox(
+            "Miner", list(MINERS), index=list(MINERS).index("semi_hard"), key="cfg.miner"
+        )
+        miner_entry = MINERS[miner]
+        st.caption(miner_entry.summary)
+        miner_params = param_widgets(miner_entry, "miner")
+        describe(miner_entry)
+
+        st.subheader("Batch and optimiser")
+        c1, c2 = st.columns(2)
+        p = c1.number_input(
+            "P classes", 2, 10, 6, key="cfg.P", help=FIELDS["classes_per_batch"].description
+        )
+        k = c2.number_input(
+            "K per class", 1, 512, 16, key="cfg.K", help=FIELDS["samples_per_class"].description
+        )
+        lr = st.number_input("Learning rate", value=1e-3, format="%g", step=1e-4, key="cfg.lr")
+        steps = st.number_input("Steps", 1, 1_000_000, 300, step=50, key="cfg.steps")
+        with st.expander("More"):
+            snapshot_every = st.number_input(
+                "Snapshot every (steps)", 1, 100_000, 25, key="cfg.snap"
+            )
+            probe = st.number_input("Probe points", 50, 10_000, 2000, step=100, key="cfg.probe")
+            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cfg.seed")
+            device = st.radio("Device", ["auto", "cpu", "cuda"], key="cfg.device", horizontal=True)
+        try:
+            st.caption(f"Device: {resolve_device(device)[1]}")
+        except RuntimeError as err:
+            problem = str(err)
+    values = {
+        "dataset": dataset,
+        "split": split,
+        "net": net,
+        "embedding_dim": dim,
+        "normalize": normalize,
+        "loss": loss,
+        "loss_params": loss_params,
+        "miner": miner,
+        "miner_params": miner_params,
+        "classes_per_batch": p,
+        "samples_per_class": k,
+        "lr": lr,
+        "steps": steps,
+        "snapshot_every": snapshot_every,
+        "probe_size": probe,
+        "seed": seed,
+        "device": device,
+    }
+    return values, problem
+
+
+def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None, str | None]:
+    """Validate the settings (and against the data) before anything starts."""
+    if problem:
+        return None, problem
+    try:
+        cfg = make_config(**values)
+        check_against_dataset(cfg, load_dataset(cfg.dataset, cfg.split))
+        return cfg, None
+    except (ConfigError, ValueError) as err:
+        return None, str(err)
+
+
+def current_run() -> str | None:
+    """The run shown: from the URL (so a reload or a shared link reattaches)."""
+    run_id = st.query_params.get("run")
+    if run_id and run_id in store.list():
+        return run_id
+    return None
+
+
+def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> None:
+    """Train / Pause / Resume / Stop (outside the live fragment)."""
+    job = manager.get(run_id) if run_id else None
+    state = job.progress().state if job else None
+    cols = st.columns([1, 1, 1, 1, 4])
+    if cols[0].button("Train", type="primary", disabled=cfg is None, key="btn.train", icon="▶️"):
+        new_id = manager.submit(cfg)
+        st.session_state.setdefault("my_runs", []).append(new_id)
+        st.query_params["run"] = new_id
+        st.rerun()
+    if cols[1].button("Pause", disabled=state != "running", key="btn.pause"):
+        job.pause()
+        st.rerun()
+    if cols[2].button("Resume", disabled=state != "paused", key="btn.resume"):
+        job.resume()
+        st.rerun()
+    if cols[3].button(
+        "Stop", disabled=state not in ("queued", "running", "paused", "starting"), key="btn.stop"
+    ):
+        manager.stop(run_id)
+        st.rerun()
+    if error:
+        st.error(error, icon="🚫")
+
+
+def run_picker(run_id: str | None) -> None:
+    """Reopen a saved run (this session's runs first)."""
+    mine = [r for r in st.session_state.get("my_runs", []) if r in store.list()]
+    saved = store.list()
+    options = ["—", *mine, *[r for r in saved if r not in mine]]
+    index = options.index(run_id) if run_id in options else 0
+    with st.expander("Runs", expanded=False):
+        chosen = st.selectbox(
+            "Open a run",
+            options,
+            index=index,
+            key="run.picker",
+            format_func=lambda r: r if r == "—" else run_label(store, r),
+        )
+        if chosen != "—" and chosen != run_id:
+            st.query_params["run"] = chosen
+            st.rerun()
+
+
+def embedding_view(run_id: str, snap, class_names, dim: int) -> None:
+    """UMAP (warm-started, off the UI thread), PCA, or the raw 2-D/3-D coordinates."""
+    methods = ["UMAP", "PCA"] + (["Direct"] if dim <= 3 else [])
+    method = st.radio(
+        "Projection",
+        methods,
+        horizontal=True,
+        key="view.method",
+        index=methods.index("Direct") if dim <= 3 else 0,
+    )
+    name = method.lower()
+    worker.submit(run_id, snap.step, snap.probe_emb, name)
+    layout = worker.get(run_id, snap.step, name, timeout=0.3)
+    note = f"{method} of the probe set at step {snap.step} ({len(snap.probe_labels)} test images)"
+    if layout is None:
+        latest = worker.latest(run_id, name)
+        if latest is not None:
+            layout = latest[1]
+            note = f"{method} of step {latest[0]}; step {snap.step} is being computed"
+        else:
+            layout = project(snap.probe_emb, "pca")
+            status = worker.status()
+            why = (
+                "UMAP is compiling (first fit, ~30 s)"
+                if status == COMPILING
+                else "UMAP is computing"
+            )
+            note = f"PCA shown while {why}"
+    if layout is None:
+        st.info("Computing the first layout…")
+        return
+    fig = figures.embedding_figure(
+        layout, snap.probe_labels, class_names, note, uirevision=f"emb-{run_id}-{name}"
+    )
+    st.plotly_chart(fig, key="chart.embedding")
+
+
+@st.fragment(run_every=1.0)
+def live_view(run_id: str | None) -> None:
+    """The live part of the page: progress, scrubber and figures. Always rendered."""
+    if run_id is None:
+        st.info("Idle. Choose settings in the sidebar and press **Train**, or open a saved run.")
+        return
+    record = store.load(run_id)
+    job = manager.get(run_id)
+    if job is not None:
+        p = job.progress()
+        state, step, steps, message, device = p.state, p.step, p.steps, p.message, p.device
+        position = manager.queue_position(run_id)
+        rate = f"{p.samples_per_s:,.0f} samples/s" if p.samples_per_s else ""
+        eta = f"ETA {p.eta_s:.0f} s" if math.isfinite(p.eta_s) and state == "running" else ""
+    else:
+        status = record.status
+        state, step, steps = status.get("state", "?"), status.get("step", 0), record.config.steps
+        message, device, rate, eta, position = (
+            status.get("message", ""),
+            status.get("device", ""),
+            "",
+            "",
+            None,
+        )
+    queued = f" (position {position} in the queue)" if position else ""
+    st.progress(
+        min(step / max(steps, 1), 1.0),
+        text=f"{run_label(store, run_id)} · {state}{queued} · "
+        f"step {step}/{steps} · {rate} {eta} · {device}",
+    )
+    if message:
+        (st.error if state in ("failed", "diverged") else st.info)(message)
+    final = record.status.get("final_metrics")
+    steps_saved = record.snapshot_steps
+    if not steps_saved:
+        st.caption("Waiting for the first snapshot…")
+        return
+    if final:
+        cols = st.columns(4)
+        for col, key, label in zip(
+            cols,
+            ("precision_at_1", "r_precision", "map_at_r", "nmi"),
+            ("P@1", "R-Precision", "MAP@R", "NMI"),
+            strict=True,
+        ):
+            col.metric(f"{label} (test vs train)", f"{final[key]:.3f}")
+    follow = st.toggle("Follow the latest snapshot", value=True, key="view.follow")
+    index = len(steps_saved) - 1
+    if not follow and len(steps_saved) > 1:
+        index = st.slider(
+            "Snapshot",
+            0,
+            len(steps_saved) - 1,
+            len(steps_saved) - 1,
+            key="view.scrub",
+            format="%d",
+            help="Replay the run: every figure follows this slider",
+        )
+    snap = load_snapshot(RUNS_DIR, run_id, steps_saved[index])
+    st.caption(
+        f"Snapshot {index + 1}/{len(steps_saved)}: step {snap.step}, "
+        f"{snap.samples_seen:,} samples seen, {snap.elapsed:.1f} s of training"
+    )
+    if snap.collapse.get("collapsing"):
+        st.warning(
+            "Collapse: most probe points sit on top of each other (the embedding has "
+            "collapsed). Hard mining with a margin does this; try semi-hard mining.",
+            icon="⚠️",
+        )
+    class_names = load_dataset(record.config.dataset, record.config.split).class_names
+    left, right = st.columns(2)
+    with left:
+        embedding_view(run_id, snap, class_names, record.config.embedding_dim)
+    with right:
+        overlap = snap.metrics.get("pair_overlap")
+        hist = figures.distance_histogram_figure(
+            snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}"
+        )
+        st.plotly_chart(hist, key="chart.hist")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(
+            figures.sphere_distance_figure(snap.probe_emb, uirevision=f"sphere-{run_id}"),
+            key="chart.sphere",
+        )
+    with right:
+        history = record.history[record.history.step <= snap.step]
+        st.plotly_chart(
+            figures.curves_figure(history, uirevision=f"curves-{run_id}"), key="chart.curves"
+        )
+
+
+st.title("Train an embedding")
+values, problem = sidebar_config()
+cfg, error = check(values, problem)
+run_id = current_run()
+controls(cfg, error, run_id)
+run_picker(run_id)
+live_view(run_id)

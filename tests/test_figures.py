@@ -1,0 +1,238 @@
+"""Tests for dml_core.figures: each builder draws exactly the data it is given."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from dml_core import figures as F
+from dml_core.geometry import distance_density
+from dml_core.snapshot import Snapshot
+
+NAMES = [f"class {c}" for c in range(10)]
+
+
+def labelled_layout(n=90, dim=2, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, dim)), rng.integers(0, classes, n)
+
+
+def test_embedding_figure_one_trace_per_class():
+    layout, labels = labelled_layout()
+    fig = F.embedding_figure(layout, labels, NAMES, "layout", uirevision="keep")
+    assert [t.name for t in fig.data] == ["class 0", "class 1", "class 2"]
+    for c, trace in enumerate(fig.data):
+        assert isinstance(trace, go.Scattergl)
+        np.testing.assert_array_equal(trace.x, layout[labels == c, 0])
+        np.testing.assert_array_equal(trace.y, layout[labels == c, 1])
+        np.testing.assert_array_equal(trace.customdata, np.flatnonzero(labels == c))
+        assert trace.marker.color == F.CLASS_COLORS[c]
+    assert fig.layout.uirevision == "keep"
+    assert fig.layout.yaxis.scaleanchor == "x"
+    assert fig.layout.template.layout.paper_bgcolor == "white"
+    json.loads(fig.to_json())
+
+
+def test_embedding_figure_custom_data_and_unknown_label_names():
+    layout, labels = labelled_layout(n=20, classes=2)
+    labels[0] = 12  # beyond class_names: shown as a number, colour cycles
+    extra = np.arange(20) * 10
+    fig = F.embedding_figure(layout, labels, NAMES[:2], "t", customdata=extra)
+    by_name = {t.name: t for t in fig.data}
+    assert by_name["12"].customdata.tolist() == [0]
+    assert by_name["12"].marker.color == F.CLASS_COLORS[2]
+    assert sum(len(t.x) for t in fig.data) == 20
+
+
+def test_embedding_figure_3d_on_sphere_adds_surface():
+    points, labels = labelled_layout(n=60, dim=3)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    fig = F.embedding_figure(points, labels, NAMES, "sphere")
+    scatters = [t for t in fig.data if isinstance(t, go.Scatter3d)]
+    assert sum(len(t.x) for t in scatters) == 60
+    assert any(isinstance(t, go.Surface) for t in fig.data)
+    off_sphere = F.embedding_figure(points * 2.0, labels, NAMES, "sphere")
+    assert not any(isinstance(t, go.Surface) for t in off_sphere.data)
+
+
+def test_embedding_figure_on_unit_circle_draws_circle():
+    theta = np.linspace(0, 2 * np.pi, 30, endpoint=False)
+    points = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    fig = F.embedding_figure(points, np.zeros(30, dtype=int), NAMES, "circle")
+    assert [s.type for s in fig.layout.shapes] == ["circle"]
+
+
+def test_embedding_figure_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="layout"):
+        F.embedding_figure(np.zeros((5, 4)), np.zeros(5, dtype=int), NAMES, "t")
+    with pytest.raises(ValueError, match="labels"):
+        F.embedding_figure(np.zeros((5, 2)), np.zeros(4, dtype=int), NAMES, "t")
+
+
+def test_distance_histogram_figure():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.uniform(0, 1, 200), rng.uniform(0.5, 2, 300)
+    lines = {"margin": 0.2, "m_neg": 1.4}
+    fig = F.distance_histogram_figure(pos, neg, lines, overlap=0.123, uirevision="d")
+    assert len(fig.data) == 2
+    np.testing.assert_array_equal(fig.data[0].x, pos)
+    np.testing.assert_array_equal(fig.data[1].x, neg)
+    assert all(t.histnorm == "probability density" for t in fig.data)
+    assert fig.data[0].xbins == fig.data[1].xbins
+    assert [s.x0 for s in fig.layout.shapes] == [0.2, 1.4]
+    assert all(s.line.dash == "dash" for s in fig.layout.shapes)
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts == ["margin = 0.2", "m_neg = 1.4"]
+    assert "P(d⁻ < d⁺) ≈ 0.12" in fig.layout.title.text
+    assert fig.layout.uirevision == "d"
+    json.loads(fig.to_json())
+
+
+def test_distance_histogram_without_lines_overlap_or_data():
+    fig = F.distance_histogram_figure(np.array([]), np.array([]), {}, None)
+    assert len(fig.data) == 2
+    assert "P(" not in fig.layout.title.text
+    assert not fig.layout.shapes
+    fig.to_json()
+
+
+def test_sphere_distance_figure_matches_pairs_and_density():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)) * 3.0
+    fig = F.sphere_distance_figure(emb, uirevision="s")
+    hist, curve = fig.data
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    expected = np.linalg.norm(unit[:, None] - unit[None], axis=-1)[np.triu_indices(50, 1)]
+    np.testing.assert_allclose(np.sort(hist.x), np.sort(expected), atol=1e-9)
+    assert hist.histnorm == "probability density"
+    assert curve.name == "uniform on S^7"
+    np.testing.assert_allclose(curve.y, distance_density(np.asarray(curve.x), dim=8))
+    assert np.trapezoid(curve.y, curve.x) == pytest.approx(1.0, abs=1e-3)
+    assert fig.layout.shapes[0].x0 == pytest.approx(np.sqrt(2))
+    assert fig.layout.shapes[0].line.dash == "dot"
+    assert fig.layout.uirevision == "s"
+
+
+def test_sphere_distance_figure_subsamples_deterministically():
+    emb = np.random.default_rng(1).normal(size=(300, 4))
+    first = F.sphere_distance_figure(emb, max_points=40)
+    second = F.sphere_distance_figure(emb, max_points=40)
+    assert len(first.data[0].x) == 40 * 39 // 2
+    np.testing.assert_array_equal(first.data[0].x, second.data[0].x)
+
+
+def history(n=5, columns=None):
+    frame = pd.DataFrame(
+        {
+            "step": np.arange(n) * 10,
+            "loss": np.linspace(1, 0.1, n),
+            "active_fraction": np.linspace(1, 0.2, n),
+            "easy": np.linspace(0, 0.8, n),
+            "semi-hard": np.linspace(0.5, 0.1, n),
+            "hard": np.linspace(0.5, 0.1, n),
+            "precision_at_1": np.linspace(0.2, 0.9, n),
+            "r_precision": np.linspace(0.1, 0.7, n),
+            "map_at_r": np.linspace(0.05, 0.6, n),
+            "beta": np.full(n, 1.2),
+            "mean_distance": np.linspace(1.4, 1.0, n),
+        }
+    )
+    return frame if columns is None else frame[columns]
+
+
+def test_curves_figure_all_columns():
+    frame = history()
+    fig = F.curves_figure(frame, uirevision="c")
+    names = [t.name for t in fig.data]
+    assert names == [
+        "loss",
+        "active",
+        "easy",
+        "semi-hard",
+        "hard",
+        "P@1",
+        "R-Precision",
+        "MAP@R",
+        "beta",
+        "mean distance",
+    ]
+    loss = fig.data[0]
+    np.testing.assert_array_equal(loss.x, frame["step"])
+    np.testing.assert_array_equal(loss.y, frame["loss"])
+    retrieval = next(t for t in fig.data if t.name == "P@1")
+    assert tuple(fig.layout[retrieval.yaxis.replace("y", "yaxis")].range) == (0.0, 1.02)
+    assert fig.layout.uirevision == "c"
+    json.loads(fig.to_json())
+
+
+def test_curves_figure_missing_columns_are_skipped():
+    fig = F.curves_figure(history(columns=["step", "loss", "precision_at_1"]))
+    assert [t.name for t in fig.data] == ["loss", "P@1"]
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes.count("not recorded in this run") == 2
+    no_step = F.curves_figure(history(columns=["loss"]))
+    np.testing.assert_array_equal(no_step.data[0].x, np.arange(5))
+    with_gap = history()
+    with_gap.loc[1, "map_at_r"] = np.nan
+    F.curves_figure(with_gap).to_json()
+
+
+def test_curves_figure_empty_frame_waits():
+    for frame in (pd.DataFrame(), F.history_frame([])):
+        fig = F.curves_figure(frame, uirevision="c")
+        assert not fig.data
+        assert [a.text for a in fig.layout.annotations] == [F.WAITING]
+        assert fig.layout.uirevision == "c"
+        fig.to_json()
+
+
+def test_density_figure_curves_and_samples():
+    samples = {8: np.random.default_rng(0).uniform(0, 2, 100)}
+    fig = F.density_figure([2, 8, 128], samples=samples)
+    curves = [t for t in fig.data if isinstance(t, go.Scatter)]
+    hists = [t for t in fig.data if isinstance(t, go.Histogram)]
+    assert [t.name for t in curves] == ["n = 2", "n = 8", "n = 128"]
+    for trace in curves[1:]:
+        assert np.trapezoid(trace.y, trace.x) == pytest.approx(1.0, abs=1e-3)
+    assert np.all(np.isfinite(curves[0].y))
+    np.testing.assert_array_equal(hists[0].x, samples[8])
+    assert fig.layout.template.layout.paper_bgcolor == "white"
+    fig.to_json()
+
+
+def make_snapshot(step, **extra):
+    return Snapshot(
+        step=step,
+        samples_seen=step * 32,
+        elapsed=step / 10,
+        loss=1.0 / (step + 1),
+        active_fraction=0.5,
+        probe_emb=np.zeros((4, 2), dtype=np.float32),
+        probe_labels=np.zeros(4, dtype=np.int64),
+        pos_dist=np.zeros(3, dtype=np.float32),
+        neg_dist=np.zeros(3, dtype=np.float32),
+        **extra,
+    )
+
+
+def test_history_frame_rows_and_columns():
+    snaps = [
+        make_snapshot(0),
+        make_snapshot(10, metrics={"precision_at_1": 0.5}, kind_shares={"hard": 0.1}),
+    ]
+    frame = F.history_frame(snaps)
+    assert frame["step"].tolist() == [0, 10]
+    assert frame["samples_seen"].tolist() == [0, 320]
+    assert np.isnan(frame["precision_at_1"].iloc[0])
+    assert frame["precision_at_1"].iloc[1] == 0.5
+    fig = F.curves_figure(frame)
+    assert {"loss", "active", "hard", "P@1"} <= {t.name for t in fig.data}
+    assert list(F.history_frame([]).columns) == [
+        "step",
+        "samples_seen",
+        "elapsed",
+        "loss",
+        "active_fraction",
+    ]
