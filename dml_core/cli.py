@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from dml_core.config import RunConfig, apply_margin, make_config
-from dml_core.data import DatasetError
+from dml_core.data import DATASETS, DatasetError
 from dml_core.errors import ConfigError, allowed_values
 from dml_core.jobs import TrainingJob
 from dml_core.registry import LOSSES, MINERS, Registry
@@ -96,6 +96,16 @@ def build_parser() -> Parser:
         listing.add_argument("--json", action="store_true")
     runs = sub.add_parser("list-runs", help="list saved runs, newest first")
     runs.add_argument("--out", default="runs")
+    bench = sub.add_parser("bench", help="time dml_core's training path against a PML loop")
+    bench.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    bench.add_argument("--batch", type=int, default=256, help="samples per step (default 256)")
+    bench.add_argument("--samples", type=int, help="training samples per variant (default 60k)")
+    bench.add_argument("--quick", action="store_true", help="a small run (< 60 s on 2 cores)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    bench.add_argument(
+        "--out", help="also write the JSON to this file (e.g. assets/bench-cpu.json)"
+    )
     return parser
 
 
@@ -219,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_registry(LOSSES, args.json)
         if args.command == "list-miners":
             return list_registry(MINERS, args.json)
+        if args.command == "bench":
+            from dml_core import bench
+
+            return bench.main(
+                args.dataset, args.device, args.batch, args.samples, args.quick, args.json, args.out
+            )
         for run_id in RunStore(args.out).list():
             print(run_id)
         return 0

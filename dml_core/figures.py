@@ -278,21 +278,17 @@ def _sqrt2_line(fig: go.Figure, position: str) -> None:
     )
 
 
-def _note(fig: go.Figure, text: str, size: int = 14, **cell: int) -> None:
-    """Grey text in the middle of the figure (or of subplot ``row``/``col``), axes hidden."""
-    ref = "x domain" if cell else "paper"
-    fig.add_annotation(
-        text=text,
-        x=0.5,
-        y=0.5,
-        xref=ref,
-        yref=ref.replace("x", "y"),
-        showarrow=False,
-        font={"size": size, "color": "#888888"},
-        **cell,
-    )
-    fig.update_xaxes(visible=False, **cell)
-    fig.update_yaxes(visible=False, **cell)
+def _note(fig: go.Figure, text: str, size: int = 14, axis: str | None = None) -> None:
+    """Grey text in the middle of the figure, or of the subplot whose axes end in ``axis``."""
+    x, y = 0.5, 0.5
+    if axis is not None:  # paper coordinates: "x3 domain" refs misplace on trace-less axes
+        x = float(np.mean(fig.layout[f"xaxis{axis}"].domain))
+        y = float(np.mean(fig.layout[f"yaxis{axis}"].domain))
+    font = {"size": size, "color": "#888888"}
+    where = {"x": x, "y": y, "xref": "paper", "yref": "paper", "xanchor": "center"}
+    fig.add_annotation(text=text, showarrow=False, font=font, **where)
+    hidden = {"showgrid": False, "showticklabels": False, "zeroline": False, "showline": False}
+    fig.update_layout({f"xaxis{axis or ''}": hidden, f"yaxis{axis or ''}": hidden})
 
 
 def _pairwise_upper(points: np.ndarray) -> np.ndarray:
@@ -395,7 +391,7 @@ def curves_figure(
         row, col = divmod(i, 2)
         present = [column for column in curves if column in history.columns]
         if not present:
-            _note(fig, "not recorded in this run", row=row + 1, col=col + 1)
+            _note(fig, "not recorded in this run", axis=str(i + 1) if i else "")
             continue
         for column in present:
             ys = pd.to_numeric(history[column], errors="coerce").to_numpy(

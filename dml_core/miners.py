@@ -101,13 +101,18 @@ class SortedNegatives(NamedTuple):
         return cls(pos_mask, dist, sorted_dist.contiguous(), order)
 
     def count_below(self, bound: Tensor, inclusive: bool) -> Tensor:
-        """(B, B) int64: how many negatives n of anchor a have d(a,n) < bound[a, p] (<= if
-        ``inclusive``); exactly the elementwise comparison, ties and all."""
+        """How many negatives n of anchor a have d(a,n) < bound[a, p], as (B, B) int64.
+
+        With ``inclusive``, d(a,n) <= bound[a, p]. Exactly the elementwise comparison, ties
+        and all.
+        """
         return torch.searchsorted(self.sorted_dist, bound.contiguous(), right=inclusive)
 
     def band(self, lo: Tensor, hi: Tensor) -> Triplets:
-        """The triplets (a, p, n) of every positive pair (a, p) whose negative has rank
-        lo[a, p] <= rank < hi[a, p] in a's sorted negatives (O(B^2 + output) work)."""
+        """Triplets (a, p, n) whose negative's rank among a's sorted negatives is in [lo, hi).
+
+        lo and hi are (B, B); only positive pairs (a, p) count. O(B^2 + output) work.
+        """
         count = (hi - lo).clamp_min(0) * self.pos_mask  # (B, B)
         a, p = count.nonzero(as_tuple=True)  # (m,) pairs with at least one negative
         c = count[a, p]  # (m,)

@@ -134,11 +134,17 @@ def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None
 
 
 def current_run() -> str | None:
-    """The run shown: from the URL (so a reload or a shared link reattaches)."""
-    run_id = st.query_params.get("run")
-    if run_id and run_id in store.list():
-        return run_id
+    """The run shown: from the URL (a reload or a shared link reattaches), else this session's."""
+    for run_id in (st.query_params.get("run"), st.session_state.get("current_run")):
+        if run_id and run_id in store.list():
+            return run_id
     return None
+
+
+def show_run(run_id: str) -> None:
+    """Make ``run_id`` the run this page shows, in the URL and in the session."""
+    st.query_params["run"] = run_id
+    st.session_state["current_run"] = run_id
 
 
 def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> None:
@@ -149,7 +155,7 @@ def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> No
     if cols[0].button("Train", type="primary", disabled=cfg is None, key="btn.train", icon="▶️"):
         new_id = manager.submit(cfg)
         st.session_state.setdefault("my_runs", []).append(new_id)
-        st.query_params["run"] = new_id
+        show_run(new_id)
         st.rerun()
     if cols[1].button("Pause", disabled=state != "running", key="btn.pause"):
         job.pause()
@@ -181,7 +187,7 @@ def run_picker(run_id: str | None) -> None:
             format_func=lambda r: r if r == "—" else run_label(store, r),
         )
         if chosen != "—" and chosen != run_id:
-            st.query_params["run"] = chosen
+            show_run(chosen)
             st.rerun()
 
 

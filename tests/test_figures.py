@@ -172,6 +172,14 @@ def test_curves_figure_missing_columns_are_skipped():
     assert [t.name for t in fig.data] == ["loss", "P@1"]
     notes = [a.text for a in fig.layout.annotations]
     assert notes.count("not recorded in this run") == 2
+    spots = [(a.x, a.y) for a in fig.layout.annotations if a.text == "not recorded in this run"]
+    centres = [
+        (np.mean(fig.layout[f"xaxis{i}"].domain), np.mean(fig.layout[f"yaxis{i}"].domain))
+        for i in (2, 4)
+    ]
+    np.testing.assert_allclose(spots, centres)
+    assert fig.layout.xaxis2.showticklabels is False
+    assert fig.layout.xaxis.showticklabels is not False
     no_step = F.curves_figure(history(columns=["loss"]))
     np.testing.assert_array_equal(no_step.data[0].x, np.arange(5))
     with_gap = history()

@@ -1,0 +1,492 @@
+"""Benchmark: dml_core's training path against the usual pytorch-metric-learning loop.
+
+``python -m dml_core bench`` runs, in one process, on the same data, from the same initial
+weights, with the same loss and miner semantics (triplet loss, margin 0.2, on semi-hard
+triplets, Adam 1e-3, batch 256):
+
+- **A, "pml"**: the loop users write today: a torchvision-style ``Dataset`` over float
+  images, ``DataLoader(batch_size=256, shuffle=True)``, ``TripletMarginMiner(margin=0.2,
+  type_of_triplets="semihard")`` + ``TripletMarginLoss(margin=0.2)``.
+- **B, "dml_core"**: ``train.Trainer``: uint8 data resident on the device, P x K batches
+  sampled there, semi-hard mining and loss fused on one distance matrix, channels_last,
+  fused Adam (and bf16 autocast on CUDA).
+
+A and B train in alternating chunks of steps, so a load spike from another process hits
+both alike; the figure that matters is the ratio B / A of samples per second. Both are then
+evaluated the same way (``metrics.retrieval_metrics``: test queries against train
+references). Also timed: mining + loss per batch, one snapshot, UMAP (cold and warm-started)
+and PCA layouts, and B with its speed-ups switched on one at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dml_core import metrics
+from dml_core.config import make_config
+from dml_core.data import Dataset, load_dataset
+from dml_core.geometry import pairwise_distances
+from dml_core.losses.triplet import TripletLoss
+from dml_core.miners import SemiHardMiner
+from dml_core.nets import Embedder
+from dml_core.train import FAST_PATHS, FusedSemiHardTriplet, Trainer, embed, resolve_device
+from dml_core.tuples import Triplets, all_triplets
+
+MARGIN = 0.2
+LR = 1e-3
+EMBEDDING_DIM = 128
+CHUNK_STEPS = 5  # A and B alternate every this many steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
+    """Median wall time of ``fn`` in seconds, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def enumerated_semi_hard(dist: Tensor, labels: Tensor, margin: float) -> Triplets:
+    """The straightforward semi-hard miner: list all B (K-1) (B-K) triplets, then filter."""
+    triplets = all_triplets(labels)
+    d_ap = dist[triplets.anchor, triplets.pos]  # (T,)
+    d_an = dist[triplets.anchor, triplets.neg]  # (T,)
+    keep = (d_an > d_ap) & (d_an < d_ap + margin)
+    return Triplets(*(t[keep] for t in triplets))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """What a torchvision dataset hands a DataLoader: one (float image, label) per index."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images = images.float()  # (N, 1, H, W), 0-255
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+
+class PMLLoop:
+    """Variant A: the usual pytorch-metric-learning training loop, one step at a time."""
+
+    def __init__(self, net: Embedder, data: Dataset, batch: int, device: torch.device) -> None:
+        from pytorch_metric_learning import losses, miners
+
+        self.net, self.device = net, device
+        self.loader = torch.utils.data.DataLoader(
+            ImageDataset(data.train.x, data.train.y), batch_size=batch, shuffle=True
+        )
+        self.loss = losses.TripletMarginLoss(margin=MARGIN)
+        self.miner = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard")
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=LR)
+        self._batches: Iterator[tuple[Tensor, Tensor]] = iter(self.loader)
+
+    def train_step(self) -> int:
+        """One optimiser step; returns the number of samples it used."""
+        try:
+            x, y = next(self._batches)
+        except StopIteration:  # a new epoch
+            self._batches = iter(self.loader)
+            x, y = next(self._batches)
+        x, y = x.to(self.device), y.to(self.device)
+        emb = self.net(x)
+        loss = self.loss(emb, y, self.miner(emb, y))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return len(y)
+
+
+def _batch_shape(batch: int) -> tuple[int, int]:
+    """P x K = batch with P <= 10 classes (8 where it divides), K >= 2."""
+    for p in (8, 10, 9, 7, 6, 5, 4, 3, 2):
+        if batch % p == 0 and batch // p >= 2:
+            return p, batch // p
+    raise ValueError(f"The batch size {batch} cannot be split into P x K with P <= 10.")
+
+
+def _make_trainer(
+    data: Dataset,
+    dataset: str,
+    device: str,
+    batch: int,
+    steps: int,
+    seed: int,
+    fast: tuple[str, ...] = FAST_PATHS,
+) -> Trainer:
+    P, K = _batch_shape(batch)
+    cfg = make_config(
+        dataset=dataset,
+        net="convnet",
+        embedding_dim=EMBEDDING_DIM,
+        normalize=True,
+        loss="triplet",
+        loss_params={"margin": MARGIN},
+        miner="semi_hard",
+        miner_params={"margin": MARGIN},
+        classes_per_batch=P,
+        samples_per_class=K,
+        lr=LR,
+        steps=max(steps, 1),
+        snapshot_every=max(steps, 1),
+        probe_size=min(2000, max(50, len(data.query))),
+        final_eval=False,
+        seed=seed,
+        device=device,
+    )
+    return Trainer(cfg, data, fast=fast)
+
+
+def _evaluate(
+    net: Embedder, data: Dataset, device: torch.device, queries: Tensor, refs: Tensor
+) -> dict[str, float]:
+    q = embed(net, data.query.x[queries], device)
+    r = embed(net, data.reference.x[refs], device)
+    found = metrics.retrieval_metrics(
+        q, data.query.y[queries], r, data.reference.y[refs], with_nmi=False
+    )
+    return {k: round(v, 4) for k, v in found.items()}
+
+
+def _train_both(
+    loop: PMLLoop, trainer: Trainer, steps: int, device: torch.device
+) -> dict[str, float]:
+    """Alternate A and B in chunks of steps; total training seconds of each."""
+    seconds = {"pml": 0.0, "dml_core": 0.0}
+    done = 0
+    while done < steps:
+        n = min(CHUNK_STEPS, steps - done)
+        for name, step in (("pml", loop.train_step), ("dml_core", trainer.train_step)):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            _sync(device)
+            seconds[name] += time.perf_counter() - start
+        done += n
+    return seconds
+
+
+def _mining_loss_ms(
+    emb: Tensor, labels: Tensor, device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Mining + loss + backward on one batch: PML, dml_core's plain and fused paths."""
+    from pytorch_metric_learning import losses, miners
+
+    pml_loss = losses.TripletMarginLoss(margin=MARGIN)
+    pml_miner = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard")
+    miner, loss, fused = (
+        SemiHardMiner(MARGIN),
+        TripletLoss(MARGIN),
+        FusedSemiHardTriplet(MARGIN, MARGIN),
+    )
+    emb = emb.detach().clone().requires_grad_()
+
+    def pml() -> None:
+        pml_loss(emb, labels, pml_miner(emb, labels)).backward()
+
+    def enumerated() -> None:
+        with torch.no_grad():
+            tuples = enumerated_semi_hard(pairwise_distances(emb), labels, MARGIN)
+        loss(emb, labels, tuples).loss.backward()
+
+    def plain() -> None:
+        loss(emb, labels, miner(emb, labels)).loss.backward()
+
+    def fast() -> None:
+        fused(emb, labels)[0].backward()
+
+    with torch.no_grad():
+        mined = len(miner(emb, labels).anchor)
+    out = {
+        name: round(1000 * _timed(fn, device, repeats), 2)
+        for name, fn in (
+            ("pml", pml),
+            ("dml_core_enumerated", enumerated),
+            ("dml_core_band_miner", plain),
+            ("dml_core_fused", fast),
+        )
+    }
+    out["semi_hard_triplets"] = mined
+    out["ratio_pml_over_fused"] = round(out["pml"] / max(out["dml_core_fused"], 1e-9), 2)
+    return out
+
+
+def _ablation(
+    data: Dataset, args: dict[str, Any], device: torch.device, steps: int
+) -> dict[str, float]:
+    """Milliseconds per step of B with its speed-ups switched on one at a time (interleaved)."""
+    stages: dict[str, tuple[str, ...]] = {"none": ()}
+    for i in range(len(FAST_PATHS)):
+        if FAST_PATHS[i] == "bf16" and device.type != "cuda":
+            continue
+        stages["+" + FAST_PATHS[i]] = FAST_PATHS[: i + 1]
+    trainers = {name: _make_trainer(data, **args, fast=fast) for name, fast in stages.items()}
+    for t in trainers.values():
+        t.train_step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(steps):
+        for name, t in trainers.items():
+            _sync(device)
+            start = time.perf_counter()
+            t.train_step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: round(1000 * statistics.median(v), 1) for name, v in times.items()}
+
+
+def _layouts(emb: np.ndarray, sizes: Sequence[int], seed: int) -> dict[str, float | None]:
+    """UMAP cold / warm-started and PCA timings (seconds) for the first n of ``emb``."""
+    from dml_core.projection import project
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, float | None] = {}
+    for n in sizes:
+        if n > len(emb):
+            out.update({f"umap_cold_{n}_s": None, f"umap_warm_{n}_s": None, f"pca_{n}_s": None})
+            continue
+        x = emb[:n]
+        start = time.perf_counter()
+        layout = project(x, "umap", seed=seed)
+        first = time.perf_counter() - start
+        if not out:  # the first fit of the process compiles umap-learn's kernels (numba)
+            out["umap_first_fit_s"] = round(first, 2)
+            start = time.perf_counter()
+            layout = project(x, "umap", seed=seed)
+            first = time.perf_counter() - start
+        out[f"umap_cold_{n}_s"] = round(first, 2)
+        moved = (x + 0.01 * rng.standard_normal(x.shape)).astype(np.float32)  # a step later
+        start = time.perf_counter()
+        project(moved, "umap", init=layout, seed=seed)
+        out[f"umap_warm_{n}_s"] = round(time.perf_counter() - start, 3)
+        out[f"pca_{n}_s"] = round(_timed(lambda x=x: project(x, "pca"), torch.device("cpu")), 4)
+    return out
+
+
+def run_bench(
+    dataset: str = "fashion-mnist",
+    device: str = "auto",
+    batch: int = 256,
+    samples: int | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and return its figures (see the module docstring).
+
+    Args:
+        dataset: "fashion-mnist", "mnist" or "digits".
+        device: "auto", "cpu" or "cuda".
+        batch: samples per step for both variants (B draws P x K = batch).
+        samples: training samples per variant (default 60k; 5120 with ``quick``).
+        quick: a small run (< 60 s on 2 CPU cores): fewer samples, a fixed evaluation subset
+            (2k queries vs 10k references), no UMAP at 10k points, a shorter ablation.
+        seed: seed of weights, batches and subsets.
+        command: the command line to record.
+        log: called with a line of progress now and then (e.g. ``print`` to stderr).
+    """
+    say = log or (lambda _line: None)
+    dev, device_note = resolve_device(device)
+    torch.manual_seed(seed)
+    load_before = os.getloadavg()
+    samples = samples if samples is not None else (5120 if quick else 60_000)
+    steps = max(1, samples // batch)
+    data = load_dataset(dataset)
+    args = {"dataset": dataset, "device": device, "batch": batch, "steps": steps, "seed": seed}
+    trainer = _make_trainer(data, **args)
+    net_a = copy.deepcopy(trainer.net).to(memory_format=torch.contiguous_format)  # same start
+    loop = PMLLoop(net_a, data, batch, dev)
+
+    say(f"training A (PML loop) and B (dml_core) for {steps} steps of {batch}, interleaved")
+    seconds = _train_both(loop, trainer, steps, dev)
+    trained = steps * batch
+
+    gen = torch.Generator().manual_seed(seed)
+    n_query = min(len(data.query), 2000 if quick else 10_000)
+    n_ref = min(len(data.reference), 10_000 if quick else len(data.reference))
+    queries = torch.randperm(len(data.query), generator=gen)[:n_query].sort().values
+    refs = torch.randperm(len(data.reference), generator=gen)[:n_ref].sort().values
+    say(f"evaluating both: {n_query} test queries vs {n_ref} train references")
+    variants: dict[str, dict[str, Any]] = {}
+    for name, net in (("pml", loop.net), ("dml_core", trainer.net)):
+        variants[name] = {
+            "samples": trained,
+            "steps": steps,
+            "train_seconds": round(seconds[name], 2),
+            "samples_per_s": round(trained / seconds[name], 1),
+            "seconds_per_60k": round(seconds[name] * 60_000 / trained, 1),
+            **_evaluate(net, data, dev, queries, refs),
+        }
+    variants["pml"]["what"] = "Dataset + DataLoader(shuffle) + PML TripletMarginMiner/Loss"
+    variants["dml_core"]["what"] = f"Trainer, P x K = {trainer.cfg.classes_per_batch} x " + (
+        f"{trainer.cfg.samples_per_class}, fast paths: {', '.join(FAST_PATHS)}"
+    )
+
+    say("timing mining + loss per batch")
+    idx = trainer.sampler.sample()
+    x, y = trainer.train_x[idx], trainer.train_y[idx]
+    with torch.no_grad():
+        real = trainer.net(x).float()
+    random = torch.nn.functional.normalize(
+        torch.randn(batch, EMBEDDING_DIM, generator=gen), dim=1
+    ).to(dev)
+    repeats = 2 if quick else 5
+    mining = {
+        "real_batch": _mining_loss_ms(real, y, dev, repeats),
+        "random_embeddings": _mining_loss_ms(random, y, dev, repeats),
+    }
+
+    say("timing a snapshot")
+    snapshot_s = _timed(lambda: trainer.snapshot({}), dev)
+
+    say("timing B's speed-ups one at a time")
+    ablation = _ablation(data, args, dev, 3 if quick else 10)
+
+    layouts: dict[str, float | None] = {}
+    if not quick:
+        say("timing UMAP and PCA layouts")
+        probe = np.concatenate(
+            [embed(trainer.net, data.query.x, dev).numpy(), trainer.snapshot({}).probe_emb]
+        )
+        layouts = _layouts(probe, (2000, 10_000), seed)
+
+    a, b = variants["pml"], variants["dml_core"]
+    return {
+        "ratio": round(b["samples_per_s"] / a["samples_per_s"], 2),
+        "map_at_r_delta": round(b["map_at_r"] - a["map_at_r"], 4),
+        "variants": variants,
+        "mining_loss_ms": mining,
+        "snapshot_s": round(snapshot_s, 3),
+        "snapshot_probe_size": trainer.cfg.probe_size,
+        "ablation_ms_per_step": ablation,
+        "layouts": layouts,
+        "settings": {
+            "dataset": dataset,
+            "batch": batch,
+            "samples": trained,
+            "quick": quick,
+            "eval_queries": n_query,
+            "eval_references": n_ref,
+            "net": "convnet",
+            "embedding_dim": EMBEDDING_DIM,
+            "margin": MARGIN,
+            "lr": LR,
+            "seed": seed,
+        },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": dev.type,
+            "device_name": (
+                torch.cuda.get_device_name(0) if dev.type == "cuda" else platform.processor()
+            )
+            or platform.machine(),
+            "device_note": device_note,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        },
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command or "python -m dml_core bench",
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable summary printed by ``python -m dml_core bench``."""
+    a, b = result["variants"]["pml"], result["variants"]["dml_core"]
+    m = result["machine"]
+    lines = [
+        f"{result['command']}  ({result['date']}; {m['device_note']}, "
+        f"{m['cpu_count']} CPUs, load {m['load_average_before'][0]})",
+        "",
+        f"{'':<26}{'A: PML loop':>14}{'B: dml_core':>14}{'B / A':>9}",
+    ]
+    rows = [
+        ("samples/s", "samples_per_s", "{:.0f}"),
+        ("seconds per 60k samples", "seconds_per_60k", "{:.1f}"),
+        ("P@1", "precision_at_1", "{:.4f}"),
+        ("R-Precision", "r_precision", "{:.4f}"),
+        ("MAP@R", "map_at_r", "{:.4f}"),
+    ]
+    for label, key, fmt in rows:
+        ratio = b[key] / a[key] if a[key] else float("nan")
+        lines.append(f"{label:<26}{fmt.format(a[key]):>14}{fmt.format(b[key]):>14}{ratio:>9.2f}")
+    s = result["settings"]
+    lines.append(
+        f"(after {s['samples']} samples each; {s['eval_queries']} test queries vs "
+        f"{s['eval_references']} train references)"
+    )
+    lines.append("")
+    lines.append("mining + loss + backward, ms per batch:")
+    for kind, row in result["mining_loss_ms"].items():
+        cells = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("ratio_pml_over_fused",))
+        lines.append(f"  {kind}: {cells}; PML / fused = {row['ratio_pml_over_fused']}")
+    lines.append("B ms per step, speed-ups added one at a time:")
+    lines.append("  " + ", ".join(f"{k} {v}" for k, v in result["ablation_ms_per_step"].items()))
+    lines.append(
+        f"snapshot ({result['snapshot_probe_size']} probe points): {result['snapshot_s']} s"
+    )
+    if result["layouts"]:
+        lines.append("layouts, s: " + ", ".join(f"{k} {v}" for k, v in result["layouts"].items()))
+    lines.append(f"ratio B / A (samples/s): {result['ratio']}")
+    return "\n".join(lines)
+
+
+def main(
+    dataset: str,
+    device: str,
+    batch: int,
+    samples: int | None,
+    quick: bool,
+    as_json: bool,
+    out: str | None,
+) -> int:
+    """Run, print the table (or JSON), and write ``out`` when given."""
+    import json
+
+    from dml_core.runs import atomic_write_json
+
+    command = "python -m dml_core " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    result = run_bench(
+        dataset,
+        device,
+        batch,
+        samples,
+        quick,
+        command=command,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, result)
+    print(json.dumps(result) if as_json else format_table(result))
+    return 0

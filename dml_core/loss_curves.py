@@ -1,0 +1,372 @@
+r"""Loss curves for the Loss explorer: every registered loss as a function of two distances.
+
+Each loss exposes ``curve(d_ap, d_an)``: the loss of one anchor with one positive at distance
+d(a,p) and one negative at d(a,n) (for class-level losses: one sample at d from its own proxy
+and from one other proxy), computed by the same internal function as training. This module
+only evaluates that function on grids and differentiates it with autograd, so the explorer
+shows exactly the value and the gradient the optimiser sees: no loss formula is copied here.
+Where a loss detaches a weight during training (circle loss's alpha_p, alpha_n), the gradient
+shown is the training gradient, not the derivative of the plotted value.
+
+Coordinates: distances between unit vectors lie in [0, 2]; the similarity axis uses the
+cosine s = 1 - d^2 / 2 in [-1, 1] (the same identity the cosine losses use). The similarity
+plane is drawn as (s_n, s_p), the orientation of Sun et al. 2020, Fig. 1.
+
+Decision boundaries (drawn on the heat maps), in the notation of each paper:
+    - triplet (Schroff et al. 2015, Eq. 1): d(a,n) = d(a,p) + alpha; lifted structure with one
+      negative (Song et al. 2016, Eq. 4): d(a,n) = d(a,p) + alpha; quadruplet (Chen et al.
+      2017, Eq. 5): d(a,n)^2 = d(a,p)^2 + alpha_1 (and alpha_2 with d(n_1,n_2) = d(a,n)).
+    - contrastive (Hadsell et al. 2006): d(a,p) = m_pos and d(a,n) = m_neg; margin loss (Wu
+      et al. 2017, Eq. 8): d(a,p) = beta - alpha and d(a,n) = beta + alpha; binomial deviance,
+      multi-similarity, proxy-anchor: their similarity thresholds as distances.
+    - circle loss (Sun et al. 2020, Eq. 9-10): alpha_n (s_n - Delta_n) = alpha_p (s_p - Delta_p)
+      with O_p = 1 + m, O_n = -m, Delta_p = 1 - m, Delta_n = m, i.e. the circle
+      s_n^2 + (s_p - 1)^2 = 2 m^2, against the linear boundary s_p - s_n = m (Fig. 1a).
+    - softmax-type losses (N-pair, histogram, normalised softmax, proxy-NCA) and the Triplet
+      Network: where the positive and the negative are equally close, d(a,p) = d(a,n).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dml_core.geometry import cosine_to_distance
+from dml_core.losses import anchor, memory, pair, proxy, triplet
+from dml_core.registry import LOSSES
+
+Scale = Literal["distance", "similarity"]
+Axis = Literal["positive", "negative"]
+
+# What the class-level losses need to be built; the curve itself uses neither.
+CONTEXT: dict[str, int] = {"num_classes": 2, "embedding_dim": 8}
+RANGES: dict[str, tuple[float, float]] = {"distance": (0.0, 2.0), "similarity": (-1.0, 1.0)}
+# The other coordinate's default while one is varied: d(a,n) = 1 for the positive-pair
+# profile, d(a,p) = 0.5 for the negative-pair profile (distances on the unit sphere).
+DEFAULT_FIXED: dict[str, float] = {"positive": 1.0, "negative": 0.5}
+S_MAX = 1.0 - 1e-9  # s = 1 is d = 0, where d(d)/ds is infinite; the last point sits just below
+
+
+class CurveUnavailableError(ValueError):
+    """The loss defines no curve of (d(a,p), d(a,n)); the message says which loss."""
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A decision boundary as a polyline in distance coordinates (NaN breaks the line)."""
+
+    label: str
+    d_ap: np.ndarray  # (k,)
+    d_an: np.ndarray  # (k,)
+
+    def coordinates(self, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+        """(positive coordinate, negative coordinate) in ``scale``: distances or cosines."""
+        if scale == "distance":
+            return self.d_ap, self.d_an
+        return 1.0 - self.d_ap**2 / 2.0, 1.0 - self.d_an**2 / 2.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Loss along one coordinate, the other fixed.
+
+    Attributes:
+        label: the loss and its settings, for legends.
+        axis: ``"positive"`` (d(a,p) or s_p varies) or ``"negative"`` (d(a,n) or s_n varies).
+        scale: ``"distance"`` or ``"similarity"``.
+        x: (n,) the varied coordinate.
+        value: (n,) the loss.
+        grad: (n,) d loss / d x from autograd through ``curve`` (signed; plots show |grad|).
+        fixed: the other coordinate, in the same scale.
+        x_label: what x is, e.g. ``"d(a,p)"``; fixed_label: what the fixed coordinate is.
+        marks: where the profile crosses a decision boundary, {label: x}.
+    """
+
+    label: str
+    axis: Axis
+    scale: Scale
+    x: np.ndarray
+    value: np.ndarray
+    grad: np.ndarray
+    fixed: float
+    x_label: str
+    fixed_label: str
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Loss and gradient magnitude on a grid of the (positive, negative) plane.
+
+    In the distance scale x = d(a,p) and y = d(a,n); in the similarity scale x = s_n and
+    y = s_p (Sun et al. 2020, Fig. 1). ``value[i, j]`` is the loss at (x[j], y[i]), the layout
+    of a heat map; ``grad`` is the norm of the gradient with respect to (x, y).
+    """
+
+    label: str
+    scale: Scale
+    x: np.ndarray  # (n,)
+    y: np.ndarray  # (n,)
+    value: np.ndarray  # (n, n)
+    grad: np.ndarray  # (n, n)
+    x_label: str
+    y_label: str
+    boundaries: tuple[Boundary, ...]
+
+    def boundary_xy(self, boundary: Boundary) -> tuple[np.ndarray, np.ndarray]:
+        """The boundary in this surface's (x, y) coordinates."""
+        pos, neg = boundary.coordinates(self.scale)
+        return (pos, neg) if self.scale == "distance" else (neg, pos)
+
+
+def build_loss(name: str, params: Mapping[str, Any] | None = None) -> nn.Module:
+    """The registered loss with validated parameters (raises ``ConfigError`` if invalid)."""
+    return LOSSES.create(name, CONTEXT, **dict(params or {}))
+
+
+def setting_label(name: str, params: Mapping[str, Any] | None = None) -> str:
+    """``triplet (margin=0.2, soft=False)``: a legend entry naming the loss and its settings."""
+    if not params:
+        return name
+    values = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+    return f"{name} ({values})"
+
+
+def axis_labels(name: str, scale: Scale) -> tuple[str, str]:
+    """Names of the (positive, negative) coordinates; class-level losses measure to proxies."""
+    if LOSSES[name].kind == "classes":
+        if scale == "distance":
+            return "d(x, own proxy)", "d(x, other proxy)"
+        return "cos(x, own proxy)", "cos(x, other proxy)"
+    return ("d(a,p)", "d(a,n)") if scale == "distance" else ("s_p = cos(a,p)", "s_n = cos(a,n)")
+
+
+def evaluate(
+    loss: nn.Module, pos: np.ndarray, neg: np.ndarray, scale: Scale = "distance"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Loss and its partial derivatives at (pos, neg), elementwise (broadcast shapes).
+
+    Args:
+        loss: a built loss with ``curve(d_ap, d_an)``.
+        pos: d(a,p) (or s_p in the similarity scale).
+        neg: d(a,n) (or s_n).
+        scale: ``"distance"`` or ``"similarity"``; in the latter d = sqrt(2 - 2 s) first.
+
+    Returns:
+        value, d value / d pos, d value / d neg, each of the broadcast shape (float64).
+    """
+    pos_t = torch.as_tensor(np.asarray(pos, dtype=np.float64)).requires_grad_()
+    neg_t = torch.as_tensor(np.asarray(neg, dtype=np.float64)).requires_grad_()
+    if scale == "similarity":  # s = 1 is moved to S_MAX, keeping d/ds = 1 (clamp would zero it)
+        d_ap = cosine_to_distance(pos_t - (pos_t - S_MAX).clamp_min(0.0).detach())
+        d_an = cosine_to_distance(neg_t - (neg_t - S_MAX).clamp_min(0.0).detach())
+    else:
+        d_ap, d_an = pos_t, neg_t
+    d_ap, d_an = torch.broadcast_tensors(d_ap, d_an)
+    curve = getattr(loss, "curve", None)
+    try:
+        if curve is None:
+            raise NotImplementedError
+        value = curve(d_ap, d_an)
+    except NotImplementedError:
+        raise CurveUnavailableError(
+            f"The {type(loss).__name__} loss defines no curve of (d(a,p), d(a,n)), so the "
+            "explorer cannot plot it."
+        ) from None
+    grads: tuple[Tensor | None, ...] = (None, None)
+    if value.requires_grad:
+        grads = torch.autograd.grad(value.sum(), (pos_t, neg_t), allow_unused=True)
+    shape = value.shape
+    g_pos, g_neg = (torch.zeros(shape) if g is None else g.expand(shape) for g in grads)
+    return (value.detach().numpy(), g_pos.detach().numpy(), g_neg.detach().numpy())
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a polyline inside [0, 2]^2 (other points become NaN, breaking the line)."""
+    inside = (x >= 0) & (x <= 2) & (y >= 0) & (y <= 2)
+    return np.where(inside, x, np.nan), np.where(inside, y, np.nan)
+
+
+def _from_similarity(label: str, s_p: np.ndarray, s_n: np.ndarray) -> Boundary:
+    """A boundary given in the (s_n, s_p) plane, as distances (points outside [-1, 1] dropped)."""
+    inside = (np.abs(s_p) <= 1) & (np.abs(s_n) <= 1)
+    s_p, s_n = np.where(inside, s_p, np.nan), np.where(inside, s_n, np.nan)
+    return Boundary(label, np.sqrt(2.0 - 2.0 * s_p), np.sqrt(2.0 - 2.0 * s_n))
+
+
+def decision_boundaries(loss: nn.Module, num: int = 401) -> tuple[Boundary, ...]:
+    """Where the loss separates satisfied from violated (see the module docstring).
+
+    Returns polylines in distance coordinates, ``num`` points each; none for unknown losses.
+    """
+    t = np.linspace(0.0, 2.0, num)  # (num,)
+    full = np.full_like(t, 1.0)
+
+    def vertical(label: str, d: float) -> Boundary:  # d(a,p) = d
+        return Boundary(label, *_line(d * full, t))
+
+    def horizontal(label: str, d: float) -> Boundary:  # d(a,n) = d
+        return Boundary(label, *_line(t, d * full))
+
+    def threshold(label: str, s: float) -> list[Boundary]:  # s_p = s and s_n = s
+        d = math.sqrt(max(2.0 - 2.0 * s, 0.0))
+        return [vertical(f"s_p = {label}", d), horizontal(f"s_n = {label}", d)]
+
+    diagonal = Boundary("d(a,p) = d(a,n)", t, t)
+    if isinstance(loss, memory.CrossBatchMemory):
+        return decision_boundaries(loss.inner, num)
+    if isinstance(loss, triplet.TripletLoss):
+        return (Boundary("d(a,n) = d(a,p) + alpha", *_line(t, t + loss.margin)),)
+    if isinstance(loss, anchor.LiftedStructureLoss):
+        return (Boundary("d(a,n) = d(a,p) + alpha", *_line(t, t + loss.neg_margin)),)
+    if isinstance(loss, triplet.QuadrupletLoss):
+        lines = [("alpha1", loss.alpha1), ("alpha2", loss.alpha2)]
+        return tuple(
+            Boundary(f"d(a,n)^2 = d(a,p)^2 + {k}", *_line(t, np.sqrt(t**2 + a))) for k, a in lines
+        )
+    if isinstance(loss, pair.ContrastiveLoss):
+        pos = [vertical("d(a,p) = m_pos", loss.pos_margin)] if loss.pos_margin > 0 else []
+        return (*pos, horizontal("d(a,n) = m_neg", loss.neg_margin))
+    if isinstance(loss, pair.MarginLoss):
+        beta = float(loss.beta.detach().mean())
+        return (
+            vertical("d(a,p) = beta - alpha", beta - loss.alpha),
+            horizontal("d(a,n) = beta + alpha", beta + loss.alpha),
+        )
+    if isinstance(loss, pair.BinomialDevianceLoss):
+        return tuple(threshold("beta", loss.beta))
+    if isinstance(loss, anchor.MultiSimilarityLoss):
+        return tuple(threshold("lambda", loss.lam))
+    if isinstance(loss, proxy.ProxyAnchorLoss):
+        return (
+            vertical("cos(x, own) = delta", math.sqrt(2.0 - 2.0 * loss.margin)),
+            horizontal("cos(x, other) = -delta", math.sqrt(2.0 + 2.0 * loss.margin)),
+        )
+    if isinstance(loss, anchor.CircleLoss):
+        return circle_boundaries(loss.m, num)
+    if isinstance(
+        loss,
+        anchor.NPairLoss | anchor.HistogramLoss | proxy.ProxyLoss | triplet.TripletNetworkLoss,
+    ):
+        return (diagonal,)
+    return ()
+
+
+def circle_boundaries(m: float, num: int = 401) -> tuple[Boundary, Boundary]:
+    """Sun et al. 2020, Eq. 10 and Fig. 1: the circle and the linear boundary, as distances.
+
+    Circle: s_n^2 + (s_p - 1)^2 = 2 m^2 (centre (O_n + Delta_n, O_p + Delta_p) / 2 = (0, 1)),
+    the half with s_p <= 1. Linear: s_p - s_n = m.
+    """
+    r = math.sqrt(2.0) * m
+    angle = np.linspace(np.pi, 2 * np.pi, num)  # the lower half circle: s_p <= 1
+    circle = _from_similarity(
+        "circle: s_n^2 + (s_p - 1)^2 = 2 m^2", 1.0 + r * np.sin(angle), r * np.cos(angle)
+    )
+    s_n = np.linspace(-1.0, 1.0, num)
+    linear = _from_similarity("linear: s_p - s_n = m", s_n + m, s_n)
+    return circle, linear
+
+
+def _crossings(x: np.ndarray, y: np.ndarray, level: float) -> list[float]:
+    """The x where the polyline (x, y) crosses y = level (linear interpolation, no repeats)."""
+    a, b = y[:-1] - level, y[1:] - level  # (k - 1,) each segment's ends, relative to level
+    hit = np.isfinite(a) & np.isfinite(b) & ((a > 0) != (b > 0))
+    t = a[hit] / (a[hit] - b[hit])  # where along the segment (a != b on a hit)
+    xs = x[:-1][hit] + (x[1:][hit] - x[:-1][hit]) * t
+    return sorted({round(float(v), 9) for v in xs})
+
+
+def loss_profile(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    axis: Axis = "positive",
+    grid: np.ndarray | None = None,
+    fixed: float | None = None,
+    *,
+    scale: Scale = "distance",
+) -> Profile:
+    """The loss and d loss / d x along one coordinate, the other held fixed.
+
+    Args:
+        name: registry key of the loss.
+        params: its parameters (checked; ``ConfigError`` names a bad one).
+        axis: ``"positive"``: x = d(a,p) (or s_p) varies with d(a,n) fixed; ``"negative"``:
+            x = d(a,n) (or s_n) varies with d(a,p) fixed.
+        grid: (n,) values of x; default 201 points over [0, 2] (or [-1, 1]).
+        fixed: the other coordinate in the same scale; default d(a,n) = 1 for the positive
+            profile and d(a,p) = 0.5 for the negative one (or their cosines).
+        scale: ``"distance"`` or ``"similarity"`` (s = 1 - d^2 / 2, unit sphere).
+
+    Raises:
+        ConfigError: a parameter is out of range.
+        CurveUnavailableError: the loss has no curve.
+    """
+    loss = build_loss(name, params)
+    x = np.linspace(*RANGES[scale], 201) if grid is None else np.asarray(grid, dtype=np.float64)
+    if fixed is None:
+        d = DEFAULT_FIXED[axis]
+        fixed = d if scale == "distance" else 1.0 - d**2 / 2.0
+    other = np.full_like(x, fixed)
+    pos, neg = (x, other) if axis == "positive" else (other, x)
+    value, g_pos, g_neg = evaluate(loss, pos, neg, scale)
+    pos_label, neg_label = axis_labels(name, scale)
+    marks: dict[str, float] = {}
+    for boundary in decision_boundaries(loss):
+        b_pos, b_neg = boundary.coordinates(scale)
+        b_x, b_other = (b_pos, b_neg) if axis == "positive" else (b_neg, b_pos)
+        for i, cross in enumerate(_crossings(b_x, b_other, fixed)):
+            marks[boundary.label + ("" if i == 0 else f" ({i + 1})")] = cross
+    return Profile(
+        label=setting_label(name, params),
+        axis=axis,
+        scale=scale,
+        x=x,
+        value=value,
+        grad=g_pos if axis == "positive" else g_neg,
+        fixed=float(fixed),
+        x_label=pos_label if axis == "positive" else neg_label,
+        fixed_label=neg_label if axis == "positive" else pos_label,
+        marks=marks,
+    )
+
+
+def loss_surface(
+    name: str, params: Mapping[str, Any] | None = None, n: int = 121, *, scale: Scale = "distance"
+) -> Surface:
+    """The loss and its gradient norm on an n x n grid, with the decision boundaries.
+
+    Distance scale: x = d(a,p), y = d(a,n) over [0, 2]^2. Similarity scale: x = s_n, y = s_p
+    over [-1, 1]^2, the plane of Sun et al. 2020, Fig. 1 (where the circle loss's boundary is
+    a circle).
+
+    Raises:
+        ConfigError: a parameter is out of range.
+        CurveUnavailableError: the loss has no curve.
+    """
+    loss = build_loss(name, params)
+    x = np.linspace(*RANGES[scale], n)  # (n,)
+    y = x.copy()
+    X, Y = np.meshgrid(x, y)  # (n, n): X varies along columns
+    pos, neg = (X, Y) if scale == "distance" else (Y, X)
+    value, g_pos, g_neg = evaluate(loss, pos, neg, scale)
+    pos_label, neg_label = axis_labels(name, scale)
+    return Surface(
+        label=setting_label(name, params),
+        scale=scale,
+        x=x,
+        y=y,
+        value=value,
+        grad=np.hypot(g_pos, g_neg),
+        x_label=pos_label if scale == "distance" else neg_label,
+        y_label=neg_label if scale == "distance" else pos_label,
+        boundaries=decision_boundaries(loss),
+    )

@@ -1,0 +1,155 @@
+"""Loss explorer: each loss and its gradient against d(a,p), d(a,n) or similarity, no training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from dml_core import loss_curves, loss_figures
+from dml_core.errors import ConfigError
+from dml_core.registry import LOSSES, Entry
+from pages.ui import describe, param_widgets, use_app_navigation
+
+use_app_navigation()
+
+NAMES = list(LOSSES)
+PROBLEMS = (ConfigError, loss_curves.CurveUnavailableError)
+SCALES = {"distance": "distance d on the unit sphere", "similarity": "cosine s = 1 − d²/2"}
+# Slider (label, low, high, default) per scale for the coordinate held fixed in each profile.
+HELD = {
+    "distance": {"negative": (0.0, 2.0, 1.0), "positive": (0.0, 2.0, 0.5)},
+    "similarity": {"negative": (-1.0, 1.0, 0.5), "positive": (-1.0, 1.0, 0.875)},
+}
+GRID = 121  # heat-map resolution per axis
+
+
+def loss_picker(prefix: str, label: str, default: str) -> tuple[str, dict[str, Any]]:
+    """A loss selectbox and its parameter widgets (from the registry)."""
+    name = st.selectbox(label, NAMES, index=NAMES.index(default), key=f"{prefix}.loss")
+    st.caption(LOSSES[name].summary)
+    return name, param_widgets(LOSSES[name], prefix)
+
+
+def parameter_notes(entry: Entry, params: dict[str, Any]) -> None:
+    """What each parameter does: its declared description, next to its current value."""
+    fields = entry.params.model_fields
+    if not fields:
+        st.markdown("This loss has no parameters.")
+        return
+    st.markdown(
+        "\n".join(f"- **{k}** = `{params[k]}`: {f.description or '—'}" for k, f in fields.items())
+    )
+
+
+def compute(name: str, params: dict[str, Any], scale: str, held: dict[str, float]):
+    """Both profiles and the surface of one loss setting."""
+    pos = loss_curves.loss_profile(name, params, "positive", fixed=held["negative"], scale=scale)
+    neg = loss_curves.loss_profile(name, params, "negative", fixed=held["positive"], scale=scale)
+    return pos, neg, loss_curves.loss_surface(name, params, n=GRID, scale=scale)
+
+
+def heat_maps(name: str, params: dict[str, Any], surface, show: str) -> list:
+    """The (d(a,p), d(a,n)) or (s_n, s_p) heat map; the circle loss also in Sun's plane."""
+    if surface.scale == "similarity":
+        draw = loss_figures.circle_figure if name == "circle" else loss_figures.surface_figure
+        return [draw(surface, show)]
+    figures = [loss_figures.surface_figure(surface, show)]
+    if name == "circle":
+        plane = loss_curves.loss_surface(name, params, n=GRID, scale="similarity")
+        figures.append(loss_figures.circle_figure(plane, show))
+    return figures
+
+
+st.title("Loss explorer")
+st.caption(
+    "How each loss weighs a positive pair (anchor a, positive p) and a negative pair (a, n) as "
+    "their distances change, with no training. Values and gradients come from the same code "
+    "that trains (autograd through each loss's own formula)."
+)
+
+with st.sidebar:
+    st.header("Loss")
+    name, params = loss_picker("explorer", "Loss", "triplet")
+    st.header("Compare with")
+    comparing = st.toggle(
+        "Overlay a second loss or setting",
+        key="explorer.compare",
+        help="Pick the same loss to compare two settings of it.",
+    )
+    other: tuple[str, dict[str, Any]] | None = None
+    if comparing:
+        other = loss_picker("explorer2", "Second loss", name)
+
+entry = LOSSES[name]
+describe(entry)
+with st.expander("What the parameters do", expanded=True):
+    parameter_notes(entry, params)
+    if other is not None and other[0] != name:
+        st.markdown(f"**{other[0]}**")
+        parameter_notes(LOSSES[other[0]], other[1])
+
+c1, c2, c3, c4 = st.columns([1.3, 1, 1, 1])
+scale = c1.radio(
+    "Axis", list(SCALES), format_func=SCALES.get, horizontal=True, key="explorer.scale"
+)
+pos_label, neg_label = loss_curves.axis_labels(name, scale)
+held: dict[str, float] = {}
+for col, (which, label) in zip(
+    (c2, c3), (("negative", neg_label), ("positive", pos_label)), strict=True
+):
+    low, high, default = HELD[scale][which]
+    held[which] = col.slider(
+        f"{label} held at",
+        low,
+        high,
+        default,
+        step=0.01,
+        key=f"explorer.held.{scale}.{which}",
+        help="The other pair's coordinate while one profile varies.",
+    )
+show = c4.radio(
+    "Heat map", ["value", "gradient"], horizontal=True, key="explorer.show", help="loss or |grad|"
+)
+
+try:
+    main = compute(name, params, scale, held)
+except PROBLEMS as err:
+    st.error(str(err), icon="🚫")
+    st.stop()
+
+second = None
+if other is not None:
+    try:
+        second = compute(*other, scale, held)
+    except PROBLEMS as err:
+        st.error(f"Second loss: {err}", icon="🚫")
+
+normalize = st.checkbox(
+    "Scale each curve to its maximum (compare shapes of losses of different size)",
+    value=False,
+    key="explorer.normalize",
+)
+left, right = st.columns(2)
+for col, i, title in ((left, 0, "Positive pair"), (right, 1, "Negative pair")):
+    profiles = [main[i]] + ([second[i]] if second else [])
+    fig = loss_figures.profile_figure(
+        profiles, title, uirevision=f"profile-{i}", normalize=normalize
+    )
+    col.plotly_chart(fig, key=f"explorer.profile.{i}")
+st.caption(
+    "Dotted verticals: where a profile crosses the loss's decision boundary. A flat gradient "
+    "means pairs there no longer teach the network anything."
+)
+
+st.subheader("Both pairs at once")
+maps = heat_maps(name, params, main[2], show)
+if second and other is not None:
+    maps += heat_maps(*other, second[2], show)
+columns = st.columns(2)
+for i, fig in enumerate(maps):
+    columns[i % 2].plotly_chart(fig, key=f"explorer.map.{i}")
+st.caption(
+    "Lines: the decision boundaries the loss defines (from its parameters). In the distance "
+    "plane, triplet-type losses are satisfied above their line, d(a,n) > d(a,p) + margin."
+)

@@ -1,0 +1,132 @@
+"""End-to-end fixtures: a real ``streamlit run app.py`` server and Debian's Chromium via Playwright.
+
+Without Chromium or Playwright the e2e tests skip with a reason; in CI (``CI=true``) they fail
+instead, so a missing browser cannot silently turn the suite green.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1500, "height": 1900}
+HEALTH_TIMEOUT_S = 60.0
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _missing(reason: str) -> None:
+    """Skip locally; fail in CI, where the e2e tests must run."""
+    if _in_ci():
+        pytest.fail(f"CI=true but the end-to-end tests cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().decode().strip() == "ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def sync_playwright_cls():
+    """Playwright's sync entry point and the browser binary, or skip (fail in CI)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed (pip install playwright)")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Iterator[str]:
+    """``streamlit run app.py`` on a free localhost port, runs in a temporary directory."""
+    port = _free_port()
+    runs_dir = tmp_path_factory.mktemp("e2e-runs")
+    log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
+    env = {**os.environ, "DML_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
+    # fmt: off
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]
+    # fmt: on
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + HEALTH_TIMEOUT_S
+            while not _healthy(url):
+                if proc.poll() is not None:
+                    pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"streamlit not healthy after {HEALTH_TIMEOUT_S:.0f} s:\n"
+                        f"{log_path.read_text()}"
+                    )
+                time.sleep(0.25)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def browser(sync_playwright_cls) -> Iterator:
+    """One headless Debian Chromium for the session."""
+    with sync_playwright_cls() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page (own context: own Streamlit session) with a tall viewport."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.close()

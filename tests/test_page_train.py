@@ -1,0 +1,110 @@
+"""AppTest of the home and Train pages: widgets from the registry, clear errors, a live run."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dml_core.registry import LOSSES, MINERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_home_page_says_what_it_is_and_where_to_start(app: AppTest) -> None:
+    assert app.title[0].value == "Metric Learning Playground"
+    assert any("Start here" in h.value for h in app.subheader)
+    assert [m.value for m in app.metric] == [str(len(LOSSES)), str(len(MINERS))]
+
+
+@pytest.fixture
+def train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The Train page on its own (AppTest loses button clicks on pages behind st.navigation)."""
+    monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_train_page_is_reachable_through_the_router(app: AppTest) -> None:
+    app.switch_page("pages/train.py").run()
+    assert not app.exception
+    assert app.title[0].value == "Train an embedding"
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_every_loss_renders_its_parameter_widgets(train: AppTest, loss: str) -> None:
+    train.selectbox(key="cfg.loss").set_value(loss).run()
+    assert not train.exception
+    keys = {
+        w.key
+        for kind in ("slider", "number_input", "checkbox", "selectbox")
+        for w in train.get(kind)
+    }
+    for field in LOSSES[loss].params.model_fields:
+        assert f"loss.{loss}.{field}" in keys
+    assert any(LOSSES[loss].equation in latex.value for latex in train.latex)
+
+
+@pytest.mark.parametrize("miner", list(MINERS))
+def test_every_miner_renders(train: AppTest, miner: str) -> None:
+    train.selectbox(key="cfg.miner").set_value(miner).run()
+    assert not train.exception
+    assert not train.error
+
+
+@pytest.mark.parametrize(
+    ("widget", "value", "message"),
+    [
+        ("cfg.K", 1, "'samples_per_class' (K) parameter must be at least 2"),
+        ("cfg.K", 500, "'samples_per_class' (K) parameter must be at most"),
+        ("cfg.lr", 0.0, "'lr' parameter of the run config must be in (0, 10]"),
+    ],
+)
+def test_invalid_settings_show_a_message_and_disable_train(
+    train: AppTest, widget: str, value: float, message: str
+) -> None:
+    train.number_input(key=widget).set_value(value).run()
+    assert not train.exception
+    assert any(message in e.value for e in train.error)
+    assert train.button(key="btn.train").disabled
+
+
+def test_open_set_with_too_many_classes_is_explained(train: AppTest) -> None:
+    train.radio(key="cfg.split").set_value("open-set").run()
+    train.number_input(key="cfg.P").set_value(8).run()
+    assert any(
+        "'classes_per_batch' (P) parameter must be at most 6" in e.value for e in train.error
+    )
+
+
+def test_train_starts_a_background_run_and_shows_live_figures(train: AppTest) -> None:
+    train.number_input(key="cfg.steps").set_value(60).run()
+    train.button(key="btn.train").click().run()
+    assert not train.exception
+    assert train.session_state["current_run"] in train.session_state["my_runs"]
+    deadline = time.monotonic() + 120
+    titles: list[str] = []
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        train.run()  # timed fragments do not fire by themselves in AppTest
+        specs = [json.loads(chart.proto.spec) for chart in train.get("plotly_chart")]
+        titles = [s["layout"].get("title", {}).get("text", "") for s in specs]
+        if any("pair distances" in t for t in titles) and any(
+            "step 60" in c.value for c in train.caption
+        ):
+            break
+    assert any("pair distances" in t for t in titles), titles
+    assert any("unit sphere" in t for t in titles), titles
+    assert any("step 60" in c.value for c in train.caption)
