@@ -37,6 +37,7 @@ from dml_core.nets import NETS, build_net
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
 from dml_core.sampling import PKSampler
+from dml_core.train import embed
 from dml_core.tuples import (
     EASY,
     HARD,
@@ -48,11 +49,9 @@ from dml_core.tuples import (
     to_triplets,
     triplet_kinds,
 )
-from dml_core.train import embed
 
-SAMPLING_METHODS = ("uniform", "hard", "semi_hard", "distance_weighted")
-GRADIENT_NOISE = 0.05  # sigma of the embedding noise in the gradient-variance estimate
-NOISE_DRAWS = 64
+SAMPLING_METHODS = ("uniform", "semi_hard", "hard", "batch_hard", "distance_weighted")
+GRADIENT_NOISE = 0.1  # expected norm of the embedding noise in the gradient-variance estimate
 
 
 # ---------------------------------------------------------------------------- Miner view
@@ -139,15 +138,9 @@ def draw_batch(
     if P < 2:
         raise ConfigError(f"The 'P' parameter must be at least 2 (negatives). Got {P}.")
     torch.manual_seed(seed)
-    pixels = data.train.x.float()
-    net = build_net(
-        cfg.net,
-        data.image_shape,
-        cfg.embedding_dim,
-        cfg.normalize,
-        float(pixels.mean()),
-        float(pixels.std()),
-    )
+    pixels = data.train.x.float()  # mean / std as Trainer uses (a checkpoint overwrites them)
+    mean, std = float(pixels.mean()), float(pixels.std())
+    net = build_net(cfg.net, data.image_shape, cfg.embedding_dim, cfg.normalize, mean, std)
     if isinstance(net_source, SavedRun):
         net.load_state_dict(store.load_checkpoint(net_source.run_id)["net"])
         step = store.status(net_source.run_id).get("step", "?")
@@ -360,22 +353,32 @@ class SamplingComparison:
     table: pd.DataFrame
 
 
-def gradient_noise_variance(
-    emb: Tensor, triplets: Triplets, sigma: float, draws: int, generator: torch.Generator
-) -> Tensor:
-    r"""Per-triplet noise variance of the triplet loss's gradient w.r.t. the anchor.
+def gradient_noise_variance(emb: Tensor, triplets: Triplets, sigma: float) -> Tensor:
+    r"""Noise variance of each triplet's gradient w.r.t. the anchor (Wu et al. 2017, Fig. 3).
 
-    The gradient of d(a,p) - d(a,n) w.r.t. a is g = (a - p) / ||a - p|| - (a - n) / ||a - n||.
-    With embeddings perturbed by N(0, \sigma^2 I) (Wu et al. 2017, Sec. 4, Fig. 3), the unit
-    vector towards a close negative swings wildly: its variance grows like \sigma^2 / d^2.
-    Returns (T,) the trace of the covariance of g over ``draws`` noise draws.
+    The gradient of d(a,p) - d(a,n) w.r.t. a is g = u - v with unit vectors
+    u = (a - p) / d_{ap} and v = (a - n) / d_{an}. Perturb a, p and n by independent isotropic
+    noise N(0, s^2 I) with s^2 = \sigma^2 / D (expected noise norm ~ \sigma). To first order,
+    du = J_u (e_a - e_p) with J_u = (I - u u^T) / d_{ap} (and likewise v), so
+
+    tr Cov(g) = s^2 [2 tr J_u^2 + 2 tr J_v^2 - 2 tr J_u J_v]
+              = 2 s^2 [(D-1) / d_{ap}^2 + (D-1) / d_{an}^2 - (D-2+c^2) / (d_{ap} d_{an})],
+
+    c = u^T v. The 1 / d_{an}^2 term is Wu's point: the closer the negative, the more the
+    direction of its gradient is noise. The first-order formula holds while the distances are
+    large against the noise; it is capped at 4, the most any difference of two unit vectors
+    can vary (a gradient that is pure noise). Returns (T,); checked against Monte Carlo in the
+    tests.
     """
-    a, p, n = (emb[t] for t in triplets)  # (T, D) each
-    noisy = [x[None] + sigma * torch.randn(draws, *x.shape, generator=generator, dtype=x.dtype)
-             for x in (a, p, n)]  # (S, T, D) each
-    to_p, to_n = noisy[0] - noisy[1], noisy[0] - noisy[2]  # (S, T, D)
-    g = to_p / to_p.norm(dim=-1, keepdim=True) - to_n / to_n.norm(dim=-1, keepdim=True)
-    return g.var(dim=0).sum(dim=-1)  # (T,)
+    a, p, n = (emb[t].double() for t in triplets)  # (T, D) each
+    D = emb.shape[1]
+    to_p, to_n = a - p, a - n  # (T, D)
+    d_ap = to_p.norm(dim=1).clamp_min(1e-6)  # (T,)
+    d_an = to_n.norm(dim=1).clamp_min(1e-6)  # (T,)
+    c = (to_p * to_n).sum(dim=1) / (d_ap * d_an)  # (T,)
+    cross = (D - 2 + c.square()) / (d_ap * d_an)
+    trace = 2 * (sigma**2 / D) * ((D - 1) / d_ap.square() + (D - 1) / d_an.square() - cross)
+    return trace.clamp(0.0, 4.0).float()
 
 
 def sampling_comparison(
@@ -387,35 +390,40 @@ def sampling_comparison(
     emb: np.ndarray | Tensor | None = None,
     labels: np.ndarray | Tensor | None = None,
 ) -> SamplingComparison:
-    """Which negatives uniform, hard, semi-hard and distance-weighted sampling choose.
+    """Which negatives uniform, semi-hard, hard, hardest and distance-weighted sampling choose.
 
-    Wu et al. 2017, Sec. 4. Every method is a registered miner: ``random`` (uniform; one
-    negative per anchor-positive pair on average), ``hard``, ``semi_hard`` and
-    ``distance_weighted``, all run on the same batch.
+    Wu et al. 2017, Sec. 4. Every method is a registered miner run on the same batch:
+    ``random`` as uniform sampling (one negative per anchor-positive pair on average),
+    ``semi_hard`` (FaceNet Eq. 4), ``hard`` (every d(a,n) <= d(a,p)), ``batch_hard`` (each
+    anchor's nearest negative: "hard negative mining" in Wu et al.) and ``distance_weighted``.
 
     Args:
         dim: n, the embedding dimension (the batch lies on S^{n-1}).
-        P, K: the batch, P classes x K samples (labels only: the points are uniform).
-        seed: seeds the points and the sampling miners.
-        margin: alpha of the semi-hard miner and of the active-share column.
-        emb, labels: a real batch (B, dim) and (B,) instead of uniform points.
+        P: classes in the batch.
+        K: samples per class (the batch is P x K; only its labels matter for uniform points).
+        seed: seeds the points, the sampling miners and the noise.
+        margin: alpha of the semi-hard miner and of the non-zero-loss column.
+        emb: a real batch (B, dim) instead of uniform points (``dim``, P, K then ignored).
+        labels: (B,) labels of ``emb``.
     """
     if P < 2 or K < 2:
-        field_name, value = ("P", P) if P < 2 else ("K", K)
-        raise ConfigError(f"The '{field_name}' parameter must be at least 2. Got {value}.")
+        name, value = ("P", P) if P < 2 else ("K", K)
+        raise ConfigError(f"The '{name}' parameter must be at least 2. Got {value}.")
+    if dim < 2:
+        raise ConfigError(f"The 'dim' parameter must be at least 2. Got {dim}.")
     gen = torch.Generator().manual_seed(seed)
     if emb is None:
-        emb_t = uniform_sphere(P * K, dim, gen)  # (B, dim)
+        emb_t = uniform_sphere(P * K, dim, gen).float()  # (B, dim)
         labels_t = torch.arange(P).repeat_interleave(K)  # (B,)
     else:
-        emb_t = l2_normalize(torch.as_tensor(np.asarray(emb), dtype=torch.float64))
+        emb_t = l2_normalize(torch.as_tensor(np.asarray(emb), dtype=torch.float32))
         labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-        dim = emb_t.shape[1]
-    negatives_per_anchor = int((labels_t[:, None] != labels_t[None, :]).sum(1).max())
+    negatives_per_anchor = int(label_masks(labels_t)[1].sum(dim=1).max())
     miners = {
         "uniform": MINERS.create("random", fraction=1 / negatives_per_anchor, seed=seed),
-        "hard": MINERS.create("hard"),
         "semi_hard": MINERS.create("semi_hard", margin=margin),
+        "hard": MINERS.create("hard"),
+        "batch_hard": MINERS.create("batch_hard"),
         "distance_weighted": MINERS.create("distance_weighted", seed=seed),
     }
     dist = pairwise_distances(emb_t)  # (B, B)
@@ -424,19 +432,20 @@ def sampling_comparison(
         triplets = miner(emb_t, labels_t)
         a, p, n = triplets
         d_ap, d_an = dist[a, p], dist[a, n]  # (T,)
-        variance = gradient_noise_variance(emb_t, triplets, GRADIENT_NOISE, NOISE_DRAWS, gen)
         neg_dist[method] = d_an.numpy()
-        kinds = triplet_kinds(d_ap, d_an, margin)
+        kinds = triplet_kinds(d_ap, d_an, margin)  # (T,)
+        variance = gradient_noise_variance(emb_t, triplets, GRADIENT_NOISE)  # (T,)
+        empty = len(a) == 0
         rows.append(
             {
                 "method": method,
                 "triplets": len(a),
-                "mean d(a,n)": float(d_an.mean()) if len(a) else np.nan,
+                "mean d(a,n)": np.nan if empty else float(d_an.mean()),
                 "std d(a,n)": float(d_an.std()) if len(a) > 1 else np.nan,
-                "non-zero loss": float((kinds != EASY).float().mean()) if len(a) else np.nan,
-                "hard share": float((kinds == HARD).float().mean()) if len(a) else np.nan,
-                "semi-hard share": float((kinds == SEMI_HARD).float().mean()) if len(a) else np.nan,
-                "gradient variance": float(variance.mean()) if len(a) else np.nan,
+                "non-zero loss": np.nan if empty else float((kinds != EASY).float().mean()),
+                "hard": np.nan if empty else float((kinds == HARD).float().mean()),
+                "semi-hard": np.nan if empty else float((kinds == SEMI_HARD).float().mean()),
+                "gradient variance": np.nan if empty else float(variance.mean()),
             }
         )
-    return SamplingComparison(int(dim), neg_dist, pd.DataFrame(rows))
+    return SamplingComparison(int(emb_t.shape[1]), neg_dist, pd.DataFrame(rows))

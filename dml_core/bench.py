@@ -357,7 +357,7 @@ def run_bench(
     random = torch.nn.functional.normalize(
         torch.randn(batch, EMBEDDING_DIM, generator=gen), dim=1
     ).to(dev)
-    repeats = 2 if quick else 5
+    repeats = 1 if quick else 5
     mining = {
         "real_batch": _mining_loss_ms(real, y, dev, repeats),
         "random_embeddings": _mining_loss_ms(random, y, dev, repeats),

@@ -9,6 +9,7 @@ leaves the last good snapshot and checkpoint on disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -45,10 +46,11 @@ class TrainingJob:
         cfg: the checked config.
         store: where the run is saved.
         run_id: the run's id in ``store`` (created by the caller).
+        resume: continue from the run's last checkpoint (an interrupted or stopped run).
     """
 
-    def __init__(self, cfg: RunConfig, store: RunStore, run_id: str) -> None:
-        self.cfg, self.store, self.run_id = cfg, store, run_id
+    def __init__(self, cfg: RunConfig, store: RunStore, run_id: str, resume: bool = False) -> None:
+        self.cfg, self.store, self.run_id, self.resume_from_checkpoint = cfg, store, run_id, resume
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._resume = threading.Event()
@@ -115,12 +117,15 @@ class TrainingJob:
             )
 
     def _set(self, **fields: Any) -> None:
-        with self._lock:
-            for key, value in fields.items():
-                setattr(self, key, value)
+        """Persist the fields to status.json, then show them (so ``done`` implies saved)."""
         keep = {k: v for k, v in fields.items() if k in ("state", "message", "device", "step")}
-        if keep:
-            self.store.set_status(self.run_id, **keep)
+        try:
+            if keep:
+                self.store.set_status(self.run_id, **keep)
+        finally:
+            with self._lock:
+                for key, value in fields.items():
+                    setattr(self, key, value)
 
     def _control(self) -> bool:
         self._resume.wait()
@@ -129,6 +134,11 @@ class TrainingJob:
     def _run(self) -> None:
         try:
             trainer = Trainer(self.cfg)
+            if self.resume_from_checkpoint:
+                trainer.load_state_dict(self.store.load_checkpoint(self.run_id))
+                with self._lock:
+                    self.step, self.elapsed = trainer.step, trainer.elapsed
+            self.store.set_status(self.run_id, pid=os.getpid())
             self._set(state="running", device=trainer.device_note)
             for snap in trainer.run(control=self._control):
                 self.store.save_snapshot(self.run_id, snap)
@@ -187,11 +197,27 @@ class JobManager:
     def submit(self, cfg: RunConfig, run_id: str | None = None) -> str:
         """Create the run on disk and queue its job; returns the run id."""
         run_id = self.store.create(cfg, run_id)
-        with self._lock:
-            self._jobs[run_id] = TrainingJob(cfg, self.store, run_id)
-            self._queue.append(run_id)
-        self._wake.set()
+        self._enqueue(TrainingJob(cfg, self.store, run_id))
         return run_id
+
+    def resume(self, run_id: str) -> None:
+        """Queue an interrupted or stopped run to continue from its last checkpoint."""
+        record = self.store.load(run_id)
+        if record.status.get("state") not in ("interrupted", "stopped"):
+            raise ConfigError(
+                f"Only interrupted or stopped runs can be resumed; {run_id} is "
+                f"{record.status.get('state')}."
+            )
+        if not (record.path / "checkpoint.pt").exists():
+            raise ConfigError(f"The run {run_id} has no checkpoint to resume from.")
+        self.store.set_status(run_id, state="queued", message="", pid=os.getpid())
+        self._enqueue(TrainingJob(record.config, self.store, run_id, resume=True))
+
+    def _enqueue(self, job: TrainingJob) -> None:
+        with self._lock:
+            self._jobs[job.run_id] = job
+            self._queue.append(job.run_id)
+        self._wake.set()
 
     def get(self, run_id: str) -> TrainingJob | None:
         """The job of a run started in this process, if any."""

@@ -31,6 +31,7 @@ BOUNDARY_STYLES: tuple[tuple[str, str], ...] = (
     ("#17becf", "dashdot"),
 )
 LEGEND_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0}
+LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.16, "xanchor": "left", "x": 0.0}
 
 
 def series_color(i: int) -> str:
@@ -38,15 +39,22 @@ def series_color(i: int) -> str:
     return CLASS_COLORS[i % len(CLASS_COLORS)]
 
 
-def _layout(fig: go.Figure, title: str, uirevision: str, height: int) -> go.Figure:
-    """Shared look: template, left-aligned title, legend above the plot, compact margins."""
+def _layout(
+    fig: go.Figure, title: str, uirevision: str, height: int, legend_below: bool = False
+) -> go.Figure:
+    """Shared look: template, left-aligned title, legend above (or below) the plot."""
     fig.update_layout(
         template=TEMPLATE,
         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
         uirevision=uirevision,
         height=height,
-        margin={"l": 60, "r": 20, "t": 110, "b": 55},
-        legend=LEGEND_TOP,
+        margin={
+            "l": 60,
+            "r": 20,
+            "t": 60 if legend_below else 110,
+            "b": 120 if legend_below else 55,
+        },
+        legend=LEGEND_BELOW if legend_below else LEGEND_TOP,
     )
     return fig
 
@@ -86,6 +94,8 @@ def profile_figure(
     first = profiles[0]
     suffix = " / max" if normalize else ""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    shapes: list[dict] = []  # added at once: add_vline per mark is slow on subplots
+    notes: list[dict] = []
     for i, profile in enumerate(profiles):
         color = series_color(i)
         common = {"x": profile.x, "mode": "lines", "legendgroup": str(i), "name": profile.label}
@@ -103,18 +113,20 @@ def profile_figure(
             row=2,
             col=1,
         )
-        for j, (label, x) in enumerate(profile.marks.items()):
+        for label, x in profile.marks.items():
             style = {"color": color, "width": 1.2, "dash": "dot"}
-            fig.add_vline(x=x, line=style, row=2, col=1)
-            fig.add_vline(
-                x=x,
-                line=style,
-                row=1,
-                col=1,
-                annotation={"text": label, "font": {"size": 11, "color": color}},
-                annotation_position="top right",
-                annotation_yshift=-16 * (j + 2 * i),
+            for axis in ("", "2"):  # both rows share the x-axis
+                shapes.append(
+                    {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "line": style}
+                    | {"xref": f"x{axis}", "yref": f"y{axis} domain"}
+                )
+            notes.append(
+                {"x": x, "y": 1, "xref": "x", "yref": "y domain", "text": label}
+                | {"showarrow": False, "xanchor": "left", "yanchor": "top", "xshift": 3}
+                | {"yshift": -16 * len(notes), "bgcolor": "rgba(255,255,255,0.8)"}
+                | {"font": {"size": 11, "color": color}}
             )
+    fig.update_layout(shapes=shapes, annotations=notes)
     low, high = (0.0, 2.0) if first.scale == "distance" else (-1.0, 1.0)
     fig.update_xaxes(range=[low, high])
     fig.update_xaxes(title_text=first.x_label, row=2, col=1)
@@ -145,6 +157,8 @@ def surface_figure(
         height: figure height in pixels.
     """
     z = surface.value if show == "value" else surface.grad
+    if z is None:
+        raise ValueError("This surface was computed without its gradient (gradient=False).")
     what = "loss" if show == "value" else "|grad loss|"
     fig = go.Figure(
         go.Heatmap(
@@ -174,9 +188,9 @@ def surface_figure(
     low, high = float(surface.x[0]), float(surface.x[-1])
     fig.update_xaxes(title_text=surface.x_label, range=[low, high], constrain="domain")
     fig.update_yaxes(title_text=surface.y_label, range=[low, high], scaleanchor="x", scaleratio=1)
-    fig.update_layout(legend={"bgcolor": "rgba(255,255,255,0.85)"})
+    fig.update_layout(showlegend=True, legend={"bgcolor": "rgba(255,255,255,0.85)"})
     default = f"{surface.label}: {what} over ({surface.x_label}, {surface.y_label})"
-    return _layout(fig, title or default, uirevision, height)
+    return _layout(fig, title or default, uirevision, height, legend_below=True)
 
 
 def circle_figure(

@@ -38,6 +38,20 @@ from dml_core.snapshot import ARRAY_FIELDS, Snapshot
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 FINAL_STATES = ("finished", "stopped", "diverged", "failed", "interrupted")
+ACTIVE_STATES = ("queued", "starting", "running", "paused")
+
+
+def _process_alive(pid: Any) -> bool:
+    """Whether a process with this id exists on this machine (False for None)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_run_id(run_id: str) -> str:
@@ -114,20 +128,33 @@ class RunStore:
         except OSError as err:
             raise OSError(f"Cannot create the run directory {path}: {err.strerror}.") from err
         atomic_write_json(path / "config.json", cfg.model_dump(mode="json"))
-        self.set_status(run_id, state="queued", created=time.time())
+        self.set_status(run_id, state="queued", created=time.time(), pid=os.getpid())
         return run_id
 
     def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into status.json (with an ``updated`` timestamp)."""
-        status = self.status(run_id)
+        file = self.path(run_id) / "status.json"
+        status = json.loads(file.read_text()) if file.exists() else {}
         status.update(fields, updated=time.time())
         atomic_write_json(self.path(run_id) / "status.json", status)
         return status
 
     def status(self, run_id: str) -> dict[str, Any]:
-        """The run's status.json ({} if absent)."""
+        """The run's status.json ({} if absent); a run whose process died reads "interrupted".
+
+        A job records the id of the process training it. If the state says the run is still
+        active but that process is gone (killed, crashed, server restarted), the run was
+        interrupted: it can be resumed from its last checkpoint.
+        """
         file = self.path(run_id) / "status.json"
-        return json.loads(file.read_text()) if file.exists() else {}
+        status = json.loads(file.read_text()) if file.exists() else {}
+        if status.get("state") in ACTIVE_STATES and not _process_alive(status.get("pid")):
+            status["state"] = "interrupted"
+            status["message"] = (
+                "This run was interrupted (its process stopped) at step "
+                f"{status.get('step', 0)}. Resume it from its last checkpoint."
+            )
+        return status
 
     def save_snapshot(self, run_id: str, snap: Snapshot) -> None:
         """Write one snapshot file and append its scalars to metrics.csv."""

@@ -62,12 +62,13 @@ class FusedSemiHardTriplet:
         """Loss, number of mined triplets and number with non-zero loss (0-d tensors).
 
         Args:
-            emb: (B, D) embeddings, with gradient.
+            emb: (B, D) embeddings, with gradient; distances are taken in float32 (as the
+                Trainer's embeddings are), so mining and loss read the same matrix.
             labels: (B,) labels.
         """
-        dist = pairwise_distances(emb.to(torch.promote_types(emb.dtype, torch.float32)))
+        dist = pairwise_distances(emb.float())  # (B, B), in float32 as the miner measures
         with torch.no_grad():
-            d = dist.detach()  # (B, B)
+            d = dist.detach()
             neg = SortedNegatives.build(d, labels)
             lo = neg.count_below(d, inclusive=True)  # (B, B) negatives with d(a,n) <= d(a,p)
             hi = neg.count_below(d + self.miner_margin, inclusive=False)

@@ -42,11 +42,14 @@ def parameter_notes(entry: Entry, params: dict[str, Any]) -> None:
     )
 
 
-def compute(name: str, params: dict[str, Any], scale: str, held: dict[str, float]):
-    """Both profiles and the surface of one loss setting."""
+def compute(name: str, params: dict[str, Any], scale: str, held: dict[str, float], show: str):
+    """Both profiles and the surface of one loss setting (its gradient only when shown)."""
     pos = loss_curves.loss_profile(name, params, "positive", fixed=held["negative"], scale=scale)
     neg = loss_curves.loss_profile(name, params, "negative", fixed=held["positive"], scale=scale)
-    return pos, neg, loss_curves.loss_surface(name, params, n=GRID, scale=scale)
+    surface = loss_curves.loss_surface(
+        name, params, n=GRID, scale=scale, gradient=show == "gradient"
+    )
+    return pos, neg, surface
 
 
 def heat_maps(name: str, params: dict[str, Any], surface, show: str) -> list:
@@ -56,7 +59,9 @@ def heat_maps(name: str, params: dict[str, Any], surface, show: str) -> list:
         return [draw(surface, show)]
     figures = [loss_figures.surface_figure(surface, show)]
     if name == "circle":
-        plane = loss_curves.loss_surface(name, params, n=GRID, scale="similarity")
+        plane = loss_curves.loss_surface(
+            name, params, n=GRID, scale="similarity", gradient=show == "gradient"
+        )
         figures.append(loss_figures.circle_figure(plane, show))
     return figures
 
@@ -113,7 +118,7 @@ show = c4.radio(
 )
 
 try:
-    main = compute(name, params, scale, held)
+    main = compute(name, params, scale, held, show)
 except PROBLEMS as err:
     st.error(str(err), icon="🚫")
     st.stop()
@@ -121,7 +126,7 @@ except PROBLEMS as err:
 second = None
 if other is not None:
     try:
-        second = compute(*other, scale, held)
+        second = compute(*other, scale, held, show)
     except PROBLEMS as err:
         st.error(f"Second loss: {err}", icon="🚫")
 

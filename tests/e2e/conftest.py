@@ -31,6 +31,12 @@ VIEWPORT = {"width": 1500, "height": 1900}
 HEALTH_TIMEOUT_S = 60.0
 
 
+class ServerUrl(str):
+    """The server's base URL; ``log_path`` is where its output goes."""
+
+    log_path: Path
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
@@ -69,7 +75,7 @@ def sync_playwright_cls():
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Iterator[ServerUrl]:
     """``streamlit run app.py`` on a free localhost port, runs in a temporary directory."""
     port = _free_port()
     runs_dir = tmp_path_factory.mktemp("e2e-runs")
@@ -85,7 +91,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Ite
         "--browser.gatherUsageStats", "false",
     ]
     # fmt: on
-    url = f"http://127.0.0.1:{port}"
+    url = ServerUrl(f"http://127.0.0.1:{port}")
+    url.log_path = log_path
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -120,13 +127,35 @@ def browser(sync_playwright_cls) -> Iterator:
             browser.close()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def page(browser, server):
-    """A fresh page (own context: own Streamlit session) with a tall viewport."""
+def page(browser, server, request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh page (own context: own Streamlit session) with a tall viewport.
+
+    On failure, a screenshot and the server log's tail are attached to the report's output.
+    """
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(30_000)
     page = context.new_page()
     try:
         yield page
     finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            shot = tmp_path / "failure.png"
+            try:
+                page.screenshot(path=str(shot))
+                print(f"\nscreenshot at failure: {shot}")
+            except Exception as err:  # the page may be gone; the log still helps
+                print(f"\nno screenshot at failure: {err}")
+            if server.log_path.exists():
+                tail = server.log_path.read_text(errors="replace").splitlines()[-40:]
+                print("streamlit log (tail):\n" + "\n".join(tail))
         context.close()

@@ -1,0 +1,345 @@
+"""Comparing runs: one shared layout frame, a shared scrubber, a results table, sweeps.
+
+What the Compare page needs, as plain functions over the RunStore (no streamlit):
+
+- ``aligned_layouts``: one 2-D layout per run of the *same* probe points, all in one frame, so
+  the same class sits in the same place in every panel. Point i of every run is the same test
+  image, so layouts can be matched point by point. PCA: each run is projected on its own (a
+  linear map, nothing to bias) and rotated/reflected onto the reference run
+  (``projection.procrustes_align``). UMAP: the reference run gets a cold fit; every other run is
+  warm-started from that layout (``project(..., init=ref)``, the run's own neighbour graph, 200
+  epochs) and then Procrustes-aligned. A cold fit per run plus Procrustes was tried first: UMAP
+  places clusters arbitrarily, so no rotation makes two cold fits agree and the classes landed
+  in different places. Warm starts inherit only where clusters sit; how tight or mixed they
+  are still comes from each run's own graph (the idea of AlignedUMAP). The scale is set so each
+  layout keeps the reference's spread: the least-squares Procrustes scale shrinks a layout that
+  matches the reference poorly towards a point.
+- ``snapshot_at`` / ``shared_steps``: one scrubber for several runs. Runs may differ in batch
+  size, so the scrubber position is a number of training samples, and each run shows its
+  snapshot nearest to it.
+- ``results_table``: final and best metrics, time and throughput of each run.
+- ``sweep_configs``: checked configs that differ from a base in one parameter only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dml_core.config import RunConfig, make_config
+from dml_core.errors import ConfigError
+from dml_core.projection import procrustes_align, project
+from dml_core.registry import LOSSES, MINERS
+from dml_core.runs import RunStore
+
+LAYOUT_METHODS = ("pca", "umap")
+UMAP_EPOCHS = 200  # a cold fit per panel; 200 epochs look settled on <= 2k points
+METRICS = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R"}
+SWEEP_FIELDS = ("loss", "miner", "embedding_dim", "lr", "samples_per_class")
+SWEEP_LOSSES = ("contrastive", "triplet", "margin", "multi_similarity")
+SWEEP_MINERS = ("semi_hard", "hard", "batch_hard", "distance_weighted")
+SUGGESTED_VALUES = {
+    "embedding_dim": "2, 3, 16, 128",
+    "lr": "0.0003, 0.001, 0.003",
+    "samples_per_class": "4, 8, 16",
+    "margin": "0.05, 0.1, 0.2, 0.5",
+}
+
+
+class ProbeMismatchError(ValueError):
+    """The runs were not measured on the same probe points, so their layouts cannot be paired."""
+
+
+def _layout(emb: np.ndarray, method: str, seed: int, init: np.ndarray | None = None) -> np.ndarray:
+    """One run's own 2-D layout (n, 2): PCA, or UMAP (cold, or warm-started from ``init``)."""
+    if method == "umap":
+        return project(emb, "umap", init=init, seed=seed, n_epochs=UMAP_EPOCHS)
+    return project(emb, "pca")
+
+
+def _align(layout: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Procrustes rotation/reflection and translation onto ``reference``, keeping its spread."""
+    moved = procrustes_align(layout, reference)  # (n, 2)
+    centre = reference.mean(axis=0)  # (2,)
+    size = np.sqrt(np.mean((moved - centre) ** 2))
+    target = np.sqrt(np.mean((reference - centre) ** 2))
+    return moved if size == 0 else centre + (moved - centre) * (target / size)
+
+
+def aligned_layouts(
+    embs: Sequence[np.ndarray],
+    method: str = "pca",
+    seed: int = 0,
+    labels: Sequence[np.ndarray] | None = None,
+    reference: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """2-D layouts of several runs' probe embeddings in one shared frame.
+
+    The reference frame is the given ``reference`` layout, else the first run's own layout.
+    PCA lays out each run on its own; UMAP warm-starts each run from the reference (see the
+    module's notes). Each layout is then rotated/reflected and shifted onto the reference by
+    Procrustes and scaled to the reference's spread.
+
+    Args:
+        embs: one (n, D_r) array per run; n must agree, D_r may differ.
+        method: "pca" (fast, deterministic) or "umap" (seconds per run).
+        seed: UMAP's random_state.
+        labels: optional (n,) probe labels per run; they must all be equal.
+        reference: optional (n, 2) layout to align every run onto (e.g. the first run's final
+            snapshot, so that scrubbing through time keeps the frame still).
+
+    Returns:
+        one (n, 2) float64 layout per run.
+
+    Raises:
+        ProbeMismatchError: the runs have different numbers of probe points or labels.
+        ValueError: an unknown method or a reference of the wrong shape.
+    """
+    if method not in LAYOUT_METHODS:
+        raise ValueError(f"The 'method' parameter must be one of {LAYOUT_METHODS}. Got {method!r}.")
+    sizes = {len(e) for e in embs}
+    if len(sizes) > 1:
+        raise ProbeMismatchError(
+            f"The runs have different probe sets (sizes {sorted(sizes)}): compare runs with the "
+            "same dataset, split, seed and probe size."
+        )
+    if labels is not None and any(not np.array_equal(labels[0], y) for y in labels[1:]):
+        raise ProbeMismatchError(
+            "The runs have different probe points (their labels differ): compare runs with the "
+            "same dataset, split, seed and probe size."
+        )
+    points = [np.asarray(e, dtype=np.float32) for e in embs]
+    if reference is None:
+        target = _layout(points[0], method, seed)
+        rest = points[1:]
+        layouts = [target]
+    else:
+        target = np.asarray(reference, dtype=np.float64)
+        if target.shape != (len(points[0]), 2):
+            raise ValueError(
+                f"The 'reference' must have shape ({len(points[0])}, 2). Got {target.shape}."
+            )
+        rest, layouts = points, []
+    init = target if method == "umap" else None
+    layouts += [_layout(e, method, seed, init) for e in rest]
+    return [_align(layout, target) for layout in layouts]
+
+
+def snapshot_layouts(
+    store: RunStore,
+    run_ids: Sequence[str],
+    steps: Sequence[int],
+    method: str = "pca",
+    frame_step: int | None = None,
+) -> list[np.ndarray]:
+    """Aligned layouts of ``run_ids`` at ``steps``, in the frame of one snapshot of the first run.
+
+    The frame is the first run's layout at ``frame_step`` (default: its last snapshot). Fixing
+    it keeps the panels from spinning or flipping while the shared scrubber moves.
+    """
+    snaps = [store.load_snapshot(r, s) for r, s in zip(run_ids, steps, strict=True)]
+    seed = store.load(run_ids[0]).config.seed
+    frame_step = store.snapshot_steps(run_ids[0])[-1] if frame_step is None else frame_step
+    reference = None
+    if frame_step != steps[0]:
+        frame = store.load_snapshot(run_ids[0], frame_step).probe_emb
+        reference = _layout(frame, method, seed)
+    return aligned_layouts(
+        [s.probe_emb for s in snaps],
+        method,
+        seed,
+        labels=[s.probe_labels for s in snaps],
+        reference=reference,
+    )
+
+
+def comparison_problem(configs: Sequence[RunConfig]) -> str | None:
+    """Why these runs cannot be compared side by side (different data), or None."""
+    data = {(c.dataset, c.split) for c in configs}
+    if len(data) > 1:
+        names = ", ".join(f"{d} ({s})" for d, s in sorted(data))
+        return f"These runs use different data ({names}): compare runs on one dataset and split."
+    return None
+
+
+def probe_note(configs: Sequence[RunConfig]) -> str | None:
+    """A note when the runs' probe points differ (seed or probe size), else None."""
+    if len({(c.seed, c.probe_size) for c in configs}) > 1:
+        return (
+            "These runs have different probe points (seed or probe size differ), so their "
+            "embedding panels cannot be aligned point by point."
+        )
+    return None
+
+
+def planned_samples(cfg: RunConfig) -> int:
+    """Training samples a run consumes when it finishes: steps * P * K."""
+    return cfg.steps * cfg.batch_size
+
+
+def snapshot_at(
+    store: RunStore, run_id: str, fraction: float | None = None, *, samples_seen: int | None = None
+) -> int | None:
+    """The step of the run's saved snapshot nearest to a point of training.
+
+    Args:
+        store: the run store.
+        run_id: the run.
+        fraction: 0..1 of the run's own planned training (``planned_samples``).
+        samples_seen: an absolute number of training samples instead (for a scrubber shared by
+            runs with different batch sizes). Exactly one of the two must be given.
+
+    Returns:
+        the snapshot's step (ties go to the earlier one), or None if none is saved yet.
+    """
+    if (fraction is None) == (samples_seen is None):
+        raise ValueError("Give exactly one of 'fraction' and 'samples_seen'.")
+    steps = store.snapshot_steps(run_id)
+    if not steps:
+        return None
+    cfg = store.load(run_id).config
+    target = samples_seen if fraction is None else fraction * planned_samples(cfg)
+    seen = np.asarray(steps) * cfg.batch_size  # (S,) samples seen at each snapshot
+    return int(steps[int(np.argmin(np.abs(seen - target)))])
+
+
+def shared_steps(store: RunStore, run_ids: Sequence[str], fraction: float) -> dict[str, int | None]:
+    """One scrubber for all runs: ``fraction`` of the longest run's samples; step per run."""
+    total = max(planned_samples(store.load(r).config) for r in run_ids)
+    return {r: snapshot_at(store, r, samples_seen=round(fraction * total)) for r in run_ids}
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``{"margin": 0.1, "soft": False}`` -> ``"margin=0.1, soft=False"``."""
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def results_table(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
+    """One row per run: settings, final metrics (test vs train), best snapshot metrics, speed.
+
+    Columns: run, state, dataset, loss, loss params, miner, miner params, dim, P x K, steps,
+    ``final <metric>`` (``status.final_metrics``: P@1, R-Precision, MAP@R, NMI), ``best <metric>``
+    (the best value over the run's snapshots, on the probe set), wall time (s) (training time
+    of the last snapshot) and samples/s. Missing values are NaN, so the table sorts.
+    """
+    rows = []
+    for run_id in run_ids:
+        record = store.load(run_id)
+        cfg, history = record.config, record.history
+        final = record.status.get("final_metrics") or {}
+        row: dict[str, Any] = {
+            "run": run_id,
+            "state": record.status.get("state", ""),
+            "dataset": cfg.dataset,
+            "loss": cfg.loss,
+            "loss params": params_text(cfg.loss_params),
+            "miner": cfg.miner,
+            "miner params": params_text(cfg.miner_params),
+            "dim": cfg.embedding_dim,
+            "P x K": f"{cfg.classes_per_batch} x {cfg.samples_per_class}",
+            "steps": int(history["step"].max()) if len(history) else 0,
+        }
+        for key, name in {**METRICS, "nmi": "NMI"}.items():
+            row[f"final {name}"] = float(final.get(key, np.nan))
+        for key, name in METRICS.items():
+            column = history[key] if key in history else pd.Series(dtype=float)
+            row[f"best {name}"] = float(column.max()) if column.notna().any() else np.nan
+        last = history.iloc[-1] if len(history) else {}
+        elapsed = float(last.get("elapsed", np.nan)) if len(history) else np.nan
+        seen = float(last.get("samples_seen", np.nan)) if len(history) else np.nan
+        row["wall time (s)"] = elapsed
+        row["samples/s"] = seen / elapsed if elapsed and elapsed > 0 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_parameters(base: RunConfig) -> list[str]:
+    """What a sweep from ``base`` can vary: the loss's parameters, then run-level fields."""
+    numeric = [
+        name
+        for name, field in LOSSES[base.loss].params.model_fields.items()
+        if field.annotation in (int, float) and name != "seed"
+    ]
+    return [*numeric, *SWEEP_FIELDS]
+
+
+def suggested_values(base: RunConfig, parameter: str) -> str:
+    """A reasonable default list of values to sweep, as text (e.g. ``"0.05, 0.1, 0.2, 0.5"``)."""
+    if parameter == "loss":
+        return ", ".join(SWEEP_LOSSES)
+    if parameter == "miner":
+        return ", ".join(SWEEP_MINERS)
+    if parameter in SUGGESTED_VALUES:
+        return SUGGESTED_VALUES[parameter]
+    current = base.loss_params.get(parameter, getattr(base, parameter, None))
+    if isinstance(current, (int, float)) and not isinstance(current, bool) and current:
+        return ", ".join(f"{current * f:g}" for f in (0.5, 1, 2))
+    return ""
+
+
+def parse_values(text: str) -> list[Any]:
+    """``"0.05, 0.1, triplet"`` -> ``[0.05, 0.1, "triplet"]`` (ints stay ints)."""
+    values: list[Any] = []
+    for item in (part.strip() for part in text.replace(";", ",").split(",")):
+        if not item:
+            continue
+        try:
+            values.append(int(item))
+        except ValueError:
+            try:
+                values.append(float(item))
+            except ValueError:
+                values.append(item)
+    return values
+
+
+def sweep_configs(base: RunConfig, parameter: str, values: Sequence[Any]) -> list[RunConfig]:
+    """Checked configs equal to ``base`` except for ``parameter`` (same seed and data).
+
+    Args:
+        base: the config every run starts from.
+        parameter: a parameter of the base's loss (e.g. ``"margin"``; when the miner has a
+            parameter of the same name, e.g. semi-hard's margin, it moves with it, since the
+            miner's definition depends on the margin); ``"loss"`` (each loss with its default
+            parameters, the base's miner kept); ``"miner"`` (each with its defaults); or a
+            run-level field: ``embedding_dim``, ``lr``, ``samples_per_class``.
+        values: the values, one run each (at least 2, no duplicates).
+
+    Raises:
+        ConfigError: naming the parameter, when it cannot be swept or a value is invalid.
+    """
+    allowed = sweep_parameters(base)
+    if parameter not in allowed:
+        raise ConfigError(
+            f"The sweep parameter {parameter!r} cannot be swept from a {base.loss} run; "
+            f"choose one of: {', '.join(allowed)}."
+        )
+    values = list(values)
+    if len(values) < 2 or len({repr(v) for v in values}) < len(values):
+        raise ConfigError(
+            f"A sweep over {parameter!r} needs at least 2 different values. Got {values}."
+        )
+    base_values = base.model_dump()
+    configs = []
+    for value in values:
+        update: dict[str, Any]
+        if parameter == "loss":
+            update = {"loss": value, "loss_params": {}}
+        elif parameter == "miner":
+            update = {"miner": value, "miner_params": {}}
+        elif parameter in SWEEP_FIELDS:
+            update = {parameter: value}
+        else:
+            update = {"loss_params": {**base.loss_params, parameter: value}}
+            if parameter in MINERS[base.miner].params.model_fields:
+                update["miner_params"] = {**base.miner_params, parameter: value}
+        try:
+            configs.append(make_config(**{**base_values, **update}))
+        except ConfigError as err:
+            raise ConfigError(f"Sweep over {parameter!r}, value {value!r}: {err}") from None
+    return configs

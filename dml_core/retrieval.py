@@ -1,0 +1,292 @@
+"""Retrieval with a trained run: nearest neighbours, per-query AP@R, worst queries.
+
+What the Retrieval page shows: for a query (a test image) the k nearest references (the
+retrieval database: the training images, or in open-set mode the training images of classes
+never trained on), with their distances and whether they share the query's class; the queries
+the embedding serves worst; and the probe points of the run's snapshots mapped back to queries.
+
+Definitions follow Musgrave, Belongie and Lim (2020), "A Metric Learning Reality Check"
+(ECCV), section 3.2, exactly as ``metrics.retrieval_metrics`` computes them: for a query q with
+R references of its class, rank the references by Euclidean distance and let rel(i) = 1 when
+the i-th nearest shares q's label; then
+
+    AP@R(q) = (1/R) * sum_{i<=R} P(i) rel(i),   P(i) = (1/i) * sum_{j<=i} rel(j),
+
+and MAP@R is the mean of AP@R over the queries with R > 0.
+
+The embeddings of the query and reference splits are computed once per checkpoint and cached
+in ``runs/<id>/embeddings.npz`` (written atomically), so reopening a run is instant.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from dml_core.config import RunConfig
+from dml_core.data import Dataset, Split, load_dataset
+from dml_core.nets import Embedder, build_net
+from dml_core.runs import RunStore, atomic_write_bytes
+from dml_core.snapshot import make_probe_indices
+from dml_core.train import embed
+
+CACHE_FILE = "embeddings.npz"
+CHECKPOINT_FILE = "checkpoint.pt"
+CHUNK = 1024  # queries whose distances to all references are held at once
+AUTO_INDEX_MAX = 10_000  # query + reference images embedded without asking (digits: 1,797)
+
+
+def has_checkpoint(store: RunStore, run_id: str) -> bool:
+    """Whether the run has saved weights (only those can be used for retrieval)."""
+    return (store.path(run_id) / CHECKPOINT_FILE).exists()
+
+
+def runs_with_checkpoint(store: RunStore) -> list[str]:
+    """Ids of the saved runs that have a checkpoint, newest first."""
+    return [run_id for run_id in store.list() if has_checkpoint(store, run_id)]
+
+
+def load_run_data(store: RunStore, run_id: str) -> tuple[RunConfig, Dataset]:
+    """The run's config and its dataset (no net: what the page needs to show images)."""
+    cfg = store.load(run_id).config
+    return cfg, load_dataset(cfg.dataset, cfg.split)
+
+
+def index_is_cheap(dataset: Dataset) -> bool:
+    """Whether embedding the query and reference splits is quick enough to do unasked."""
+    return len(dataset.query) + len(dataset.reference) <= AUTO_INDEX_MAX
+
+
+def load_run_model(store: RunStore, run_id: str) -> tuple[RunConfig, Embedder, Dataset]:
+    """The run's config, its net (last checkpoint, eval mode, CPU) and its dataset.
+
+    The net is rebuilt from the config with ``nets.build_net``; its pixel statistics
+    (``mean``, ``std``) are buffers and come back with the weights.
+    """
+    cfg, dataset = load_run_data(store, run_id)
+    net = build_net(cfg.net, dataset.image_shape, cfg.embedding_dim, cfg.normalize)
+    state = store.load_checkpoint(run_id)
+    net.load_state_dict(state["net"])
+    return cfg, net.eval(), dataset
+
+
+def checkpoint_step(store: RunStore, run_id: str) -> int:
+    """The training step of the saved checkpoint (what the cached embeddings belong to)."""
+    return int(store.load_checkpoint(run_id)["step"])
+
+
+@dataclass(frozen=True)
+class RetrievalIndex:
+    """Embeddings of a run's query and reference splits at one checkpoint.
+
+    Attributes:
+        run_id: the run.
+        step: the checkpoint's training step.
+        query_emb: (n_query, D) float32 embeddings of the query (test) images.
+        query_labels: (n_query,) int64.
+        ref_emb: (n_ref, D) float32 embeddings of the reference (database) images.
+        ref_labels: (n_ref,) int64.
+    """
+
+    run_id: str
+    step: int
+    query_emb: np.ndarray
+    query_labels: np.ndarray
+    ref_emb: np.ndarray
+    ref_labels: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        """Number of queries."""
+        return len(self.query_labels)
+
+    @cached_property
+    def ap_at_r(self) -> np.ndarray:
+        """AP@R of every query, (n_query,) float64; NaN where R = 0 (computed once)."""
+        return average_precision_at_r(
+            self.query_emb, self.query_labels, self.ref_emb, self.ref_labels
+        )
+
+    @cached_property
+    def precision_at_1(self) -> np.ndarray:
+        """Whether each query's nearest reference shares its class, (n_query,) bool."""
+        nearest = np.concatenate(
+            [
+                _distances(self.query_emb[i : i + CHUNK], self.ref_emb).argmin(axis=1)
+                for i in range(0, self.n_queries, CHUNK)
+            ]
+        )  # (n_query,)
+        return self.ref_labels[nearest] == self.query_labels
+
+
+def _distances(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Euclidean distances (n_q, n_ref) in float32, as ``torch.cdist`` computes them."""
+    return torch.cdist(torch.from_numpy(query), torch.from_numpy(ref)).numpy()
+
+
+def cached_index_step(store: RunStore, run_id: str) -> int | None:
+    """The checkpoint step of the cached embeddings, or None when there is no cache."""
+    file = store.path(run_id) / CACHE_FILE
+    if not file.exists():
+        return None
+    with np.load(file) as f:
+        return int(f["step"])
+
+
+def has_cached_index(store: RunStore, run_id: str) -> bool:
+    """Whether the cached embeddings exist and belong to the current checkpoint."""
+    step = cached_index_step(store, run_id)
+    return step is not None and step == checkpoint_step(store, run_id)
+
+
+def build_index(store: RunStore, run_id: str, *, use_cache: bool = True) -> RetrievalIndex:
+    """The run's retrieval index, from the cache or embedded on the CPU and cached.
+
+    The cache ``runs/<id>/embeddings.npz`` is used when its step is the checkpoint's; else the
+    query and reference splits are embedded and the cache is (re)written atomically.
+
+    Args:
+        store: the run store.
+        run_id: a run with a checkpoint.
+        use_cache: read the cache when valid (it is always (re)written after embedding).
+    """
+    step = checkpoint_step(store, run_id)
+    file = store.path(run_id) / CACHE_FILE
+    if use_cache and cached_index_step(store, run_id) == step:
+        with np.load(file) as f:
+            arrays = {k: f[k] for k in ("query_emb", "query_labels", "ref_emb", "ref_labels")}
+        return RetrievalIndex(run_id, step, **arrays)
+    _, net, dataset = load_run_model(store, run_id)
+    cpu = torch.device("cpu")
+    index = RetrievalIndex(
+        run_id,
+        step,
+        query_emb=embed(net, dataset.query.x, cpu).numpy().astype(np.float32),  # (n_q, D)
+        query_labels=dataset.query.y.numpy().astype(np.int64),
+        ref_emb=embed(net, dataset.reference.x, cpu).numpy().astype(np.float32),  # (n_ref, D)
+        ref_labels=dataset.reference.y.numpy().astype(np.int64),
+    )
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        step=np.int64(step),
+        query_emb=index.query_emb,
+        query_labels=index.query_labels,
+        ref_emb=index.ref_emb,
+        ref_labels=index.ref_labels,
+    )
+    atomic_write_bytes(file, buffer.getvalue())
+    return index
+
+
+def average_precision_at_r(
+    query_emb: np.ndarray,
+    query_labels: np.ndarray,
+    ref_emb: np.ndarray,
+    ref_labels: np.ndarray,
+    chunk_size: int = CHUNK,
+) -> np.ndarray:
+    """AP@R of every query (Musgrave et al. 2020, sec. 3.2; see the module docstring).
+
+    Vectorised like ``metrics.retrieval_metrics`` (the k = max R nearest references by
+    ``torch.topk`` in chunks of queries), so ``np.nanmean`` of the result is its ``map_at_r``.
+
+    Returns:
+        (n_query,) float64 in [0, 1]; NaN for queries whose class has no reference (R = 0).
+    """
+    q = torch.as_tensor(np.asarray(query_emb, dtype=np.float32))
+    r_emb = torch.as_tensor(np.asarray(ref_emb, dtype=np.float32))
+    q_lab = torch.as_tensor(np.asarray(query_labels, dtype=np.int64))
+    r_lab = torch.as_tensor(np.asarray(ref_labels, dtype=np.int64))
+    counts = torch.bincount(r_lab, minlength=int(max(q_lab.max(), r_lab.max())) + 1)
+    r_all = counts[q_lab]  # (n_query,) R of each query
+    out = np.full(len(q_lab), np.nan)
+    if int(r_all.max()) == 0:
+        return out
+    k = int(r_all.max())
+    ranks = torch.arange(1, k + 1, dtype=torch.float64)  # (k,)
+    for start in range(0, len(q_lab), chunk_size):
+        stop = min(start + chunk_size, len(q_lab))
+        dist = torch.cdist(q[start:stop], r_emb)  # (c, n_ref)
+        idx = torch.topk(dist, k, dim=1, largest=False, sorted=True).indices  # (c, k)
+        r = r_all[start:stop]  # (c,)
+        hit = r_lab[idx] == q_lab[start:stop].unsqueeze(1)  # (c, k)
+        hit &= ranks.unsqueeze(0) <= r.unsqueeze(1)  # only the first R count
+        hit_f = hit.to(torch.float64)
+        precision = hit_f.cumsum(1) / ranks  # (c, k) P(i)
+        ap = (precision * hit_f).sum(1) / r.clamp_min(1).to(torch.float64)  # (c,)
+        out[start:stop] = np.where(r.numpy() > 0, ap.numpy(), np.nan)
+    return out
+
+
+def mean_ap_at_r(index: RetrievalIndex) -> float:
+    """MAP@R: the mean AP@R over the queries with R > 0 (0.0 when there are none, as PML)."""
+    ap = index.ap_at_r
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
+
+
+class Neighbours(NamedTuple):
+    """The k nearest references of one query, nearest first.
+
+    Attributes:
+        indices: (k,) indices into the reference split.
+        distances: (k,) Euclidean distances, ascending.
+        correct: (k,) bool, whether each shares the query's label.
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    correct: np.ndarray
+
+
+def neighbours(index: RetrievalIndex, query_i: int, k: int) -> Neighbours:
+    """The ``k`` nearest references of query ``query_i`` (ties: lower index first)."""
+    if not 0 <= query_i < index.n_queries:
+        raise ValueError(
+            f"The 'query_i' parameter must be in [0, {index.n_queries - 1}]. Got {query_i}."
+        )
+    k = max(1, min(int(k), len(index.ref_labels)))
+    dist = _distances(index.query_emb[query_i : query_i + 1], index.ref_emb)[0]  # (n_ref,)
+    order = np.argsort(dist, kind="stable")[:k]  # (k,)
+    correct = index.ref_labels[order] == index.query_labels[query_i]
+    return Neighbours(order, dist[order].astype(np.float64), correct)
+
+
+def worst_queries(index: RetrievalIndex, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` queries with the lowest AP@R (ties: lower index first), and their AP@R.
+
+    Queries with R = 0 (no reference of their class) are left out, as in MAP@R.
+    """
+    ap = index.ap_at_r
+    valid = np.flatnonzero(~np.isnan(ap))
+    order = valid[np.argsort(ap[valid], kind="stable")][: max(int(n), 0)]
+    return order, ap[order]
+
+
+def per_class_precision_at_1(index: RetrievalIndex) -> dict[int, float]:
+    """P@1 of the queries of each class, {label: P@1}, over the labels present in the queries."""
+    hits = index.precision_at_1
+    return {
+        int(c): float(hits[index.query_labels == c].mean()) for c in np.unique(index.query_labels)
+    }
+
+
+def probe_query_indices(cfg: RunConfig, dataset: Dataset) -> np.ndarray:
+    """Query-split index of each probe point of the run's snapshots, (n_probe,) int64.
+
+    The probe set is the class-balanced subset ``Trainer`` draws from the query split with
+    ``snapshot.make_probe_indices(query labels, cfg.probe_size, cfg.seed)``; the same call
+    gives the same indices, in the snapshot's row order.
+    """
+    return make_probe_indices(dataset.query.y.numpy(), cfg.probe_size, cfg.seed).astype(np.int64)
+
+
+def images(split: Split, indices: np.ndarray | list[int]) -> np.ndarray:
+    """Images of ``split`` at ``indices`` as uint8 (n, H, W), for display."""
+    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
+    return split.x[idx, 0].numpy().astype(np.uint8)  # (n, H, W)

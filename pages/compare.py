@@ -1,0 +1,217 @@
+"""Compare: 2-4 saved runs side by side on the same probe points, or a sweep over one parameter."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dml_core import compare, compare_figures
+from dml_core.config import RunConfig, make_config
+from dml_core.data import load_dataset
+from dml_core.errors import ConfigError
+from dml_core.registry import LOSSES, MINERS
+from dml_core.runs import FINAL_STATES, RunStore
+from pages.ui import load_snapshot, run_label, services, use_app_navigation
+
+use_app_navigation()
+store, manager, worker = services()
+RUNS = str(store.root)
+SELECTED = "cmp.runs"
+METHODS = {"PCA": "pca", "UMAP": "umap"}
+X_AXES = {"samples seen": "samples_seen", "wall time": "elapsed"}
+
+
+@st.cache_data(max_entries=64, show_spinner="Aligning the layouts…")
+def aligned(
+    runs_dir: str, run_ids: tuple[str, ...], steps: tuple[int, ...], method: str, frame_step: int
+):
+    """Aligned layouts of the runs at these steps (cached by runs, steps, method and frame)."""
+    return compare.snapshot_layouts(RunStore(runs_dir), run_ids, steps, method, frame_step)
+
+
+def base_config(choice: str) -> RunConfig:
+    """The sweep's starting point: the defaults or a saved run's config."""
+    return make_config() if choice == "defaults" else store.load(choice).config
+
+
+def sweep_values(base: RunConfig, parameter: str) -> list:
+    """The values to sweep, from a multiselect (losses, miners) or a comma-separated list."""
+    key = f"sweep.values.{parameter}"
+    if parameter in ("loss", "miner"):
+        names = list(LOSSES if parameter == "loss" else MINERS)
+        default = compare.suggested_values(base, parameter).split(", ")
+        return st.multiselect("Values", names, default=default, key=key)
+    text = st.text_input(
+        "Values (comma-separated)",
+        compare.suggested_values(base, parameter),
+        key=key,
+        help="One run per value; everything else stays as in the base config.",
+    )
+    return compare.parse_values(text)
+
+
+def sweep_panel() -> None:
+    """Launch one background run per value of one parameter; preselect them below."""
+    with st.expander("Sweep: one run per value of one parameter", expanded=False):
+        choice = st.selectbox(
+            "Base config",
+            ["defaults", *store.list()],
+            key="sweep.base",
+            format_func=lambda r: (
+                "defaults (digits, triplet, semi-hard)" if r == "defaults" else run_label(store, r)
+            ),
+        )
+        base = base_config(choice)
+        left, mid, right = st.columns([2, 3, 1])
+        parameter = left.selectbox("Parameter", compare.sweep_parameters(base), key="sweep.param")
+        with mid:
+            values = sweep_values(base, parameter)
+        steps = right.number_input("Steps", 1, 1_000_000, base.steps, key="sweep.steps")
+        st.caption(
+            f"Base: {base.loss} {compare.params_text(base.loss_params)} · miner {base.miner} · "
+            f"dim {base.embedding_dim} · {base.dataset} · seed {base.seed}. Runs queue and train "
+            f"{manager.max_running} at a time; each is a normal saved run."
+        )
+        if st.button("Launch sweep", type="primary", key="sweep.launch", icon="🚀"):
+            try:
+                cfgs = compare.sweep_configs(
+                    base.model_copy(update={"steps": int(steps)}), parameter, values
+                )
+            except ConfigError as err:
+                st.error(str(err), icon="🚫")
+                return
+            ids = [manager.submit(cfg) for cfg in cfgs]
+            st.session_state[SELECTED] = ids[:4]
+            if len(ids) > 4:
+                st.session_state["sweep.note"] = f"Launched {len(ids)} runs; the first 4 are shown."
+            st.rerun()
+
+
+def pick_runs() -> list[str]:
+    """The runs to compare (2-4), newest first."""
+    saved = store.list()
+    if SELECTED in st.session_state:  # drop runs deleted since they were picked
+        st.session_state[SELECTED] = [r for r in st.session_state[SELECTED] if r in saved]
+    return st.multiselect(
+        "Runs to compare",
+        saved,
+        key=SELECTED,
+        max_selections=4,
+        format_func=lambda r: run_label(store, r),
+        placeholder="Pick 2 to 4 saved runs",
+    )
+
+
+def comparison(run_ids: list[str], live: bool) -> None:
+    """Every panel for the chosen runs at the scrubber's position (refreshed while ``live``)."""
+    records = [store.load(r) for r in run_ids]
+    if live and all(rec.status.get("state") in FINAL_STATES for rec in records):
+        st.rerun()  # the last run finished: redraw once more, then stop refreshing
+    configs = [rec.config for rec in records]
+    problem = compare.comparison_problem(configs)
+    if problem:
+        st.error(problem, icon="🚫")
+        return
+    waiting = [r.run_id for r in records if not r.snapshot_steps]
+    if waiting:
+        st.info(f"Waiting for the first snapshot of {', '.join(waiting)}.", icon="⏳")
+        return
+    controls = st.columns([3, 1, 1])
+    progress = controls[0].slider(
+        "Training progress (all runs, by samples seen)",
+        0,
+        100,
+        100,
+        step=5,
+        format="%d%%",
+        key="cmp.progress",
+        help="One scrubber for every panel: each run shows its snapshot nearest to this share "
+        "of the longest run's training samples.",
+    )
+    method = METHODS[controls[1].radio("Layout", list(METHODS), horizontal=True, key="cmp.method")]
+    x = X_AXES[controls[2].radio("Curves vs", list(X_AXES), horizontal=True, key="cmp.x")]
+    steps = compare.shared_steps(store, run_ids, progress / 100)
+    snaps = [load_snapshot(RUNS, r, steps[r]) for r in run_ids]
+    titles = [
+        f"{r}<br>step {s.step} · {s.samples_seen:,} samples"
+        for r, s in zip(run_ids, snaps, strict=True)
+    ]
+    st.caption(
+        " · ".join(
+            f"**{r}**: {rec.config.loss}, step {s.step}/{rec.config.steps}"
+            + ("" if rec.status.get("state") in FINAL_STATES else " (training)")
+            for r, rec, s in zip(run_ids, records, snaps, strict=True)
+        )
+    )
+    note = compare.probe_note(configs)
+    class_names = load_dataset(configs[0].dataset, configs[0].split).class_names
+    try:
+        steps_now = tuple(s.step for s in snaps)
+        frame = records[0].snapshot_steps[-1]
+        layouts = aligned(RUNS, tuple(run_ids), steps_now, method, frame)
+    except compare.ProbeMismatchError as err:
+        st.warning(note or str(err), icon="⚠️")
+    else:
+        fig = compare_figures.embedding_panels_figure(
+            layouts,
+            snaps[0].probe_labels,
+            class_names,
+            titles,
+            title=f"{method.upper()} of the same {len(snaps[0].probe_labels)} probe images, "
+            "aligned to one frame",
+        )
+        st.plotly_chart(fig, key="cmp.chart.embedding")
+    st.plotly_chart(compare_figures.histogram_panels_figure(snaps, titles), key="cmp.chart.hist")
+    histories = {rec.run_id: rec.history for rec in records}
+    marks = {r: getattr(s, x) for r, s in zip(run_ids, snaps, strict=True)}
+    fig = compare_figures.metric_curves_figure(histories, x=x, marker_x=marks)
+    st.plotly_chart(fig, key="cmp.chart.curves")
+    fig = compare_figures.sphere_overlay_figure([s.probe_emb for s in snaps], run_ids)
+    st.plotly_chart(fig, key="cmp.chart.sphere")
+    results(run_ids)
+
+
+def results(run_ids: list[str]) -> None:
+    """The sortable results table and its CSV download."""
+    st.subheader("Results")
+    table = compare.results_table(store, run_ids)
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="cmp.table",
+        column_config={
+            c: st.column_config.NumberColumn(format="%.3f")
+            for c in table.columns
+            if c.startswith(("final ", "best "))
+        }
+        | {
+            "wall time (s)": st.column_config.NumberColumn(format="%.1f"),
+            "samples/s": st.column_config.NumberColumn(format="%.0f"),
+        },
+    )
+    st.caption(
+        "final: every test image against every train image at the end; best: the best value "
+        "over the snapshots, on the probe set. Click a column header to sort."
+    )
+    st.download_button(
+        "Download CSV",
+        table.to_csv(index=False),
+        file_name="compare-runs.csv",
+        mime="text/csv",
+        key="cmp.csv",
+        icon="⬇️",
+    )
+
+
+st.title("Compare runs")
+sweep_panel()
+if note := st.session_state.pop("sweep.note", None):
+    st.info(note)
+chosen = pick_runs()
+if len(chosen) < 2:
+    st.info(
+        "Pick at least 2 saved runs to compare (train them on **Train**, or launch a sweep above).",
+        icon="👆",
+    )
+else:
+    live = any(store.status(r).get("state") not in FINAL_STATES for r in chosen)
+    st.fragment(run_every=2.0 if live else None)(comparison)(chosen, live)

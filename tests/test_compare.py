@@ -1,0 +1,176 @@
+"""Compare: aligned layouts, the shared scrubber, the results table, sweeps, the figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dml_core import compare, compare_figures
+from dml_core.config import make_config
+from dml_core.errors import ConfigError
+from dml_core.jobs import TrainingJob
+from dml_core.runs import RunStore
+
+TINY = {"steps": 30, "snapshot_every": 10, "probe_size": 200, "final_eval": True, "device": "cpu"}
+
+
+def train_runs(root: Path, settings: list[dict]) -> tuple[RunStore, list[str]]:
+    """Tiny real runs on digits, trained to the end in this thread's caller."""
+    store = RunStore(root)
+    ids = []
+    for i, extra in enumerate(settings):
+        cfg = make_config(**TINY, **extra)
+        run_id = store.create(cfg, f"run-{i}")
+        job = TrainingJob(cfg, store, run_id)
+        job.start()
+        job.join()
+        assert job.state == "finished", job.message
+        ids.append(run_id)
+    return store, ids
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, list[str]]:
+    return train_runs(
+        tmp_path_factory.mktemp("runs"),
+        [
+            {"loss_params": {"margin": 0.1}, "miner_params": {"margin": 0.1}},
+            {"loss": "contrastive", "samples_per_class": 8},
+        ],
+    )
+
+
+def centroids(layout: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.stack([layout[labels == c].mean(axis=0) for c in np.unique(labels)])
+
+
+def test_a_rotated_copy_aligns_onto_the_same_coordinates() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(120, 8))
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))  # (8, 8) orthogonal
+    first, second = compare.aligned_layouts([emb, 3.0 * emb @ rotation + 1.0], "pca")
+    np.testing.assert_allclose(second, first, atol=1e-5)
+
+
+def test_class_centroids_of_two_runs_are_closer_in_the_shared_frame(runs) -> None:
+    store, (a, b) = runs
+    snaps = [store.load_snapshot(r, store.snapshot_steps(r)[-1]) for r in (a, b)]
+    labels = snaps[0].probe_labels
+    raw = [compare.project(s.probe_emb, "pca") for s in snaps]  # each in its own frame
+    aligned = compare.aligned_layouts([s.probe_emb for s in snaps], "pca")
+    np.testing.assert_allclose(aligned[0], raw[0], atol=1e-9)  # the reference stays put
+
+    def gap(first, second):  # mean distance of matching class centroids, in reference units
+        return np.linalg.norm(centroids(first, labels) - centroids(second, labels), axis=1).mean()
+
+    assert gap(aligned[0], aligned[1]) < gap(raw[0], raw[1])
+
+
+def test_different_probe_points_are_refused() -> None:
+    emb = np.zeros((10, 4))
+    with pytest.raises(compare.ProbeMismatchError, match="different probe"):
+        compare.aligned_layouts([emb, np.zeros((12, 4))])
+    with pytest.raises(compare.ProbeMismatchError, match="labels differ"):
+        compare.aligned_layouts([emb, emb], labels=[np.arange(10), np.arange(10)[::-1]])
+
+
+def test_snapshot_layouts_keep_the_first_runs_final_frame(runs) -> None:
+    store, ids = runs
+    first = compare.snapshot_layouts(store, ids, [10, 30], "pca")
+    assert [layout.shape for layout in first] == [(200, 2), (200, 2)]
+    final = compare.snapshot_layouts(store, ids, [30, 30], "pca")
+    np.testing.assert_allclose(first[1], final[1])
+
+
+def test_snapshot_at_picks_the_nearest_snapshot_by_samples_seen(runs) -> None:
+    store, (a, b) = runs
+    assert store.snapshot_steps(a) == (0, 10, 20, 30)
+    assert compare.snapshot_at(store, a, 0.0) == 0
+    assert compare.snapshot_at(store, a, 0.4) == 10
+    assert compare.snapshot_at(store, a, 1.0) == 30
+    # a is 6 x 16 = 96 samples per step, b 6 x 8 = 48: 960 samples are step 10 of a, 20 of b
+    assert compare.snapshot_at(store, b, samples_seen=960) == 20
+    assert compare.shared_steps(store, [a, b], 0.6) == {a: 20, b: 30}
+    with pytest.raises(ValueError, match="exactly one"):
+        compare.snapshot_at(store, a)
+
+
+def test_results_table_reads_status_and_history(runs) -> None:
+    store, ids = runs
+    table = compare.results_table(store, ids)
+    assert list(table["run"]) == ids
+    assert list(table["loss"]) == ["triplet", "contrastive"]
+    assert table.loc[0, "loss params"] == "margin=0.1, soft=False"
+    for name in ("P@1", "R-Precision", "MAP@R"):
+        assert table[f"best {name}"].between(0, 1).all()
+    final = store.status(ids[1])["final_metrics"]
+    assert table.loc[1, "final P@1"] == pytest.approx(final["precision_at_1"])
+    assert table.loc[1, "final NMI"] == pytest.approx(final["nmi"])
+    history = store.history(ids[0])
+    assert table.loc[0, "best MAP@R"] == pytest.approx(history["map_at_r"].max())
+    assert (table["wall time (s)"] > 0).all()
+    assert (table["samples/s"] > 0).all()
+    assert table.sort_values("final P@1").shape == table.shape
+
+
+def test_sweep_over_a_margin_moves_the_miner_margin_too() -> None:
+    base = make_config(seed=3)
+    cfgs = compare.sweep_configs(base, "margin", [0.05, 0.1, 0.2, 0.5])
+    assert [c.loss_params["margin"] for c in cfgs] == [0.05, 0.1, 0.2, 0.5]
+    assert [c.miner_params["margin"] for c in cfgs] == [0.05, 0.1, 0.2, 0.5]
+    assert {c.seed for c in cfgs} == {3}
+    assert {c.dataset for c in cfgs} == {"digits"}
+
+
+def test_sweep_over_losses_uses_their_defaults() -> None:
+    base = make_config(loss_params={"margin": 0.4})
+    cfgs = compare.sweep_configs(base, "loss", list(compare.SWEEP_LOSSES))
+    assert [c.loss for c in cfgs] == list(compare.SWEEP_LOSSES)
+    assert cfgs[1].loss_params["margin"] == 0.2
+    assert {c.miner for c in cfgs} == {base.miner}
+    dims = compare.sweep_configs(base, "embedding_dim", compare.parse_values("2, 16"))
+    assert [c.embedding_dim for c in dims] == [2, 16]
+
+
+@pytest.mark.parametrize(
+    ("parameter", "values", "message"),
+    [
+        ("gamma", [1.0, 2.0], "'gamma' cannot be swept"),
+        ("margin", [0.1, 5.0], "Sweep over 'margin', value 5.0: The 'margin' parameter"),
+        ("loss", ["triplet", "nope"], "Unknown loss 'nope'"),
+        ("margin", [0.1], "at least 2 different values"),
+    ],
+)
+def test_bad_sweeps_name_the_parameter(parameter, values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compare.sweep_configs(make_config(), parameter, values)
+
+
+def test_comparison_problems_are_named() -> None:
+    digits, open_set = make_config(), make_config(split="open-set", classes_per_batch=4)
+    assert "different data" in compare.comparison_problem([digits, open_set])
+    assert compare.comparison_problem([digits, digits]) is None
+    assert "different probe points" in compare.probe_note([digits, make_config(seed=1)])
+
+
+def test_figures_share_axes_and_colours(runs) -> None:
+    store, ids = runs
+    snaps = [store.load_snapshot(r, 30) for r in ids]
+    layouts = compare.aligned_layouts([s.probe_emb for s in snaps])
+    names = [str(i) for i in range(10)]
+    emb = compare_figures.embedding_panels_figure(layouts, snaps[0].probe_labels, names, ids)
+    assert emb.layout.xaxis.range == emb.layout.xaxis2.range
+    assert emb.layout.xaxis2.matches == "x"
+    assert sum(t.showlegend for t in emb.data) == 10
+    hist = compare_figures.histogram_panels_figure(snaps, ids)
+    assert len({t.xbins.size for t in hist.data}) == 1
+    assert hist.layout.yaxis2.matches == "y"
+    sphere = compare_figures.sphere_overlay_figure([s.probe_emb for s in snaps], ids)
+    assert [t.line.color for t in sphere.data[:2]] == list(compare_figures.RUN_COLORS[:2])
+    curves = compare_figures.metric_curves_figure(
+        {r: store.history(r) for r in ids}, x="elapsed", marker_x={ids[0]: 0.0}
+    )
+    assert curves.layout.xaxis.title.text == "wall time (s)"
+    assert len(curves.data) == 2 * 3 + 3

@@ -1,0 +1,137 @@
+"""AppTest of the Loss explorer: every loss renders its curves, equation and boundaries."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dml_core import loss_curves
+from dml_core.errors import ConfigError
+from dml_core.losses.triplet import TripletLoss
+from dml_core.registry import LOSSES
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "loss_explorer.py")
+
+
+def specs(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def trace_types(spec: dict) -> set[str]:
+    return {trace.get("type", "scatter") for trace in spec["data"]}
+
+
+@pytest.fixture
+def explorer() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=30).run()
+    assert not at.exception
+    return at
+
+
+def test_opens_on_the_triplet_loss_with_profiles_and_a_heat_map(explorer: AppTest) -> None:
+    assert explorer.title[0].value == "Loss explorer"
+    assert any(LOSSES["triplet"].equation in latex.value for latex in explorer.latex)
+    charts = specs(explorer)
+    titles = [s["layout"]["title"]["text"] for s in charts]
+    assert any(t.startswith("Positive pair") and "d(a,n) = 1" in t for t in titles)
+    assert any(t.startswith("Negative pair") and "d(a,p) = 0.5" in t for t in titles)
+    heat = next(s for s in charts if "heatmap" in trace_types(s))
+    names = [t.get("name") for t in heat["data"]]
+    assert "d(a,n) = d(a,p) + alpha" in names
+    assert any("how much farther the negative" in m.value for m in explorer.markdown)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_renders_curves_equation_and_parameter_widgets(
+    explorer: AppTest, name: str
+) -> None:
+    explorer.selectbox(key="explorer.loss").set_value(name).run()
+    assert not explorer.exception
+    assert not explorer.error
+    charts = specs(explorer)
+    assert len(charts) >= 3
+    assert any("heatmap" in trace_types(s) for s in charts)
+    profile = next(s for s in charts if s["layout"]["title"]["text"].startswith("Positive pair"))
+    assert len(profile["data"]) == 2  # value and |grad|
+    assert any(LOSSES[name].equation in latex.value for latex in explorer.latex)
+    keys = {
+        w.key
+        for kind in ("slider", "number_input", "checkbox", "selectbox")
+        for w in explorer.get(kind)
+    }
+    assert {f"explorer.{name}.{field}" for field in LOSSES[name].params.model_fields} <= keys
+
+
+@pytest.mark.parametrize("name", ["circle", "proxy_anchor", "histogram"])
+def test_similarity_axis(explorer: AppTest, name: str) -> None:
+    explorer.selectbox(key="explorer.loss").set_value(name).run()
+    explorer.radio(key="explorer.scale").set_value("similarity").run()
+    assert not explorer.exception
+    titles = [s["layout"]["title"]["text"] for s in specs(explorer)]
+    if name == "circle":
+        assert any("(s_n, s_p) plane" in t for t in titles)
+    x_titles = [s["layout"]["xaxis2"]["title"]["text"] for s in specs(explorer)[:2]]
+    assert x_titles[0].startswith(("s_p", "cos(x, own proxy)"))
+
+
+def test_circle_loss_also_shows_its_circular_boundary_in_the_similarity_plane(
+    explorer: AppTest,
+) -> None:
+    explorer.selectbox(key="explorer.loss").set_value("circle").run()
+    circle = next(s for s in specs(explorer) if "Sun et al. 2020" in s["layout"]["title"]["text"])
+    names = [t.get("name") or "" for t in circle["data"]]
+    assert any(n.startswith("circle:") for n in names)
+    assert any(n.startswith("linear:") for n in names)
+
+
+def test_compare_overlays_a_second_setting_of_the_same_loss(explorer: AppTest) -> None:
+    explorer.toggle(key="explorer.compare").set_value(True).run()
+    explorer.slider(key="explorer2.triplet.margin").set_value(0.5).run()
+    assert not explorer.exception
+    profile = specs(explorer)[0]
+    legend = [t["name"] for t in profile["data"] if t.get("showlegend", True)]
+    assert legend == ["triplet (margin=0.2, soft=False)", "triplet (margin=0.5, soft=False)"]
+    assert sum("heatmap" in trace_types(s) for s in specs(explorer)) == 2
+
+
+def test_compare_overlays_a_second_loss(explorer: AppTest) -> None:
+    explorer.toggle(key="explorer.compare").set_value(True).run()
+    explorer.selectbox(key="explorer2.loss").set_value("contrastive").run()
+    assert not explorer.exception
+    legend = [t["name"] for t in specs(explorer)[1]["data"] if t.get("showlegend", True)]
+    assert legend[1].startswith("contrastive")
+    assert any(m.value == "**contrastive**" for m in explorer.markdown)
+
+
+def test_a_rejected_setting_shows_a_message_not_a_traceback(
+    explorer: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def reject(name, params=None):
+        raise ConfigError("The 'margin' parameter of triplet must be in (0, 2]. Got -1.")
+
+    monkeypatch.setattr(loss_curves, "build_loss", reject)
+    explorer.run()
+    assert not explorer.exception
+    assert any("'margin' parameter of triplet" in e.value for e in explorer.error)
+
+
+def test_a_loss_without_a_curve_says_so(explorer: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_curve(self, d_ap, d_an):
+        raise NotImplementedError
+
+    monkeypatch.setattr(TripletLoss, "curve", no_curve)
+    explorer.run()
+    assert not explorer.exception
+    assert any("defines no curve" in e.value for e in explorer.error)
+
+
+def test_redraws_in_well_under_two_seconds_of_cpu(explorer: AppTest) -> None:
+    # Imports are warm, as in a running server. CPU time of the whole process (all threads),
+    # not wall time, so a busy test machine does not make this flaky.
+    explorer.selectbox(key="explorer.loss").set_value("histogram").run()  # the slowest curve
+    start = time.process_time()
+    explorer.run()
+    assert time.process_time() - start < 2.0

@@ -1,0 +1,145 @@
+"""Retrieval on a tiny real run: neighbours, per-query AP@R vs MAP@R, worst queries, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dml_core import metrics, retrieval
+from dml_core.config import make_config
+from dml_core.runs import RunStore
+from dml_core.train import Trainer
+
+
+def make_tiny_run(root: Path, run_id: str = "tiny-digits", split: str = "standard") -> RunStore:
+    """30 steps of triplet + semi-hard on digits, saved like a background job saves it."""
+    cfg = make_config(
+        dataset="digits",
+        split=split,
+        embedding_dim=8,
+        classes_per_batch=4,
+        samples_per_class=8,
+        steps=30,
+        snapshot_every=15,
+        probe_size=100,
+        final_eval=False,
+        device="cpu",
+    )
+    store = RunStore(root)
+    store.create(cfg, run_id)
+    trainer = Trainer(cfg)
+    for snap in trainer.run():
+        store.save_snapshot(run_id, snap)
+        store.save_checkpoint(run_id, trainer.state_dict())
+    store.set_status(run_id, state="finished", step=trainer.step)
+    return store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    return make_tiny_run(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def index(store: RunStore) -> retrieval.RetrievalIndex:
+    return retrieval.build_index(store, "tiny-digits")
+
+
+def test_load_run_model_restores_the_checkpoint(store: RunStore) -> None:
+    cfg, net, dataset = retrieval.load_run_model(store, "tiny-digits")
+    assert not net.training
+    assert cfg.embedding_dim == 8
+    state = store.load_checkpoint("tiny-digits")["net"]
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, state[name])
+    assert len(dataset.query) == 540
+
+
+def test_index_matches_the_splits(index: retrieval.RetrievalIndex) -> None:
+    assert index.query_emb.shape == (540, 8)
+    assert index.ref_emb.shape == (1257, 8)
+    assert index.step == 30
+    assert index.query_emb.dtype == np.float32
+
+
+def test_neighbours_are_sorted_and_flagged(index: retrieval.RetrievalIndex) -> None:
+    for q in (0, 17, 539):
+        nb = retrieval.neighbours(index, q, 10)
+        assert len(nb.indices) == 10
+        assert np.all(np.diff(nb.distances) >= 0)
+        expected = np.linalg.norm(index.ref_emb[nb.indices] - index.query_emb[q], axis=1)
+        np.testing.assert_allclose(nb.distances, expected, atol=1e-5)
+        full = np.linalg.norm(index.ref_emb - index.query_emb[q], axis=1)
+        assert nb.distances[-1] <= np.sort(full)[10] + 1e-5  # nothing closer was skipped
+        np.testing.assert_array_equal(
+            nb.correct, index.ref_labels[nb.indices] == index.query_labels[q]
+        )
+    with pytest.raises(ValueError, match="query_i"):
+        retrieval.neighbours(index, 540, 3)
+
+
+def test_mean_ap_at_r_is_map_at_r(index: retrieval.RetrievalIndex) -> None:
+    expected = metrics.retrieval_metrics(
+        torch.from_numpy(index.query_emb),
+        torch.from_numpy(index.query_labels),
+        torch.from_numpy(index.ref_emb),
+        torch.from_numpy(index.ref_labels),
+        with_nmi=False,
+    )
+    assert float(np.nanmean(index.ap_at_r)) == pytest.approx(expected["map_at_r"], abs=1e-6)
+    assert float(index.precision_at_1.mean()) == pytest.approx(expected["precision_at_1"], abs=1e-6)
+
+
+def test_ap_at_r_on_a_hand_made_case() -> None:
+    # one query of class 0, R = 2; ranking: hit, miss, hit -> AP@R = (1/2)(1/1) = 0.5
+    q = np.zeros((1, 1), np.float32)
+    ref = np.array([[1.0], [2.0], [3.0]], np.float32)
+    ap = retrieval.average_precision_at_r(q, np.array([0]), ref, np.array([0, 1, 0]))
+    np.testing.assert_allclose(ap, [0.5])
+
+
+def test_worst_queries_have_the_lowest_ap(index: retrieval.RetrievalIndex) -> None:
+    worst, ap = retrieval.worst_queries(index, 5)
+    assert len(worst) == 5
+    assert np.all(np.diff(ap) >= 0)
+    others = np.delete(index.ap_at_r, worst)
+    assert ap.max() <= np.nanmin(others)
+
+
+def test_per_class_precision_at_1(index: retrieval.RetrievalIndex) -> None:
+    per_class = retrieval.per_class_precision_at_1(index)
+    assert sorted(per_class) == list(range(10))
+    counts = np.bincount(index.query_labels)
+    overall = sum(per_class[c] * counts[c] for c in per_class) / counts.sum()
+    assert overall == pytest.approx(float(index.precision_at_1.mean()))
+
+
+def test_probe_points_map_back_to_queries(store: RunStore, index) -> None:
+    cfg, _, dataset = retrieval.load_run_model(store, "tiny-digits")
+    snap = store.load_snapshot("tiny-digits", store.snapshot_steps("tiny-digits")[-1])
+    probe = retrieval.probe_query_indices(cfg, dataset)
+    assert len(probe) == len(snap.probe_labels) == 100
+    np.testing.assert_array_equal(index.query_labels[probe], snap.probe_labels)
+    # the last snapshot and the checkpoint are the same weights: same embeddings
+    np.testing.assert_allclose(index.query_emb[probe], snap.probe_emb, atol=1e-5)
+
+
+def test_the_cache_round_trips(store: RunStore, index) -> None:
+    assert (store.path("tiny-digits") / retrieval.CACHE_FILE).exists()
+    assert retrieval.has_cached_index(store, "tiny-digits")
+    again = retrieval.build_index(store, "tiny-digits")
+    np.testing.assert_array_equal(again.query_emb, index.query_emb)
+    np.testing.assert_array_equal(again.ref_labels, index.ref_labels)
+    fresh = retrieval.build_index(store, "tiny-digits", use_cache=False)
+    np.testing.assert_allclose(fresh.ref_emb, index.ref_emb, atol=1e-6)
+
+
+def test_images_are_uint8(store: RunStore) -> None:
+    _, _, dataset = retrieval.load_run_model(store, "tiny-digits")
+    imgs = retrieval.images(dataset.reference, [0, 5])
+    assert imgs.shape == (2, 8, 8)
+    assert imgs.dtype == np.uint8
+    assert retrieval.runs_with_checkpoint(store) == ["tiny-digits"]

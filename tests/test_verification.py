@@ -1,0 +1,73 @@
+"""Verification on hand-made distances with known ROC, TAR@FAR and EER."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dml_core.retrieval_figures import roc_figure, threshold_histogram_figure
+from dml_core.verification import evaluation_pairs, verification
+
+
+def test_perfectly_separated_pairs() -> None:
+    pos = np.linspace(0.1, 0.5, 500)
+    neg = np.linspace(1.0, 2.0, 20_000)
+    v = verification(pos, neg)
+    assert v.eer == 0.0
+    assert v.tar_at_far[1e-2] == 1.0
+    assert v.tar_at_far[1e-3] == 1.0
+    assert 0.5 <= v.best_threshold < 1.0
+    assert (v.best_tar, v.best_far) == (1.0, 0.0)
+    assert not v.notes
+
+
+def test_identical_distributions_have_eer_one_half() -> None:
+    rng = np.random.default_rng(0)
+    v = verification(rng.uniform(size=20_000), rng.uniform(size=20_000))
+    assert v.eer == pytest.approx(0.5, abs=0.02)
+    assert v.tar_at_far[1e-2] == pytest.approx(1e-2, abs=5e-3)
+
+
+def test_a_known_staircase() -> None:
+    # accept d <= t. pos: 1, 3; neg: 2, 4. Vertices: (0,0) (0,.5) (.5,.5) (.5,1) (1,1)
+    v = verification(np.array([1.0, 3.0]), np.array([2.0, 4.0]), target_fars=(0.5,))
+    assert v.eer == pytest.approx(0.5)
+    assert v.best_tar - v.best_far == pytest.approx(0.5)
+    assert v.n_pos == v.n_neg == 2
+
+
+def test_tar_at_far_is_the_step_value_not_an_interpolation() -> None:
+    # 1000 negatives at 1..1000 (FAR steps of 1e-3); positives half at 0, half at 11.5
+    neg = np.arange(1, 1001, dtype=float)
+    pos = np.array([0.0] * 50 + [11.5] * 50)
+    v = verification(pos, neg, target_fars=(0.0105,))
+    # FAR <= 0.0105 allows t up to 10 (10 false accepts): only the positives at 0 are accepted,
+    # and the loosest such threshold is reported
+    assert v.tar_at_far[0.0105] == 0.5
+    assert v.threshold_at_far[0.0105] == 10.0
+
+
+def test_too_few_negatives_are_said_not_guessed() -> None:
+    v = verification(np.linspace(0, 1, 100), np.linspace(0.5, 2, 5000))
+    assert not np.isnan(v.tar_at_far[1e-2])
+    assert np.isnan(v.tar_at_far[1e-3])
+    assert any("1e-03" in n or "0.001" in n for n in v.notes)
+
+
+def test_bad_input_is_rejected() -> None:
+    with pytest.raises(ValueError, match="positive and negative pairs"):
+        verification(np.array([]), np.array([1.0]))
+
+
+def test_evaluation_pairs_and_figures() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    emb = rng.normal(size=(120, 5)).astype(np.float32) + labels[:, None]
+    pos, neg = evaluation_pairs(emb, labels, max_points=100)
+    assert len(pos) + len(neg) == 100 * 99 // 2
+    v = verification(pos, neg)
+    assert 0 <= v.eer < 0.5
+    roc = roc_figure(v)
+    assert roc.layout.xaxis.type == "log"
+    hist = threshold_histogram_figure(pos, neg, v)
+    assert len(hist.layout.shapes) == 2
