@@ -151,6 +151,9 @@ def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> No
     """Train / Pause / Resume / Stop (outside the live fragment)."""
     job = manager.get(run_id) if run_id else None
     state = job.progress().state if job else None
+    saved_state = store.status(run_id).get("state") if run_id else None
+    can_continue = state is None or job.done
+    resumable = can_continue and saved_state in ("interrupted", "stopped")
     cols = st.columns([1, 1, 1, 1, 4])
     if cols[0].button("Train", type="primary", disabled=cfg is None, key="btn.train", icon="▶️"):
         new_id = manager.submit(cfg)
@@ -160,8 +163,16 @@ def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> No
     if cols[1].button("Pause", disabled=state != "running", key="btn.pause"):
         job.pause()
         st.rerun()
-    if cols[2].button("Resume", disabled=state != "paused", key="btn.resume"):
-        job.resume()
+    if cols[2].button(
+        "Resume",
+        disabled=state != "paused" and not resumable,
+        key="btn.resume",
+        help="Continue a paused run, or an interrupted/stopped one from its last checkpoint",
+    ):
+        if state == "paused":
+            job.resume()
+        else:
+            manager.resume(run_id)
         st.rerun()
     if cols[3].button(
         "Stop", disabled=state not in ("queued", "running", "paused", "starting"), key="btn.stop"
