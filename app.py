@@ -9,6 +9,7 @@ PAGES = [
     st.Page("pages/train.py", title="Train", icon="🏋️", url_path="train"),
     st.Page("pages/miner_view.py", title="Miner view", icon="⛏️", url_path="miners"),
     st.Page("pages/sphere.py", title="Sphere & sampling", icon="🌐", url_path="sphere"),
+    st.Page("pages/compare.py", title="Compare runs", icon="⚖️", url_path="compare"),
 ]
 
 st.navigation(PAGES).run()

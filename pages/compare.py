@@ -13,7 +13,7 @@ from dml_core.runs import FINAL_STATES, RunStore
 from pages.ui import load_snapshot, run_label, services, use_app_navigation
 
 use_app_navigation()
-store, manager, worker = services()
+store, manager, _ = services()
 RUNS = str(store.root)
 SELECTED = "cmp.runs"
 METHODS = {"PCA": "pca", "UMAP": "umap"}
