@@ -24,11 +24,12 @@ from plotly.subplots import make_subplots
 from dml_core.figures import CLASS_COLORS, TEMPLATE
 from dml_core.loss_curves import Profile, Surface
 
+# Visible on both ends of Viridis (dark purple and yellow) and in the white legend.
 BOUNDARY_STYLES: tuple[tuple[str, str], ...] = (
-    ("#ffffff", "solid"),
-    ("#ff7f0e", "dash"),
-    ("#e377c2", "dot"),
-    ("#17becf", "dashdot"),
+    ("#e8112d", "solid"),
+    ("#00c2e0", "dash"),
+    ("#ff00c8", "dot"),
+    ("#ff7f0e", "dashdot"),
 )
 LEGEND_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0}
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.16, "xanchor": "left", "x": 0.0}
@@ -94,6 +95,8 @@ def profile_figure(
     first = profiles[0]
     suffix = " / max" if normalize else ""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    low, high = (0.0, 2.0) if first.scale == "distance" else (-1.0, 1.0)
+    mid = (low + high) / 2  # labels of marks right of it extend to the left
     shapes: list[dict] = []  # added at once: add_vline per mark is slow on subplots
     notes: list[dict] = []
     for i, profile in enumerate(profiles):
@@ -122,12 +125,16 @@ def profile_figure(
                 )
             notes.append(
                 {"x": x, "y": 1, "xref": "x", "yref": "y domain", "text": label}
-                | {"showarrow": False, "xanchor": "left", "yanchor": "top", "xshift": 3}
+                | {"showarrow": False, "yanchor": "top"}
+                | (
+                    {"xanchor": "left", "xshift": 3}
+                    if x < mid
+                    else {"xanchor": "right", "xshift": -3}
+                )
                 | {"yshift": -16 * len(notes), "bgcolor": "rgba(255,255,255,0.8)"}
                 | {"font": {"size": 11, "color": color}}
             )
     fig.update_layout(shapes=shapes, annotations=notes)
-    low, high = (0.0, 2.0) if first.scale == "distance" else (-1.0, 1.0)
     fig.update_xaxes(range=[low, high])
     fig.update_xaxes(title_text=first.x_label, row=2, col=1)
     fig.update_yaxes(rangemode="tozero")
@@ -187,9 +194,15 @@ def surface_figure(
         )
     low, high = float(surface.x[0]), float(surface.x[-1])
     fig.update_xaxes(title_text=surface.x_label, range=[low, high], constrain="domain")
-    fig.update_yaxes(title_text=surface.y_label, range=[low, high], scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(
+        title_text=surface.y_label,
+        range=[low, high],
+        scaleanchor="x",
+        scaleratio=1,
+        constrain="domain",  # a tall plot shrinks instead of showing y outside the plane
+    )
     fig.update_layout(showlegend=True, legend={"bgcolor": "rgba(255,255,255,0.85)"})
-    default = f"{surface.label}: {what} over ({surface.x_label}, {surface.y_label})"
+    default = f"{surface.label}: {what}"
     return _layout(fig, title or default, uirevision, height, legend_below=True)
 
 
