@@ -171,7 +171,13 @@ def roc_figure(
         )
     figures._style(fig, title, uirevision, legend="bottom")
     fig.update_layout(margin={"l": 55, "r": 20, "t": 60, "b": 140}, legend={"y": -0.2})
-    fig.update_xaxes(type="log", title_text="false-accept rate (FAR)", range=[np.log10(low), 0])
+    fig.update_xaxes(
+        type="log",
+        title_text="false-accept rate (FAR)",
+        range=[np.log10(low), 0],
+        dtick=1,
+        exponentformat="power",
+    )
     fig.update_yaxes(title_text="true-accept rate (TAR)", range=[0, 1.02])
     return fig
 
@@ -200,7 +206,7 @@ def per_class_figure(
     title: str = "P@1 per query class",
     uirevision: str = "per-class",
 ) -> go.Figure:
-    """One bar per class, in the class's colour, on a [0, 1] axis."""
+    """One bar per class, in the class's colour, on a [0, 1] axis, with chance (1 / C) dotted."""
     labels = sorted(values)
     fig = go.Figure(
         go.Bar(
@@ -212,6 +218,13 @@ def per_class_figure(
             hovertemplate="%{x}: P@1 %{y:.3f}<extra></extra>",
         )
     )
+    if labels:  # a random ranking puts a same-class reference first about 1/C of the time
+        fig.add_hline(
+            y=1 / len(labels),
+            line={"dash": "dot", "color": "#555555", "width": 1.5},
+            annotation={"text": f"chance ≈ 1/{len(labels)}", "font": {"size": 12}},
+            annotation_position="top left",
+        )
     figures._style(fig, title, uirevision, height=320, legend="right")
     fig.update_yaxes(range=[0, 1.12], title_text="P@1")
     fig.update_xaxes(type="category")

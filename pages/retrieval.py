@@ -131,7 +131,6 @@ def query_section(
 ) -> int:
     """Scatter + query picker + the neighbour strip; returns k."""
     clicked = picked_query(st.session_state.get(CHART_KEY))
-    print("DEBUG", repr(st.session_state.get(CHART_KEY)), clicked, flush=True)
     if clicked is not None and clicked != st.session_state.get("retrieval.clicked"):
         st.session_state["retrieval.clicked"] = clicked
         st.session_state[QUERY_KEY] = clicked
