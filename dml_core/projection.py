@@ -21,10 +21,13 @@ The setting only takes effect if numba has not been imported yet.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -255,6 +258,8 @@ class Projector:
         seed: UMAP's random_state.
         cold_epochs: UMAP epochs of the first fit (None: umap-learn's default).
         warm_epochs: UMAP epochs of each warm-started update.
+        project_fn: what computes a layout (default ``project``; the worker may pass one that
+            runs it in another process).
     """
 
     def __init__(
@@ -263,6 +268,7 @@ class Projector:
         seed: int = 0,
         cold_epochs: int | None = None,
         warm_epochs: int = WARM_EPOCHS,
+        project_fn: Callable[..., np.ndarray] | None = None,
     ):
         if method not in METHODS:
             raise ValueError(
@@ -272,6 +278,7 @@ class Projector:
         self.seed = seed
         self.cold_epochs = cold_epochs
         self.warm_epochs = warm_epochs
+        self.project_fn = project_fn or project
         self.previous: np.ndarray | None = None
 
     def update(self, emb: np.ndarray) -> np.ndarray:
@@ -280,7 +287,7 @@ class Projector:
         if prev is not None and prev.shape[0] != len(emb):
             prev = None
         warm = prev is not None and self.method == "umap"
-        layout = project(
+        layout = self.project_fn(
             emb,
             self.method,
             init=prev if warm else None,
@@ -305,8 +312,15 @@ class ProjectionWorker:
     A failed computation does not stop the thread: its message is kept in ``last_error``.
     """
 
-    def __init__(self, seed: int = 0, max_results: int = 200):
+    def __init__(self, seed: int = 0, max_results: int = 200, in_subprocess: bool = False):
         self.seed = seed
+        # UMAP (numba) holds the GIL for long stretches, above all while it compiles: in a
+        # server it would stall the training threads. In a subprocess it only shares the CPU.
+        self._pool = (
+            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            if in_subprocess
+            else None
+        )
         self.max_results = max_results
         self.last_error: str | None = None
         self._cond = threading.Condition()
@@ -391,6 +405,14 @@ class ProjectionWorker:
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _project(self, *args: object, **kwargs: object) -> np.ndarray:
+        """``project`` here, or UMAP in the worker's subprocess when it has one."""
+        if self._pool is not None and args[1] == "umap":
+            return self._pool.submit(project, *args, **kwargs).result()
+        return project(*args, **kwargs)  # type: ignore[arg-type]
 
     def _next_job(self) -> tuple[str, int, str, np.ndarray | None] | None:
         """Pop the next job under the lock: warm-up first, then round-robin over keys."""
@@ -434,11 +456,11 @@ class ProjectionWorker:
         try:
             if emb is None:  # warm-up: compiles the cold and the warm path on a tiny problem
                 tiny = np.random.default_rng(0).normal(size=(64, 8))
-                layout = project(tiny, "umap", seed=self.seed, n_epochs=10)
-                return project(tiny, "umap", init=layout, seed=self.seed, n_epochs=5)
+                layout = self._project(tiny, "umap", seed=self.seed, n_epochs=10)
+                return self._project(tiny, "umap", init=layout, seed=self.seed, n_epochs=5)
             projector = self._projectors.get((key, method))
             if projector is None:
-                projector = Projector(method, seed=self.seed)  # type: ignore[arg-type]
+                projector = Projector(method, seed=self.seed, project_fn=self._project)  # type: ignore[arg-type]
                 self._projectors[(key, method)] = projector
             return projector.update(emb)
         except Exception as error:  # the thread must survive a bad request

@@ -67,7 +67,6 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
         loss_entry = LOSSES[loss]
         st.caption(loss_entry.summary)
         loss_params = param_widgets(loss_entry, "loss")
-        describe(loss_entry)
 
         st.subheader("Miner")
         miner = st.selectbox(
@@ -76,7 +75,6 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
         miner_entry = MINERS[miner]
         st.caption(miner_entry.summary)
         miner_params = param_widgets(miner_entry, "miner")
-        describe(miner_entry)
 
         st.subheader("Batch and optimiser")
         c1, c2 = st.columns(2)
@@ -239,64 +237,132 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> None:
     st.plotly_chart(fig, key="chart.embedding")
 
 
-@st.fragment(run_every=1.0)
-def live_view(run_id: str | None) -> None:
-    """The live part of the page: progress, scrubber and figures. Always rendered."""
+ACTIVE = ("queued", "starting", "running", "paused")
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def snapshot_figures(runs_dir: str, run_id: str, step: int) -> tuple:
+    """The distance histogram and the sphere figure of one snapshot, built once."""
+    snap = load_snapshot(runs_dir, run_id, step)
+    overlap = snap.metrics.get("pair_overlap")
+    hist = figures.distance_histogram_figure(
+        snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}"
+    )
+    sphere = figures.sphere_distance_figure(snap.probe_emb, uirevision=f"sphere-{run_id}")
+    return hist, sphere
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def curves(runs_dir: str, run_id: str, step: int, rows: int) -> object:
+    """The training curves up to ``step`` (``rows`` keys the cache on new snapshots)."""
+    history = store.history(run_id)
+    return figures.curves_figure(history[history.step <= step], uirevision=f"curves-{run_id}")
+
+
+@st.cache_data(show_spinner=False)
+def class_names(dataset: str, split: str) -> tuple[str, ...]:
+    """Names of the classes (cached: loading the data is not free)."""
+    return load_dataset(dataset, split).class_names
+
+
+def run_state(run_id: str) -> dict[str, Any]:
+    """State, progress and message of a run, from its live job or from disk."""
+    job = manager.get(run_id)
+    if job is not None and not job.done:
+        p = job.progress()
+        return {
+            "state": p.state,
+            "step": p.step,
+            "steps": p.steps,
+            "message": p.message,
+            "device": p.device,
+            "position": manager.queue_position(run_id),
+            "rate": f"{p.samples_per_s:,.0f} samples/s" if p.samples_per_s else "",
+            "eta": f"ETA {p.eta_s:.0f} s"
+            if math.isfinite(p.eta_s) and p.state == "running"
+            else "",
+        }
+    status = store.status(run_id)
+    return {
+        "state": status.get("state", "?"),
+        "step": status.get("step", 0),
+        "steps": store.load(run_id).config.steps,
+        "message": status.get("message", ""),
+        "device": status.get("device", ""),
+        "position": None,
+        "rate": "",
+        "eta": "",
+    }
+
+
+def scrubber(steps_saved: tuple[int, ...], playing: bool) -> int:
+    """Index of the snapshot to show: the latest, the slider's, or the next while playing."""
+    last = len(steps_saved) - 1
+    if last == 0 or st.session_state.get("view.follow", True):
+        return last
+    if playing:
+        st.session_state["view.scrub"] = min(st.session_state.get("view.scrub", 0) + 1, last)
+    return st.slider(
+        "Snapshot",
+        0,
+        last,
+        last,
+        key="view.scrub",
+        format="%d",
+        help="Replay the run: every figure follows this slider",
+    )
+
+
+def live_body(run_id: str | None) -> None:
+    """The live part of the page: progress, scrubber and figures."""
     if run_id is None:
         st.info("Idle. Choose settings in the sidebar and press **Train**, or open a saved run.")
         return
-    record = store.load(run_id)
-    job = manager.get(run_id)
-    if job is not None:
-        p = job.progress()
-        state, step, steps, message, device = p.state, p.step, p.steps, p.message, p.device
-        position = manager.queue_position(run_id)
-        rate = f"{p.samples_per_s:,.0f} samples/s" if p.samples_per_s else ""
-        eta = f"ETA {p.eta_s:.0f} s" if math.isfinite(p.eta_s) and state == "running" else ""
-    else:
-        status = record.status
-        state, step, steps = status.get("state", "?"), status.get("step", 0), record.config.steps
-        message, device, rate, eta, position = (
-            status.get("message", ""),
-            status.get("device", ""),
-            "",
-            "",
-            None,
-        )
-    queued = f" (position {position} in the queue)" if position else ""
+    info = run_state(run_id)
+    seen = st.session_state.setdefault("seen_state", {})
+    if seen.get(run_id) in ACTIVE and info["state"] not in ACTIVE:
+        seen[run_id] = info["state"]
+        st.rerun()  # the run ended: refresh the buttons and stop polling
+    seen[run_id] = info["state"]
+    queued = f" (position {info['position']} in the queue)" if info["position"] else ""
+    parts = [
+        run_label(store, run_id),
+        f"{info['state']}{queued}",
+        f"step {info['step']}/{info['steps']}",
+        info["rate"],
+        info["eta"],
+        info["device"],
+    ]
     st.progress(
-        min(step / max(steps, 1), 1.0),
-        text=f"{run_label(store, run_id)} · {state}{queued} · "
-        f"step {step}/{steps} · {rate} {eta} · {device}",
+        min(info["step"] / max(info["steps"], 1), 1.0), text=" · ".join(p for p in parts if p)
     )
-    if message:
-        (st.error if state in ("failed", "diverged") else st.info)(message)
-    final = record.status.get("final_metrics")
+    if info["message"]:
+        (st.error if info["state"] in ("failed", "diverged") else st.info)(info["message"])
+    record = store.load(run_id)
     steps_saved = record.snapshot_steps
     if not steps_saved:
         st.caption("Waiting for the first snapshot…")
         return
+    final = record.status.get("final_metrics")
     if final:
-        cols = st.columns(4)
-        for col, key, label in zip(
-            cols,
-            ("precision_at_1", "r_precision", "map_at_r", "nmi"),
-            ("P@1", "R-Precision", "MAP@R", "NMI"),
-            strict=True,
-        ):
+        labels = {
+            "precision_at_1": "P@1",
+            "r_precision": "R-Precision",
+            "map_at_r": "MAP@R",
+            "nmi": "NMI",
+        }
+        for col, (key, label) in zip(st.columns(4), labels.items(), strict=True):
             col.metric(f"{label} (test vs train)", f"{final[key]:.3f}")
-    follow = st.toggle("Follow the latest snapshot", value=True, key="view.follow")
-    index = len(steps_saved) - 1
-    if not follow and len(steps_saved) > 1:
-        index = st.slider(
-            "Snapshot",
-            0,
-            len(steps_saved) - 1,
-            len(steps_saved) - 1,
-            key="view.scrub",
-            format="%d",
-            help="Replay the run: every figure follows this slider",
-        )
+    c1, c2 = st.columns([1, 3])
+    c1.toggle("Follow the latest snapshot", value=True, key="view.follow")
+    playing = c2.toggle(
+        "Play",
+        value=False,
+        key="view.play",
+        help="Replay the snapshots in order",
+        disabled=st.session_state.get("view.follow", True),
+    )
+    index = scrubber(steps_saved, playing)
     snap = load_snapshot(RUNS_DIR, run_id, steps_saved[index])
     st.caption(
         f"Snapshot {index + 1}/{len(steps_saved)}: step {snap.step}, "
@@ -304,31 +370,31 @@ def live_view(run_id: str | None) -> None:
     )
     if snap.collapse.get("collapsing"):
         st.warning(
-            "Collapse: most probe points sit on top of each other (the embedding has "
-            "collapsed). Hard mining with a margin does this; try semi-hard mining.",
+            "Collapse: the probe points have crowded together, far closer than at the "
+            "start (see the sphere histogram). Hardest-negative mining with a margin does "
+            "this; semi-hard mining (FaceNet) avoids it.",
             icon="⚠️",
         )
-    class_names = load_dataset(record.config.dataset, record.config.split).class_names
+    hist, sphere = snapshot_figures(RUNS_DIR, run_id, snap.step)
     left, right = st.columns(2)
     with left:
-        embedding_view(run_id, snap, class_names, record.config.embedding_dim)
+        names = class_names(record.config.dataset, record.config.split)
+        embedding_view(run_id, snap, names, record.config.embedding_dim)
     with right:
-        overlap = snap.metrics.get("pair_overlap")
-        hist = figures.distance_histogram_figure(
-            snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}"
-        )
         st.plotly_chart(hist, key="chart.hist")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(
-            figures.sphere_distance_figure(snap.probe_emb, uirevision=f"sphere-{run_id}"),
-            key="chart.sphere",
-        )
+        st.plotly_chart(sphere, key="chart.sphere")
     with right:
-        history = record.history[record.history.step <= snap.step]
-        st.plotly_chart(
-            figures.curves_figure(history, uirevision=f"curves-{run_id}"), key="chart.curves"
-        )
+        st.plotly_chart(curves(RUNS_DIR, run_id, snap.step, len(steps_saved)), key="chart.curves")
+
+
+def live_view(run_id: str | None) -> None:
+    """Always rendered; polls while the run is active or playing, and is static otherwise."""
+    active = run_id is not None and run_state(run_id)["state"] in ACTIVE
+    playing = st.session_state.get("view.play") and not st.session_state.get("view.follow", True)
+    interval = 1.5 if active else (1.0 if playing else None)
+    st.fragment(run_every=interval)(live_body)(run_id)
 
 
 st.title("Train an embedding")
@@ -337,4 +403,9 @@ cfg, error = check(values, problem)
 run_id = current_run()
 controls(cfg, error, run_id)
 run_picker(run_id)
+left, right = st.columns(2)
+with left:
+    describe(LOSSES[values["loss"]])
+with right:
+    describe(MINERS[values["miner"]])
 live_view(run_id)

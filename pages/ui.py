@@ -54,7 +54,7 @@ def services() -> tuple[RunStore, JobManager, ProjectionWorker]:
     store = RunStore(RUNS_DIR)
     max_jobs = int(os.environ.get("DML_MAX_JOBS", "0")) or None
     manager = JobManager(store, max_running=max_jobs)
-    worker = ProjectionWorker()
+    worker = ProjectionWorker(in_subprocess=True)
     worker.warm_up()  # compile UMAP's numba kernels before the first real request
     atexit.register(manager.stop_all)
     return store, manager, worker

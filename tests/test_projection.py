@@ -219,3 +219,19 @@ def test_worker_stop_ends_thread_and_ignores_later_submits():
     w.submit("run", 0, blobs(n=10, dim=2), "direct")
     time.sleep(0.05)
     assert w.get("run", 0, "direct") is None
+
+
+@pytest.mark.slow
+def test_worker_can_run_umap_in_a_subprocess() -> None:
+    """The server's mode: UMAP off the GIL in a spawned process gives the same layout."""
+    emb = np.random.default_rng(3).normal(size=(120, 8)).astype(np.float32)
+    worker = ProjectionWorker(in_subprocess=True)
+    try:
+        worker.submit("run", 0, emb, "umap")
+        layout = worker.get("run", 0, "umap", timeout=240)
+        assert worker.last_error is None
+        assert layout is not None
+        assert layout.shape == (120, 2)
+        np.testing.assert_allclose(layout, project(emb, "umap", seed=0), atol=1e-4)
+    finally:
+        worker.stop()
