@@ -12,6 +12,7 @@ PAGES = [
     st.Page("pages/sphere.py", title="Sphere & sampling", icon="🌐", url_path="sphere"),
     st.Page("pages/compare.py", title="Compare runs", icon="⚖️", url_path="compare"),
     st.Page("pages/retrieval.py", title="Retrieval", icon="🔎", url_path="retrieval"),
+    st.Page("pages/lessons.py", title="Lessons", icon="🎓", url_path="lessons"),
 ]
 
 st.navigation(PAGES).run()

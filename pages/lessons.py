@@ -1,0 +1,138 @@
+"""Lessons: presets that reproduce a paper's claim in one click, and check that it held."""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from dml_core.compare import params_text
+from dml_core.config import RunConfig
+from dml_core.lessons import (
+    LESSONS,
+    Lesson,
+    evaluate,
+    latest_lesson_runs,
+    lesson_configs,
+    lesson_run_ids,
+    load_results,
+)
+from dml_core.runs import ACTIVE_STATES, RunStore
+from pages.ui import STATE_ICONS, services, use_app_navigation
+
+use_app_navigation()
+store, manager, worker = services()
+RUNS = str(store.root)
+PAGE_TITLES = {
+    "pages/train.py": ("Train", "🏋️", "train"),
+    "pages/compare.py": ("Compare", "⚖️", "compare"),
+    "pages/loss_explorer.py": ("Loss explorer", "📈", "losses"),
+    "pages/sphere.py": ("Sphere & sampling", "🌐", "sphere"),
+    "pages/miner_view.py": ("Miner view", "⛏️", "miners"),
+}
+COMPARE_SELECTION = "cmp.runs"  # the Compare page's run picker
+
+
+@st.cache_data(max_entries=64, show_spinner="Checking the lesson's claim…")
+def verdict(runs_dir: str, key: str, run_ids: tuple[str, ...]) -> tuple[bool, str]:
+    """The lesson's check on its finished runs (cached: finished runs never change)."""
+    return evaluate(LESSONS[key], load_results(RunStore(runs_dir), run_ids))
+
+
+def link(page: str, label: str, run_id: str | None = None, icon: str | None = None) -> None:
+    """A link to an app page (with ``?run=``); a plain link when the page is not registered."""
+    _, page_icon, path = PAGE_TITLES.get(page, (page, "📄", page))
+    icon = icon or page_icon
+    params = {"run": run_id} if run_id else None
+    try:
+        st.page_link(page, label=label, icon=icon, query_params=params)
+    except StreamlitAPIException:
+        query = f"?run={run_id}" if run_id else ""
+        st.markdown(f"{icon} [{label}](/{path}{query})")
+
+
+def describe_config(cfg: RunConfig) -> str:
+    """One line: loss (params), miner (params), dim, batch, lr, steps."""
+    loss = f"{cfg.loss} {params_text(cfg.loss_params)}".strip()
+    miner = f"{cfg.miner} {params_text(cfg.miner_params)}".strip()
+    return (
+        f"`{loss}` · miner `{miner}` · D={cfg.embedding_dim} · "
+        f"{cfg.classes_per_batch}x{cfg.samples_per_class} · lr {cfg.lr:g} · {cfg.steps} steps"
+    )
+
+
+def launch(lesson: Lesson) -> None:
+    """Submit the lesson's runs as background jobs (normal saved runs)."""
+    for cfg, run_id in zip(lesson_configs(lesson), lesson_run_ids(lesson), strict=True):
+        manager.submit(cfg, run_id)
+
+
+def open_in_compare(run_ids: list[str]) -> None:
+    """Preselect the runs on the Compare page and go there."""
+    st.session_state[COMPARE_SELECTION] = run_ids[:4]
+    try:
+        st.switch_page("pages/compare.py")
+    except StreamlitAPIException:
+        st.info("The Compare page is not part of this app's navigation.")
+
+
+def runs_panel(lesson: Lesson) -> None:
+    """The lesson's latest runs: state, links to Train and Compare, and the verdict."""
+    run_ids = latest_lesson_runs(store, lesson)
+    if not run_ids:
+        st.caption("Not run yet.")
+        return
+    states = [store.status(r).get("state", "") for r in run_ids]
+    for label, run_id, state in zip(lesson.labels, run_ids, states, strict=True):
+        link("pages/train.py", f"{label}: {run_id}", run_id, STATE_ICONS.get(state, "•"))
+    if len(run_ids) > 1 and st.button(
+        "Compare these runs", key=f"lesson.compare.{lesson.key}", icon="⚖️"
+    ):
+        open_in_compare(run_ids)
+    if any(s in ACTIVE_STATES for s in states):
+        st.info("Training… the verdict appears when every run has finished.", icon="⏳")
+    elif all(s == "finished" for s in states):
+        holds, message = verdict(RUNS, lesson.key, tuple(run_ids))
+        if holds:
+            st.success(f"The claim holds: {message}", icon="✅")
+        else:
+            st.warning(f"The claim did not hold in these runs: {message}", icon="⚠️")
+    else:
+        st.warning("Some runs did not finish (stopped, failed or interrupted); run it again.")
+
+
+def lesson_panel(lesson: Lesson) -> None:
+    """Text, paper, runs, the claim, the run button and the pages that show the effect."""
+    st.markdown(lesson.text)
+    st.markdown(f"**Claim checked after the runs:** {lesson.claim}")
+    st.caption(f"Paper: {lesson.paper}")
+    runs = "\n".join(
+        f"- **{label}**: {describe_config(cfg)}"
+        for label, cfg in zip(lesson.labels, lesson_configs(lesson), strict=True)
+    )
+    st.markdown(runs)
+    left, right = st.columns([1, 2])
+    with left:
+        if st.button("Run this lesson", key=f"lesson.run.{lesson.key}", type="primary", icon="▶️"):
+            launch(lesson)
+        st.markdown("**Open**")
+        for page in lesson.pages:
+            link(page, PAGE_TITLES.get(page, (page,))[0])
+    with right:
+        runs_panel(lesson)
+
+
+@st.fragment(run_every=3)
+def lessons() -> None:
+    """Every lesson in an expander; refreshed every few seconds while runs train."""
+    for lesson in LESSONS.values():
+        with st.expander(lesson.title):
+            lesson_panel(lesson)
+
+
+st.title("Lessons")
+st.markdown(
+    "Each lesson trains a few short runs on digits (under 2 minutes on 2 CPU cores), names "
+    "what to look for, and checks the paper's claim on the finished runs. The runs are "
+    f"normal saved runs; they train in the background, {manager.max_running} at a time."
+)
+lessons()

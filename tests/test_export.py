@@ -1,0 +1,139 @@
+"""Export round trip on a tiny real run: Projector files, CSV, animations, figure files."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from PIL import Image
+
+from dml_core.config import make_config
+from dml_core.data import load_dataset
+from dml_core.export import (
+    animation_gif,
+    animation_html,
+    chromium_path,
+    export_main,
+    export_metrics_csv,
+    export_projector,
+    figure_html,
+    figure_png,
+    projector_zip,
+)
+from dml_core.runs import RunStore
+from dml_core.snapshot import make_probe_indices
+from dml_core.train import Trainer
+
+PROBE = 100  # digits: 10 per class
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, str]:
+    store = RunStore(tmp_path_factory.mktemp("runs"))
+    cfg = make_config(
+        steps=20, snapshot_every=5, probe_size=PROBE, embedding_dim=8, final_eval=False
+    )
+    run_id = store.create(cfg, "tiny")
+    for snap in Trainer(cfg).run():
+        store.save_snapshot(run_id, snap)
+    store.set_status(run_id, state="finished")
+    return store, run_id
+
+
+def test_projector_files(run: tuple[RunStore, str], tmp_path: Path) -> None:
+    store, run_id = run
+    files = export_projector(store, run_id, tmp_path)
+    assert set(files) == {"tensors.tsv", "metadata.tsv", "sprite.png", "projector_config.pbtxt"}
+    last = store.load_snapshot(run_id, store.snapshot_steps(run_id)[-1])
+    tensors = np.loadtxt(tmp_path / "tensors.tsv", delimiter="\t")
+    assert tensors.shape == (PROBE, 8)
+    np.testing.assert_allclose(tensors, last.probe_emb, atol=1e-5)
+    meta = pd.read_csv(tmp_path / "metadata.tsv", sep="\t")
+    assert list(meta.columns) == ["label", "class_name"]
+    assert len(meta) == PROBE
+    assert (meta.label.to_numpy() == last.probe_labels).all()
+    assert (meta.class_name.astype(str) == meta.label.astype(str)).all()  # digits: "0".."9"
+    pbtxt = (tmp_path / "projector_config.pbtxt").read_text()
+    cell = [int(v) for v in re.findall(r"single_image_dim: (\d+)", pbtxt)]
+    assert cell == [24, 24]  # 8x8 digits enlarged 3x
+    for field in (
+        'tensor_path: "tensors.tsv"',
+        'metadata_path: "metadata.tsv"',
+        'image_path: "sprite.png"',
+        f"tensor_shape: {PROBE}",
+        "tensor_shape: 8",
+    ):
+        assert field in pbtxt
+    sprite = Image.open(tmp_path / "sprite.png")
+    grid = int(np.ceil(np.sqrt(PROBE)))
+    assert sprite.size == (grid * 24, grid * 24)
+    # the sprite's cells are the probe images, in the probe order
+    query = load_dataset("digits").query
+    idx = make_probe_indices(query.y.numpy(), PROBE, 0)
+    pixels = np.asarray(sprite)
+    for i in (0, 57, PROBE - 1):
+        r, c = divmod(i, grid)
+        cell_px = pixels[r * 24 : (r + 1) * 24 : 3, c * 24 : (c + 1) * 24 : 3]
+        assert (cell_px == query.x.numpy()[idx[i], 0]).all()
+    assert zipfile_names(projector_zip(store, run_id)) == set(files)
+
+
+def zipfile_names(data: bytes) -> set[str]:
+    import zipfile
+
+    return set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+
+
+def test_metrics_csv_equals_history(run: tuple[RunStore, str], tmp_path: Path) -> None:
+    store, run_id = run
+    path = export_metrics_csv(store, run_id, tmp_path / "m.csv")
+    loaded = pd.read_csv(path)
+    pd.testing.assert_frame_equal(loaded, store.history(run_id))
+    assert len(loaded) == len(store.snapshot_steps(run_id)) == 5
+
+
+def test_animation_html_has_a_frame_per_snapshot(run: tuple[RunStore, str], tmp_path: Path):
+    store, run_id = run
+    html = animation_html(store, run_id, tmp_path / "a.html").read_text()
+    steps = store.snapshot_steps(run_id)
+    for step in steps:
+        assert f'"name":"{step}"' in html
+    assert html.count('"name":"') >= len(steps)
+    assert "plotly" in html.lower()
+    assert "<html" in html.lower()
+
+
+def test_animation_gif_frames(run: tuple[RunStore, str], tmp_path: Path) -> None:
+    store, run_id = run
+    path = animation_gif(store, run_id, tmp_path / "a.gif")
+    with Image.open(path) as gif:
+        assert gif.format == "GIF"
+        assert gif.n_frames == len(store.snapshot_steps(run_id))
+
+
+def test_run_directory_and_cli_entry(run: tuple[RunStore, str], tmp_path: Path, capsys) -> None:
+    store, run_id = run
+    run_dir = str(store.path(run_id))
+    assert export_main(run_dir, "csv", str(tmp_path / "csv"), "/nonexistent") == 0
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+    assert export_main(run_id, "projector", str(tmp_path / "p"), str(store.root)) == 0
+    assert (tmp_path / "p" / "tensors.tsv").exists()
+    assert export_main("nope", "csv", str(tmp_path / "x"), str(store.root)) == 2
+    assert export_main(run_id, "pdf", str(tmp_path / "x"), str(store.root)) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_figure_html_and_png() -> None:
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    assert "<html" in figure_html(fig).lower()
+    if chromium_path() is None and os.environ.get("CI") != "true":
+        pytest.skip("no Chromium here for kaleido (the test runs in CI, where it must exist)")
+    png = figure_png(fig, width=300, height=200)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(png)).size == (300, 200)
