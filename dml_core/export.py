@@ -262,14 +262,18 @@ def _title(snap: Snapshot) -> str:
     return f"step {snap.step}: MAP@R {map_r:.3f}"
 
 
+def animation_html_bytes(store: RunStore, run_id: str, method: Method = "pca") -> bytes:
+    """The training animation as a self-contained HTML page (plotly frames), as bytes."""
+    store, run_id = resolve_run(store, run_id)
+    names = class_names_of(store.load(run_id).config.dataset)
+    return figure_html(animation_figure(_snapshots(store, run_id), names, method)).encode()
+
+
 def animation_html(
     store: RunStore, run_id: str, path: str | os.PathLike, method: Method = "pca"
 ) -> Path:
     """Write the training animation as a self-contained HTML page (plotly frames)."""
-    store, run_id = resolve_run(store, run_id)
-    names = class_names_of(store.load(run_id).config.dataset)
-    fig = animation_figure(_snapshots(store, run_id), names, method)
-    atomic_write_bytes(Path(path), figure_html(fig).encode())
+    atomic_write_bytes(Path(path), animation_html_bytes(store, run_id, method))
     return Path(path)
 
 
@@ -295,14 +299,10 @@ def gif_frames(
     return frames
 
 
-def animation_gif(
-    store: RunStore,
-    run_id: str,
-    path: str | os.PathLike,
-    method: Method = "pca",
-    frame_ms: int = 500,
-) -> Path:
-    """Write the training animation as an animated GIF (one frame per snapshot, looping)."""
+def animation_gif_bytes(
+    store: RunStore, run_id: str, method: Method = "pca", frame_ms: int = 500
+) -> bytes:
+    """The training animation as an animated GIF (one frame per snapshot, looping)."""
     store, run_id = resolve_run(store, run_id)
     frames = gif_frames(_snapshots(store, run_id), method)
     buffer = io.BytesIO()
@@ -315,7 +315,18 @@ def animation_gif(
         loop=0,
         disposal=2,
     )
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def animation_gif(
+    store: RunStore,
+    run_id: str,
+    path: str | os.PathLike,
+    method: Method = "pca",
+    frame_ms: int = 500,
+) -> Path:
+    """Write the training animation as an animated GIF (one frame per snapshot, looping)."""
+    atomic_write_bytes(Path(path), animation_gif_bytes(store, run_id, method, frame_ms))
     return Path(path)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core import figures
+from dml_core import export, figures
 from dml_core.config import RunConfig, check_against_dataset, make_config
 from dml_core.data import DATASETS, dataset_availability, load_dataset
 from dml_core.errors import ConfigError
@@ -179,6 +179,42 @@ def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> No
         st.rerun()
     if error:
         st.error(error, icon="🚫")
+
+
+def export_buttons(run_id: str) -> None:
+    """Downloads of the shown run, built only when clicked."""
+    with st.expander("Export this run"):
+        cols = st.columns(4)
+        cols[0].download_button(
+            "Metrics (CSV)",
+            lambda: store.history(run_id).to_csv(index=False),
+            file_name=f"{run_id}-metrics.csv",
+            mime="text/csv",
+            key="dl.csv",
+        )
+        cols[1].download_button(
+            "Embedding Projector (zip)",
+            lambda: export.projector_zip(store, run_id),
+            file_name=f"{run_id}-projector.zip",
+            mime="application/zip",
+            key="dl.projector",
+            help="tensors.tsv, metadata.tsv and a sprite for TensorBoard's Embedding Projector",
+        )
+        cols[2].download_button(
+            "Animation (HTML)",
+            lambda: export.animation_html_bytes(store, run_id),
+            file_name=f"{run_id}-animation.html",
+            mime="text/html",
+            key="dl.html",
+        )
+        cols[3].download_button(
+            "Animation (GIF)",
+            lambda: export.animation_gif_bytes(store, run_id),
+            file_name=f"{run_id}-animation.gif",
+            mime="image/gif",
+            key="dl.gif",
+        )
+        st.caption("Each figure has its own PNG download in its toolbar (camera icon).")
 
 
 def run_picker(run_id: str | None) -> None:
@@ -409,3 +445,5 @@ with left:
 with right:
     describe(MINERS[values["miner"]])
 live_view(run_id)
+if run_id is not None:
+    export_buttons(run_id)
