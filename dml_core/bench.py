@@ -51,6 +51,16 @@ EMBEDDING_DIM = 128
 CHUNK_STEPS = 5  # A and B alternate every this many steps
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -346,7 +356,8 @@ def run_bench(
         }
     variants["pml"]["what"] = "Dataset + DataLoader(shuffle) + PML TripletMarginMiner/Loss"
     variants["dml_core"]["what"] = f"Trainer, P x K = {trainer.cfg.classes_per_batch} x " + (
-        f"{trainer.cfg.samples_per_class}, fast paths: {', '.join(FAST_PATHS)}"
+        f"{trainer.cfg.samples_per_class}, fast paths: "
+        + ", ".join(p for p in FAST_PATHS if p != "bf16" or trainer.autocast)
     )
 
     say("timing mining + loss per batch")
@@ -404,10 +415,7 @@ def run_bench(
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": dev.type,
-            "device_name": (
-                torch.cuda.get_device_name(0) if dev.type == "cuda" else platform.processor()
-            )
-            or platform.machine(),
+            "device_name": torch.cuda.get_device_name(0) if dev.type == "cuda" else _cpu_name(),
             "device_note": device_note,
             "torch": torch.__version__,
             "python": platform.python_version(),

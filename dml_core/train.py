@@ -36,8 +36,25 @@ EMBED_CHUNK = 2048
 #   fused_loss: semi-hard mining + hinge triplet loss from one distance matrix, no triplet list
 #   channels_last: NHWC convolutions for the ConvNet (oneDNN / cuDNN prefer it)
 #   fused_adam: one fused kernel for the Adam update instead of a loop over parameters
+#   pool_before_relu: max-pool before the ReLU (same values and gradients, 4x fewer ReLUs)
 #   bf16: bfloat16 autocast of the net's forward pass (CUDA only)
-FAST_PATHS = ("fused_loss", "channels_last", "fused_adam", "bf16")
+FAST_PATHS = ("fused_loss", "channels_last", "fused_adam", "pool_before_relu", "bf16")
+
+
+def pool_before_relu(trunk: nn.Module) -> None:
+    """Swap, in place, each ReLU directly followed by a MaxPool2d of a Sequential trunk.
+
+    ReLU is monotone, so max(relu(x)) = relu(max(x)) and the gradient reaches the same input
+    (or is zero in both orders): the outputs and gradients are identical, and the ReLU runs on
+    the pooled map (4x fewer values for 2x2 pooling). Neither layer has parameters, so the
+    state_dict keys do not change.
+    """
+    if not isinstance(trunk, nn.Sequential):
+        return
+    layers = list(trunk)
+    for i in range(len(layers) - 1):
+        if type(layers[i]) is nn.ReLU and type(layers[i + 1]) is nn.MaxPool2d:
+            trunk[i], trunk[i + 1] = layers[i + 1], layers[i]
 
 
 class FusedSemiHardTriplet:
@@ -168,6 +185,8 @@ class Trainer:
         ).to(self.device)
         if "channels_last" in fast and cfg.net == "convnet":
             self.net = self.net.to(memory_format=torch.channels_last)
+        if "pool_before_relu" in fast:
+            pool_before_relu(self.net.trunk)
         self.autocast = "bf16" in fast and cuda and torch.cuda.is_bf16_supported()
         context = {
             "num_classes": int(self.data.train.y.max()) + 1,

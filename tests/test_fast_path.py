@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,13 +11,21 @@ from hypothesis import strategies as st
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import TripletMarginMiner
+from torch import nn
 
 from dml_core.bench import enumerated_semi_hard
 from dml_core.config import make_config
 from dml_core.geometry import pairwise_distances
 from dml_core.losses.triplet import TripletLoss
 from dml_core.miners import HardMiner, SemiHardMiner
-from dml_core.train import FAST_PATHS, FusedSemiHardTriplet, Trainer, fused_path
+from dml_core.nets import build_net
+from dml_core.train import (
+    FAST_PATHS,
+    FusedSemiHardTriplet,
+    Trainer,
+    fused_path,
+    pool_before_relu,
+)
 from dml_core.tuples import all_triplets
 
 RAW = LpDistance(normalize_embeddings=False)
@@ -147,3 +157,19 @@ def test_trainer_fast_and_plain_steps_agree(net: str) -> None:
             assert a["kind_shares"][kind] == pytest.approx(share, abs=1e-3)
     for p, q in zip(fast.net.parameters(), plain.net.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+def test_pool_before_relu_keeps_outputs_gradients_and_state_dict_keys() -> None:
+    torch.manual_seed(0)
+    plain = build_net("convnet", (1, 28, 28), 16)
+    fast = copy.deepcopy(plain)
+    pool_before_relu(fast.trunk)
+    assert [type(m) for m in fast.trunk][3:5] == [nn.MaxPool2d, nn.ReLU]
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    out_plain, out_fast = plain(x), fast(x)
+    torch.testing.assert_close(out_fast, out_plain, rtol=0, atol=0)
+    out_plain.square().sum().backward()
+    out_fast.square().sum().backward()
+    for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
