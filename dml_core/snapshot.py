@@ -21,15 +21,16 @@ class Snapshot:
         step: optimiser steps taken.
         samples_seen: training samples consumed (step * P * K).
         elapsed: seconds of training so far (snapshot time excluded).
-        loss: loss of the last batch.
-        active_fraction: share of the loss's tuples with non-zero loss in the last batch.
-        kind_shares: share of easy / semi-hard / hard triplets in the last batch (triplet
-            losses; empty otherwise).
+        loss: mean batch loss over the steps since the previous snapshot.
+        active_fraction: share of the loss's tuples with non-zero loss (mean over those steps).
+        kind_shares: share of easy / semi-hard / hard triplets among those the loss used,
+            mean over those steps (triplet losses; empty otherwise).
         metrics: leave-one-out retrieval metrics within the probe set (``precision_at_1``,
             ``r_precision``, ``map_at_r``) and ``pair_overlap``, the histogram-loss estimate
             of P(d_neg < d_pos) from the sampled distances.
         collapse: collapse signals of the probe embeddings (``mean_distance``,
-            ``collapsed_fraction``) and ``collapsing`` (1.0 when the warning fires).
+            ``collapsed_fraction``) and ``collapsing``: 1.0 when half the pairs sit on top of
+            each other or the mean distance fell below a quarter of the untrained net's.
         extras: learnable scalars worth plotting (e.g. ``beta`` of the margin loss).
         lines: the loss's margins as absolute distances at this step, drawn on the distance
             histograms (``distance_lines()`` of the loss; e.g. m_pos, m_neg, or beta +- alpha).

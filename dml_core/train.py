@@ -148,6 +148,26 @@ def embed(net: Embedder, images: Tensor, device: torch.device) -> Tensor:
     return torch.cat(out) if out else torch.empty(0)
 
 
+COLLAPSE_SHRINK = 0.25  # collapse: mean probe distance below this share of the untrained one
+
+
+def mean_stats(window: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average the per-step statistics of the steps since the last snapshot.
+
+    One batch's loss is noisy (with semi-hard mining a batch may have no active triplet at
+    all), so snapshots record the mean over the interval.
+    """
+    if not window:
+        return {}
+    out: dict[str, Any] = {
+        key: float(np.mean([w[key] for w in window])) for key in ("loss", "active_fraction")
+    }
+    shares = [w["kind_shares"] for w in window if "kind_shares" in w]
+    if shares:
+        out["kind_shares"] = {k: float(np.mean([s[k] for s in shares])) for k in shares[0]}
+    return out
+
+
 class Trainer:
     """Builds data, net, loss, miner and optimiser from a RunConfig and trains.
 
@@ -206,6 +226,7 @@ class Trainer:
         self.probe_y = query.y[probe]  # (n,)
         self.step = 0
         self.elapsed = 0.0
+        self.initial_mean_distance: float | None = None
         self._pair_gen = torch.Generator().manual_seed(cfg.seed)
 
     def train_step(self) -> dict[str, Any]:
@@ -256,10 +277,18 @@ class Trainer:
         )
         pos, neg = metrics.sample_pair_distances(emb, labels, 5000, self._pair_gen)
         collapse = metrics.collapse_signals(emb)
-        collapse["collapsing"] = float(collapse["collapsed_fraction"] >= 0.5)
+        if self.initial_mean_distance is None:
+            self.initial_mean_distance = collapse["mean_distance"]
+        collapse["collapsing"] = float(
+            collapse["collapsed_fraction"] >= 0.5
+            or collapse["mean_distance"] < COLLAPSE_SHRINK * self.initial_mean_distance
+        )
         retrieval["pair_overlap"] = metrics.pair_overlap(pos, neg)
         extras = self.loss.extras() if hasattr(self.loss, "extras") else {}
         lines = self.loss.distance_lines() if hasattr(self.loss, "distance_lines") else {}
+        if not lines and getattr(self.loss, "margin", 0) and len(pos):
+            # a relative margin: where a negative must be for the typical positive pair
+            lines = {"median d+ + margin": float(np.median(pos)) + float(self.loss.margin)}
         return Snapshot(
             step=self.step,
             samples_seen=self.step * self.cfg.batch_size,
@@ -288,22 +317,23 @@ class Trainer:
                 early, after one last snapshot of the current state.
         """
         last = self.cfg.steps if steps is None else steps
-        stats: dict[str, Any] = {}
+        window: list[dict[str, Any]] = []  # the steps since the last snapshot
         snapped = -1
         if self.step == 0:
             snapped = self.step
-            yield self.snapshot(stats)
+            yield self.snapshot({})
         while self.step < last:
             if control is not None and not control():
                 if snapped != self.step:
-                    yield self.snapshot(stats)
+                    yield self.snapshot(mean_stats(window))
                 return
             start = time.perf_counter()
-            stats = self.train_step()
+            window.append(self.train_step())
             self.elapsed += time.perf_counter() - start
             if self.step % self.cfg.snapshot_every == 0 or self.step == last:
                 snapped = self.step
-                yield self.snapshot(stats)
+                yield self.snapshot(mean_stats(window))
+                window = []
 
     def final_metrics(self) -> dict[str, float]:
         """Full retrieval: every query (test) image against every reference (train) image."""
@@ -321,6 +351,7 @@ class Trainer:
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "sampler_rng": self.sampler.generator.get_state(),
+                "initial_mean_distance": self.initial_mean_distance,
             }
         )
 
@@ -332,3 +363,4 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.sampler.generator.set_state(state["sampler_rng"])
+        self.initial_mean_distance = state.get("initial_mean_distance")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dml_core.config import make_config
-from dml_core.train import Trainer, TrainingDivergedError, resolve_device
+from dml_core.train import Trainer, TrainingDivergedError, mean_stats, resolve_device
 
 FAST = {"steps": 40, "snapshot_every": 20, "probe_size": 300, "embedding_dim": 16}
 
@@ -98,3 +98,38 @@ def test_cuda_training_runs() -> None:
     snaps = list(trainer.run())
     assert trainer.train_x.is_cuda
     assert np.isfinite(snaps[-1].loss)
+
+
+def test_snapshot_statistics_are_averaged_over_the_interval() -> None:
+    window = [
+        {"loss": 0.2, "active_fraction": 1.0, "kind_shares": {"easy": 0.0, "semi-hard": 1.0}},
+        {"loss": 0.0, "active_fraction": 0.0},
+        {"loss": 0.4, "active_fraction": 0.5, "kind_shares": {"easy": 0.5, "semi-hard": 0.5}},
+    ]
+    stats = mean_stats(window)
+    assert stats["loss"] == pytest.approx(0.2)
+    assert stats["active_fraction"] == pytest.approx(0.5)
+    assert stats["kind_shares"] == pytest.approx({"easy": 0.25, "semi-hard": 0.75})
+    assert mean_stats([]) == {}
+
+
+def test_relative_margin_is_drawn_at_median_positive_plus_margin() -> None:
+    snap = list(Trainer(make_config(**FAST, loss_params={"margin": 0.3})).run())[-1]
+    assert snap.lines == pytest.approx(
+        {"median d+ + margin": float(np.median(snap.pos_dist)) + 0.3}
+    )
+    contrastive = Trainer(make_config(**FAST, loss="contrastive", miner="all"))
+    assert list(contrastive.run(steps=1))[-1].lines == {"m_neg": 1.0}
+
+
+def test_collapse_fires_when_the_embedding_shrinks() -> None:
+    trainer = Trainer(make_config(**FAST))
+    first = next(trainer.run())
+    assert first.collapse["collapsing"] == 0.0
+    with torch.no_grad():  # squeeze every embedding towards one point
+        last = trainer.net.trunk[-1]
+        last.weight.mul_(0.001)
+        last.bias.copy_(torch.ones_like(last.bias))
+    squeezed = trainer.snapshot({})
+    assert squeezed.collapse["mean_distance"] < 0.25 * first.collapse["mean_distance"]
+    assert squeezed.collapse["collapsing"] == 1.0
