@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 from dml_core.config import RunConfig, apply_margin, make_config
 from dml_core.data import DATASETS, DatasetError
 from dml_core.errors import ConfigError, allowed_values
-from dml_core.jobs import TrainingJob
+from dml_core.export import export_main, resolve_run
+from dml_core.jobs import TrainingJob, resumable
 from dml_core.registry import LOSSES, MINERS, Registry
 from dml_core.runs import RunStore
 
@@ -94,6 +95,17 @@ def build_parser() -> Parser:
     for name, registry in (("list-losses", LOSSES), ("list-miners", MINERS)):
         listing = sub.add_parser(name, help=f"list the registered {registry.what}es")
         listing.add_argument("--json", action="store_true")
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted or stopped run (id in --out, or its directory) "
+        "from its last checkpoint, with its saved settings",
+    )
+    export = sub.add_parser("export", help="export a run: Projector files, CSV, animation")
+    export.add_argument("run", metavar="RUN", help="a run id (in --runs) or a run directory")
+    export.add_argument("--format", required=True, choices=("projector", "csv", "html", "gif"))
+    export.add_argument("--out", required=True, help="folder to write into")
+    export.add_argument("--runs", default="runs", help="runs directory (default: ./runs)")
     runs = sub.add_parser("list-runs", help="list saved runs, newest first")
     runs.add_argument("--out", default="runs")
     bench = sub.add_parser("bench", help="time dml_core's training path against a PML loop")
@@ -142,12 +154,28 @@ def _progress_line(job: TrainingJob) -> str:
     return f"[{bar:<20}] {p.step}/{p.steps} {loss} {p1} {p.samples_per_s:.0f} samples/s {eta}"
 
 
+def start_job(args: argparse.Namespace) -> tuple[RunStore, str, TrainingJob]:
+    """A new run from the flags, or (``--resume``) the continuation of a saved one."""
+    if args.resume is None:
+        cfg = config_from_args(args)
+        store = RunStore(args.out)
+        run_id = store.create(cfg)
+        return store, run_id, TrainingJob(cfg, store, run_id)
+    given = [
+        f"--{flag.replace('_', '-')}" for flag in FLAG_FIELDS if getattr(args, flag) is not None
+    ]
+    if given or args.margin is not None or args.loss_param or args.miner_param:
+        extra = ", ".join(given) or "the other settings"
+        raise ConfigError(f"--resume continues a run with its saved settings; drop {extra}.")
+    store, run_id = resolve_run(RunStore(args.out), args.resume)
+    record = resumable(store, run_id)
+    return store, run_id, TrainingJob(record.config, store, run_id, resume=True)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train synchronously with a progress line on stderr; print a summary or JSON."""
-    cfg = config_from_args(args)
-    store = RunStore(args.out)
-    run_id = store.create(cfg)
-    job = TrainingJob(cfg, store, run_id)
+    store, run_id, job = start_job(args)
+    cfg = job.cfg
     start = time.perf_counter()
     job.start()
     tty = sys.stderr.isatty()
@@ -229,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_registry(LOSSES, args.json)
         if args.command == "list-miners":
             return list_registry(MINERS, args.json)
+        if args.command == "export":
+            return export_main(args.run, args.format, args.out, args.runs)
         if args.command == "bench":
             from dml_core import bench
 

@@ -19,7 +19,7 @@ import torch
 
 from dml_core.config import RunConfig
 from dml_core.errors import ConfigError
-from dml_core.runs import RunStore
+from dml_core.runs import RunRecord, RunStore
 from dml_core.snapshot import Snapshot
 from dml_core.train import Trainer, TrainingDivergedError
 
@@ -176,6 +176,19 @@ class TrainingJob:
             self.store.set_status(self.run_id, state="failed", message=message)
 
 
+def resumable(store: RunStore, run_id: str) -> RunRecord:
+    """The run, if it can be resumed (interrupted or stopped, with a checkpoint), else an error."""
+    record = store.load(run_id)
+    if record.status.get("state") not in ("interrupted", "stopped"):
+        raise ConfigError(
+            f"Only interrupted or stopped runs can be resumed; {run_id} is "
+            f"{record.status.get('state')}."
+        )
+    if not (record.path / "checkpoint.pt").exists():
+        raise ConfigError(f"The run {run_id} has no checkpoint to resume from.")
+    return record
+
+
 class JobManager:
     """All training jobs of the process, with at most ``max_running`` at once (others queue).
 
@@ -202,14 +215,7 @@ class JobManager:
 
     def resume(self, run_id: str) -> None:
         """Queue an interrupted or stopped run to continue from its last checkpoint."""
-        record = self.store.load(run_id)
-        if record.status.get("state") not in ("interrupted", "stopped"):
-            raise ConfigError(
-                f"Only interrupted or stopped runs can be resumed; {run_id} is "
-                f"{record.status.get('state')}."
-            )
-        if not (record.path / "checkpoint.pt").exists():
-            raise ConfigError(f"The run {run_id} has no checkpoint to resume from.")
+        record = resumable(self.store, run_id)
         self.store.set_status(run_id, state="queued", message="", pid=os.getpid())
         self._enqueue(TrainingJob(record.config, self.store, run_id, resume=True))
 

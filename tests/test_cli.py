@@ -97,3 +97,48 @@ def test_listings_show_every_entry_with_params_and_paper(
     assert main([command]) == 0
     text = capsys.readouterr().out
     assert all(f"{name}:" in text for name in registry)
+
+
+def test_resume_continues_a_stopped_run_to_its_last_step(tmp_path: Path) -> None:
+    flags = ["--steps", "30", "--snapshot-every", "10", "--probe-size", "100", "--no-final-eval"]
+    first = json.loads(cli("train", *flags, "--out", str(tmp_path), "--json").stdout)
+    run_dir = Path(first["run_dir"])
+    status = json.loads((run_dir / "status.json").read_text())
+    status["state"] = "stopped"  # as if Stop had been pressed at step 30 of a longer run
+    (run_dir / "status.json").write_text(json.dumps(status))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["steps"] = 50
+    (run_dir / "config.json").write_text(json.dumps(config))
+    out = cli("train", "--resume", str(run_dir), "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["state"] == "finished"
+    assert result["steps"] == 50
+    steps = sorted(int(p.stem) for p in (run_dir / "snapshots").glob("*.npz"))
+    assert steps == [0, 10, 20, 30, 40, 50]
+
+
+def test_resume_refuses_finished_runs_and_extra_settings(tmp_path: Path) -> None:
+    flags = ["--steps", "5", "--probe-size", "100", "--no-final-eval"]
+    first = json.loads(cli("train", *flags, "--out", str(tmp_path), "--json").stdout)
+    out = cli("train", "--resume", first["run_id"], "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert "Only interrupted or stopped runs can be resumed" in out.stderr
+    out = cli("train", "--resume", first["run_id"], "--steps", "9", "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert "drop --steps" in out.stderr
+
+
+def test_export_writes_projector_files(tmp_path: Path) -> None:
+    flags = ["--steps", "10", "--snapshot-every", "5", "--probe-size", "100", "--no-final-eval"]
+    run = json.loads(cli("train", *flags, "--out", str(tmp_path), "--json").stdout)
+    out = cli("export", run["run_id"], "--format", "projector", "--out", str(tmp_path / "p"),
+              "--runs", str(tmp_path))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = (tmp_path / "p" / "tensors.tsv").read_text().strip().splitlines()
+    assert len(rows) == 100
+    assert len(rows[0].split("\t")) == run["config"]["embedding_dim"]
+    bad = cli("export", "no-such-run", "--format", "csv", "--out", str(tmp_path / "q"),
+              "--runs", str(tmp_path))  # fmt: skip
+    assert bad.returncode == 2
+    assert "no-such-run" in bad.stderr
