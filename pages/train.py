@@ -15,7 +15,6 @@ from dml_core.projection import COMPILING, project
 from dml_core.registry import LOSSES, MINERS
 from dml_core.train import resolve_device
 from pages.ui import (
-    RUNS_DIR,
     describe,
     load_snapshot,
     param_widgets,
@@ -399,7 +398,7 @@ def live_body(run_id: str | None) -> None:
         disabled=st.session_state.get("view.follow", True),
     )
     index = scrubber(steps_saved, playing)
-    snap = load_snapshot(RUNS_DIR, run_id, steps_saved[index])
+    snap = load_snapshot(str(store.root), run_id, steps_saved[index])
     st.caption(
         f"Snapshot {index + 1}/{len(steps_saved)}: step {snap.step}, "
         f"{snap.samples_seen:,} samples seen, {snap.elapsed:.1f} s of training"
@@ -411,7 +410,7 @@ def live_body(run_id: str | None) -> None:
             "this; semi-hard mining (FaceNet) avoids it.",
             icon="⚠️",
         )
-    hist, sphere = snapshot_figures(RUNS_DIR, run_id, snap.step)
+    hist, sphere = snapshot_figures(str(store.root), run_id, snap.step)
     left, right = st.columns(2)
     with left:
         names = class_names(record.config.dataset, record.config.split)
@@ -422,7 +421,9 @@ def live_body(run_id: str | None) -> None:
     with left:
         st.plotly_chart(sphere, key="chart.sphere")
     with right:
-        st.plotly_chart(curves(RUNS_DIR, run_id, snap.step, len(steps_saved)), key="chart.curves")
+        st.plotly_chart(
+            curves(str(store.root), run_id, snap.step, len(steps_saved)), key="chart.curves"
+        )
 
 
 def live_view(run_id: str | None) -> None:

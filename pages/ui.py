@@ -48,16 +48,28 @@ def use_app_navigation() -> None:
         st.rerun()
 
 
-@st.cache_resource
 def services() -> tuple[RunStore, JobManager, ProjectionWorker]:
-    """The one run store, job manager and projection worker of this server process."""
-    store = RunStore(RUNS_DIR)
+    """The run store and job manager of this server's runs directory, and the projector."""
+    store, manager = _jobs(RUNS_DIR)
+    return store, manager, _projection_worker()
+
+
+@st.cache_resource
+def _jobs(runs_dir: str) -> tuple[RunStore, JobManager]:
+    """One store and job manager per runs directory, shared by every session."""
+    store = RunStore(runs_dir)
     max_jobs = int(os.environ.get("DML_MAX_JOBS", "0")) or None
     manager = JobManager(store, max_running=max_jobs)
+    atexit.register(manager.stop_all)
+    return store, manager
+
+
+@st.cache_resource
+def _projection_worker() -> ProjectionWorker:
+    """One projection worker per server process (UMAP in a subprocess, compiled at start)."""
     worker = ProjectionWorker(in_subprocess=True)
     worker.warm_up()  # compile UMAP's numba kernels before the first real request
-    atexit.register(manager.stop_all)
-    return store, manager, worker
+    return worker
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -41,15 +41,14 @@ def page(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 
     monkeypatch.setenv("DML_RUNS_DIR", str(runs_dir))
     monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs_dir))
-    pages.ui.services.clear()
+    pages.ui._jobs.clear()
     at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
     at.run()
     assert not at.exception
     yield at
-    _, manager, worker = pages.ui.services()
+    _, manager, _ = pages.ui.services()
     manager.stop_all()
-    worker.stop()
-    pages.ui.services.clear()
+    pages.ui._jobs.clear()
 
 
 def test_fewer_than_two_runs_asks_for_more(page: AppTest) -> None:

@@ -2,11 +2,13 @@
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import pages.ui
 from dml_core.registry import LOSSES, MINERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(tmp_path / "runs"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.run()
     assert not at.exception
@@ -28,13 +31,16 @@ def test_home_page_says_what_it_is_and_where_to_start(app: AppTest) -> None:
 
 
 @pytest.fixture
-def train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
     """The Train page on its own (AppTest loses button clicks on pages behind st.navigation)."""
     monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(tmp_path / "runs"))
     at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
     at.run()
     assert not at.exception
-    return at
+    yield at
+    _, manager, _ = pages.ui.services()  # this test's own, keyed by its runs dir
+    manager.stop_all()
 
 
 def test_train_page_is_reachable_through_the_router(app: AppTest) -> None:
