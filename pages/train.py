@@ -403,8 +403,9 @@ def live_body(run_id: str | None) -> None:
         f"Snapshot {index + 1}/{len(steps_saved)}: step {snap.step}, "
         f"{snap.samples_seen:,} samples seen, {snap.elapsed:.1f} s of training"
     )
+    warning = st.empty()  # a fixed slot: the figures below never shift when it fills
     if snap.collapse.get("collapsing"):
-        st.warning(
+        warning.warning(
             "Collapse: the probe points have crowded together, far closer than at the "
             "start (see the sphere histogram). Hardest-negative mining with a margin does "
             "this; semi-hard mining (FaceNet) avoids it.",

@@ -32,9 +32,10 @@ HEALTH_TIMEOUT_S = 60.0
 
 
 class ServerUrl(str):
-    """The server's base URL; ``log_path`` is where its output goes."""
+    """The server's base URL; ``log_path`` is where its output goes, ``runs_dir`` its runs."""
 
     log_path: Path
+    runs_dir: Path
 
 
 def _in_ci() -> bool:
@@ -93,6 +94,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Ite
     # fmt: on
     url = ServerUrl(f"http://127.0.0.1:{port}")
     url.log_path = log_path
+    url.runs_dir = runs_dir
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

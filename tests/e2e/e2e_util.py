@@ -1,0 +1,173 @@
+"""Helpers shared by the page and session browser tests (polling waits, no fixed sleeps)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+CONNECTED = "[data-testid='stApp'][data-test-connection-state='CONNECTED']"
+LOAD_TIMEOUT_MS = 60_000
+FIGURE_TIMEOUT_MS = 120_000
+SHOT_VIEWPORT = {"width": 1500, "height": 1700}
+
+# Titles of every drawn plotly figure, HTML tags (<b>, <br>, <sup>) stripped.
+FIGURE_TITLES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(el => el._fullLayout)
+    .map(el => String((el.layout && el.layout.title && el.layout.title.text) || ''))
+    .map(t => t.replace(/<[^>]*>/g, ' ').replace(/\\s+/g, ' ').trim())"""
+
+# True once every pattern matches the title of some drawn plotly figure.
+WAIT_FIGURES_JS = f"""(patterns) => {{
+    const titles = ({FIGURE_TITLES_JS})();
+    return patterns.every(p => titles.some(t => new RegExp(p).test(t)));
+}}"""
+
+# True when the script is idle: nothing faded as stale, no spinner or skeleton, not "Running".
+SETTLED_JS = """() =>
+    [...document.querySelectorAll('[data-testid="stElementContainer"]')]
+        .every(e => getComputedStyle(e).opacity === '1')
+    && !document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')
+    && !document.querySelector('[data-testid^="stStatusWidgetRunning"]')"""
+
+
+def healthy(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether the server answers ``/_stcore/health`` with "ok" within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=timeout_s) as response:
+            return response.read().decode().strip() == "ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def open_app(page: Page, url: str) -> None:
+    """Load ``url`` and wait for the websocket to connect."""
+    page.goto(url, timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_selector(CONNECTED, timeout=LOAD_TIMEOUT_MS)
+
+
+def expect_title(page: Page, title: str) -> None:
+    """The page's ``st.title`` (an h1) is visible."""
+    expect(page.locator("h1", has_text=title).first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+
+
+def go_via_sidebar(page: Page, server: str, link: str, title: str) -> None:
+    """Home first, then ``link`` in the sidebar navigation; waits for the page's title."""
+    open_app(page, f"{server}/")
+    expect_title(page, "Metric Learning Playground")
+    page.locator("[data-testid='stSidebarNav'] a", has_text=link).first.click()
+    expect_title(page, title)
+
+
+def wait_figures(page: Page, *patterns: str, timeout_ms: int = FIGURE_TIMEOUT_MS) -> None:
+    """Wait until a drawn plotly figure's title matches each regex in ``patterns``."""
+    page.wait_for_function(WAIT_FIGURES_JS, arg=list(patterns), timeout=timeout_ms, polling=250)
+
+
+def figure_titles(page: Page) -> list[str]:
+    return page.evaluate(FIGURE_TITLES_JS)
+
+
+def wait_settled(page: Page, timeout_ms: int = 20_000) -> None:
+    """Best effort: wait until the script is idle (a page that keeps polling never is)."""
+    with contextlib.suppress(PlaywrightTimeoutError):
+        page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=100)
+
+
+def screenshot(page: Page, name: str, showing: Locator | None = None) -> Path:
+    """Save ``assets/<name>`` of the current viewport, preferably with nothing faded.
+
+    With ``showing``, retake the picture (a few times) until that element is visible both
+    before and after it: a page that reruns on a timer may be mid-rerun at the first try.
+    """
+    ASSETS.mkdir(exist_ok=True)
+    path = ASSETS / name
+    for _ in range(5):
+        wait_settled(page)
+        if showing is not None and not showing.is_visible():
+            page.wait_for_timeout(500)
+            continue
+        page.screenshot(path=str(path))
+        if showing is None or showing.is_visible():
+            break
+    return path
+
+
+def assert_no_exception(page: Page) -> None:
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def choose(page: Page, label: str, option: str) -> None:
+    """Pick ``option`` (exact text) in the Streamlit selectbox ``label``."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    box.press_sequentially(option)
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(box).to_have_value(option, timeout=LOAD_TIMEOUT_MS)
+
+
+def choose_containing(page: Page, label: str, text: str) -> None:
+    """Pick the option of selectbox ``label`` whose text contains ``text`` (e.g. a run id)."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    box.press_sequentially(text)
+    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
+    expect(box).to_have_value(re.compile(re.escape(text)), timeout=LOAD_TIMEOUT_MS)
+
+
+def set_number(page: Page, label: str, value: int) -> None:
+    """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter."""
+    field = page.get_by_label(label, exact=True)
+    field.click()
+    field.fill(str(value))
+    field.press("Enter")
+    expect(field).to_have_value(str(value), timeout=LOAD_TIMEOUT_MS)
+
+
+def train_button(page: Page):
+    return page.get_by_role("button", name=re.compile(r"^\W*Train$"))
+
+
+def progress_text(page: Page) -> str:
+    """The Train page's progress text, or "" when absent or re-rendering."""
+    bar = page.locator("[data-testid='stProgress']")
+    try:
+        return bar.first.inner_text(timeout=2_000) if bar.count() else ""
+    except Exception:  # the live fragment replaced the node between count and read
+        return ""
+
+
+def run_status(runs_dir: Path, run_id: str) -> dict:
+    """A run's status.json as written (``{}`` while absent or mid-replace)."""
+    try:
+        return json.loads((runs_dir / run_id / "status.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def wait_healthy(url: str, within_s: float = 30.0) -> float:
+    """Assert the server answers its health check within ``within_s`` (retrying, since 2 busy
+    cores can delay one answer); returns the seconds it took."""
+    start = time.monotonic()
+    while not healthy(url, timeout_s=max(1.0, within_s - (time.monotonic() - start))):
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"the server did not answer /_stcore/health in {within_s:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - start

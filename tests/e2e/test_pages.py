@@ -1,0 +1,221 @@
+"""End-to-end: every page opens from the sidebar, renders its charts and raises nothing.
+
+Compare and Retrieval get two short finished runs, trained up front by the CLI into the server's
+runs directory. One screenshot per page goes to ``assets/page-<name>.png`` (1500 x 1700).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_util import (
+    FIGURE_TIMEOUT_MS,
+    FIGURE_TITLES_JS,
+    LOAD_TIMEOUT_MS,
+    SHOT_VIEWPORT,
+    assert_no_exception,
+    choose,
+    choose_containing,
+    figure_titles,
+    go_via_sidebar,
+    screenshot,
+    wait_figures,
+    wait_settled,
+)
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_LOSSES = ("contrastive", "triplet")
+
+# (url name, sidebar link, title, figure title patterns that must render without a run, a text
+# that shows the page has drawn everything else)
+PAGES = [
+    ("home", "Home", "Metric Learning Playground", [], "Miners and their papers"),
+    ("train", "Train", "Train an embedding", [], "Idle. Choose settings"),
+    (
+        "losses",
+        "Loss explorer",
+        "Loss explorer",
+        [r"^Positive pair", r"^Negative pair", r": loss$"],
+        "Both pairs at once",
+    ),
+    (
+        "miners",
+        "Miner view",
+        "Miner view",
+        [r"The batch in its PCA plane", r"^Around anchor"],
+        "Kinds are counted",
+    ),
+    (
+        "sphere",
+        "Sphere & sampling",
+        "Sphere & sampling",
+        [r"q\(d\) vs", r"for several n", r"^Distances of the negatives"],
+        "The argument (Wu et al., Sec. 4).",
+    ),
+    ("lessons", "Lessons", "Lessons", [], "Run this lesson"),
+]
+
+# Pixel position (page coordinates) of an isolated probe point of the Retrieval scatter whose
+# query index differs from ``current``; plotly's own axis maps (l2p) give the pixels.
+FIND_POINT_JS = """(current) => {
+    const gd = [...document.querySelectorAll('.js-plotly-plot')].find(e =>
+        /click one/.test(String((e.layout && e.layout.title && e.layout.title.text) || '')));
+    if (!gd || !gd._fullLayout) return null;
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.getBoundingClientRect();
+    const pts = [];
+    for (const t of gd._fullData) {
+        if (String(t.name).startsWith('query')) continue;
+        for (let i = 0; i < t.x.length; i++) {
+            const c = Array.isArray(t.customdata[i]) ? t.customdata[i][0] : t.customdata[i];
+            pts.push({px: box.left + xa._offset + xa.l2p(t.x[i]),
+                      py: box.top + ya._offset + ya.l2p(t.y[i]), c: Number(c)});
+        }
+    }
+    let best = null, bestGap = -1;
+    for (const p of pts) {
+        if (p.c === current) continue;
+        let gap = Infinity;
+        for (const q of pts) if (q !== p) gap = Math.min(gap, Math.hypot(p.px - q.px, p.py - q.py));
+        if (gap > bestGap) { best = p; bestGap = gap; }
+    }
+    return best && {x: best.px, y: best.py, c: best.c, gap: bestGap, n: pts.length};
+}"""
+
+
+@pytest.fixture
+def shot_page(page: Page) -> Page:
+    page.set_viewport_size(SHOT_VIEWPORT)
+    return page
+
+
+@pytest.fixture(scope="module")
+def two_runs(server) -> list[str]:
+    """Two short finished runs (same data and probe, different losses), trained in parallel."""
+    # fmt: off
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "dml_core", "train",
+                "--loss", loss, "--steps", "60", "--snapshot-every", "20",
+                "--probe-size", "300", "--out", str(server.runs_dir), "--json",
+            ],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for loss in RUN_LOSSES
+    ]
+    # fmt: on
+    ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["state"] == "finished", result
+        ids.append(result["run_id"])
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("name", "link", "title", "figures", "ready"), PAGES, ids=[p[0] for p in PAGES]
+)
+def test_page_opens_from_sidebar(
+    shot_page: Page, server: str, name: str, link: str, title: str, figures: list[str], ready: str
+) -> None:
+    page = shot_page
+    go_via_sidebar(page, server, link, title)
+    if name != "home":
+        assert page.url.split("?")[0].rstrip("/").endswith(f"/{name}"), page.url
+    if name == "lessons":  # open the first lesson, so the screenshot shows one
+        page.locator("[data-testid='stExpander'] summary").first.click()
+    shown = page.get_by_text(ready).first
+    expect(shown).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    if figures:
+        wait_figures(page, *figures)
+        assert len(figure_titles(page)) >= len(figures)
+    wait_settled(page)
+    assert_no_exception(page)
+    screenshot(page, f"page-{name}.png", showing=shown)
+    assert_no_exception(page)
+
+
+def test_loss_explorer_circle_plane(page: Page, server: str) -> None:
+    go_via_sidebar(page, server, "Loss explorer", "Loss explorer")
+    wait_figures(page, r"^Positive pair", r"^Negative pair")
+    choose(page, "Loss", "circle")
+    wait_figures(page, r"\(s_n, s_p\) plane", r"^Positive pair")
+    assert_no_exception(page)
+
+
+def test_compare_two_runs(shot_page: Page, server: str, two_runs: list[str]) -> None:
+    page = shot_page
+    go_via_sidebar(page, server, "Compare runs", "Compare runs")
+    expect(page.get_by_text("Pick at least 2 saved runs")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    picker = page.locator("[data-testid='stMultiSelect']", has_text="Runs to compare")
+    for run_id in two_runs:
+        picker.locator("input").click()
+        picker.locator("input").press_sequentially(run_id[-12:])
+        page.get_by_role("option", name=re.compile(re.escape(run_id))).first.click()
+        expect(picker.get_by_text(run_id)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    page.keyboard.press("Escape")
+    wait_figures(
+        page,
+        r"aligned to one frame",
+        r"Positive and negative pair distances",
+        r"Retrieval on the probe set",
+        r"Pairwise distances on the unit sphere",
+    )
+    for run_id in two_runs:  # each run has its panel (subplot titles name the runs)
+        panels = page.locator(".js-plotly-plot", has_text=run_id)
+        expect(panels.first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+        assert panels.count() >= 2, f"{run_id}: {panels.count()} figures name it"
+    expect(page.get_by_role("heading", name="Results")).to_be_visible(timeout=FIGURE_TIMEOUT_MS)
+    expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile("Download CSV"))).to_be_visible()
+    assert_no_exception(page)
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    screenshot(page, "page-compare.png", showing=page.get_by_role("heading", name="Results"))
+
+
+def test_retrieval_click_point(shot_page: Page, server: str, two_runs: list[str]) -> None:
+    page = shot_page
+    run_id = two_runs[0]
+    go_via_sidebar(page, server, "Retrieval", "Retrieval")
+    choose_containing(page, "Run", run_id)
+    page.wait_for_url(re.compile(rf"[?&]run={re.escape(run_id)}"), timeout=LOAD_TIMEOUT_MS)
+    wait_figures(page, r"^Query 0 and its 8 nearest", r"click one")
+
+    # PCA: a deterministic layout (no swap to UMAP while we aim).
+    page.locator("[data-testid='stRadio']", has_text="Layout").get_by_text(
+        "PCA", exact=True
+    ).click()
+    wait_figures(page, r"^PCA of 300 test images .*click one")
+    wait_settled(page)
+    scatter = page.locator(".js-plotly-plot").filter(has_text="click one").first
+    scatter.scroll_into_view_if_needed()
+    wait_settled(page)
+    target = page.evaluate(FIND_POINT_JS, 0)
+    assert target, "no probe point found in the scatter"
+    assert target["n"] == 300, target
+    query = page.get_by_label(re.compile(r"^Query image"))
+    expect(query).to_have_value("0")
+
+    page.mouse.move(target["x"], target["y"])
+    page.mouse.click(target["x"], target["y"])
+    expect(query).to_have_value(str(target["c"]), timeout=LOAD_TIMEOUT_MS)
+    wait_figures(page, rf"^Query {target['c']} and its 8 nearest references")
+    page.wait_for_function(  # the old strip is gone (stale copies may linger mid-rerun)
+        f"() => !({FIGURE_TITLES_JS})().some(t => t.startsWith('Query 0 and'))",
+        timeout=LOAD_TIMEOUT_MS,
+        polling=250,
+    )
+    assert_no_exception(page)
+    strip = page.locator(".js-plotly-plot", has_text=f"Query {target['c']} and its")
+    screenshot(page, "page-retrieval.png", showing=strip.first)
