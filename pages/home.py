@@ -29,6 +29,7 @@ st.markdown(
    replay it with the snapshot slider.
 """
 )
+st.page_link("pages/train.py", label="Go to Train", icon="▶️")
 st.subheader("The pages")
 PAGES = [
     (

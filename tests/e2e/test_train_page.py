@@ -210,6 +210,10 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
 
     # The figures follow the snapshots: a later snapshot, and different histogram data.
     first_index, first_snap_step = snapshot_caption(page)
+    # the histogram may be mid-redraw at this instant: wait until its data is there
+    page.wait_for_function(
+        f"() => ({HIST_DATA_JS})().length > 0", timeout=FIGURE_TIMEOUT_MS, polling=250
+    )
     first_hist = page.evaluate(HIST_DATA_JS)
     assert first_hist, "no histogram data"
     assert all(len(h) > 100 for h in first_hist), first_hist
