@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dml_core.config import make_config
 from dml_core.jobs import JobManager, TrainingJob
@@ -88,3 +89,26 @@ def test_disk_full_stops_training_with_a_clear_message(
     assert progress.step <= 20  # training did not go on without saving
     assert store.snapshot_steps(run_id) == (0, 10)
     assert store.status(run_id)["state"] == "failed"
+
+
+def test_out_of_gpu_memory_fails_the_run_with_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the step raises CUDA's OOM error (simulated; CI has no GPU)."""
+    from dml_core.train import Trainer
+
+    def oom(self: Trainer) -> dict:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", oom)
+    store = RunStore(tmp_path)
+    cfg = make_config(steps=50, probe_size=100, embedding_dim=8)
+    run_id = store.create(cfg)
+    job = TrainingJob(cfg, store, run_id)
+    job.start()
+    job.join(120)
+    assert job.progress().state == "failed"
+    assert "Out of GPU memory" in job.progress().message
+    assert "smaller batch" in job.progress().message
+    assert store.status(run_id)["state"] == "failed"
+    assert store.snapshot_steps(run_id) == (0,)  # the untrained snapshot is kept
