@@ -9,15 +9,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dml_core.config import make_config
+from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
-from dml_core.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "tiny-page-run"
 
 
 def make_tiny_run(root: Path) -> None:
-    """20 steps on digits, saved as the background job saves a run."""
+    """20 steps on digits, trained and saved by a TrainingJob."""
     cfg = make_config(
         dataset="digits",
         embedding_dim=8,
@@ -31,11 +31,10 @@ def make_tiny_run(root: Path) -> None:
     )
     store = RunStore(root)
     store.create(cfg, RUN_ID)
-    trainer = Trainer(cfg)
-    for snap in trainer.run():
-        store.save_snapshot(RUN_ID, snap)
-        store.save_checkpoint(RUN_ID, trainer.state_dict())
-    store.set_status(RUN_ID, state="finished", step=trainer.step)
+    job = TrainingJob(cfg, store, RUN_ID)  # the app's own save path, run to the end here
+    job.start()
+    job.join()
+    assert job.progress().state == "finished", job.progress().message
 
 
 @pytest.fixture(scope="module")

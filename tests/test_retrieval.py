@@ -10,12 +10,12 @@ import torch
 
 from dml_core import metrics, retrieval
 from dml_core.config import make_config
+from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
-from dml_core.train import Trainer
 
 
 def make_tiny_run(root: Path, run_id: str = "tiny-digits", split: str = "standard") -> RunStore:
-    """30 steps of triplet + semi-hard on digits, saved like a background job saves it."""
+    """30 steps of triplet + semi-hard on digits, trained and saved by a TrainingJob."""
     cfg = make_config(
         dataset="digits",
         split=split,
@@ -30,11 +30,10 @@ def make_tiny_run(root: Path, run_id: str = "tiny-digits", split: str = "standar
     )
     store = RunStore(root)
     store.create(cfg, run_id)
-    trainer = Trainer(cfg)
-    for snap in trainer.run():
-        store.save_snapshot(run_id, snap)
-        store.save_checkpoint(run_id, trainer.state_dict())
-    store.set_status(run_id, state="finished", step=trainer.step)
+    job = TrainingJob(cfg, store, run_id)  # the app's own save path, run to the end here
+    job.start()
+    job.join()
+    assert job.progress().state == "finished", job.progress().message
     return store
 
 
