@@ -115,6 +115,14 @@ class RunStore:
         """Directory of a run (the id is validated first)."""
         return self.root / check_run_id(run_id)
 
+    def exists(self, run_id: object) -> bool:
+        """Whether ``run_id`` names a saved run (False for anything that is not a valid id)."""
+        return (
+            isinstance(run_id, str)
+            and bool(RUN_ID.match(run_id))
+            and (self.root / run_id / "config.json").exists()
+        )
+
     def create(self, cfg: RunConfig, run_id: str | None = None) -> str:
         """Make the directory of a new run and write its config; never overwrites a run."""
         run_id = check_run_id(new_run_id(cfg) if run_id is None else run_id)

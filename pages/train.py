@@ -133,7 +133,7 @@ def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None
 def current_run() -> str | None:
     """The run shown: from the URL (a reload or a shared link reattaches), else this session's."""
     for run_id in (st.query_params.get("run"), st.session_state.get("current_run")):
-        if run_id and run_id in store.list():
+        if store.exists(run_id):
             return run_id
     return None
 
@@ -218,8 +218,8 @@ def export_buttons(run_id: str) -> None:
 
 def run_picker(run_id: str | None) -> None:
     """Reopen a saved run (this session's runs first)."""
-    mine = [r for r in st.session_state.get("my_runs", []) if r in store.list()]
-    saved = store.list()
+    saved = store.list()  # lists the folder and reads every status once
+    mine = [r for r in st.session_state.get("my_runs", []) if r in saved]
     options = ["—", *mine, *[r for r in saved if r not in mine]]
     index = options.index(run_id) if run_id in options else 0
     with st.expander("Runs", expanded=False):

@@ -114,3 +114,11 @@ def test_train_starts_a_background_run_and_shows_live_figures(train: AppTest) ->
     assert any("pair distances" in t for t in titles), titles
     assert any("unit sphere" in t for t in titles), titles
     assert any("step 60" in c.value for c in train.caption)
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "no-such-run", ""])
+def test_a_bad_run_id_in_the_url_shows_the_idle_page(train: AppTest, bad: str) -> None:
+    train.query_params["run"] = bad
+    train.run()
+    assert not train.exception
+    assert any("Idle" in i.value for i in train.info)

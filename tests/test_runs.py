@@ -45,6 +45,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert back.metrics == want.metrics
     assert store.load_checkpoint(run_id)["step"] == 50
     assert store.list() == [run_id]
+    assert store.exists(run_id)
     store.delete(run_id)
     assert store.list() == []
 
@@ -68,6 +69,7 @@ def test_run_ids_cannot_escape_the_store(tmp_path: Path, bad: str) -> None:
         store.load(bad)
     with pytest.raises(ConfigError):
         store.delete(bad)
+    assert not store.exists(bad)
     assert not (tmp_path / "evil").exists()
 
 
