@@ -60,7 +60,14 @@ def sidebar() -> tuple[dict[str, Any], str | None]:
             "Margin α", 0.01, 1.0, 0.2, 0.01, key="mv.margin", help="easy / semi-hard / hard"
         )
         st.header("Miners")
-        chosen = st.multiselect("Miners", list(MINERS), default=list(MINERS), key="mv.miners")
+        chosen = st.pills(
+            "Miners",
+            list(MINERS),
+            selection_mode="multi",
+            default=list(MINERS),
+            key="mv.miners",
+            help="Click a miner to show or hide it.",
+        )
         params = {}
         with st.expander("Miner parameters", expanded=False):
             for name in chosen:

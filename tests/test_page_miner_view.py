@@ -39,7 +39,7 @@ def test_default_page_shows_the_batch_the_polar_view_and_the_table(page: AppTest
 
 @pytest.mark.parametrize("miner", list(MINERS))
 def test_renders_for_every_registered_miner(page: AppTest, miner: str) -> None:
-    page.multiselect(key="mv.miners").set_value([miner]).run()
+    page.pills(key="mv.miners").set_value([miner]).run()
     assert not page.exception
     assert not page.error
     assert page.selectbox(key="mv.focus").value == miner
@@ -67,7 +67,7 @@ def test_bad_batch_sizes_give_a_message_naming_the_field(
 
 
 def test_no_miner_chosen_is_explained(page: AppTest) -> None:
-    page.multiselect(key="mv.miners").set_value([]).run()
+    page.pills(key="mv.miners").set_value([]).run()
     assert not page.exception
     assert any("'miners'" in e.value for e in page.error)
 
