@@ -18,6 +18,7 @@ What they show (DESIGN.md section 1, step 3):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -196,6 +197,46 @@ def _unit_sphere_surface(resolution: int = 30) -> go.Surface:
     )  # fmt: skip
 
 
+GREEK = {
+    "alpha": "α",
+    "beta": "β",
+    "gamma": "γ",
+    "delta": "δ",
+    "Delta": "Δ",
+    "epsilon": "ε",
+    "lambda": "λ",
+    "nu": "ν",
+}
+SUBSCRIPT_DIGITS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_GREEK_WORD = re.compile(r"\b(" + "|".join(GREEK) + r")(\d*)\b")
+
+
+def math_text(text: str) -> str:
+    """Plain-ASCII maths as readable Unicode, for labels and help texts.
+
+    Greek letter names become letters with subscript digits ("alpha1" -> "α₁", "beta - alpha"
+    -> "β − α"), "^2" becomes "²" and the hinge "[x]_+" becomes "[x]₊". Code keeps the ASCII
+    names (keys of ``distance_lines``, parameter names); only what is shown is rewritten.
+    """
+    text = _GREEK_WORD.sub(lambda m: GREEK[m[1]] + m[2].translate(SUBSCRIPT_DIGITS), text)
+    return text.replace("^2", "²").replace("]_+", "]₊").replace(" - ", " − ")
+
+
+_SYMBOL = re.compile(r"(?:" + "|".join(GREEK) + r")\d*|m|s|m_pos|m_neg")
+
+
+def split_symbol(description: str) -> tuple[str | None, str]:
+    """A parameter description "alpha: what it does" as ("α", "what it does"), in Unicode.
+
+    Registry descriptions start with the parameter's symbol in the paper's equation where it
+    has one; a description without one comes back as (None, text).
+    """
+    head, sep, rest = description.partition(": ")
+    if sep and _SYMBOL.fullmatch(head):
+        return math_text(head), math_text(rest)
+    return None, math_text(description)
+
+
 def distance_histogram_figure(
     pos: np.ndarray,
     neg: np.ndarray,
@@ -240,7 +281,7 @@ def distance_histogram_figure(
             x=float(value),
             line={"dash": "dash", "color": "#333333", "width": 1.5},
             annotation={
-                "text": f"{label} = {value:.3g}",
+                "text": f"{math_text(label)} = {value:.3g}",
                 "font": {"size": 12},
                 "bgcolor": "rgba(255,255,255,0.8)",
                 "yshift": -18 * i,  # stagger labels of nearby lines

@@ -21,7 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core.figures import CLASS_COLORS, TEMPLATE
+from dml_core.figures import CLASS_COLORS, TEMPLATE, math_text
 from dml_core.loss_curves import Profile, Surface
 
 # Visible on both ends of Viridis (dark purple and yellow) and in the white legend.
@@ -124,7 +124,7 @@ def profile_figure(
                     | {"xref": f"x{axis}", "yref": f"y{axis} domain"}
                 )
             notes.append(
-                {"x": x, "y": 1, "xref": "x", "yref": "y domain", "text": label}
+                {"x": x, "y": 1, "xref": "x", "yref": "y domain", "text": math_text(label)}
                 | {"showarrow": False, "yanchor": "top"}
                 | (
                     {"xanchor": "left", "xshift": 3}
@@ -187,7 +187,7 @@ def surface_figure(
                 x=_finite(x),
                 y=_finite(y),
                 mode="lines",
-                name=boundary.label,
+                name=math_text(boundary.label),
                 line={"color": color, "width": 2.5, "dash": dash},
                 hoverinfo="name",
             )

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dml_core import loss_curves, loss_figures
 from dml_core.errors import ConfigError
+from dml_core.figures import split_symbol
 from dml_core.registry import LOSSES, Entry
 from pages.ui import describe, param_widgets, use_app_navigation
 
@@ -37,9 +38,12 @@ def parameter_notes(entry: Entry, params: dict[str, Any]) -> None:
     if not fields:
         st.markdown("This loss has no parameters.")
         return
-    st.markdown(
-        "\n".join(f"- **{k}** = `{params[k]}`: {f.description or '—'}" for k, f in fields.items())
-    )
+    lines = []
+    for k, f in fields.items():
+        symbol, text = split_symbol(f.description or "—")
+        named = f"**{k}** ({symbol} in the equation)" if symbol else f"**{k}**"
+        lines.append(f"- {named} = `{params[k]}`: {text}")
+    st.markdown("\n".join(lines))
 
 
 def compute(name: str, params: dict[str, Any], scale: str, held: dict[str, float], show: str):

@@ -16,6 +16,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from dml_core.errors import field_bounds
+from dml_core.figures import split_symbol
 from dml_core.jobs import JobManager
 from dml_core.projection import ProjectionWorker
 from dml_core.registry import Entry
@@ -93,7 +94,9 @@ def param_widgets(entry: Entry, prefix: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, field in entry.params.model_fields.items():
         key = f"{prefix}.{entry.name}.{name}"
-        annotation, default, help_text = field.annotation, field.default, field.description
+        annotation, default = field.annotation, field.default
+        symbol, text = split_symbol(field.description or "")
+        help_text = f"{symbol} in the equation: {text}" if symbol else text or None
         if annotation is bool:
             values[name] = st.checkbox(name, value=default, key=key, help=help_text)
         elif typing.get_origin(annotation) is typing.Literal:

@@ -244,3 +244,38 @@ def test_history_frame_rows_and_columns():
         "loss",
         "active_fraction",
     ]
+
+
+@pytest.mark.parametrize(
+    ("plain", "shown"),
+    [
+        ("d(a,n) = d(a,p) + alpha", "d(a,n) = d(a,p) + α"),
+        ("beta - alpha", "β − α"),
+        ("d(a,n)^2 = d(a,p)^2 + alpha1", "d(a,n)² = d(a,p)² + α₁"),
+        ("soft-plus instead of the hinge [x]_+", "soft-plus instead of the hinge [x]₊"),
+        ("cos(x, own) = delta", "cos(x, own) = δ"),
+        ("alphabet betas m_neg", "alphabet betas m_neg"),  # whole words only
+    ],
+)
+def test_math_text_rewrites_ascii_maths(plain: str, shown: str) -> None:
+    assert F.math_text(plain) == shown
+
+
+def test_split_symbol_takes_the_equation_symbol_off_a_description() -> None:
+    assert F.split_symbol("alpha2: margin of the second term") == (
+        "α₂",
+        "margin of the second term",
+    )
+    assert F.split_symbol("m_neg: margin on negatives") == ("m_neg", "margin on negatives")
+    # a leading word that is no symbol stays part of the text
+    assert F.split_symbol("mse: the paper's loss") == (None, "mse: the paper's loss")
+    assert F.split_symbol("no symbol here") == (None, "no symbol here")
+
+
+def test_histogram_margin_labels_are_shown_with_greek_letters() -> None:
+    fig = F.distance_histogram_figure(
+        np.array([0.2, 0.3]), np.array([1.2, 1.4]), {"beta - alpha": 0.7, "beta": 0.9}, None
+    )
+    texts = [a.text for a in fig.layout.annotations]
+    assert "β − α = 0.7" in texts
+    assert "β = 0.9" in texts

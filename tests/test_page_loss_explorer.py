@@ -40,8 +40,12 @@ def test_opens_on_the_triplet_loss_with_profiles_and_a_heat_map(explorer: AppTes
     assert any(t.startswith("Negative pair") and "d(a,p) = 0.5" in t for t in titles)
     heat = next(s for s in charts if "heatmap" in trace_types(s))
     names = [t.get("name") for t in heat["data"]]
-    assert "d(a,n) = d(a,p) + alpha" in names
-    assert any("how much farther the negative" in m.value for m in explorer.markdown)
+    assert "d(a,n) = d(a,p) + α" in names
+    notes = [m.value for m in explorer.markdown if "how much farther the negative" in m.value]
+    assert notes
+    assert "(α in the equation)" in notes[0], notes
+    assert "[x]₊" in notes[0], notes
+    assert "[x]_+" not in notes[0], notes
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
