@@ -234,7 +234,9 @@ def per_class_figure(
 def mark_query(
     fig: go.Figure, layout: np.ndarray, probe_queries: np.ndarray, query_i: int
 ) -> go.Figure:
-    """Star the current query on the probe-set scatter, if it is a probe point; returns ``fig``.
+    """Outline the current query with a star on the probe-set scatter; returns ``fig``.
+
+    Nothing is added when the query is not a probe point.
 
     Args:
         fig: the scatter (``figures.embedding_figure`` of ``layout``).
@@ -247,13 +249,13 @@ def mark_query(
         return fig
     x, y = np.asarray(layout, dtype=np.float64)[rows[0], :2]
     fig.add_trace(
-        go.Scattergl(
+        go.Scatter(  # an outline, so the query's own point (its class colour) shows inside
             x=[x],
             y=[y],
             mode="markers",
             name=f"query {query_i}",
             customdata=[query_i],
-            marker={"symbol": "star", "size": 18, "color": "#111111", "line": {"width": 0}},
+            marker={"symbol": "star-open", "size": 22, "color": "#111111", "line": {"width": 2}},
             hovertemplate=f"query {query_i}<extra></extra>",
         )
     )

@@ -142,3 +142,17 @@ def test_images_are_uint8(store: RunStore) -> None:
     assert imgs.shape == (2, 8, 8)
     assert imgs.dtype == np.uint8
     assert retrieval.runs_with_checkpoint(store) == ["tiny-digits"]
+
+
+def test_mark_query_outlines_the_query_point_and_skips_non_probe_queries() -> None:
+    import plotly.graph_objects as go
+
+    from dml_core import retrieval_figures
+
+    layout = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 1.0]])
+    probe_queries = np.array([10, 11, 12])
+    fig = retrieval_figures.mark_query(go.Figure(), layout, probe_queries, 11)
+    (star,) = fig.data
+    assert (star.x[0], star.y[0]) == (1.0, 2.0)
+    assert star.marker.symbol == "star-open"  # the point's own colour stays visible inside
+    assert list(retrieval_figures.mark_query(go.Figure(), layout, probe_queries, 99).data) == []
