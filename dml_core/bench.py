@@ -9,13 +9,19 @@ triplets, Adam 1e-3, batch 256):
   type_of_triplets="semihard")`` + ``TripletMarginLoss(margin=0.2)``.
 - **B, "dml_core"**: ``train.Trainer``: uint8 data resident on the device, P x K batches
   sampled there, semi-hard mining and loss fused on one distance matrix, channels_last,
-  fused Adam (and bf16 autocast on CUDA).
+  fused Adam, max-pool before ReLU, and bf16 autocast of the layers before the embedding layer
+  where the hardware has bfloat16 (CUDA; CPUs with AVX512-BF16 or AMX).
+- **B float32, "dml_core_float32"**: B without bf16, only where B uses it: the speed-ups that
+  compute exactly what the plain path computes.
 
-A and B train in alternating chunks of steps, so a load spike from another process hits
-both alike; the figure that matters is the ratio B / A of samples per second. Both are then
+The variants train in alternating chunks of steps, so a load spike from another process hits
+all alike; the figure that matters is the ratio B / A of samples per second. All are then
 evaluated the same way (``metrics.retrieval_metrics``: test queries against train
-references). Also timed: mining + loss per batch, one snapshot, UMAP (cold and warm-started)
-and PCA layouts, and B with its speed-ups switched on one at a time.
+references). With ``--seeds N`` training and evaluation are repeated for N seeds: one seed's
+MAP@R varies by a few thousandths, as much as the differences being measured, so quality is
+compared as a mean over seeds, B - A paired by seed. Also timed: mining + loss per batch, one
+snapshot, UMAP (cold and warm-started) and PCA layouts, and B with its speed-ups switched on one
+at a time.
 """
 
 from __future__ import annotations
@@ -38,11 +44,19 @@ from torch import Tensor
 from dml_core import metrics
 from dml_core.config import make_config
 from dml_core.data import Dataset, load_dataset
+from dml_core.errors import ConfigError
 from dml_core.geometry import pairwise_distances
 from dml_core.losses.triplet import TripletLoss
 from dml_core.miners import SemiHardMiner
 from dml_core.nets import Embedder
-from dml_core.train import FAST_PATHS, FusedSemiHardTriplet, Trainer, embed, resolve_device
+from dml_core.train import (
+    EXACT_PATHS,
+    FAST_PATHS,
+    FusedSemiHardTriplet,
+    Trainer,
+    embed,
+    resolve_device,
+)
 from dml_core.tuples import Triplets, all_triplets
 
 MARGIN = 0.2
@@ -138,7 +152,10 @@ def _batch_shape(batch: int) -> tuple[int, int]:
     for p in (8, 10, 9, 7, 6, 5, 4, 3, 2):
         if batch % p == 0 and batch // p >= 2:
             return p, batch // p
-    raise ValueError(f"The batch size {batch} cannot be split into P x K with P <= 10.")
+    raise ConfigError(
+        f"The 'batch' parameter of bench must split into P x K with 2 <= P <= 10 classes and "
+        f"K >= 2 samples each (e.g. 250 = 10 x 25). Got {batch}."
+    )
 
 
 def _make_trainer(
@@ -184,15 +201,15 @@ def _evaluate(
     return {k: round(v, 4) for k, v in found.items()}
 
 
-def _train_both(
-    loop: PMLLoop, trainer: Trainer, steps: int, device: torch.device
+def _train_interleaved(
+    steppers: dict[str, Callable[[], Any]], steps: int, device: torch.device
 ) -> dict[str, float]:
-    """Alternate A and B in chunks of steps; total training seconds of each."""
-    seconds = {"pml": 0.0, "dml_core": 0.0}
+    """Run every variant ``steps`` steps, alternating in chunks; training seconds of each."""
+    seconds = dict.fromkeys(steppers, 0.0)
     done = 0
     while done < steps:
         n = min(CHUNK_STEPS, steps - done)
-        for name, step in (("pml", loop.train_step), ("dml_core", trainer.train_step)):
+        for name, step in steppers.items():
             _sync(device)
             start = time.perf_counter()
             for _ in range(n):
@@ -201,6 +218,64 @@ def _train_both(
             seconds[name] += time.perf_counter() - start
         done += n
     return seconds
+
+
+def _one_seed(
+    data: Dataset, args: dict[str, Any], device: torch.device, queries: Tensor, refs: Tensor
+) -> tuple[Trainer, dict[str, dict[str, float]]]:
+    """A, B and (where B uses bf16) B in float32, from the same initial weights, for one seed.
+
+    Returns B's trainer and, per variant, its training seconds and retrieval metrics.
+    """
+    trainer = _make_trainer(data, **args)
+    net_a = copy.deepcopy(trainer.net).to(memory_format=torch.contiguous_format)  # same start
+    loop = PMLLoop(net_a, data, args["batch"], device)
+    nets = {"pml": loop.net, "dml_core": trainer.net}
+    steppers = {"pml": loop.train_step, "dml_core": trainer.train_step}
+    if trainer.autocast:
+        plain = _make_trainer(data, **args, fast=EXACT_PATHS)
+        plain.net.load_state_dict(trainer.net.state_dict())  # same start (seeded alike anyway)
+        nets["dml_core_float32"] = plain.net
+        steppers["dml_core_float32"] = plain.train_step
+    seconds = _train_interleaved(steppers, args["steps"], device)
+    found = {
+        name: {"train_seconds": seconds[name], **_evaluate(net, data, device, queries, refs)}
+        for name, net in nets.items()
+    }
+    return trainer, found
+
+
+def _summarise(per_seed: list[dict[str, dict[str, float]]], samples: int, steps: int) -> dict:
+    """Per variant: samples/s over all seeds' training time, metrics averaged over seeds."""
+    variants: dict[str, dict[str, Any]] = {}
+    for name in per_seed[0]:
+        runs = [seed[name] for seed in per_seed]
+        seconds = sum(r["train_seconds"] for r in runs)
+        variants[name] = {
+            "samples": samples,
+            "steps": steps,
+            "train_seconds": round(seconds, 2),
+            "samples_per_s": round(samples * len(runs) / seconds, 1),
+            "seconds_per_60k": round(seconds / len(runs) * 60_000 / samples, 1),
+            **{
+                key: round(statistics.fmean(r[key] for r in runs), 4)
+                for key in ("precision_at_1", "r_precision", "map_at_r")
+            },
+            "map_at_r_per_seed": [r["map_at_r"] for r in runs],
+        }
+    return variants
+
+
+def _quality_delta(variants: dict[str, dict[str, Any]], name: str) -> dict[str, float | None]:
+    """MAP@R of variant ``name`` minus A's, paired by seed: mean and standard deviation."""
+    diffs = [
+        b - a
+        for a, b in zip(
+            variants["pml"]["map_at_r_per_seed"], variants[name]["map_at_r_per_seed"], strict=True
+        )
+    ]
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else None
+    return {"mean": round(statistics.fmean(diffs), 4), "sd": None if sd is None else round(sd, 4)}
 
 
 def _mining_loss_ms(
@@ -291,10 +366,15 @@ def _layouts(emb: np.ndarray, sizes: Sequence[int], seed: int) -> dict[str, floa
             layout = project(x, "umap", seed=seed)
             first = time.perf_counter() - start
         out[f"umap_cold_{n}_s"] = round(first, 2)
-        moved = (x + 0.01 * rng.standard_normal(x.shape)).astype(np.float32)  # a step later
-        start = time.perf_counter()
-        project(moved, "umap", init=layout, seed=seed)
-        out[f"umap_warm_{n}_s"] = round(time.perf_counter() - start, 3)
+        warm = []
+        for _ in range(4):  # the live view's updates: a step later, from the previous layout
+            moved = (x + 0.01 * rng.standard_normal(x.shape)).astype(np.float32)
+            start = time.perf_counter()
+            project(moved, "umap", init=layout, seed=seed)
+            warm.append(time.perf_counter() - start)
+        if "umap_warm_first_s" not in out:  # the first warm start compiles its own kernels
+            out["umap_warm_first_s"] = round(warm[0], 2)
+        out[f"umap_warm_{n}_s"] = round(statistics.median(warm[1:]), 3)
         out[f"pca_{n}_s"] = round(_timed(lambda x=x: project(x, "pca"), torch.device("cpu")), 4)
     return out
 
@@ -306,6 +386,7 @@ def run_bench(
     samples: int | None = None,
     quick: bool = False,
     seed: int = 0,
+    seeds: int = 1,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -318,10 +399,20 @@ def run_bench(
         samples: training samples per variant (default 60k; 5120 with ``quick``).
         quick: a small run (< 60 s on 2 CPU cores): fewer samples, a fixed evaluation subset
             (2k queries vs 10k references), no UMAP at 10k points, a shorter ablation.
-        seed: seed of weights, batches and subsets.
+        seed: seed of weights, batches and subsets (the first one, with ``seeds`` > 1).
+        seeds: train and evaluate A and B this many times, seeds ``seed, seed + 1, ...``:
+            samples/s are over all of them; MAP@R is their mean, and B - A is paired by seed
+            (one seed's MAP@R varies by ~0.003 on FashionMNIST, as much as B - A).
         command: the command line to record.
         log: called with a line of progress now and then (e.g. ``print`` to stderr).
     """
+    if seeds < 1:
+        raise ConfigError(f"The 'seeds' parameter of bench must be at least 1. Got {seeds}.")
+    if samples is not None and samples < batch:
+        raise ConfigError(
+            f"The 'samples' parameter of bench must be at least one batch ({batch}). Got {samples}."
+        )
+    _batch_shape(batch)  # a bad batch fails here, before any data is loaded
     say = log or (lambda _line: None)
     dev, device_note = resolve_device(device)
     torch.manual_seed(seed)
@@ -329,36 +420,29 @@ def run_bench(
     samples = samples if samples is not None else (5120 if quick else 60_000)
     steps = max(1, samples // batch)
     data = load_dataset(dataset)
-    args = {"dataset": dataset, "device": device, "batch": batch, "steps": steps, "seed": seed}
-    trainer = _make_trainer(data, **args)
-    net_a = copy.deepcopy(trainer.net).to(memory_format=torch.contiguous_format)  # same start
-    loop = PMLLoop(net_a, data, batch, dev)
-
-    say(f"training A (PML loop) and B (dml_core) for {steps} steps of {batch}, interleaved")
-    seconds = _train_both(loop, trainer, steps, dev)
     trained = steps * batch
-
     gen = torch.Generator().manual_seed(seed)
     n_query = min(len(data.query), 2000 if quick else 10_000)
     n_ref = min(len(data.reference), 10_000 if quick else len(data.reference))
     queries = torch.randperm(len(data.query), generator=gen)[:n_query].sort().values
     refs = torch.randperm(len(data.reference), generator=gen)[:n_ref].sort().values
-    say(f"evaluating both: {n_query} test queries vs {n_ref} train references")
-    variants: dict[str, dict[str, Any]] = {}
-    for name, net in (("pml", loop.net), ("dml_core", trainer.net)):
-        variants[name] = {
-            "samples": trained,
-            "steps": steps,
-            "train_seconds": round(seconds[name], 2),
-            "samples_per_s": round(trained / seconds[name], 1),
-            "seconds_per_60k": round(seconds[name] * 60_000 / trained, 1),
-            **_evaluate(net, data, dev, queries, refs),
-        }
+    per_seed = []
+    for s in range(seed, seed + seeds):
+        args = {"dataset": dataset, "device": device, "batch": batch, "steps": steps, "seed": s}
+        say(
+            f"seed {s}: training A and B for {steps} steps of {batch}, interleaved; evaluating "
+            f"{n_query} test queries vs {n_ref} train references"
+        )
+        trainer, found = _one_seed(data, args, dev, queries, refs)
+        per_seed.append(found)
+    variants = _summarise(per_seed, trained, steps)
     variants["pml"]["what"] = "Dataset + DataLoader(shuffle) + PML TripletMarginMiner/Loss"
-    variants["dml_core"]["what"] = f"Trainer, P x K = {trainer.cfg.classes_per_batch} x " + (
-        f"{trainer.cfg.samples_per_class}, fast paths: "
-        + ", ".join(p for p in FAST_PATHS if p != "bf16" or trainer.autocast)
+    shape = f"Trainer, P x K = {trainer.cfg.classes_per_batch} x {trainer.cfg.samples_per_class}"
+    variants["dml_core"]["what"] = f"{shape}, fast paths: " + ", ".join(
+        p for p in FAST_PATHS if p != "bf16" or trainer.autocast
     )
+    if "dml_core_float32" in variants:
+        variants["dml_core_float32"]["what"] = f"{shape}, fast paths: " + ", ".join(EXACT_PATHS)
 
     say("timing mining + loss per batch")
     idx = trainer.sampler.sample()
@@ -389,9 +473,15 @@ def run_bench(
         layouts = _layouts(probe, (2000, 10_000), seed)
 
     a, b = variants["pml"], variants["dml_core"]
+    float32 = variants.get("dml_core_float32")
     return {
         "ratio": round(b["samples_per_s"] / a["samples_per_s"], 2),
-        "map_at_r_delta": round(b["map_at_r"] - a["map_at_r"], 4),
+        "map_at_r_delta": _quality_delta(variants, "dml_core"),
+        "ratio_float32": round(float32["samples_per_s"] / a["samples_per_s"], 2)
+        if float32
+        else None,
+        "map_at_r_delta_float32": _quality_delta(variants, "dml_core_float32") if float32 else None,
+        "seeds": seeds,
         "variants": variants,
         "mining_loss_ms": mining,
         "snapshot_s": round(snapshot_s, 3),
@@ -410,6 +500,7 @@ def run_bench(
             "margin": MARGIN,
             "lr": LR,
             "seed": seed,
+            "seeds": seeds,
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -427,15 +518,23 @@ def run_bench(
     }
 
 
+COLUMNS = {"pml": "A: PML loop", "dml_core": "B: dml_core", "dml_core_float32": "B float32"}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary printed by ``python -m dml_core bench``."""
-    a, b = result["variants"]["pml"], result["variants"]["dml_core"]
+    variants = result["variants"]
+    a = variants["pml"]
     m = result["machine"]
+    names = [n for n in COLUMNS if n in variants]
+    others = names[1:]
+    header = "".join(f"{COLUMNS[n]:>14}" for n in names)
+    header += "".join(f"{'B / A' if n == 'dml_core' else 'B32 / A':>9}" for n in others)
     lines = [
         f"{result['command']}  ({result['date']}; {m['device_note']}, "
         f"{m['cpu_count']} CPUs, load {m['load_average_before'][0]})",
         "",
-        f"{'':<26}{'A: PML loop':>14}{'B: dml_core':>14}{'B / A':>9}",
+        f"{'':<26}{header}",
     ]
     rows = [
         ("samples/s", "samples_per_s", "{:.0f}"),
@@ -445,8 +544,18 @@ def format_table(result: dict[str, Any]) -> str:
         ("MAP@R", "map_at_r", "{:.4f}"),
     ]
     for label, key, fmt in rows:
-        ratio = b[key] / a[key] if a[key] else float("nan")
-        lines.append(f"{label:<26}{fmt.format(a[key]):>14}{fmt.format(b[key]):>14}{ratio:>9.2f}")
+        cells = "".join(f"{fmt.format(variants[n][key]):>14}" for n in names)
+        ratios = "".join(
+            f"{variants[n][key] / a[key] if a[key] else float('nan'):>9.2f}" for n in others
+        )
+        lines.append(f"{label:<26}{cells}{ratios}")
+    for name in others:
+        delta = result["map_at_r_delta" if name == "dml_core" else "map_at_r_delta_float32"]
+        spread = f" (sd {delta['sd']})" if delta["sd"] is not None else ""
+        lines.append(
+            f"MAP@R {COLUMNS[name]} - A, paired over {result['seeds']} seed(s): "
+            f"{delta['mean']:+.4f}{spread}"
+        )
     s = result["settings"]
     lines.append(
         f"(after {s['samples']} samples each; {s['eval_queries']} test queries vs "
@@ -465,6 +574,8 @@ def format_table(result: dict[str, Any]) -> str:
     if result["layouts"]:
         lines.append("layouts, s: " + ", ".join(f"{k} {v}" for k, v in result["layouts"].items()))
     lines.append(f"ratio B / A (samples/s): {result['ratio']}")
+    if result["ratio_float32"] is not None:
+        lines.append(f"ratio B float32 / A (samples/s): {result['ratio_float32']}")
     return "\n".join(lines)
 
 
@@ -476,6 +587,7 @@ def main(
     quick: bool,
     as_json: bool,
     out: str | None,
+    seeds: int = 1,
 ) -> int:
     """Run, print the table (or JSON), and write ``out`` when given."""
     import json
@@ -489,6 +601,7 @@ def main(
         batch,
         samples,
         quick,
+        seeds=seeds,
         command=command,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )

@@ -114,6 +114,12 @@ def build_parser() -> Parser:
     bench.add_argument("--batch", type=int, default=256, help="samples per step (default 256)")
     bench.add_argument("--samples", type=int, help="training samples per variant (default 60k)")
     bench.add_argument("--quick", action="store_true", help="a small run (< 60 s on 2 cores)")
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train A and B with this many seeds; MAP@R is averaged, B - A paired (default 1)",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.add_argument(
         "--out", help="also write the JSON to this file (e.g. assets/bench-cpu.json)"
@@ -263,7 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dml_core import bench
 
             return bench.main(
-                args.dataset, args.device, args.batch, args.samples, args.quick, args.json, args.out
+                args.dataset,
+                args.device,
+                args.batch,
+                args.samples,
+                args.quick,
+                args.json,
+                args.out,
+                args.seeds,
             )
         for run_id in RunStore(args.out).list():
             print(run_id)

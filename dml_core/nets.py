@@ -33,10 +33,24 @@ class Embedder(nn.Module):
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(max(float(std), 1e-6)))
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Embed uint8 (or float 0-255) images (B, 1, H, W) -> (B, D)."""
+    def forward(self, images: Tensor, low_precision: torch.dtype | None = None) -> Tensor:
+        """Embed uint8 (or float 0-255) images (B, 1, H, W) -> (B, D) float32.
+
+        With ``low_precision`` (e.g. ``torch.bfloat16``) every layer but the last runs under
+        autocast to that type; the last layer, which writes the embedding, stays in float32.
+        Rounding the embedding itself to bfloat16's 8 mantissa bits moves distances by ~0.4%,
+        enough to change which negatives semi-hard mining picks (measured: MAP@R 0.005 lower
+        on FashionMNIST); the layers before it carry nearly all the work.
+        """
         x = (images.float() - self.mean) / self.std  # (B, 1, H, W)
-        emb = self.trunk(x)  # (B, D)
+        if low_precision is None:
+            emb = self.trunk(x)  # (B, D)
+        else:
+            *body, head = self.trunk
+            with torch.autocast(x.device.type, low_precision):
+                for layer in body:
+                    x = layer(x)
+            emb = head(x.float())  # (B, D)
         return l2_normalize(emb) if self.normalize else emb
 
 

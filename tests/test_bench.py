@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dml_core.cli import main
 
 
 def test_quick_bench_prints_one_json_object_with_the_promised_keys(capsys, tmp_path) -> None:
     out = tmp_path / "assets" / "bench.json"
-    args = ["bench", "--quick", "--json", "--dataset", "digits", "--samples", "512"]
+    args = ["bench", "--quick", "--json", "--dataset", "digits", "--samples", "512", "--seeds", "2"]
     assert main([*args, "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ratio"] > 0
     assert json.loads(out.read_text()) == result
+    assert result["seeds"] == 2
     for name in ("pml", "dml_core"):
         variant = result["variants"][name]
         assert variant["samples"] == 512
         for key in ("samples_per_s", "seconds_per_60k", "precision_at_1", "map_at_r"):
             assert variant[key] >= 0
+        assert len(variant["map_at_r_per_seed"]) == 2
+        assert variant["map_at_r"] == pytest.approx(sum(variant["map_at_r_per_seed"]) / 2, abs=1e-4)
+    pml, ours = result["variants"]["pml"], result["variants"]["dml_core"]
+    diffs = [
+        b - a for a, b in zip(pml["map_at_r_per_seed"], ours["map_at_r_per_seed"], strict=True)
+    ]
+    assert result["map_at_r_delta"]["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-4)
+    assert result["map_at_r_delta"]["sd"] >= 0
+    # B in float32 is reported exactly where B uses bf16
+    assert ("dml_core_float32" in result["variants"]) == (result["ratio_float32"] is not None)
     for kind in ("real_batch", "random_embeddings"):
         row = result["mining_loss_ms"][kind]
         assert {"pml", "dml_core_fused", "dml_core_band_miner"} <= row.keys()
@@ -27,3 +40,21 @@ def test_quick_bench_prints_one_json_object_with_the_promised_keys(capsys, tmp_p
     assert {"cpu_count", "torch_threads", "device", "device_name"} <= result["machine"].keys()
     assert result["date"]
     assert result["command"].startswith("python -m dml_core")
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--seeds", "0"], "'seeds'"),
+        (["--batch", "7"], "'batch'"),
+        (["--samples", "10"], "'samples'"),
+    ],
+)
+def test_bad_bench_arguments_exit_with_one_line_naming_the_field(capsys, args, field) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--dataset", "digits", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert field in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1

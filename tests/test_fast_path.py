@@ -20,10 +20,12 @@ from dml_core.losses.triplet import TripletLoss
 from dml_core.miners import HardMiner, SemiHardMiner
 from dml_core.nets import build_net
 from dml_core.train import (
+    EXACT_PATHS,
     FAST_PATHS,
     FusedSemiHardTriplet,
     Trainer,
     fused_path,
+    native_bf16,
     pool_before_relu,
 )
 from dml_core.tuples import all_triplets
@@ -145,7 +147,7 @@ def test_trainer_fast_and_plain_steps_agree(net: str) -> None:
         net=net, steps=3, probe_size=100, embedding_dim=16, classes_per_batch=4,
         samples_per_class=8, device="cpu",
     )  # fmt: skip
-    fast, plain = Trainer(cfg, fast=FAST_PATHS), Trainer(cfg, fast=())
+    fast, plain = Trainer(cfg, fast=EXACT_PATHS), Trainer(cfg, fast=())
     assert fast.fused is not None
     assert plain.fused is None
     for _ in range(3):
@@ -173,3 +175,48 @@ def test_pool_before_relu_keeps_outputs_gradients_and_state_dict_keys() -> None:
     out_fast.square().sum().backward()
     for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("net", ["mlp", "convnet"])
+def test_bf16_runs_the_body_in_bfloat16_and_the_embedding_layer_in_float32(net: str) -> None:
+    torch.manual_seed(0)
+    model = build_net(net, (1, 28, 28), 16)
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str, tensor: torch.Tensor) -> None:  # a hook returning None changes nothing
+        seen.setdefault(name, tensor.dtype)
+
+    first = next(m for m in model.trunk if isinstance(m, nn.Linear | nn.Conv2d))
+    first.register_forward_hook(lambda m, i, o: record("first", o))
+    model.trunk[-1].register_forward_pre_hook(lambda m, i: record("head_in", i[0]))
+    model.trunk[-1].register_forward_hook(lambda m, i, o: record("head_out", o))
+    x = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    low = model(x, low_precision=torch.bfloat16)
+    assert seen == {"first": torch.bfloat16, "head_in": torch.float32, "head_out": torch.float32}
+    assert low.dtype == torch.float32
+    full = model(x)
+    torch.testing.assert_close(low, full, rtol=0, atol=0.05)  # bf16: 8 mantissa bits
+    assert not torch.equal(low, full)  # it really ran in bfloat16
+
+
+def test_bf16_is_only_used_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_config(steps=1, probe_size=50, embedding_dim=8, device="cpu")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not native_bf16(torch.device("cpu"))
+    assert not Trainer(cfg, fast=FAST_PATHS).autocast
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bf16(torch.device("cpu"))
+    assert Trainer(cfg, fast=FAST_PATHS).autocast
+    assert not Trainer(cfg, fast=EXACT_PATHS).autocast
+
+
+def test_bf16_training_step_stays_close_to_float32() -> None:
+    cfg = make_config(
+        net="convnet", steps=2, probe_size=100, embedding_dim=16, classes_per_batch=4,
+        samples_per_class=8, device="cpu",
+    )  # fmt: skip
+    low, full = Trainer(cfg, fast=EXACT_PATHS), Trainer(cfg, fast=EXACT_PATHS)
+    low.autocast = True  # whatever this CPU has: autocast runs (emulated where not native)
+    a, b = low.train_step(), full.train_step()
+    assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
