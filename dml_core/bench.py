@@ -55,6 +55,7 @@ from dml_core.train import (
     FusedSemiHardTriplet,
     Trainer,
     embed,
+    native_bf16,
     resolve_device,
 )
 from dml_core.tuples import Triplets, all_triplets
@@ -329,7 +330,7 @@ def _ablation(
     """Milliseconds per step of B with its speed-ups switched on one at a time (interleaved)."""
     stages: dict[str, tuple[str, ...]] = {"none": ()}
     for i in range(len(FAST_PATHS)):
-        if FAST_PATHS[i] == "bf16" and device.type != "cuda":
+        if FAST_PATHS[i] == "bf16" and not native_bf16(device):
             continue
         stages["+" + FAST_PATHS[i]] = FAST_PATHS[: i + 1]
     trainers = {name: _make_trainer(data, **args, fast=fast) for name, fast in stages.items()}
