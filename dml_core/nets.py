@@ -86,6 +86,32 @@ def convnet(image_shape: tuple[int, int, int], dim: int) -> nn.Module:
     )
 
 
+def macs_per_sample(net: Embedder, image_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one image's forward pass through the Linear and Conv2d layers.
+
+    That is the work bf16 autocast can speed up; everything else is elementwise.
+    """
+    total = 0
+
+    def count(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+        elif isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output[0].numel() * k  # (C_out, H', W') outputs, k MACs each
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            param = next(net.parameters())
+            net(torch.zeros((1, *image_shape), device=param.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 def build_net(
     name: Literal["mlp", "convnet"],
     image_shape: tuple[int, int, int],

@@ -201,6 +201,7 @@ def test_bf16_runs_the_body_in_bfloat16_and_the_embedding_layer_in_float32(net: 
 
 def test_bf16_is_only_used_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_config(steps=1, probe_size=50, embedding_dim=8, device="cpu")
+    monkeypatch.setattr("dml_core.train.BF16_MIN_MACS", 0)  # the net size rule: next test
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     assert not native_bf16(torch.device("cpu"))
@@ -209,6 +210,14 @@ def test_bf16_is_only_used_where_the_hardware_has_it(monkeypatch: pytest.MonkeyP
     assert native_bf16(torch.device("cpu"))
     assert Trainer(cfg, fast=FAST_PATHS).autocast
     assert not Trainer(cfg, fast=EXACT_PATHS).autocast
+
+
+def test_bf16_is_only_used_for_nets_big_enough_to_gain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    small = make_config(net="convnet", steps=1, probe_size=50, device="cpu")  # 8x8 digits
+    assert not Trainer(small, fast=FAST_PATHS).autocast
+    monkeypatch.setattr("dml_core.train.BF16_MIN_MACS", 1000)
+    assert Trainer(small, fast=FAST_PATHS).autocast
 
 
 def test_bf16_training_step_stays_close_to_float32() -> None:

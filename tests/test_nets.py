@@ -24,3 +24,13 @@ def test_convnet_matches_the_classic_mnist_embedder() -> None:
 def test_unknown_net_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="'net' parameter must be one of"):
         build_net("resnet", (1, 8, 8), 4)  # type: ignore[arg-type]
+
+
+def test_macs_per_sample_counts_linear_and_convolution_work() -> None:
+    from dml_core.nets import macs_per_sample
+
+    conv = build_net("convnet", (1, 28, 28), 128)
+    # conv1 26*26*32*9, conv2 24*24*64*32*9, linear 9216*128
+    assert macs_per_sample(conv, (1, 28, 28)) == 26 * 26 * 32 * 9 + 24 * 24 * 64 * 288 + 9216 * 128
+    mlp = build_net("mlp", (1, 8, 8), 32)
+    assert macs_per_sample(mlp, (1, 8, 8)) == 64 * 256 + 256 * 256 + 256 * 32
