@@ -20,7 +20,7 @@ st.caption(
 )
 
 n = st.select_slider(
-    "Dimension n (points on the unit sphere S^(n-1) in R^n)",
+    "Dimension n (points on the unit sphere Sⁿ⁻¹ in ℝⁿ)",
     DIMS,
     value=32,
     key="sp.n",
@@ -34,7 +34,7 @@ with left:
         figures.density_figure(
             [n],
             samples={n: distances},
-            title=f"S^{n - 1}: q(d) vs {len(distances):,} sampled distances",
+            title=f"S<sup>{n - 1}</sup>: q(d) vs {len(distances):,} sampled distances",
             uirevision="sphere-one",
         ),
         key="sp.chart.one",
@@ -49,7 +49,8 @@ with right:
 st.markdown(
     "Two random unit vectors in high dimension are almost orthogonal, so their distance is "
     "almost always close to √2: q(d) ∝ d^(n−2) (1 − d²/4)^((n−3)/2) concentrates there as n "
-    "grows (Wu et al., Fig. 2)."
+    "grows (Wu et al., Fig. 2). On the circle (n = 2) the density instead rises without bound "
+    "towards d = 2 (an integrable (1 − d²/4)^(−1/2)): the curve leaves the plot there."
 )
 
 st.header("What each sampling method picks")

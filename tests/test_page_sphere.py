@@ -42,7 +42,7 @@ def test_every_end_of_the_dimension_slider(page: AppTest, n: int) -> None:
     page.select_slider(key="sp.n").set_value(n).run()
     assert not page.exception
     assert not page.error
-    assert f"S^{n - 1}" in specs(page)[0]["layout"]["title"]["text"]
+    assert f"S<sup>{n - 1}</sup>" in specs(page)[0]["layout"]["title"]["text"]
 
 
 @pytest.mark.parametrize(("widget", "field"), [("sp.K", "'K'"), ("sp.P", "'P'")])
