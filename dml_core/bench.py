@@ -580,6 +580,77 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: dict[str, Any]) -> str:
+    """The README's "Performance" block for one benchmark file: a table and the timings.
+
+    ``python -m dml_core bench-report FILE`` prints it; a test checks that the README holds
+    exactly this text for the committed file, so no figure there is typed by hand.
+    """
+    variants = result["variants"]
+    names = [n for n in COLUMNS if n in variants]
+    seeds = result["seeds"]
+    lines = [
+        "| | " + " | ".join(COLUMNS[n] for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    rows = [
+        ("samples/s", "samples_per_s", "{:.0f}"),
+        ("seconds per 60k samples", "seconds_per_60k", "{:.1f}"),
+        (f"P@1, mean of {seeds} seed(s)", "precision_at_1", "{:.4f}"),
+        (f"R-Precision, mean of {seeds}", "r_precision", "{:.4f}"),
+        (f"MAP@R, mean of {seeds}", "map_at_r", "{:.4f}"),
+    ]
+    for label, key, fmt in rows:
+        lines.append(
+            f"| {label} | " + " | ".join(fmt.format(variants[n][key]) for n in names) + " |"
+        )
+    a = variants["pml"]["samples_per_s"]
+    lines.append(
+        "| speed vs A | 1 | "
+        + " | ".join(f"**{variants[n]['samples_per_s'] / a:.2f}x**" for n in names[1:])
+        + " |"
+    )
+    cells = []
+    for n in names[1:]:
+        delta = result["map_at_r_delta" if n == "dml_core" else "map_at_r_delta_float32"]
+        sd = f" ± {delta['sd']:.4f}" if delta["sd"] is not None else ""
+        cells.append(f"{delta['mean']:+.4f}{sd}")
+    lines.append("| MAP@R - A, paired by seed (mean ± sd) | | " + " | ".join(cells) + " |")
+    settings, machine = result["settings"], result["machine"]
+    lines += [
+        "",
+        f"`{result['command']}` on {machine['device_name']} ({machine['cpu_count']} CPUs, "
+        f"{machine['device_note']}), {result['date'][:10]}: {settings['dataset']}, "
+        f"{settings['net']} D={settings['embedding_dim']}, {settings['samples']} training "
+        f"samples per variant and seed, {settings['eval_queries']} test queries against "
+        f"{settings['eval_references']} training references.",
+        "",
+        "- B's speed-ups added one at a time, ms per step: "
+        + ", ".join(f"{k} {v}" for k, v in result["ablation_ms_per_step"].items())
+        + ".",
+    ]
+    real = result["mining_loss_ms"]["real_batch"]
+    lines.append(
+        f"- Semi-hard mining + triplet loss + backward on a real batch: PML {real['pml']} ms, "
+        f"ours fused {real['dml_core_fused']} ms ({real['ratio_pml_over_fused']}x)."
+    )
+    lines.append(
+        f"- One snapshot ({result['snapshot_probe_size']} probe points: embed, distances, "
+        f"metrics): {result['snapshot_s']} s."
+    )
+    layouts = result["layouts"]
+    if layouts:
+        lines.append(
+            f"- UMAP, 2000 points: first fit in a process {layouts['umap_first_fit_s']} s "
+            f"(numba), cold {layouts['umap_cold_2000_s']} s, first warm start "
+            f"{layouts['umap_warm_first_s']} s, then **{layouts['umap_warm_2000_s']} s** per "
+            f"warm-started update; 10,000 points: cold {layouts['umap_cold_10000_s']} s, warm "
+            f"{layouts['umap_warm_10000_s']} s. PCA: {layouts['pca_2000_s']} s / "
+            f"{layouts['pca_10000_s']} s."
+        )
+    return "\n".join(lines)
+
+
 def main(
     dataset: str,
     device: str,
@@ -611,4 +682,19 @@ def main(
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, result)
     print(json.dumps(result) if as_json else format_table(result))
+    return 0
+
+
+def report_main(file: str) -> int:
+    """Print ``format_markdown`` of a benchmark file; a missing or bad file is one clear line."""
+    import json
+
+    try:
+        result = json.loads(Path(file).read_text())
+        print(format_markdown(result))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"The benchmark file {file!r} could not be read as the output of "
+            f"'python -m dml_core bench --out': {type(err).__name__}: {err}"
+        ) from err
     return 0

@@ -106,6 +106,8 @@ def build_parser() -> Parser:
     export.add_argument("--format", required=True, choices=("projector", "csv", "html", "gif"))
     export.add_argument("--out", required=True, help="folder to write into")
     export.add_argument("--runs", default="runs", help="runs directory (default: ./runs)")
+    report = sub.add_parser("bench-report", help="print a bench JSON file as README Markdown")
+    report.add_argument("file", metavar="FILE", help="e.g. assets/bench-cpu.json")
     runs = sub.add_parser("list-runs", help="list saved runs, newest first")
     runs.add_argument("--out", default="runs")
     bench = sub.add_parser("bench", help="time dml_core's training path against a PML loop")
@@ -278,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out,
                 args.seeds,
             )
+        if args.command == "bench-report":
+            from dml_core import bench
+
+            return bench.report_main(args.file)
         for run_id in RunStore(args.out).list():
             print(run_id)
         return 0

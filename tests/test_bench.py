@@ -58,3 +58,28 @@ def test_bad_bench_arguments_exit_with_one_line_naming_the_field(capsys, args, f
     assert field in err
     assert "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_readme_performance_blocks_are_rendered_from_the_committed_files() -> None:
+    """Every README block marked ``<!-- bench: FILE -->`` is exactly bench-report of FILE."""
+    import re
+    from pathlib import Path
+
+    from dml_core.bench import format_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    blocks = re.findall(r"<!-- bench: (\S+) -->\n(.*?)\n<!-- /bench -->", readme, re.DOTALL)
+    assert blocks, "the README has no generated benchmark block"
+    for file, text in blocks:
+        result = json.loads((root / file).read_text())
+        assert text == format_markdown(result), f"README block of {file} is stale: re-render it"
+
+
+def test_bench_report_of_a_missing_file_is_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench-report", "no/such/bench.json"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "no/such/bench.json" in err
+    assert len(err.splitlines()) == 1
