@@ -258,12 +258,14 @@ def collapse_signals(emb: Tensor, radius: float = 1e-2, max_points: int = 2000) 
     n = emb.shape[0]
     if n < 2:
         return {"mean_distance": 0.0, "collapsed_fraction": 0.0}
-    # Direct differences, not the ||x||^2 + ||y||^2 - 2xy shortcut, so identical points are 0.
-    dist = torch.cdist(emb, emb, compute_mode="donot_use_mm_for_euclid_dist").double()
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=emb.device)
-    d = dist[off_diag]
-    threshold = radius * float(emb.double().norm(dim=1).mean())
+    # The ||x||^2 + ||y||^2 - 2xy matmul form in float64: identical points come out within
+    # ~1e-7 of 0, far inside the collapse radius, and it is several times faster than direct
+    # differences. The diagonal is zeroed, then left out of both averages.
+    x = emb.double()
+    dist = torch.cdist(x, x, compute_mode="use_mm_for_euclid_dist").fill_diagonal_(0.0)
+    pairs = n * (n - 1)
+    threshold = radius * float(x.norm(dim=1).mean())
     return {
-        "mean_distance": float(d.mean()),
-        "collapsed_fraction": float((d <= threshold).double().mean()),
+        "mean_distance": float(dist.sum()) / pairs,
+        "collapsed_fraction": (int((dist <= threshold).sum()) - n) / pairs,
     }
