@@ -22,8 +22,8 @@ from dml_core.errors import ConfigError
 from dml_core.geometry import distance_density
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
-from dml_core.train import Trainer
 from dml_core.tuples import EASY, HARD, SEMI_HARD, Triplets
+from tests.saved_runs import train_and_save
 
 ALL = {name: {} for name in MINERS}
 
@@ -54,10 +54,7 @@ def test_draw_batch_bad_sizes_name_the_field(P: int, K: int, field: str) -> None
 def test_draw_batch_from_a_saved_run(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     cfg = make_config(steps=2, probe_size=50, embedding_dim=8, final_eval=False, device="cpu")
-    run_id = store.create(cfg)
-    trainer = Trainer(cfg)
-    list(trainer.run())
-    store.save_checkpoint(run_id, trainer.state_dict())
+    run_id = train_and_save(store, cfg)
     batch = draw_batch("digits", 3, 4, 1, SavedRun(tmp_path, run_id))
     assert batch.emb.shape == (12, 8)
     assert run_id in batch.source

@@ -10,8 +10,8 @@ import pytest
 from dml_core import compare, compare_figures
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
-from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
+from tests.saved_runs import train_and_save
 
 TINY = {"steps": 30, "snapshot_every": 10, "probe_size": 200, "final_eval": True, "device": "cpu"}
 
@@ -19,15 +19,10 @@ TINY = {"steps": 30, "snapshot_every": 10, "probe_size": 200, "final_eval": True
 def train_runs(root: Path, settings: list[dict]) -> tuple[RunStore, list[str]]:
     """Tiny real runs on digits, trained to the end in this thread's caller."""
     store = RunStore(root)
-    ids = []
-    for i, extra in enumerate(settings):
-        cfg = make_config(**TINY, **extra)
-        run_id = store.create(cfg, f"run-{i}")
-        job = TrainingJob(cfg, store, run_id)
-        job.start()
-        job.join()
-        assert job.state == "finished", job.message
-        ids.append(run_id)
+    ids = [
+        train_and_save(store, make_config(**TINY, **extra), f"run-{i}")
+        for i, extra in enumerate(settings)
+    ]
     return store, ids
 
 

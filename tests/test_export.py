@@ -28,7 +28,7 @@ from dml_core.export import (
 )
 from dml_core.runs import RunStore
 from dml_core.snapshot import make_probe_indices
-from dml_core.train import Trainer
+from tests.saved_runs import train_and_save
 
 PROBE = 100  # digits: 10 per class
 
@@ -39,11 +39,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, str]:
     cfg = make_config(
         steps=20, snapshot_every=5, probe_size=PROBE, embedding_dim=8, final_eval=False
     )
-    run_id = store.create(cfg, "tiny")
-    for snap in Trainer(cfg).run():
-        store.save_snapshot(run_id, snap)
-    store.set_status(run_id, state="finished")
-    return store, run_id
+    return store, train_and_save(store, cfg, "tiny")
 
 
 def test_projector_files(run: tuple[RunStore, str], tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import torch
 
 from dml_core import metrics, retrieval
 from dml_core.config import make_config
-from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
+from tests.saved_runs import train_and_save
 
 
 def make_tiny_run(root: Path, run_id: str = "tiny-digits", split: str = "standard") -> RunStore:
@@ -29,11 +29,7 @@ def make_tiny_run(root: Path, run_id: str = "tiny-digits", split: str = "standar
         device="cpu",
     )
     store = RunStore(root)
-    store.create(cfg, run_id)
-    job = TrainingJob(cfg, store, run_id)  # the app's own save path, run to the end here
-    job.start()
-    job.join()
-    assert job.progress().state == "finished", job.progress().message
+    train_and_save(store, cfg, run_id)
     return store
 
 
