@@ -159,12 +159,18 @@ def resolve_device(name: str) -> tuple[torch.device, str]:
 
 
 @torch.no_grad()
-def embed(net: Embedder, images: Tensor, device: torch.device) -> Tensor:
-    """Embed images (N, 1, H, W) in chunks, in eval mode; returns (N, D) float32 on the CPU."""
+def embed(
+    net: Embedder, images: Tensor, device: torch.device, low_precision: torch.dtype | None = None
+) -> Tensor:
+    """Embed images (N, 1, H, W) in chunks, in eval mode; returns (N, D) float32 on the CPU.
+
+    ``low_precision`` as in ``Embedder.forward``: snapshots embed the probe set the way the
+    net trains (bf16 halves their cost on the 28x28 ConvNet); final evaluations use float32.
+    """
     was_training = net.training
     net.eval()
     out = [
-        net(images[i : i + EMBED_CHUNK].to(device)).float().cpu()
+        net(images[i : i + EMBED_CHUNK].to(device), low_precision=low_precision).float().cpu()
         for i in range(0, len(images), EMBED_CHUNK)
     ]
     net.train(was_training)
@@ -255,11 +261,16 @@ class Trainer:
         self.initial_mean_distance: float | None = None
         self._pair_gen = torch.Generator().manual_seed(cfg.seed)
 
+    @property
+    def low_precision(self) -> torch.dtype | None:
+        """The autocast type of the net's body in training and snapshots (None: float32)."""
+        return torch.bfloat16 if self.autocast else None
+
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on a fresh P x K batch; returns the batch's loss statistics."""
         idx = self.sampler.sample()  # (P*K,)
         x, y = self.train_x[idx], self.train_y[idx]
-        emb = self.net(x, low_precision=torch.bfloat16 if self.autocast else None)  # (P*K, D)
+        emb = self.net(x, low_precision=self.low_precision)  # (P*K, D)
         if not torch.isfinite(emb).all():
             raise TrainingDivergedError(self.step + 1, "embeddings")
         if self.fused is not None:
@@ -294,7 +305,7 @@ class Trainer:
 
     def snapshot(self, stats: dict[str, Any]) -> Snapshot:
         """Embed the probe set and measure it (the cost of a live update)."""
-        emb = embed(self.net, self.probe_x, self.device)  # (n, D)
+        emb = embed(self.net, self.probe_x, self.device, self.low_precision)  # (n, D)
         labels = self.probe_y
         retrieval = metrics.retrieval_metrics(
             emb, labels, emb, labels, same_set=True, with_nmi=False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -229,3 +230,14 @@ def test_bf16_training_step_stays_close_to_float32() -> None:
     low.autocast = True  # whatever this CPU has: autocast runs (emulated where not native)
     a, b = low.train_step(), full.train_step()
     assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+
+
+def test_snapshots_embed_the_probe_set_in_the_training_precision() -> None:
+    cfg = make_config(net="convnet", steps=1, probe_size=60, embedding_dim=16, device="cpu")
+    trainer = Trainer(cfg, fast=EXACT_PATHS)
+    full = trainer.snapshot({}).probe_emb
+    trainer.autocast = True
+    low = trainer.snapshot({}).probe_emb
+    assert low.dtype == full.dtype
+    np.testing.assert_allclose(low, full, atol=0.05)
+    assert not np.array_equal(low, full)
