@@ -10,7 +10,8 @@ triplets, Adam 1e-3, batch 256):
 - **B, "dml_core"**: ``train.Trainer``: uint8 data resident on the device, P x K batches
   sampled there, semi-hard mining and loss fused on one distance matrix, channels_last,
   fused Adam, max-pool before ReLU, and bf16 autocast of the layers before the embedding layer
-  where the hardware has bfloat16 (CUDA; CPUs with AVX512-BF16 or AMX).
+  where the hardware has native bfloat16 (CUDA from Ampere on; CPUs with AVX512-BF16 or AMX)
+  and the net is big enough to gain (``train.BF16_MIN_MACS``; the 28x28 ConvNet is).
 - **B float32, "dml_core_float32"**: B without bf16, only where B uses it: the speed-ups that
   compute exactly what the plain path computes.
 
@@ -55,7 +56,6 @@ from dml_core.train import (
     FusedSemiHardTriplet,
     Trainer,
     embed,
-    native_bf16,
     resolve_device,
 )
 from dml_core.tuples import Triplets, all_triplets
@@ -330,10 +330,10 @@ def _ablation(
     """Milliseconds per step of B with its speed-ups switched on one at a time (interleaved)."""
     stages: dict[str, tuple[str, ...]] = {"none": ()}
     for i in range(len(FAST_PATHS)):
-        if FAST_PATHS[i] == "bf16" and not native_bf16(device):
-            continue
         stages["+" + FAST_PATHS[i]] = FAST_PATHS[: i + 1]
     trainers = {name: _make_trainer(data, **args, fast=fast) for name, fast in stages.items()}
+    if not trainers["+bf16"].autocast:  # no native bf16 here, or a net too small to gain
+        del trainers["+bf16"]
     for t in trainers.values():
         t.train_step()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in trainers}
@@ -619,8 +619,9 @@ def format_markdown(result: dict[str, Any]) -> str:
     settings, machine = result["settings"], result["machine"]
     lines += [
         "",
-        f"`{result['command']}` on {machine['device_name']} ({machine['cpu_count']} CPUs, "
-        f"{machine['device_note']}), {result['date'][:10]}: {settings['dataset']}, "
+        f"`{result['command']}` on {machine['device_name']} ({machine['device']}; "
+        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads), "
+        f"{result['date'][:10]}: {settings['dataset']}, "
         f"{settings['net']} D={settings['embedding_dim']}, {settings['samples']} training "
         f"samples per variant and seed, {settings['eval_queries']} test queries against "
         f"{settings['eval_references']} training references.",
@@ -639,7 +640,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"metrics): {result['snapshot_s']} s."
     )
     layouts = result["layouts"]
-    if layouts:
+    if layouts.get("umap_warm_2000_s") is not None:  # None: fewer than 2000 test images
         lines.append(
             f"- UMAP, 2000 points: first fit in a process {layouts['umap_first_fit_s']} s "
             f"(numba), cold {layouts['umap_cold_2000_s']} s, first warm start "

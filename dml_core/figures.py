@@ -222,7 +222,7 @@ def math_text(text: str) -> str:
     return text.replace("^2", "²").replace("]_+", "]₊").replace(" - ", " − ")
 
 
-_SYMBOL = re.compile(r"(?:" + "|".join(GREEK) + r")\d*|m|s|m_pos|m_neg")
+_SYMBOL = re.compile(r"(?:" + "|".join(GREEK) + r")\d*|m|s|m_pos|m_neg|T|M|C|R - 1")
 
 
 def split_symbol(description: str) -> tuple[str | None, str]:

@@ -267,5 +267,8 @@ def collapse_signals(emb: Tensor, radius: float = 1e-2, max_points: int = 2000) 
     threshold = radius * float(x.norm(dim=1).mean())
     return {
         "mean_distance": float(dist.sum()) / pairs,
-        "collapsed_fraction": (int((dist <= threshold).sum()) - n) / pairs,
+        "collapsed_fraction": (
+            int((dist <= threshold).sum()) - int((dist.diagonal() <= threshold).sum())
+        )
+        / pairs,
     }

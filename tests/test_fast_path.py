@@ -230,6 +230,7 @@ def test_bf16_training_step_stays_close_to_float32() -> None:
     low.autocast = True  # whatever this CPU has: autocast runs (emulated where not native)
     a, b = low.train_step(), full.train_step()
     assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+    assert a["loss"] != b["loss"]  # it really ran in bfloat16
 
 
 def test_snapshots_embed_the_probe_set_in_the_training_precision() -> None:

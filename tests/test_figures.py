@@ -267,6 +267,8 @@ def test_split_symbol_takes_the_equation_symbol_off_a_description() -> None:
         "margin of the second term",
     )
     assert F.split_symbol("m_neg: margin on negatives") == ("m_neg", "margin on negatives")
+    assert F.split_symbol("T: temperature") == ("T", "temperature")
+    assert F.split_symbol("R - 1: bins") == ("R − 1", "bins")
     # a leading word that is no symbol stays part of the text
     assert F.split_symbol("mse: the paper's loss") == (None, "mse: the paper's loss")
     assert F.split_symbol("no symbol here") == (None, "no symbol here")

@@ -224,3 +224,10 @@ def test_collapse_signals_subsamples_first_points() -> None:
     out = collapse_signals(pts)
     d = torch.cdist(pts, pts)
     assert out["mean_distance"] == pytest.approx(float(d.sum() / 6), abs=1e-6)
+
+
+def test_collapse_signals_of_non_finite_embeddings_stay_in_range() -> None:
+    emb = torch.randn(10, 4)
+    emb[3, 0] = float("nan")
+    signals = collapse_signals(emb)
+    assert 0.0 <= signals["collapsed_fraction"] <= 1.0
