@@ -347,6 +347,24 @@ def _ablation(
     return {name: round(1000 * statistics.median(v), 1) for name, v in times.items()}
 
 
+def _snapshot_share_at_defaults() -> dict[str, float]:
+    """The snapshots' share of training time in a run at the default settings, on the CPU.
+
+    The default run is digits with the MLP, trained to its last step (issue target: <= 10%).
+    """
+    cfg = make_config(final_eval=False, device="cpu")
+    trainer = Trainer(cfg)
+    start = time.perf_counter()
+    snapshots = sum(1 for _ in trainer.run())
+    total = time.perf_counter() - start
+    return {
+        "snapshots": snapshots,
+        "training_s": round(trainer.elapsed, 3),
+        "snapshot_s": round(total - trainer.elapsed, 3),
+        "share": round((total - trainer.elapsed) / trainer.elapsed, 3),
+    }
+
+
 def _layouts(emb: np.ndarray, sizes: Sequence[int], seed: int) -> dict[str, float | None]:
     """UMAP cold / warm-started and PCA timings (seconds) for the first n of ``emb``."""
     from dml_core.projection import project
@@ -462,6 +480,9 @@ def run_bench(
     say("timing a snapshot")
     snapshot_s = _timed(lambda: trainer.snapshot({}), dev)
 
+    say("timing the snapshots of a run at the default settings")
+    defaults = _snapshot_share_at_defaults()
+
     say("timing B's speed-ups one at a time")
     ablation = _ablation(data, args, dev, 3 if quick else 10)
 
@@ -487,6 +508,7 @@ def run_bench(
         "mining_loss_ms": mining,
         "snapshot_s": round(snapshot_s, 3),
         "snapshot_probe_size": trainer.cfg.probe_size,
+        "snapshot_share_at_defaults": defaults,
         "ablation_ms_per_step": ablation,
         "layouts": layouts,
         "settings": {
@@ -572,6 +594,12 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"snapshot ({result['snapshot_probe_size']} probe points): {result['snapshot_s']} s"
     )
+    if "snapshot_share_at_defaults" in result:
+        d = result["snapshot_share_at_defaults"]
+        lines.append(
+            f"default run (digits): {d['snapshots']} snapshots take {d['snapshot_s']} s, "
+            f"{100 * d['share']:.1f}% of its {d['training_s']} s of training"
+        )
     if result["layouts"]:
         lines.append("layouts, s: " + ", ".join(f"{k} {v}" for k, v in result["layouts"].items()))
     lines.append(f"ratio B / A (samples/s): {result['ratio']}")
@@ -639,6 +667,13 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"- One snapshot ({result['snapshot_probe_size']} probe points: embed, distances, "
         f"metrics): {result['snapshot_s']} s."
     )
+    if "snapshot_share_at_defaults" in result:
+        d = result["snapshot_share_at_defaults"]
+        lines.append(
+            f"- A run at the default settings (digits, MLP, 300 steps): its {d['snapshots']} "
+            f"snapshots take {d['snapshot_s']} s, {100 * d['share']:.1f}% of its "
+            f"{d['training_s']} s of training."
+        )
     layouts = result["layouts"]
     if layouts.get("umap_warm_2000_s") is not None:  # None: fewer than 2000 test images
         lines.append(

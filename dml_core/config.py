@@ -40,7 +40,12 @@ class RunConfig(BaseModel):
     samples_per_class: int = Field(16, ge=1, le=512, description="K, samples of each class")
     lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
     steps: int = Field(300, ge=1, le=1_000_000, description="optimiser steps")
-    snapshot_every: int = Field(25, ge=1, le=100_000, description="steps between snapshots")
+    snapshot_every: int = Field(
+        50,
+        ge=1,
+        le=100_000,
+        description="steps between snapshots (each embeds and measures the probe set)",
+    )
     probe_size: int = Field(2000, ge=50, le=10_000, description="points in the live views")
     final_eval: bool = Field(True, description="full test-vs-train retrieval at the end")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weights, batches, mining")

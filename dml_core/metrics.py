@@ -183,7 +183,8 @@ def sample_pair_distances(
     Positive pairs are unordered pairs (i < j) with the same label, negative pairs (i < j) with
     different labels, as in the pair-distance histograms of Musgrave et al. 2020, "A Metric
     Learning Reality Check". Each set is subsampled uniformly without replacement to at most
-    ``max_pairs``. One (n, n) distance matrix is built, so pass at most a few thousand points.
+    ``max_pairs``. Pairs are listed as index pairs (n (n - 1) / 2 of them, so pass at most a
+    few thousand points); distances are computed only for the sampled ones.
 
     Args:
         emb: Embeddings, shape (n, dim).
@@ -197,17 +198,19 @@ def sample_pair_distances(
     emb = _as_float(emb).detach()
     n = emb.shape[0]
     labels = _as_labels(labels, n).to(emb.device)
-    iu = torch.triu_indices(n, n, offset=1, device=emb.device)
-    dist = torch.cdist(emb, emb)[iu[0], iu[1]]
+    iu = torch.triu_indices(n, n, offset=1, device=emb.device)  # (2, n (n - 1) / 2)
     same = labels[iu[0]] == labels[iu[1]]
 
-    def _cap(d: Tensor) -> np.ndarray:
-        if d.numel() > max_pairs:
-            perm = torch.randperm(d.numel(), generator=generator)[: max(max_pairs, 0)]
-            d = d[perm.to(d.device)]
-        return d.cpu().numpy().astype(np.float32)
+    def _cap(kind: Tensor) -> np.ndarray:
+        """Distances of a uniform sample of the pairs where ``kind``; only those are computed."""
+        pick = kind.nonzero().squeeze(1)  # (m,) indices into the pair list
+        if pick.numel() > max_pairs:
+            perm = torch.randperm(pick.numel(), generator=generator)[: max(max_pairs, 0)]
+            pick = pick[perm.to(pick.device)]
+        i, j = iu[0, pick], iu[1, pick]
+        return (emb[i] - emb[j]).norm(dim=1).cpu().numpy().astype(np.float32)
 
-    return _cap(dist[same]), _cap(dist[~same])
+    return _cap(same), _cap(~same)
 
 
 def pair_overlap(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -87,7 +87,12 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
         steps = st.number_input("Steps", 1, 1_000_000, 300, step=50, key="cfg.steps")
         with st.expander("More"):
             snapshot_every = st.number_input(
-                "Snapshot every (steps)", 1, 100_000, 25, key="cfg.snap"
+                "Snapshot every (steps)",
+                1,
+                100_000,
+                FIELDS["snapshot_every"].default,
+                key="cfg.snap",
+                help=FIELDS["snapshot_every"].description,
             )
             probe = st.number_input("Probe points", 50, 10_000, 2000, step=100, key="cfg.probe")
             seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cfg.seed")

@@ -36,6 +36,11 @@ def test_quick_bench_prints_one_json_object_with_the_promised_keys(capsys, tmp_p
         row = result["mining_loss_ms"][kind]
         assert {"pml", "dml_core_fused", "dml_core_band_miner"} <= row.keys()
     assert result["snapshot_s"] > 0
+    defaults = result["snapshot_share_at_defaults"]
+    assert defaults["snapshots"] >= 2
+    assert defaults["share"] == pytest.approx(
+        defaults["snapshot_s"] / defaults["training_s"], abs=0.01
+    )
     assert "none" in result["ablation_ms_per_step"]
     assert {"cpu_count", "torch_threads", "device", "device_name"} <= result["machine"].keys()
     assert result["date"]
