@@ -9,8 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dml_core.config import make_config
-from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
+from tests.saved_runs import train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "tiny-page-run"
@@ -29,12 +29,7 @@ def make_tiny_run(root: Path) -> None:
         final_eval=False,
         device="cpu",
     )
-    store = RunStore(root)
-    store.create(cfg, RUN_ID)
-    job = TrainingJob(cfg, store, RUN_ID)  # the app's own save path, run to the end here
-    job.start()
-    job.join()
-    assert job.progress().state == "finished", job.progress().message
+    train_and_save(RunStore(root), cfg, RUN_ID)
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,25 @@ a fixed sleep. Screenshots of a live run go to ``assets/`` for the README.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from pathlib import Path
 
 import pytest
+from e2e_util import (
+    CONNECTED,
+    LOAD_TIMEOUT_MS,
+    assert_no_exception,
+    choose,
+    open_app,
+    screenshot,
+    set_number,
+    train_button,
+    wait_figures,
+)
 from playwright.sync_api import Page, expect
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.e2e
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-CONNECTED = "[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-LOAD_TIMEOUT_MS = 60_000
 FIGURE_TIMEOUT_MS = 180_000
 # The test stops the run itself: it must never finish on its own first, however fast the machine
 # (CI's 2 cores once finished 400 steps before the first live check).
@@ -27,22 +32,12 @@ STEPS = 100_000
 SNAPSHOT_EVERY = 5
 PROBE_POINTS = 300  # fewer than digits' 540 test images: cheaper snapshots
 
-# Titles of every plotly figure on the page (read from the DOM nodes plotly decorates).
-FIGURE_TITLES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
-    .map(el => String((el.layout && el.layout.title && el.layout.title.text) || ''))"""
-
 # The three live figures the Train page must show.
 LIVE_FIGURES = {
     "embedding": r"UMAP|PCA",
     "histogram": r"Positive and negative pair distances",
     "sphere": r"unit sphere",
 }
-
-WAIT_FIGURES_JS = """(patterns) => {
-    const titles = [...document.querySelectorAll('.js-plotly-plot')]
-        .map(el => String((el.layout && el.layout.title && el.layout.title.text) || ''));
-    return patterns.every(p => titles.some(t => new RegExp(p).test(t)));
-}"""
 
 # The trace data of every histogram figure on the page, as JSON strings (plotly keeps arrays as
 # typed arrays or {dtype, bdata} objects: both serialise). Stale copies may linger mid-rerun.
@@ -52,45 +47,9 @@ HIST_DATA_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
     .filter(e => e.data && e.data.length)
     .map(e => JSON.stringify(e.data.map(t => t.x)))"""
 
-# True once no element of the page is faded as stale (between two reruns of the live fragment).
-SETTLED_JS = """() => [...document.querySelectorAll('[data-testid="stElementContainer"]')]
-    .every(e => getComputedStyle(e).opacity === '1')"""
-
-
-def open_app(page: Page, url: str) -> None:
-    """Load ``url`` and wait for the websocket to connect and the script to render something."""
-    page.goto(url, timeout=LOAD_TIMEOUT_MS)
-    page.wait_for_selector(CONNECTED, timeout=LOAD_TIMEOUT_MS)
-
 
 def wait_connected(page: Page) -> None:
     page.wait_for_selector(CONNECTED, timeout=LOAD_TIMEOUT_MS)
-
-
-def choose(page: Page, label: str, option: str) -> None:
-    """Pick ``option`` in the Streamlit selectbox ``label`` with a click, typing and a click."""
-    box = page.get_by_role("combobox", name=label, exact=True)
-    box.click()
-    box.press_sequentially(option)
-    page.get_by_role("option", name=option, exact=True).click()
-    expect(box).to_have_value(option, timeout=LOAD_TIMEOUT_MS)
-
-
-def set_number(page: Page, label: str, value: int) -> None:
-    """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter."""
-    field = page.get_by_label(label, exact=True)
-    field.click()
-    field.fill(str(value))
-    field.press("Enter")
-    expect(field).to_have_value(str(value), timeout=LOAD_TIMEOUT_MS)
-
-
-def train_button(page: Page):
-    return page.get_by_role("button", name=re.compile(r"^\W*Train$"))
-
-
-def progress_text(page: Page) -> str:
-    return page.locator("[data-testid='stProgress']").first.inner_text()
 
 
 def wait_progress(page: Page, pattern: str, timeout_ms: int = FIGURE_TIMEOUT_MS) -> re.Match:
@@ -125,24 +84,7 @@ def snapshot_caption(page: Page) -> tuple[int, int]:
 
 
 def wait_live_figures(page: Page) -> None:
-    page.wait_for_function(
-        WAIT_FIGURES_JS, arg=list(LIVE_FIGURES.values()), timeout=FIGURE_TIMEOUT_MS, polling=500
-    )
-
-
-def screenshot(page: Page, name: str) -> None:
-    """Save ``assets/<name>``, preferably between two fragment reruns (nothing faded)."""
-    # If the live fragment keeps rerunning, a partly faded picture is still a picture.
-    with contextlib.suppress(PlaywrightTimeoutError):
-        page.wait_for_function(SETTLED_JS, timeout=15_000, polling=100)
-    ASSETS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ASSETS / name))
-
-
-def assert_no_exception(page: Page) -> None:
-    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
-        "[data-testid='stException']"
-    ).first.inner_text()
+    wait_figures(page, *LIVE_FIGURES.values(), timeout_ms=FIGURE_TIMEOUT_MS)
 
 
 def goto_train(page: Page, server: str) -> None:
