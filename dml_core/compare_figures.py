@@ -199,7 +199,7 @@ def sphere_overlay_figure(
                 x=curve.x,
                 y=curve.y,
                 mode="lines",
-                name=f"uniform on S^{dim - 1}",
+                name=f"uniform on S<sup>{dim - 1}</sup>",
                 line={"color": "#555555", "width": 1.5, "dash": "dash"},
             )
         )

@@ -375,7 +375,7 @@ def sphere_distance_figure(
                 x=grid,
                 y=density,
                 mode="lines",
-                name=f"uniform on S^{dim - 1}",
+                name=f"uniform on S<sup>{dim - 1}</sup>",
                 line={"color": "#222222", "width": 2},
             )
         )
@@ -463,7 +463,7 @@ def curves_figure(
 def density_figure(
     dims: Sequence[int],
     samples: Mapping[int, np.ndarray] | None = None,
-    title: str = "Distance between two random points on the unit sphere S^(n-1)",
+    title: str = "Distance between two random points on the unit sphere S<sup>n−1</sup>",
     uirevision: str = "density",
 ) -> go.Figure:
     """The analytic density q(d) (Wu et al. 2017, Eq. 3) for several dimensions n.

@@ -107,7 +107,7 @@ def test_sphere_distance_figure_matches_pairs_and_density():
     expected = np.linalg.norm(unit[:, None] - unit[None], axis=-1)[np.triu_indices(50, 1)]
     np.testing.assert_allclose(np.sort(hist.x), np.sort(expected), atol=1e-9)
     assert hist.histnorm == "probability density"
-    assert curve.name == "uniform on S^7"
+    assert curve.name == "uniform on S<sup>7</sup>"
     np.testing.assert_allclose(curve.y, distance_density(np.asarray(curve.x), dim=8))
     assert np.trapezoid(curve.y, curve.x) == pytest.approx(1.0, abs=1e-3)
     assert fig.layout.shapes[0].x0 == pytest.approx(np.sqrt(2))
