@@ -542,6 +542,7 @@ def run_bench(
 
 
 COLUMNS = {"pml": "A: PML loop", "dml_core": "B: dml_core", "dml_core_float32": "B float32"}
+DELTA_KEYS = {"dml_core": "map_at_r_delta", "dml_core_float32": "map_at_r_delta_float32"}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -573,7 +574,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
         lines.append(f"{label:<26}{cells}{ratios}")
     for name in others:
-        delta = result["map_at_r_delta" if name == "dml_core" else "map_at_r_delta_float32"]
+        delta = result[DELTA_KEYS[name]]
         spread = f" (sd {delta['sd']})" if delta["sd"] is not None else ""
         lines.append(
             f"MAP@R {COLUMNS[name]} - A, paired over {result['seeds']} seed(s): "
@@ -640,7 +641,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     )
     cells = []
     for n in names[1:]:
-        delta = result["map_at_r_delta" if n == "dml_core" else "map_at_r_delta_float32"]
+        delta = result[DELTA_KEYS[n]]
         sd = f" ± {delta['sd']:.4f}" if delta["sd"] is not None else ""
         cells.append(f"{delta['mean']:+.4f}{sd}")
     lines.append("| MAP@R - A, paired by seed (mean ± sd) | | " + " | ".join(cells) + " |")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dml_core.config import RunConfig
+from pathlib import Path
+
+from dml_core.config import RunConfig, make_config
 from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
 
@@ -18,3 +20,25 @@ def train_and_save(store: RunStore, cfg: RunConfig, name: str | None = None) -> 
     job.join()
     assert job.progress().state == "finished", job.progress().message
     return run_id
+
+
+def make_tiny_run(
+    root: Path, run_id: str = "tiny-digits", split: str = "standard", steps: int = 30
+) -> RunStore:
+    """A tiny triplet + semi-hard run on digits (D=8, 4 x 8 batches, 2 snapshots after the
+    untrained one), saved under ``root``; returns its store."""
+    cfg = make_config(
+        dataset="digits",
+        split=split,
+        embedding_dim=8,
+        classes_per_batch=4,
+        samples_per_class=8,
+        steps=steps,
+        snapshot_every=steps // 2,
+        probe_size=100,
+        final_eval=False,
+        device="cpu",
+    )
+    store = RunStore(root)
+    train_and_save(store, cfg, run_id)
+    return store

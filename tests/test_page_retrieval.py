@@ -8,34 +8,16 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dml_core.config import make_config
-from dml_core.runs import RunStore
-from tests.saved_runs import train_and_save
+from tests.saved_runs import make_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "tiny-page-run"
 
 
-def make_tiny_run(root: Path) -> None:
-    """20 steps on digits, trained and saved by a TrainingJob."""
-    cfg = make_config(
-        dataset="digits",
-        embedding_dim=8,
-        classes_per_batch=4,
-        samples_per_class=8,
-        steps=20,
-        snapshot_every=10,
-        probe_size=100,
-        final_eval=False,
-        device="cpu",
-    )
-    train_and_save(RunStore(root), cfg, RUN_ID)
-
-
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("retrieval-runs")
-    make_tiny_run(root)
+    make_tiny_run(root, RUN_ID, steps=20)
     return root
 
 

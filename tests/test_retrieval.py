@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from dml_core import metrics, retrieval
-from dml_core.config import make_config
 from dml_core.runs import RunStore
-from tests.saved_runs import train_and_save
-
-
-def make_tiny_run(root: Path, run_id: str = "tiny-digits", split: str = "standard") -> RunStore:
-    """30 steps of triplet + semi-hard on digits, trained and saved by a TrainingJob."""
-    cfg = make_config(
-        dataset="digits",
-        split=split,
-        embedding_dim=8,
-        classes_per_batch=4,
-        samples_per_class=8,
-        steps=30,
-        snapshot_every=15,
-        probe_size=100,
-        final_eval=False,
-        device="cpu",
-    )
-    store = RunStore(root)
-    train_and_save(store, cfg, run_id)
-    return store
+from tests.saved_runs import make_tiny_run
 
 
 @pytest.fixture(scope="module")
