@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 from dml_core.config import RunConfig, apply_margin, make_config
 from dml_core.data import DATASETS, DatasetError
 from dml_core.errors import ConfigError, allowed_values
-from dml_core.export import export_main, resolve_run
-from dml_core.jobs import TrainingJob, resumable
 from dml_core.registry import LOSSES, MINERS, Registry
 from dml_core.runs import RunStore
+from dml_core.services.export import export_main, resolve_run
+from dml_core.services.jobs import TrainingJob, resumable
 
 FLAG_FIELDS = {
     "dataset": "dataset",
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return export_main(args.run, args.format, args.out, args.runs)
         if args.command == "bench":
-            from dml_core import bench
+            from dml_core.bench import run as bench
 
             return bench.main(
                 args.dataset,
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.seeds,
             )
         if args.command == "bench-report":
-            from dml_core import bench
+            from dml_core.bench import run as bench
 
             return bench.report_main(args.file)
         for run_id in RunStore(args.out).list():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dml_core import compare, compare_figures
+from dml_core.analysis import compare
 from dml_core.config import RunConfig, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
+from dml_core.figures import compare as compare_figures
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import FINAL_STATES, RunStore
 from pages.ui import load_snapshot, run_label, services, use_app_navigation

@@ -5,9 +5,10 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from dml_core.compare import params_text
+from dml_core.analysis.compare import params_text
 from dml_core.config import RunConfig
-from dml_core.lessons import (
+from dml_core.runs import ACTIVE_STATES, RunStore
+from dml_core.services.lessons import (
     LESSONS,
     Lesson,
     evaluate,
@@ -16,7 +17,6 @@ from dml_core.lessons import (
     lesson_run_ids,
     load_results,
 )
-from dml_core.runs import ACTIVE_STATES, RunStore
 from pages.ui import STATE_ICONS, services, use_app_navigation
 
 use_app_navigation()

@@ -6,9 +6,10 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core import loss_curves, loss_figures
+from dml_core.analysis import loss_curves
 from dml_core.errors import ConfigError
-from dml_core.figures import split_symbol
+from dml_core.figures import losses as loss_figures
+from dml_core.figures.style import split_symbol
 from dml_core.registry import LOSSES, Entry
 from pages.ui import describe, param_widgets, use_app_navigation
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core import batch_figures
-from dml_core.batch_view import Batch, SavedRun, UntrainedNet, draw_batch, mine_all
+from dml_core.analysis.batch_view import Batch, SavedRun, UntrainedNet, draw_batch, mine_all
 from dml_core.data import DATASETS, dataset_availability
 from dml_core.errors import ConfigError
+from dml_core.figures import batch as batch_figures
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
 from pages.ui import RUNS_DIR, param_widgets, use_app_navigation

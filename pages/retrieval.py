@@ -7,8 +7,10 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core import figures, retrieval, retrieval_figures, verification
+from dml_core.analysis import retrieval, verification
 from dml_core.data import OPEN_SET_TRAIN_CLASSES, DatasetError
+from dml_core.figures import live as figures
+from dml_core.figures import retrieval as retrieval_figures
 from dml_core.projection import project
 from dml_core.runs import RunStore
 from pages import ui

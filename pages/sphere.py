@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dml_core import batch_figures, figures
-from dml_core.batch_view import sample_sphere_distances, sampling_comparison
+from dml_core.analysis.batch_view import sample_sphere_distances, sampling_comparison
 from dml_core.errors import ConfigError
+from dml_core.figures import batch as batch_figures
+from dml_core.figures import live as figures
 from pages.ui import use_app_navigation
 
 use_app_navigation()

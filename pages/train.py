@@ -7,12 +7,13 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core import export, figures
 from dml_core.config import RunConfig, check_against_dataset, make_config
 from dml_core.data import DATASETS, dataset_availability, load_dataset
 from dml_core.errors import ConfigError
+from dml_core.figures import live as figures
 from dml_core.projection import COMPILING, project
 from dml_core.registry import LOSSES, MINERS
+from dml_core.services import export
 from dml_core.train import resolve_device
 from pages.ui import (
     describe,

@@ -16,11 +16,11 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from dml_core.errors import field_bounds
-from dml_core.figures import split_symbol
-from dml_core.jobs import JobManager
+from dml_core.figures.style import split_symbol
 from dml_core.projection import ProjectionWorker
 from dml_core.registry import Entry
 from dml_core.runs import RunStore
+from dml_core.services.jobs import JobManager
 from dml_core.snapshot import Snapshot
 
 RUNS_DIR = os.environ.get("DML_RUNS_DIR", "runs")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dml_core.config import RunConfig, make_config
-from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
+from dml_core.services.jobs import TrainingJob
 
 
 def train_and_save(store: RunStore, cfg: RunConfig, name: str | None = None) -> str:

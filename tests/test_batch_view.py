@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dml_core import batch_figures
-from dml_core.batch_view import (
+from dml_core.analysis.batch_view import (
     SAMPLING_METHODS,
     SavedRun,
     UntrainedNet,
@@ -19,6 +18,7 @@ from dml_core.batch_view import (
 )
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
+from dml_core.figures import batch as batch_figures
 from dml_core.geometry import distance_density
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore

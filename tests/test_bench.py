@@ -70,7 +70,7 @@ def test_readme_performance_blocks_are_rendered_from_the_committed_files() -> No
     import re
     from pathlib import Path
 
-    from dml_core.bench import format_markdown
+    from dml_core.bench.run import format_markdown
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
@@ -91,7 +91,7 @@ def test_bench_report_of_a_missing_file_is_one_line(capsys) -> None:
 
 
 def test_bench_reports_b_in_float32_beside_b_where_b_uses_bf16(monkeypatch) -> None:
-    from dml_core import bench
+    from dml_core.bench import run as bench
 
     # emulated bfloat16 runs on any CPU: pretend it is native and the small net big enough
     monkeypatch.setattr("dml_core.train.native_bf16", lambda device: True)

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dml_core import compare, compare_figures
+from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
+from dml_core.figures import compare as compare_figures
 from dml_core.runs import RunStore
 from tests.saved_runs import train_and_save
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from dml_core.config import make_config
 from dml_core.data import load_dataset
-from dml_core.export import (
+from dml_core.runs import RunStore
+from dml_core.services.export import (
     animation_gif,
     animation_html,
     chromium_path,
@@ -26,7 +27,6 @@ from dml_core.export import (
     figure_png,
     projector_zip,
 )
-from dml_core.runs import RunStore
 from dml_core.snapshot import make_probe_indices
 from tests.saved_runs import train_and_save
 

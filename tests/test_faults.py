@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dml_core.config import make_config
-from dml_core.jobs import JobManager, TrainingJob
 from dml_core.runs import RunStore
+from dml_core.services.jobs import JobManager, TrainingJob
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for dml_core.figures: each builder draws exactly the data it is given."""
+"""Tests for dml_core.figures.live: each builder draws exactly the data it is given."""
 
 import json
 
@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from dml_core import figures as F
+from dml_core.figures import live as F
+from dml_core.figures import style as S
 from dml_core.geometry import distance_density
 from dml_core.snapshot import Snapshot
 
@@ -28,7 +29,7 @@ def test_embedding_figure_one_trace_per_class():
         np.testing.assert_array_equal(trace.x, layout[labels == c, 0])
         np.testing.assert_array_equal(trace.y, layout[labels == c, 1])
         np.testing.assert_array_equal(trace.customdata, np.flatnonzero(labels == c))
-        assert trace.marker.color == F.CLASS_COLORS[c]
+        assert trace.marker.color == S.CLASS_COLORS[c]
     assert fig.layout.uirevision == "keep"
     assert fig.layout.yaxis.scaleanchor == "x"
     assert fig.layout.template.layout.paper_bgcolor == "white"
@@ -42,7 +43,7 @@ def test_embedding_figure_custom_data_and_unknown_label_names():
     fig = F.embedding_figure(layout, labels, NAMES[:2], "t", customdata=extra)
     by_name = {t.name: t for t in fig.data}
     assert by_name["12"].customdata.tolist() == [0]
-    assert by_name["12"].marker.color == F.CLASS_COLORS[2]
+    assert by_name["12"].marker.color == S.CLASS_COLORS[2]
     assert sum(len(t.x) for t in fig.data) == 20
 
 
@@ -191,7 +192,7 @@ def test_curves_figure_empty_frame_waits():
     for frame in (pd.DataFrame(), F.history_frame([])):
         fig = F.curves_figure(frame, uirevision="c")
         assert not fig.data
-        assert [a.text for a in fig.layout.annotations] == [F.WAITING]
+        assert [a.text for a in fig.layout.annotations] == [S.WAITING]
         assert fig.layout.uirevision == "c"
         fig.to_json()
 
@@ -258,20 +259,20 @@ def test_history_frame_rows_and_columns():
     ],
 )
 def test_math_text_rewrites_ascii_maths(plain: str, shown: str) -> None:
-    assert F.math_text(plain) == shown
+    assert S.math_text(plain) == shown
 
 
 def test_split_symbol_takes_the_equation_symbol_off_a_description() -> None:
-    assert F.split_symbol("alpha2: margin of the second term") == (
+    assert S.split_symbol("alpha2: margin of the second term") == (
         "α₂",
         "margin of the second term",
     )
-    assert F.split_symbol("m_neg: margin on negatives") == ("m_neg", "margin on negatives")
-    assert F.split_symbol("T: temperature") == ("T", "temperature")
-    assert F.split_symbol("R - 1: bins") == ("R − 1", "bins")
+    assert S.split_symbol("m_neg: margin on negatives") == ("m_neg", "margin on negatives")
+    assert S.split_symbol("T: temperature") == ("T", "temperature")
+    assert S.split_symbol("R - 1: bins") == ("R − 1", "bins")
     # a leading word that is no symbol stays part of the text
-    assert F.split_symbol("mse: the paper's loss") == (None, "mse: the paper's loss")
-    assert F.split_symbol("no symbol here") == (None, "no symbol here")
+    assert S.split_symbol("mse: the paper's loss") == (None, "mse: the paper's loss")
+    assert S.split_symbol("no symbol here") == (None, "no symbol here")
 
 
 def test_histogram_margin_labels_are_shown_with_greek_letters() -> None:

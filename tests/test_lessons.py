@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dml_core.lessons import (
+from dml_core.runs import RunStore
+from dml_core.services.lessons import (
     LESSONS,
     LessonResult,
     evaluate,
@@ -16,7 +17,6 @@ from dml_core.lessons import (
     load_results,
     run_lesson,
 )
-from dml_core.runs import RunStore
 
 SCALE = 0.3  # 30-60 steps per run: every claim was measured to hold at 0.3 and 1.0
 _CACHE: dict[str, tuple[LessonResult, RunStore]] = {}

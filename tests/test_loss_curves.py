@@ -9,8 +9,8 @@ import torch
 from torch.func import functional_call
 
 from dml_core import LOSSES, ConfigError, Pairs, Triplets
-from dml_core import loss_curves as LC
-from dml_core import loss_figures as LF
+from dml_core.analysis import loss_curves as LC
+from dml_core.figures import losses as LF
 from dml_core.losses.triplet import TripletLoss
 
 NAMES = list(LOSSES)

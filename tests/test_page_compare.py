@@ -8,8 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dml_core.config import make_config
-from dml_core.jobs import TrainingJob
 from dml_core.runs import RunStore
+from dml_core.services.jobs import TrainingJob
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"steps": 20, "snapshot_every": 10, "probe_size": 100, "final_eval": True, "device": "cpu"}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dml_core.lessons import LESSONS
+from dml_core.services.lessons import LESSONS
 
 ROOT = Path(__file__).resolve().parents[1]
 

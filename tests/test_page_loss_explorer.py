@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dml_core import loss_curves
+from dml_core.analysis import loss_curves
 from dml_core.errors import ConfigError
 from dml_core.losses.triplet import TripletLoss
 from dml_core.registry import LOSSES

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dml_core.batch_view import SAMPLING_METHODS
+from dml_core.analysis.batch_view import SAMPLING_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dml_core import metrics, retrieval
+from dml_core import metrics
+from dml_core.analysis import retrieval
 from dml_core.runs import RunStore
 from tests.saved_runs import make_tiny_run
 
@@ -121,7 +122,7 @@ def test_images_are_uint8(store: RunStore) -> None:
 def test_mark_query_outlines_the_query_point_and_skips_non_probe_queries() -> None:
     import plotly.graph_objects as go
 
-    from dml_core import retrieval_figures
+    from dml_core.figures import retrieval as retrieval_figures
 
     layout = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 1.0]])
     probe_queries = np.array([10, 11, 12])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dml_core.retrieval_figures import roc_figure, threshold_histogram_figure
-from dml_core.verification import evaluation_pairs, verification
+from dml_core.analysis.verification import evaluation_pairs, verification
+from dml_core.figures.retrieval import roc_figure, threshold_histogram_figure
 
 
 def test_perfectly_separated_pairs() -> None:

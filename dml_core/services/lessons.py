@@ -24,7 +24,6 @@ The thresholds were measured on digits with the MLP, seed 0 (see each check's me
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from dml_core.config import RunConfig, make_config
+from dml_core.geometry import SQRT2
 from dml_core.runs import RunStore
 from dml_core.snapshot import Snapshot
 
-SQRT2 = math.sqrt(2.0)
 COMMON: dict[str, Any] = {"dataset": "digits", "net": "mlp", "lr": 0.01, "seed": 0}
 MIN_STEPS = 10
 

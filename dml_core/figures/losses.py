@@ -21,8 +21,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core.figures import CLASS_COLORS, TEMPLATE, math_text
-from dml_core.loss_curves import Profile, Surface
+from dml_core.analysis.loss_curves import Profile, Surface
+from dml_core.figures.style import CLASS_COLORS, TEMPLATE, math_text
 
 # Visible on both ends of Viridis (dark purple and yellow) and in the white legend.
 BOUNDARY_STYLES: tuple[tuple[str, str], ...] = (

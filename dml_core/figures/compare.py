@@ -23,8 +23,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core.figures import _style, distance_histogram_figure, embedding_figure
-from dml_core.figures import sphere_distance_figure as _sphere_figure
+from dml_core.figures.live import distance_histogram_figure, embedding_figure
+from dml_core.figures.live import sphere_distance_figure as _sphere_figure
+from dml_core.figures.style import _style
+from dml_core.geometry import SQRT2
 from dml_core.snapshot import Snapshot
 
 # Runs are told apart by these (bright, distinct from the muted D3 class colours).
@@ -204,7 +206,7 @@ def sphere_overlay_figure(
             )
         )
     fig.add_vline(
-        x=float(np.sqrt(2.0)),
+        x=SQRT2,
         line={"dash": "dot", "color": "#555555", "width": 1.5},
         annotation={"text": "√2", "font": {"size": 12}},
         annotation_position="top right",

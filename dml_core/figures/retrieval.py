@@ -7,7 +7,7 @@ title placement, class colours) is ``figures``' so the pages stay consistent.
   wrong-class neighbours get a thick red frame, right ones a thin green frame.
 - ``roc_figure``: TAR against FAR on a log FAR axis, TAR@FAR = 1e-2 / 1e-3 and the EER marked
   (definitions in ``verification``).
-- ``threshold_histogram_figure``: ``figures.distance_histogram_figure`` with the chosen
+- ``threshold_histogram_figure``: ``live.distance_histogram_figure`` with the chosen
   thresholds drawn as vertical lines.
 - ``per_class_figure``: P@1 of each query class (open-set: the unseen classes).
 - ``mark_query``: a star on the probe-set scatter where the current query sits.
@@ -22,11 +22,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core import figures
+from dml_core.analysis.retrieval import RetrievalIndex, images, neighbours
+from dml_core.analysis.verification import Verification
 from dml_core.data import Dataset
+from dml_core.figures import live, style
 from dml_core.metrics import pair_overlap
-from dml_core.retrieval import RetrievalIndex, images, neighbours
-from dml_core.verification import Verification
 
 WRONG_COLOR = "#d62728"
 RIGHT_COLOR = "#2e9e44"
@@ -106,7 +106,7 @@ def neighbour_strip_figure(
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font={"size": 11})
-    figures._style(fig, title, uirevision, height=STRIP_HEIGHT, legend="right")
+    style._style(fig, title, uirevision, height=STRIP_HEIGHT, legend="right")
     fig.update_layout(margin={"l": 10, "r": 10, "t": 80, "b": 5}, showlegend=False)
     return fig
 
@@ -140,7 +140,7 @@ def roc_figure(
             y=tar,
             mode="lines",
             name=f"ROC ({result.n_pos:,} pos / {result.n_neg:,} neg pairs)",
-            line={"color": figures.CLASS_COLORS[0], "width": 2},
+            line={"color": style.CLASS_COLORS[0], "width": 2},
             customdata=result.thresholds[keep],
             hovertemplate="FAR %{x:.2e}<br>TAR %{y:.3f}<br>d ≤ %{customdata:.3f}<extra></extra>",
         )
@@ -166,10 +166,10 @@ def roc_figure(
                 y=[1 - result.eer],
                 mode="markers",
                 name=f"EER {result.eer:.3f} (d = {result.eer_threshold:.3f})",
-                marker={"symbol": "x", "size": 12, "color": figures.NEGATIVE_COLOR},
+                marker={"symbol": "x", "size": 12, "color": style.NEGATIVE_COLOR},
             )
         )
-    figures._style(fig, title, uirevision, legend="bottom")
+    style._style(fig, title, uirevision, legend="bottom")
     fig.update_layout(margin={"l": 55, "r": 20, "t": 60, "b": 140}, legend={"y": -0.2})
     fig.update_xaxes(
         type="log",
@@ -190,7 +190,7 @@ def threshold_histogram_figure(
         "best threshold (max TAR−FAR)": result.best_threshold,
         "EER threshold": result.eer_threshold,
     }
-    return figures.distance_histogram_figure(
+    return live.distance_histogram_figure(
         pos,
         neg,
         lines,
@@ -212,7 +212,7 @@ def per_class_figure(
         go.Bar(
             x=[_name(c, class_names) for c in labels],
             y=[values[c] for c in labels],
-            marker={"color": [figures.class_color(c) for c in labels]},
+            marker={"color": [style.class_color(c) for c in labels]},
             text=[f"{values[c]:.2f}" for c in labels],
             textposition="outside",
             hovertemplate="%{x}: P@1 %{y:.3f}<extra></extra>",
@@ -225,7 +225,7 @@ def per_class_figure(
             annotation={"text": f"chance ≈ 1/{len(labels)}", "font": {"size": 12}},
             annotation_position="top left",
         )
-    figures._style(fig, title, uirevision, height=320, legend="right")
+    style._style(fig, title, uirevision, height=320, legend="right")
     fig.update_yaxes(range=[0, 1.12], title_text="P@1")
     fig.update_xaxes(type="category")
     return fig
@@ -239,7 +239,7 @@ def mark_query(
     Nothing is added when the query is not a probe point.
 
     Args:
-        fig: the scatter (``figures.embedding_figure`` of ``layout``).
+        fig: the scatter (``live.embedding_figure`` of ``layout``).
         layout: (n_probe, 2) coordinates of the probe points.
         probe_queries: (n_probe,) query index of each probe point.
         query_i: the current query.

@@ -24,8 +24,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core.batch_view import Batch, MiningResult, SamplingComparison
-from dml_core.figures import TEMPLATE, TITLE_POSITION, _density_grid, class_color
+from dml_core.analysis.batch_view import Batch, MiningResult, SamplingComparison
+from dml_core.figures.style import TEMPLATE, TITLE_POSITION, _density_grid, class_color
 from dml_core.projection import project
 from dml_core.tuples import TRIPLET_KINDS
 

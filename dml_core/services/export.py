@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 
 from dml_core.data import DIGIT_NAMES, FASHION_NAMES, load_dataset
 from dml_core.errors import ConfigError
-from dml_core.figures import class_color
+from dml_core.figures.style import class_color
 from dml_core.projection import Method, Projector
 from dml_core.runs import RunStore, atomic_write_bytes
 from dml_core.snapshot import Snapshot, make_probe_indices

@@ -1,0 +1,152 @@
+"""The shared look of every figure, and plain-ASCII maths turned into readable Unicode.
+
+One palette (``CLASS_COLORS`` by label; green and red reserved for positive and negative pairs),
+one layout helper (``_style``: template, title, ``uirevision``, margins, legend), and the text
+helpers (``math_text``, ``split_symbol``) that show registry names and descriptions as maths.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from dml_core.geometry import SQRT2, distance_density
+
+# D3 "category10": qualitative, colour-blind-tolerant; class c gets CLASS_COLORS[c % 10].
+CLASS_COLORS: tuple[str, ...] = tuple(qualitative.D3)
+POSITIVE_COLOR = "#2e9e44"
+NEGATIVE_COLOR = "#d64545"
+TEMPLATE = "plotly_white"
+HEIGHT = 450
+WAITING = "waiting for the first snapshot"
+
+
+def class_color(label: int) -> str:
+    """The colour of class ``label`` (the same in every figure)."""
+    return CLASS_COLORS[int(label) % len(CLASS_COLORS)]
+
+
+LEGENDS = {
+    "top": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
+    "right": {"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.02},
+    "bottom": {"orientation": "h", "yanchor": "top", "y": -0.12, "xanchor": "left", "x": 0.0},
+}
+TITLE_POSITION = dict(x=0, xref="paper", xanchor="left", y=1, yref="container", yanchor="top")
+MARGINS = {
+    "top": {"l": 55, "r": 20, "t": 95, "b": 50},
+    "right": {"l": 55, "r": 20, "t": 50, "b": 50},
+    "bottom": {"l": 55, "r": 20, "t": 70, "b": 110},
+}
+
+
+def _style(
+    fig: go.Figure, title: str, uirevision: str, height: int = HEIGHT, legend: str = "top"
+) -> go.Figure:
+    """Shared look: template, title, uirevision, compact margins, legend placement."""
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title, "pad": {"t": 12}, "font": {"size": 16}, **TITLE_POSITION},
+        uirevision=uirevision,
+        height=height,
+        margin=MARGINS[legend],
+        legend=LEGENDS[legend],
+    )
+    return fig
+
+
+def _on_unit_sphere(points: np.ndarray, tol: float = 1e-3) -> bool:
+    """Whether every row has norm 1 (up to ``tol``)."""
+    return bool(len(points)) and bool(np.all(np.abs(np.linalg.norm(points, axis=1) - 1.0) < tol))
+
+
+def _density_grid(dim: int, num: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+    """q(d) on [0, 2]; for dim 2 the integrable pole at d = 2 is left out of the grid."""
+    d = np.linspace(0.0, 2.0, num)  # (num,)
+    if dim == 2:
+        d = d[:-1]
+    return d, np.asarray(distance_density(d, dim=dim))
+
+
+GREEK = {
+    "alpha": "α",
+    "beta": "β",
+    "gamma": "γ",
+    "delta": "δ",
+    "Delta": "Δ",
+    "epsilon": "ε",
+    "lambda": "λ",
+    "nu": "ν",
+}
+SUBSCRIPT_DIGITS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_GREEK_WORD = re.compile(r"\b(" + "|".join(GREEK) + r")(\d*)\b")
+
+
+def math_text(text: str) -> str:
+    """Plain-ASCII maths as readable Unicode, for labels and help texts.
+
+    Greek letter names become letters with subscript digits ("alpha1" -> "α₁", "beta - alpha"
+    -> "β − α"), "^2" becomes "²" and the hinge "[x]_+" becomes "[x]₊". Code keeps the ASCII
+    names (keys of ``distance_lines``, parameter names); only what is shown is rewritten.
+    """
+    text = _GREEK_WORD.sub(lambda m: GREEK[m[1]] + m[2].translate(SUBSCRIPT_DIGITS), text)
+    return text.replace("^2", "²").replace("]_+", "]₊").replace(" - ", " − ")
+
+
+_SYMBOL = re.compile(r"(?:" + "|".join(GREEK) + r")\d*|m|s|m_pos|m_neg|T|M|C|R - 1")
+
+
+def split_symbol(description: str) -> tuple[str | None, str]:
+    """A parameter description "alpha: what it does" as ("α", "what it does"), in Unicode.
+
+    Registry descriptions start with the parameter's symbol in the paper's equation where it
+    has one; a description without one comes back as (None, text).
+    """
+    head, sep, rest = description.partition(": ")
+    if sep and _SYMBOL.fullmatch(head):
+        return math_text(head), math_text(rest)
+    return None, math_text(description)
+
+
+def _histogram(x: np.ndarray, name: str, color: str, bins: dict | None, opacity: float):
+    """A density-normalised histogram trace (``histnorm="probability density"``)."""
+    return go.Histogram(
+        x=x,
+        name=name,
+        histnorm="probability density",
+        xbins=bins,
+        marker={"color": color, "line": {"width": 0}},
+        opacity=opacity,
+    )
+
+
+def _sqrt2_line(fig: go.Figure, position: str) -> None:
+    """A dotted vertical line at sqrt(2), where random points on a high-dim sphere sit."""
+    fig.add_vline(
+        x=SQRT2,
+        line={"dash": "dot", "color": "#555555", "width": 1.5},
+        annotation={"text": "√2", "font": {"size": 12}},
+        annotation_position=position,
+    )
+
+
+def _note(fig: go.Figure, text: str, size: int = 14, axis: str | None = None) -> None:
+    """Grey text in the middle of the figure, or of the subplot whose axes end in ``axis``."""
+    x, y = 0.5, 0.5
+    if axis is not None:  # paper coordinates: "x3 domain" refs misplace on trace-less axes
+        x = float(np.mean(fig.layout[f"xaxis{axis}"].domain))
+        y = float(np.mean(fig.layout[f"yaxis{axis}"].domain))
+    font = {"size": size, "color": "#888888"}
+    where = {"x": x, "y": y, "xref": "paper", "yref": "paper", "xanchor": "center"}
+    fig.add_annotation(text=text, showarrow=False, font=font, **where)
+    hidden = {"showgrid": False, "showticklabels": False, "zeroline": False, "showline": False}
+    fig.update_layout({f"xaxis{axis or ''}": hidden, f"yaxis{axis or ''}": hidden})
+
+
+def _waiting_figure(title: str, uirevision: str) -> go.Figure:
+    """An empty figure that says it is waiting for data."""
+    fig = go.Figure()
+    _note(fig, WAITING, size=16)
+    return _style(fig, title, uirevision)

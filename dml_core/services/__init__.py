@@ -1,0 +1,1 @@
+"""Services around training: the job manager, the lessons and the exports."""
