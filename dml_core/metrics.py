@@ -12,6 +12,8 @@ normalises embeddings. Everything runs on the device of the input tensors.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
@@ -19,11 +21,22 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
 __all__ = [
+    "METRIC_LABELS",
+    "QueryScores",
     "collapse_signals",
     "pair_overlap",
+    "query_scores",
     "retrieval_metrics",
     "sample_pair_distances",
 ]
+
+METRIC_LABELS = {
+    "precision_at_1": "P@1",
+    "r_precision": "R-Precision",
+    "map_at_r": "MAP@R",
+    "nmi": "NMI",
+}
+"""Display names of the retrieval metrics (keys of ``retrieval_metrics``), for figures and pages."""
 
 
 def _as_float(emb: Tensor) -> Tensor:
@@ -42,6 +55,116 @@ def _as_labels(labels: Tensor, n: int) -> Tensor:
     return labels
 
 
+class QueryScores(NamedTuple):
+    """Per-query retrieval scores (Musgrave et al. 2020, sec. 3.2), NaN where R = 0.
+
+    Attributes:
+        precision_at_1: (n_query,) float64, ``rel(1)``.
+        r_precision: (n_query,) float64, ``(1/R) * sum_{i<=R} rel(i)``.
+        ap_at_r: (n_query,) float64, AP@R ``= (1/R) * sum_{i<=R} P(i) rel(i)``.
+    """
+
+    precision_at_1: Tensor
+    r_precision: Tensor
+    ap_at_r: Tensor
+
+
+def query_scores(
+    query_emb: Tensor,
+    query_labels: Tensor,
+    ref_emb: Tensor,
+    ref_labels: Tensor,
+    *,
+    same_set: bool = False,
+    chunk_size: int = 1024,
+) -> QueryScores:
+    """P@1, R-Precision and AP@R of every query: the one kernel behind MAP@R.
+
+    Definitions (Musgrave et al. 2020, "A Metric Learning Reality Check", sec. 3.2): for a
+    query q, R is the number of references sharing q's label (q itself excluded when
+    ``same_set``). Rank the references by Euclidean distance to q and let ``rel(i)`` be 1 when
+    the i-th nearest has q's label, and ``P(i) = (1/i) * sum_{j<=i} rel(j)`` the precision
+    among the first i neighbours. Then
+
+    * P@1(q) = ``rel(1)``;
+    * R-Precision(q) = ``(1/R) * sum_{i<=R} rel(i)``;
+    * AP@R(q) = ``(1/R) * sum_{i<=R} P(i) rel(i)``.
+
+    Queries with R = 0 (label absent from the references, or a singleton class when
+    ``same_set``) get NaN in all three, as PML's ``AccuracyCalculator`` skips its "lone"
+    queries. The k nearest references (k = the largest R) are found with ``torch.topk`` in
+    chunks of ``chunk_size`` queries, so at most ``chunk_size * len(ref_emb)`` distances exist
+    at a time; ties in distance may order differently from other libraries.
+
+    Args:
+        query_emb: Query embeddings, shape (n_query, dim).
+        query_labels: Integer class labels of the queries, shape (n_query,).
+        ref_emb: Reference embeddings, shape (n_ref, dim).
+        ref_labels: Integer class labels of the references, shape (n_ref,).
+        same_set: The queries are the references: query i is reference i and never retrieves
+            itself. As with PML's ``ref_includes_query``, the references may extend past the
+            queries (queries = first ``n_query`` rows).
+        chunk_size: Number of queries whose distances are held at once.
+
+    Returns:
+        The three (n_query,) float64 tensors, on the device of ``query_emb``.
+
+    Raises:
+        ValueError: On inconsistent shapes or a non-positive ``chunk_size``.
+    """
+    query_emb, ref_emb = _as_float(query_emb), _as_float(ref_emb)
+    n_query, n_ref = query_emb.shape[0], ref_emb.shape[0]
+    device = query_emb.device
+    query_labels = _as_labels(query_labels, n_query).to(device)
+    ref_labels = _as_labels(ref_labels, n_ref).to(device)
+    if query_emb.shape[1] != ref_emb.shape[1]:
+        raise ValueError("query and reference embeddings differ in dimension")
+    if same_set and n_query > n_ref:
+        raise ValueError("same_set=True needs the queries to be the first references")
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    ref_emb = ref_emb.to(device, query_emb.dtype)
+
+    # R per query: count of references with the query's label (minus itself for same_set).
+    uniq, counts = torch.unique(ref_labels, return_counts=True)
+    if uniq.numel() == 0:
+        r_all = torch.zeros_like(query_labels)
+    else:
+        pos = torch.searchsorted(uniq, query_labels).clamp_max(uniq.numel() - 1)
+        r_all = torch.where(uniq[pos] == query_labels, counts[pos], 0)
+    if same_set:
+        r_all = r_all - 1
+    valid = r_all > 0
+    scores = torch.full((3, n_query), float("nan"), dtype=torch.float64, device=device)
+    if bool(valid.any()):
+        k = int(r_all.max())
+        ranks = torch.arange(1, k + 1, device=device, dtype=torch.float64)  # (k,)
+        for start in range(0, n_query, chunk_size):
+            stop = min(start + chunk_size, n_query)
+            keep = valid[start:stop]
+            if not bool(keep.any()):
+                continue
+            dist = torch.cdist(query_emb[start:stop], ref_emb)  # (c, n_ref)
+            if same_set:
+                diag = torch.arange(stop - start, device=device)
+                dist[diag, diag + start] = float("inf")
+            if not bool(keep.all()):
+                dist = dist[keep]  # copies only when some queries are skipped
+            idx = torch.topk(dist, k, dim=1, largest=False, sorted=True).indices  # (c', k)
+            del dist
+            r = r_all[start:stop][keep]  # (c',)
+            hit = ref_labels[idx] == query_labels[start:stop][keep].unsqueeze(1)  # (c', k)
+            hit &= ranks.unsqueeze(0) <= r.unsqueeze(1)  # only the first R neighbours count
+            hit_f = hit.to(torch.float64)
+            r_f = r.to(torch.float64)
+            precision = hit_f.cumsum(1) / ranks  # (c', k) P(i)
+            rows = torch.arange(start, stop, device=device)[keep]  # (c',)
+            scores[0, rows] = hit_f[:, 0]
+            scores[1, rows] = hit_f.sum(1) / r_f
+            scores[2, rows] = (precision * hit_f).sum(1) / r_f
+    return QueryScores(scores[0], scores[1], scores[2])
+
+
 def retrieval_metrics(
     query_emb: Tensor,
     query_labels: Tensor,
@@ -55,23 +178,10 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """Computes Precision@1, R-Precision, MAP@R and (optionally) NMI.
 
-    Definitions (Musgrave et al. 2020, "A Metric Learning Reality Check", sec. 3.2): for a
-    query q, R is the number of references sharing q's label (q itself excluded when
-    ``same_set``). Rank the references by Euclidean distance to q and let ``rel(i)`` be 1 when
-    the i-th nearest has q's label. Then
-
-    * Precision@1 = ``rel(1)``;
-    * R-Precision = ``(1/R) * sum_{i<=R} rel(i)``;
-    * MAP@R = ``(1/R) * sum_{i<=R} P(i) rel(i)``, where ``P(i)`` is the precision among the
-      first i neighbours.
-
-    Each metric is the mean over queries. Queries with R = 0 (label absent from the reference
-    set, or a singleton class when ``same_set``) are skipped, as PML's ``AccuracyCalculator``
-    skips its "lone" queries; if every query is skipped the three metrics are 0.0 (PML's value).
-
-    The k nearest references (k = the largest R) are found in chunks of ``chunk_size`` queries,
-    so at most ``chunk_size * len(ref_emb)`` distances exist at a time. Ties in distance are
-    broken by ``torch.topk`` and may order differently from other libraries.
+    Precision@1, R-Precision and MAP@R are the means over the queries with R > 0 of the
+    per-query scores of :func:`query_scores` (Musgrave et al. 2020, "A Metric Learning Reality
+    Check", sec. 3.2); MAP@R is the mean AP@R. If every query has R = 0 the three metrics are
+    0.0 (PML's value).
 
     NMI (Musgrave et al. 2020, sec. 3.2 and its supplement) clusters the query embeddings with
     scikit-learn ``KMeans`` (k-means++ init, ``n_init=1``, ``random_state=kmeans_seed``) into as
@@ -84,9 +194,8 @@ def retrieval_metrics(
         query_labels: Integer class labels of the queries, shape (n_query,).
         ref_emb: Reference embeddings, shape (n_ref, dim).
         ref_labels: Integer class labels of the references, shape (n_ref,).
-        same_set: The queries are the references (e.g. the test set against itself): query i
-            is reference i and never retrieves itself. As with PML's ``ref_includes_query``,
-            the references may extend past the queries (queries = first ``n_query`` rows).
+        same_set: The queries are the first references and never retrieve themselves (see
+            :func:`query_scores`).
         with_nmi: Also compute ``nmi`` (runs k-means on the CPU).
         chunk_size: Number of queries whose distances are held at once.
         kmeans_seed: ``random_state`` of the k-means used for NMI.
@@ -98,64 +207,18 @@ def retrieval_metrics(
     Raises:
         ValueError: On inconsistent shapes or a non-positive ``chunk_size``.
     """
-    query_emb, ref_emb = _as_float(query_emb), _as_float(ref_emb)
-    n_query, n_ref = query_emb.shape[0], ref_emb.shape[0]
-    query_labels = _as_labels(query_labels, n_query).to(query_emb.device)
-    ref_labels = _as_labels(ref_labels, n_ref).to(query_emb.device)
-    if query_emb.shape[1] != ref_emb.shape[1]:
-        raise ValueError("query and reference embeddings differ in dimension")
-    if same_set and n_query > n_ref:
-        raise ValueError("same_set=True needs the queries to be the first references")
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    ref_emb = ref_emb.to(query_emb.device, query_emb.dtype)
-
-    # R per query: count of references with the query's label (minus itself for same_set).
-    uniq, counts = torch.unique(ref_labels, return_counts=True)
-    if uniq.numel() == 0:
-        r_all = torch.zeros_like(query_labels)
-    else:
-        pos = torch.searchsorted(uniq, query_labels).clamp_max(uniq.numel() - 1)
-        r_all = torch.where(uniq[pos] == query_labels, counts[pos], 0)
-    if same_set:
-        r_all = r_all - 1
-    valid = r_all > 0
+    scores = query_scores(
+        query_emb, query_labels, ref_emb, ref_labels, same_set=same_set, chunk_size=chunk_size
+    )
+    stacked = torch.stack(scores)  # (3, n_query)
+    valid = ~stacked[0].isnan()  # (n_query,) the queries with R > 0
     n_valid = int(valid.sum())
-
-    out: dict[str, float] = {}
-    if n_valid == 0:
-        out.update(precision_at_1=0.0, r_precision=0.0, map_at_r=0.0)
-    else:
-        k = int(r_all.max())
-        sums = torch.zeros(3, dtype=torch.float64, device=query_emb.device)
-        ranks = torch.arange(1, k + 1, device=query_emb.device, dtype=torch.float64)
-        for start in range(0, n_query, chunk_size):
-            stop = min(start + chunk_size, n_query)
-            keep = valid[start:stop]
-            if not bool(keep.any()):
-                continue
-            dist = torch.cdist(query_emb[start:stop], ref_emb)
-            if same_set:
-                rows = torch.arange(stop - start, device=dist.device)
-                dist[rows, rows + start] = float("inf")
-            if not bool(keep.all()):
-                dist = dist[keep]  # copies only when some queries are skipped
-            idx = torch.topk(dist, k, dim=1, largest=False, sorted=True).indices
-            del dist
-            r = r_all[start:stop][keep]
-            hit = ref_labels[idx] == query_labels[start:stop][keep].unsqueeze(1)
-            hit &= ranks.unsqueeze(0) <= r.unsqueeze(1)  # only the first R neighbours count
-            hit_f = hit.to(torch.float64)
-            r_f = r.to(torch.float64)
-            sums[0] += hit_f[:, 0].sum()
-            sums[1] += (hit_f.sum(1) / r_f).sum()
-            prec_at_i = hit_f.cumsum(1) / ranks
-            sums[2] += ((prec_at_i * hit_f).sum(1) / r_f).sum()
-        p1, rp, mapr = (sums / n_valid).tolist()
-        out.update(precision_at_1=p1, r_precision=rp, map_at_r=mapr)
-
+    means = stacked[:, valid].sum(1) / n_valid if n_valid else torch.zeros(3)
+    p1, rp, mapr = means.tolist()
+    out = {"precision_at_1": p1, "r_precision": rp, "map_at_r": mapr}
     if with_nmi:
-        out["nmi"] = _nmi(query_emb, query_labels, kmeans_seed)
+        emb = _as_float(query_emb)
+        out["nmi"] = _nmi(emb, _as_labels(query_labels, emb.shape[0]), kmeans_seed)
     return out
 
 

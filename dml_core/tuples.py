@@ -106,8 +106,3 @@ def triplet_kinds(d_ap: Tensor, d_an: Tensor, margin: float) -> Tensor:
     kinds[d_an <= d_ap] = HARD
     kinds[d_an >= d_ap + margin] = EASY
     return kinds
-
-
-def empty_like(tuples: Tuples) -> Tuples:
-    """A tuple of the same kind with no entries (kept on the same device)."""
-    return type(tuples)(*(t[:0] for t in tuples))

@@ -10,8 +10,10 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from dml_core.metrics import (
+    METRIC_LABELS,
     collapse_signals,
     pair_overlap,
+    query_scores,
     retrieval_metrics,
     sample_pair_distances,
 )
@@ -42,6 +44,70 @@ def test_hand_computed_query_vs_reference() -> None:
     assert out["precision_at_1"] == pytest.approx(1 / 3, abs=1e-12)
     assert out["r_precision"] == pytest.approx(4 / 9, abs=1e-12)
     assert out["map_at_r"] == pytest.approx(17 / 54, abs=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 1024])
+def test_hand_computed_scores_per_query(chunk_size: int) -> None:
+    # The queries of test_hand_computed_query_vs_reference, the R = 0 one moved to the middle
+    # so that a score written to the wrong row shows.
+    q = _col([0.4, 0.0, 5.2, 7.9])
+    ql = torch.tensor([0, 2, 0, 0])
+    scores = query_scores(q, ql, _col(REF_X), torch.tensor(REF_Y), chunk_size=chunk_size)
+    nan = float("nan")
+    np.testing.assert_allclose(scores.precision_at_1.numpy(), [1, nan, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(scores.r_precision.numpy(), [2 / 3, nan, 1 / 3, 1 / 3], atol=1e-12)
+    np.testing.assert_allclose(scores.ap_at_r.numpy(), [2 / 3, nan, 1 / 9, 1 / 6], atol=1e-12)
+    assert all(s.dtype == torch.float64 for s in scores)
+
+
+def _brute_force_ap_at_r(q, ql, ref, rl, same_set: bool) -> np.ndarray:
+    """AP@R of each query by its definition, one query at a time (stable ties)."""
+    out = []
+    for i in range(len(q)):
+        dist = np.linalg.norm(ref - q[i], axis=1)
+        if same_set:
+            dist[i] = np.inf
+        order = np.argsort(dist, kind="stable")
+        r = int((rl == ql[i]).sum()) - int(same_set)
+        if r <= 0:
+            out.append(np.nan)
+            continue
+        rel = rl[order[:r]] == ql[i]
+        if same_set:
+            rel &= order[:r] != i
+        hits = np.cumsum(rel)
+        out.append(sum(hits[j] / (j + 1) for j in range(r) if rel[j]) / r)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("same_set", [False, True])
+def test_ap_at_r_per_query_by_definition(same_set: bool) -> None:
+    rng = np.random.default_rng(7)
+    ref = rng.normal(size=(90, 3))
+    rl = rng.integers(0, 5, size=90)
+    rl[-1] = 5  # a singleton class: R = 0 for it when same_set
+    if same_set:
+        q, ql = ref, rl
+    else:
+        q, ql = rng.normal(size=(40, 3)), rng.integers(0, 7, size=40)  # 6 absent from refs
+    scores = query_scores(
+        torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(ref), torch.from_numpy(rl),
+        same_set=same_set, chunk_size=7,
+    )  # fmt: skip
+    expected = _brute_force_ap_at_r(q, ql, ref, rl, same_set)
+    assert np.isnan(expected).any()
+    np.testing.assert_allclose(scores.ap_at_r.numpy(), expected, atol=1e-12)
+    means = retrieval_metrics(
+        torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(ref), torch.from_numpy(rl),
+        same_set=same_set, with_nmi=False,
+    )  # fmt: skip
+    assert means["map_at_r"] == pytest.approx(float(np.nanmean(expected)), abs=1e-12)
+
+
+def test_metric_labels_name_every_metric() -> None:
+    x, y = _col(REF_X), torch.tensor(REF_Y)
+    assert set(METRIC_LABELS) == set(retrieval_metrics(x, y, x, y, same_set=True))
+    assert METRIC_LABELS["map_at_r"] == "MAP@R"
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 1024])

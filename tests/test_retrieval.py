@@ -73,6 +73,11 @@ def test_ap_at_r_on_a_hand_made_case() -> None:
     ref = np.array([[1.0], [2.0], [3.0]], np.float32)
     ap = retrieval.average_precision_at_r(q, np.array([0]), ref, np.array([0, 1, 0]))
     np.testing.assert_allclose(ap, [0.5])
+    # a query of class 2, absent from the references (R = 0), gets NaN, not 0
+    ap = retrieval.average_precision_at_r(
+        np.zeros((2, 1), np.float32), np.array([2, 0]), ref, np.array([0, 1, 0])
+    )
+    np.testing.assert_allclose(ap, [np.nan, 0.5])
 
 
 def test_worst_queries_have_the_lowest_ap(index: retrieval.RetrievalIndex) -> None:

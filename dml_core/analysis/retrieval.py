@@ -6,9 +6,9 @@ never trained on), with their distances and whether they share the query's class
 the embedding serves worst; and the probe points of the run's snapshots mapped back to queries.
 
 Definitions follow Musgrave, Belongie and Lim (2020), "A Metric Learning Reality Check"
-(ECCV), section 3.2, exactly as ``metrics.retrieval_metrics`` computes them: for a query q with
-R references of its class, rank the references by Euclidean distance and let rel(i) = 1 when
-the i-th nearest shares q's label; then
+(ECCV), section 3.2, computed by the kernel ``metrics.retrieval_metrics`` reduces
+(``metrics.query_scores``): for a query q with R references of its class, rank the references
+by Euclidean distance and let rel(i) = 1 when the i-th nearest shares q's label; then
 
     AP@R(q) = (1/R) * sum_{i<=R} P(i) rel(i),   P(i) = (1/i) * sum_{j<=i} rel(j),
 
@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from dml_core import metrics
 from dml_core.config import RunConfig
 from dml_core.data import Dataset, Split, load_dataset
 from dml_core.nets import Embedder, build_net
@@ -193,35 +194,20 @@ def average_precision_at_r(
 ) -> np.ndarray:
     """AP@R of every query (Musgrave et al. 2020, sec. 3.2; see the module docstring).
 
-    Vectorised like ``metrics.retrieval_metrics`` (the k = max R nearest references by
-    ``torch.topk`` in chunks of queries), so ``np.nanmean`` of the result is its ``map_at_r``.
+    The per-query AP@R of ``metrics.query_scores``, the kernel ``metrics.retrieval_metrics``
+    reduces, so ``np.nanmean`` of the result is its ``map_at_r``.
 
     Returns:
         (n_query,) float64 in [0, 1]; NaN for queries whose class has no reference (R = 0).
     """
-    q = torch.as_tensor(np.asarray(query_emb, dtype=np.float32))
-    r_emb = torch.as_tensor(np.asarray(ref_emb, dtype=np.float32))
-    q_lab = torch.as_tensor(np.asarray(query_labels, dtype=np.int64))
-    r_lab = torch.as_tensor(np.asarray(ref_labels, dtype=np.int64))
-    counts = torch.bincount(r_lab, minlength=int(max(q_lab.max(), r_lab.max())) + 1)
-    r_all = counts[q_lab]  # (n_query,) R of each query
-    out = np.full(len(q_lab), np.nan)
-    if int(r_all.max()) == 0:
-        return out
-    k = int(r_all.max())
-    ranks = torch.arange(1, k + 1, dtype=torch.float64)  # (k,)
-    for start in range(0, len(q_lab), chunk_size):
-        stop = min(start + chunk_size, len(q_lab))
-        dist = torch.cdist(q[start:stop], r_emb)  # (c, n_ref)
-        idx = torch.topk(dist, k, dim=1, largest=False, sorted=True).indices  # (c, k)
-        r = r_all[start:stop]  # (c,)
-        hit = r_lab[idx] == q_lab[start:stop].unsqueeze(1)  # (c, k)
-        hit &= ranks.unsqueeze(0) <= r.unsqueeze(1)  # only the first R count
-        hit_f = hit.to(torch.float64)
-        precision = hit_f.cumsum(1) / ranks  # (c, k) P(i)
-        ap = (precision * hit_f).sum(1) / r.clamp_min(1).to(torch.float64)  # (c,)
-        out[start:stop] = np.where(r.numpy() > 0, ap.numpy(), np.nan)
-    return out
+    scores = metrics.query_scores(
+        torch.as_tensor(np.asarray(query_emb, dtype=np.float32)),
+        torch.as_tensor(np.asarray(query_labels, dtype=np.int64)),
+        torch.as_tensor(np.asarray(ref_emb, dtype=np.float32)),
+        torch.as_tensor(np.asarray(ref_labels, dtype=np.int64)),
+        chunk_size=chunk_size,
+    )
+    return scores.ap_at_r.cpu().numpy()
 
 
 def mean_ap_at_r(index: RetrievalIndex) -> float:
