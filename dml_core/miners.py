@@ -25,8 +25,7 @@ from dml_core.geometry import (
     log_distance_density,
     pairwise_distances,
 )
-from dml_core.losses import Params
-from dml_core.registry import MINERS
+from dml_core.registry import MINERS, NoParams, Params
 from dml_core.tuples import Pairs, Triplets, Tuples, all_pairs, all_triplets, label_masks
 
 
@@ -49,10 +48,6 @@ class Miner:
         return self.select(self.matrix(emb.detach().float()), labels)
 
 
-class NoParams(Params):
-    """This miner has no parameters."""
-
-
 @MINERS.register(
     name="all",
     params=NoParams,
@@ -70,7 +65,7 @@ class AllMiner(Miner):
         return all_pairs(labels)
 
 
-class MarginParams(Params):
+class MinerMarginParams(Params):
     """Parameters of margin-based triplet miners."""
 
     margin: float = Field(
@@ -145,7 +140,7 @@ class HardMiner(Miner):
 
 @MINERS.register(
     name="semi_hard",
-    params=MarginParams,
+    params=MinerMarginParams,
     paper="Schroff et al., FaceNet, CVPR 2015, Eq. (4)",
     equation=r"d(a,p) < d(a,n) < d(a,p) + \alpha",
     kind="triplets",

@@ -10,13 +10,25 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from dml_core.errors import ConfigError, validate
 
 T = TypeVar("T")
+Kind = Literal["pairs", "triplets", "classes"]
+KINDS: tuple[str, ...] = get_args(Kind)
+
+
+class Params(BaseModel):
+    """Base of every parameter model, of losses and miners: immutable, unknown names an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoParams(Params):
+    """The parameters of a loss or miner that has none."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,11 @@ class Entry:
         params: pydantic model of the parameters (defaults, limits, descriptions).
         paper: short citation, e.g. ``"Schroff et al., FaceNet, CVPR 2015"``.
         equation: the defining formula in LaTeX.
-        kind: what it consumes or produces: ``"pairs"``, ``"triplets"`` or ``"classes"``.
+        kind: what it consumes or produces: ``"pairs"``, ``"triplets"`` or ``"classes"``
+            (class-level losses, which compare samples with one weight per class).
+
+    Raises:
+        ValueError: ``kind`` is none of those three.
     """
 
     name: str
@@ -37,7 +53,15 @@ class Entry:
     params: type[BaseModel]
     paper: str
     equation: str
-    kind: str
+    kind: Kind
+
+    def __post_init__(self) -> None:
+        """Check ``kind`` (a typo would silently change how the app draws the entry)."""
+        if self.kind not in KINDS:
+            allowed = ", ".join(f"'{k}'" for k in KINDS)
+            raise ValueError(
+                f"The 'kind' of {self.name} must be one of {allowed}. Got {self.kind!r}."
+            )
 
     @property
     def doc(self) -> str:
@@ -79,9 +103,13 @@ class Registry(Mapping[str, Entry]):
         self._entries: dict[str, Entry] = {}
 
     def register(
-        self, *, name: str, params: type[BaseModel], paper: str, equation: str, kind: str
+        self, *, name: str, params: type[BaseModel], paper: str, equation: str, kind: Kind
     ) -> Callable[[T], T]:
-        """Class decorator adding an entry under ``name``."""
+        """Class decorator adding an entry under ``name``.
+
+        Raises:
+            ValueError: ``name`` is taken, or ``kind`` is not one of ``KINDS``.
+        """
 
         def decorator(cls: T) -> T:
             if name in self._entries:
@@ -99,6 +127,14 @@ class Registry(Mapping[str, Entry]):
             raise ConfigError(
                 f"Unknown {self.what} '{name}'. Known {self.what} names: {known}."
             ) from None
+
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered (``Mapping``'s default would raise ConfigError)."""
+        return isinstance(name, str) and name in self._entries
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The entry ``name``, or ``default`` when there is none (no ConfigError)."""
+        return self._entries.get(name, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

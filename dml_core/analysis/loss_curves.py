@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dml_core.geometry import cosine_to_distance
-from dml_core.losses import anchor, memory, pair, proxy, triplet
+from dml_core.losses import CurveUnavailableError, Loss, anchor, memory, pair, proxy, triplet
 from dml_core.registry import LOSSES
 
 Scale = Literal["distance", "similarity"]
@@ -51,10 +51,6 @@ RANGES: dict[str, tuple[float, float]] = {"distance": (0.0, 2.0), "similarity": 
 # profile, d(a,p) = 0.5 for the negative-pair profile (distances on the unit sphere).
 DEFAULT_FIXED: dict[str, float] = {"positive": 1.0, "negative": 0.5}
 S_MAX = 1.0 - 1e-9  # s = 1 is d = 0, where d(d)/ds is infinite; the last point sits just below
-
-
-class CurveUnavailableError(ValueError):
-    """The loss defines no curve of (d(a,p), d(a,n)); the message says which loss."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,7 @@ class Surface:
         return (pos, neg) if self.scale == "distance" else (neg, pos)
 
 
-def build_loss(name: str, params: Mapping[str, Any] | None = None) -> nn.Module:
+def build_loss(name: str, params: Mapping[str, Any] | None = None) -> Loss:
     """The registered loss with validated parameters (raises ``ConfigError`` if invalid)."""
     return LOSSES.create(name, CONTEXT, **dict(params or {}))
 
@@ -151,7 +147,7 @@ def axis_labels(name: str, scale: Scale) -> tuple[str, str]:
 
 
 def evaluate(
-    loss: nn.Module,
+    loss: Loss,
     pos: np.ndarray,
     neg: np.ndarray,
     scale: Scale = "distance",
@@ -160,7 +156,7 @@ def evaluate(
     """Loss and its partial derivatives at (pos, neg), elementwise (broadcast shapes).
 
     Args:
-        loss: a built loss with ``curve(d_ap, d_an)``.
+        loss: a built loss; its ``curve(d_ap, d_an)`` is evaluated.
         pos: d(a,p) (or s_p in the similarity scale).
         neg: d(a,n) (or s_n).
         scale: ``"distance"`` or ``"similarity"``; in the latter d = sqrt(2 - 2 s) first.
@@ -177,16 +173,10 @@ def evaluate(
     else:
         d_ap, d_an = pos_t, neg_t
     d_ap, d_an = torch.broadcast_tensors(d_ap, d_an)
-    curve = getattr(loss, "curve", None)
     try:
-        if curve is None:
-            raise NotImplementedError
-        value = curve(d_ap, d_an)
-    except NotImplementedError:
-        raise CurveUnavailableError(
-            f"The {type(loss).__name__} loss defines no curve of (d(a,p), d(a,n)), so the "
-            "explorer cannot plot it."
-        ) from None
+        value = loss.curve(d_ap, d_an)
+    except NotImplementedError:  # a curve left unwritten the usual PyTorch way
+        raise CurveUnavailableError(type(loss).__name__) from None
     if not gradient:
         return value.detach().numpy(), None, None
     grads: tuple[Tensor | None, ...] = (None, None)
@@ -210,7 +200,7 @@ def _from_similarity(label: str, s_p: np.ndarray, s_n: np.ndarray) -> Boundary:
     return Boundary(label, np.sqrt(2.0 - 2.0 * s_p), np.sqrt(2.0 - 2.0 * s_n))
 
 
-def decision_boundaries(loss: nn.Module, num: int = 401) -> tuple[Boundary, ...]:
+def decision_boundaries(loss: Loss, num: int = 401) -> tuple[Boundary, ...]:
     """Where the loss separates satisfied from violated (see the module docstring).
 
     Returns polylines in distance coordinates, ``num`` points each; none for unknown losses.

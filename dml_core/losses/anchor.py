@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -29,8 +30,8 @@ from dml_core.geometry import (
     distance_to_cosine,
     pairwise_distances,
 )
-from dml_core.losses.base import LossOutput, Params, mean_active
-from dml_core.registry import LOSSES
+from dml_core.losses.base import Loss, LossOutput, mean_active
+from dml_core.registry import LOSSES, NoParams, Params
 from dml_core.tuples import Pairs, Tuples, label_masks, to_pairs
 
 
@@ -108,7 +109,7 @@ def lifted_terms(d_pos: Tensor, lse_i: Tensor, lse_j: Tensor, any_neg: Tensor) -
     r"L = \frac{1}{2|P|} \sum_{(i,j) \in P} [J_{ij}]_+^2",
     kind="pairs",
 )
-class LiftedStructureLoss(nn.Module):
+class LiftedStructureLoss(Loss):
     """Lifted structured loss: each positive pair against a soft-max of all its negatives.
 
     Song et al. 2016, Eq. (4), on plain Euclidean distances: for a positive pair (i, j),
@@ -146,14 +147,6 @@ class LiftedStructureLoss(nn.Module):
         low = torch.full_like(d_ap, torch.finfo(d_ap.dtype).min)
         return lifted_terms(d_ap, self.neg_margin - d_an, low, torch.ones_like(d_ap, dtype=bool))
 
-    def distance_lines(self) -> dict[str, float]:
-        """None: the margin is relative to d(i,j)."""
-        return {}
-
-
-class NoParams(Params):
-    """This loss has no parameters."""
-
 
 def n_pair_terms(logits: Tensor, target: Tensor) -> Tensor:
     """log(sum_j e^{logit_j}) - logit_target = log(1 + sum_{n} e^{f.f_n - f.f_p})."""
@@ -168,7 +161,7 @@ def n_pair_terms(logits: Tensor, target: Tensor) -> Tensor:
     equation=r"L = \log\Big(1 + \sum_{j \neq i} e^{f_i^T f_j^+ - f_i^T f_i^+}\Big)",
     kind="pairs",
 )
-class NPairLoss(nn.Module):
+class NPairLoss(Loss):
     """Multi-class N-pair loss: a softmax that must pick each anchor's positive among N classes.
 
     Sohn 2016, Eq. (6) (the N-pair-mc form): from N classes take one pair (f_i, f_i^+) each;
@@ -206,10 +199,6 @@ class NPairLoss(nn.Module):
         """Term of an anchor with one other class, on the unit sphere (f.f = 1 - d^2 / 2)."""
         sim, _, _ = minimal_similarities(d_ap, d_an)  # (..., 2)
         return n_pair_terms(sim, sim[..., 0])
-
-    def distance_lines(self) -> dict[str, float]:
-        """None: only differences of similarities matter."""
-        return {}
 
 
 class HistogramParams(Params):
@@ -249,7 +238,7 @@ def histogram_terms(s_pos: Tensor, s_neg: Tensor, num_bins: int) -> Tensor:
     equation=r"L = \sum_{r=1}^{R} h^-_r \sum_{q=1}^{r} h^+_q",
     kind="pairs",
 )
-class HistogramLoss(nn.Module):
+class HistogramLoss(Loss):
     """Histogram loss: the probability that a random negative pair beats a random positive one.
 
     Ustinova & Lempitsky 2016, Eq. (2)-(5): the cosine similarities of the positive and of the
@@ -291,9 +280,35 @@ class HistogramLoss(nn.Module):
         s_ap, s_an = distance_to_cosine(d_ap), distance_to_cosine(d_an)
         return histogram_terms(s_ap[..., None], s_an[..., None], self.num_bins)[..., 0]
 
-    def distance_lines(self) -> dict[str, float]:
-        """None: the loss compares two distributions, with no threshold."""
-        return {}
+
+class SimilarityAnchorLoss(Loss):
+    """Base of per-anchor losses on cosine similarities (multi-similarity, circle).
+
+    Subclasses write ``anchor_terms(sim, pos_mask, neg_mask)``, one term per row of a
+    similarity matrix whose masks mark each row's positives and negatives; ``forward`` applies
+    it to the (B, B) batch and ``curve`` to one anchor with one positive and one negative.
+    ``reduce`` turns the terms into the loss (default: the mean of the non-zero terms).
+    """
+
+    @abc.abstractmethod
+    def anchor_terms(self, sim: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
+        """Per-anchor terms (...,) from similarities and masks (..., n), last dim pooled."""
+
+    def reduce(self, terms: Tensor) -> Tensor:
+        """The loss from the (B,) anchor terms: the mean of the non-zero ones."""
+        return mean_active(terms)
+
+    def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
+        """Loss over the given pairs (or all pairs), on cosine similarities."""
+        sim = cosine_similarities(as_float(emb))  # (B, B)
+        pos_mask, neg_mask = pair_masks(labels, tuples)
+        terms = self.anchor_terms(sim, pos_mask, neg_mask)  # (B,)
+        pairs = mask_pairs(pos_mask, neg_mask)
+        return anchor_output(self.reduce(terms), terms, pairs, cosine_to_distance(sim))
+
+    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
+        """Term of an anchor with one positive and one negative, on the unit sphere."""
+        return self.anchor_terms(*minimal_similarities(d_ap, d_an))
 
 
 class MultiSimilarityParams(Params):
@@ -322,7 +337,7 @@ def multi_similarity_terms(
     r"+ \frac{1}{\beta} \log\Big(1 + \sum_{n} e^{\beta (s_{in} - \lambda)}\Big)",
     kind="pairs",
 )
-class MultiSimilarityLoss(nn.Module):
+class MultiSimilarityLoss(SimilarityAnchorLoss):
     """Multi-similarity loss: soft-max pooling of each anchor's positives and negatives.
 
     Wang et al. 2019, Eq. (12), on cosine similarities s: for anchor i,
@@ -342,18 +357,13 @@ class MultiSimilarityLoss(nn.Module):
         super().__init__()
         self.alpha, self.beta, self.lam = alpha, beta, lam
 
-    def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
-        """Loss over the given pairs (or all pairs), on cosine similarities."""
-        sim = cosine_similarities(as_float(emb))  # (B, B)
-        pos_mask, neg_mask = pair_masks(labels, tuples)
-        terms = multi_similarity_terms(sim, pos_mask, neg_mask, self.alpha, self.beta, self.lam)
-        pairs = mask_pairs(pos_mask, neg_mask)
-        return anchor_output(terms.mean(), terms, pairs, cosine_to_distance(sim))
-
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Term of an anchor with one positive and one negative, on the unit sphere."""
-        sim, pos_mask, neg_mask = minimal_similarities(d_ap, d_an)
+    def anchor_terms(self, sim: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
+        """Eq. (12) per anchor."""
         return multi_similarity_terms(sim, pos_mask, neg_mask, self.alpha, self.beta, self.lam)
+
+    def reduce(self, terms: Tensor) -> Tensor:
+        """The mean over all B anchors (those without pairs count as 0)."""
+        return terms.mean()
 
     def distance_lines(self) -> dict[str, float]:
         """The threshold lambda as a distance between unit vectors, sqrt(2 - 2 lambda)."""
@@ -391,7 +401,7 @@ def circle_terms(sim: Tensor, pos_mask: Tensor, neg_mask: Tensor, m: float, gamm
     r"\sum_{p} e^{-\gamma \alpha_p (s_p - \Delta_p)}\Big)",
     kind="pairs",
 )
-class CircleLoss(nn.Module):
+class CircleLoss(SimilarityAnchorLoss):
     """Circle loss: pair similarities re-weighted by how far each is from its optimum.
 
     Sun et al. 2020, Eq. (4) with Eq. (6): on cosine similarities, anchor i's term is
@@ -411,17 +421,8 @@ class CircleLoss(nn.Module):
         super().__init__()
         self.m, self.gamma = m, gamma
 
-    def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
-        """Loss over the given pairs (or all pairs), on cosine similarities."""
-        sim = cosine_similarities(as_float(emb))  # (B, B)
-        pos_mask, neg_mask = pair_masks(labels, tuples)
-        terms = circle_terms(sim, pos_mask, neg_mask, self.m, self.gamma)  # (B,)
-        pairs = mask_pairs(pos_mask, neg_mask)
-        return anchor_output(mean_active(terms), terms, pairs, cosine_to_distance(sim))
-
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Term of an anchor with one positive and one negative, on the unit sphere."""
-        sim, pos_mask, neg_mask = minimal_similarities(d_ap, d_an)
+    def anchor_terms(self, sim: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
+        """Eq. (4) with the weights of Eq. (6), per anchor."""
         return circle_terms(sim, pos_mask, neg_mask, self.m, self.gamma)
 
     def distance_lines(self) -> dict[str, float]:

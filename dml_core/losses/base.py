@@ -1,9 +1,20 @@
-"""What every loss shares: its output, its parameter base, reduction, pair and triplet bases.
+"""The loss interface (an abstract ``nn.Module``) and the pair and triplet families.
 
-Every loss is an ``nn.Module`` called as ``loss(emb, labels, tuples=None) -> LossOutput``.
-``tuples`` come from a miner (see ``tuples.py``); ``None`` means every valid tuple. Each loss
-also exposes its formula as a plain function of distances (``pair_terms`` or
-``triplet_terms``): training and the Loss explorer call the same code.
+Every loss is a :class:`Loss`: called as ``loss(emb, labels, tuples=None) -> LossOutput``, with
+``tuples`` from a miner (see ``tuples.py``; ``None`` means every valid tuple). Besides
+``forward`` it declares what the app reads from it, so nothing outside probes a loss:
+
+- ``curve(d_ap, d_an)``: the loss of one anchor with a positive at d(a,p) and a negative at
+  d(a,n), through the same code as training (the Loss explorer plots it);
+- ``distance_lines()``: absolute distances worth marking (margins, thresholds);
+- ``histogram_lines(pos_dist)``: the lines of the live distance histograms, which may depend on
+  the current positive distances (a triplet margin is relative to d(a,p));
+- ``extras()``: learnable scalars worth plotting (the margin loss's beta);
+- ``class_weights()``: the (C, D) per-class weights of class-level losses (proxies).
+
+The pair family (:class:`PairLoss`) writes one function, ``pair_terms(d, positive)``, and the
+triplet family (:class:`TripletLossBase`) one, ``triplet_terms(d_ap, d_an)``: each family's
+``forward`` and ``curve`` are both built from it, once.
 
 Reduction follows pytorch-metric-learning's default (``AvgNonZeroReducer``): the mean over the
 terms that are non-zero, so easy tuples do not dilute the gradient as training progresses.
@@ -11,14 +22,26 @@ terms that are non-zero, so easy tuples do not dilute the gradient as training p
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from dml_core.geometry import pairwise_distances
+from dml_core.registry import Params
 from dml_core.tuples import Pairs, Triplets, Tuples, all_pairs, to_pairs, to_triplets, triplet_kinds
+
+__all__ = [
+    "CurveUnavailableError",
+    "Loss",
+    "LossOutput",
+    "PairLoss",
+    "Params",
+    "TripletLossBase",
+    "mean_active",
+]
 
 
 class LossOutput(NamedTuple):
@@ -47,10 +70,14 @@ class LossOutput(NamedTuple):
     kinds: Tensor | None = None
 
 
-class Params(BaseModel):
-    """Base of every parameter model: immutable, and unknown names are an error."""
+class CurveUnavailableError(ValueError):
+    """The loss defines no curve of (d(a,p), d(a,n)); the message says which loss."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    def __init__(self, loss_name: str) -> None:
+        super().__init__(
+            f"The {loss_name} loss defines no curve of (d(a,p), d(a,n)), so the explorer "
+            "cannot plot it."
+        )
 
 
 def mean_active(terms: Tensor) -> Tensor:
@@ -58,14 +85,67 @@ def mean_active(terms: Tensor) -> Tensor:
     return terms.sum() / (terms > 0).sum().clamp_min(1)
 
 
-class PairLoss(nn.Module):
-    """Base of losses made of independent terms on positive and negative pair distances."""
+class Loss(nn.Module, abc.ABC):
+    """The interface of every registered loss: forward, curve, lines, extras, class weights.
+
+    Subclasses must write ``forward``; the other methods have defaults that mean "nothing to
+    show": no lines, no extras, no class weights, and no curve (a clear error).
+    """
+
+    @abc.abstractmethod
+    def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
+        """The loss of a batch.
+
+        Args:
+            emb: (B, D) embeddings.
+            labels: (B,) class labels.
+            tuples: the pairs or triplets to use (from a miner); None means all valid ones.
+        """
+
+    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
+        """Loss of one anchor with a positive at d_ap and a negative at d_an (elementwise).
+
+        The same function training uses, on broadcastable tensors of distances (distances
+        between unit vectors for losses on cosine similarity); the Loss explorer plots it.
+
+        Raises:
+            CurveUnavailableError: this loss has no such two-distance profile.
+        """
+        raise CurveUnavailableError(type(self).__name__)
+
+    def distance_lines(self) -> dict[str, float]:
+        """Absolute distances worth marking on distance plots (margins); none by default."""
+        return {}
+
+    def histogram_lines(self, pos_dist: Tensor | np.ndarray) -> dict[str, float]:
+        """Lines for the live distance histograms, given sampled positive distances (n,).
+
+        By default the absolute ``distance_lines``; a loss with a relative margin adds where a
+        negative must lie for the typical (median) positive pair.
+        """
+        return self.distance_lines()
+
+    def extras(self) -> dict[str, float]:
+        """Learnable scalars worth plotting during training (e.g. beta); none by default."""
+        return {}
+
+    def class_weights(self) -> Tensor | None:
+        """The (C, D) per-class weights of a class-level loss (detached); None for others."""
+        return None
+
+
+class PairLoss(Loss):
+    """Base of losses made of independent terms on positive and negative pair distances.
+
+    Subclasses write ``pair_terms(d, positive)``; ``forward`` applies it to the pairs of the
+    batch and ``curve`` to one positive pair at d(a,p) plus one negative pair at d(a,n).
+    """
 
     tuple_type: ClassVar[type] = Pairs
 
+    @abc.abstractmethod
     def pair_terms(self, d: Tensor, positive: bool) -> Tensor:
         """The loss of each pair at distance d; ``positive`` says whether the pair matches."""
-        raise NotImplementedError
 
     def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
         """Loss over the given pairs (triplets are split into their pairs), or all pairs."""
@@ -79,16 +159,25 @@ class PairLoss(nn.Module):
         loss = mean_active(pos_terms) + mean_active(neg_terms)
         return LossOutput(loss, terms, pairs, terms > 0, d_pos, d_neg)
 
+    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
+        """Loss of one positive pair at d_ap plus one negative pair at d_an (elementwise)."""
+        return self.pair_terms(d_ap, positive=True) + self.pair_terms(d_an, positive=False)
 
-class TripletLossBase(nn.Module):
-    """Base of losses with one term per triplet, a function of d(a,p) and d(a,n)."""
+
+class TripletLossBase(Loss):
+    """Base of losses with one term per triplet, a function of d(a,p) and d(a,n).
+
+    Subclasses write ``triplet_terms(d_ap, d_an)``; ``forward`` applies it to the triplets of
+    the batch and ``curve`` to one triplet. ``margin`` (0: none) is the margin between d(a,p)
+    and d(a,n) that labels triplets easy / semi-hard / hard and places the relative line.
+    """
 
     tuple_type: ClassVar[type] = Triplets
     margin: float = 0.0
 
+    @abc.abstractmethod
     def triplet_terms(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
         """The loss of each triplet given its anchor-positive and anchor-negative distances."""
-        raise NotImplementedError
 
     def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
         """Loss over the given triplets (pairs are joined per anchor), or all triplets."""
@@ -99,3 +188,23 @@ class TripletLossBase(nn.Module):
         terms = self.triplet_terms(d_ap, d_an)
         kinds = triplet_kinds(d_ap.detach(), d_an.detach(), self.margin)
         return LossOutput(mean_active(terms), terms, triplets, terms > 0, d_ap, d_an, kinds)
+
+    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
+        """Loss of one triplet with d(a,p) = d_ap and d(a,n) = d_an (elementwise)."""
+        return self.triplet_terms(d_ap, d_an)
+
+    def negative_boundary(self, d_ap: Tensor) -> Tensor:
+        """Distance d(a,n) beyond which a negative satisfies the margin: d(a,p) + margin."""
+        return d_ap + self.margin
+
+    def histogram_lines(self, pos_dist: Tensor | np.ndarray) -> dict[str, float]:
+        """The absolute lines, plus ``negative_boundary`` of the median positive distance.
+
+        Only with a margin (> 0) and at least one positive distance; the median interpolates
+        between the two middle values, as ``numpy.median``.
+        """
+        lines = self.distance_lines()
+        pos = torch.as_tensor(pos_dist, dtype=torch.float64).flatten()  # (n,)
+        if self.margin <= 0 or pos.numel() == 0:
+            return lines
+        return lines | {"median d+ + margin": float(self.negative_boundary(pos.quantile(0.5)))}

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from dml_core.errors import ConfigError
-from dml_core.losses.base import LossOutput, Params
-from dml_core.registry import LOSSES
+from dml_core.losses.base import Loss, LossOutput
+from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Pairs, Tuples, to_pairs
 
 
@@ -44,7 +45,7 @@ class CrossBatchMemoryParams(Params):
     r"\ell(x_i, \tilde{x}_j)",
     kind="pairs",
 )
-class CrossBatchMemory(nn.Module):
+class CrossBatchMemory(Loss):
     r"""Cross-batch memory: the chosen loss over batch anchors against a queue of past batches.
 
     Wang et al. 2020, Sec. 3-4, Eq. (7), as pytorch-metric-learning's ``CrossBatchMemory``:
@@ -68,7 +69,7 @@ class CrossBatchMemory(nn.Module):
         embedding_dim: int,
     ) -> None:
         super().__init__()
-        self.inner = LOSSES[loss].create()
+        self.inner: Loss = LOSSES[loss].create()
         self.memory_size = memory_size
         self.register_buffer("memory_emb", torch.zeros(memory_size, embedding_dim))  # (M, D)
         self.register_buffer("memory_labels", torch.zeros(memory_size, dtype=torch.long))  # (M,)
@@ -126,3 +127,11 @@ class CrossBatchMemory(nn.Module):
     def distance_lines(self) -> dict[str, float]:
         """The inner loss's margins."""
         return self.inner.distance_lines()
+
+    def histogram_lines(self, pos_dist: Tensor | np.ndarray) -> dict[str, float]:
+        """The inner loss's histogram lines (its relative margin included)."""
+        return self.inner.histogram_lines(pos_dist)
+
+    def extras(self) -> dict[str, float]:
+        """The inner loss's learnable scalars."""
+        return self.inner.extras()

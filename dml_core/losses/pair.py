@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from dml_core.errors import ConfigError
 from dml_core.geometry import distance_to_cosine, l2_normalize, pairwise_distances
-from dml_core.losses.base import LossOutput, PairLoss, Params
-from dml_core.registry import LOSSES
+from dml_core.losses.base import LossOutput, PairLoss
+from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs, to_triplets
 
 
@@ -59,10 +59,6 @@ class ContrastiveLoss(PairLoss):
     def pair_terms(self, d: Tensor, positive: bool) -> Tensor:
         """[d - m_pos]_+ for positive pairs, [m_neg - d]_+ for negative pairs."""
         return (d - self.pos_margin).relu() if positive else (self.neg_margin - d).relu()
-
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Loss of one positive pair at d_ap plus one negative pair at d_an (elementwise)."""
-        return self.pair_terms(d_ap, positive=True) + self.pair_terms(d_an, positive=False)
 
     def distance_lines(self) -> dict[str, float]:
         """The margins, absolute distances (m_pos only when it is non-zero)."""
@@ -131,16 +127,12 @@ class BinomialDevianceLoss(PairLoss):
         emb = emb.to(torch.promote_types(emb.dtype, torch.float32))
         return super().forward(l2_normalize(emb), labels, tuples)
 
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Loss of one positive pair at d_ap plus one negative at d_an, on the unit sphere."""
-        return self.pair_terms(d_ap, positive=True) + self.pair_terms(d_an, positive=False)
-
     def distance_lines(self) -> dict[str, float]:
         """The threshold beta as a distance between unit vectors, sqrt(2 - 2 beta)."""
         return {"beta": (2.0 - 2.0 * self.beta) ** 0.5}
 
 
-class MarginParams(Params):
+class MarginLossParams(Params):
     """Parameters of the margin loss."""
 
     alpha: float = Field(
@@ -173,13 +165,13 @@ def margin_terms(d: Tensor, positive: bool, alpha: float, beta: Tensor) -> Tenso
 
 @LOSSES.register(
     name="margin",
-    params=MarginParams,
+    params=MarginLossParams,
     paper="Wu, Manmatha, Smola, Kraehenbuehl. Sampling Matters in Deep Embedding Learning. "
     "ICCV 2017",
     equation=r"L = [\alpha + d(a,p) - \beta]_+ + [\alpha - d(a,n) + \beta]_+ + \nu \beta",
     kind="pairs",
 )
-class MarginLoss(nn.Module):
+class MarginLoss(PairLoss):
     """Margin loss: positives inside beta - alpha, negatives beyond beta + alpha, beta learnt.
 
     Wu et al. 2017, Eq. (8)-(9): a positive pair costs [alpha + d - beta]_+ and a negative pair
@@ -234,12 +226,10 @@ class MarginLoss(nn.Module):
             loss = loss + reg
         return LossOutput(loss, terms, triplets, terms > 0, d_ap, d_an)
 
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Term of one triplet (positive at d_ap, negative at d_an) at the mean current beta."""
-        beta = self.beta.detach().mean().to(d_ap.dtype)
-        return margin_terms(d_ap, True, self.alpha, beta) + margin_terms(
-            d_an, False, self.alpha, beta
-        )
+    def pair_terms(self, d: Tensor, positive: bool) -> Tensor:
+        """Eq. (8) at the current (mean, detached) beta: what the Loss explorer plots."""
+        beta = self.beta.detach().mean().to(d.dtype)
+        return margin_terms(d, positive, self.alpha, beta)
 
     def distance_lines(self) -> dict[str, float]:
         """The band the loss asks for, at the current (mean) beta."""

@@ -22,13 +22,15 @@ similarity s or by the distance d = sqrt(2 - 2 s). What ``LossOutput`` holds her
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from dml_core.geometry import cosine_similarities, cosine_to_distance, distance_to_cosine
-from dml_core.losses.base import LossOutput, Params
-from dml_core.registry import LOSSES
+from dml_core.losses.base import Loss, LossOutput
+from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs
 
 
@@ -49,11 +51,12 @@ def own_class_mask(labels: Tensor, num_classes: int) -> Tensor:
     return nn.functional.one_hot(labels, num_classes).bool()  # (B, C)
 
 
-class ProxyLoss(nn.Module):
+class ProxyLoss(Loss):
     """Base of class-level losses: holds the proxies and builds the ``LossOutput``.
 
     Subclasses only write ``loss_and_terms``, a function of the cosine similarities between
     samples and proxies: training (``forward``) and the Loss explorer (``curve``) call it.
+    ``class_weights`` hands the proxies to the views.
     """
 
     def __init__(self, num_classes: int, embedding_dim: int) -> None:
@@ -66,9 +69,9 @@ class ProxyLoss(nn.Module):
         """Draw the proxies from N(0, 1), as pytorch-metric-learning does."""
         nn.init.normal_(self.proxies)
 
+    @abc.abstractmethod
     def loss_and_terms(self, sim: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
         """Loss and terms from similarities (..., N, C) and own-class mask (..., N, C)."""
-        raise NotImplementedError
 
     def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
         """Loss of the batch against all proxies; ``tuples`` from a miner are ignored."""
@@ -85,9 +88,9 @@ class ProxyLoss(nn.Module):
         own = torch.tensor([[True, False]], device=sim.device).expand_as(sim)  # (..., 1, 2)
         return self.loss_and_terms(sim, own)[1].sum(dim=-1)
 
-    def distance_lines(self) -> dict[str, float]:
-        """Distances worth marking on the histograms (none for this loss)."""
-        return {}
+    def class_weights(self) -> Tensor:
+        """The proxies, (C, D), detached and as stored (the loss compares them normalised)."""
+        return self.proxies.detach()
 
 
 def cross_entropy_terms(logits: Tensor, own: Tensor) -> Tensor:

@@ -16,8 +16,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from dml_core.geometry import pairwise_distances
-from dml_core.losses.base import LossOutput, Params, TripletLossBase, mean_active
-from dml_core.registry import LOSSES
+from dml_core.losses.base import LossOutput, TripletLossBase, mean_active
+from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs, to_triplets, triplet_kinds
 
 
@@ -59,14 +59,6 @@ class TripletLoss(TripletLossBase):
         violation = d_ap - d_an + self.margin
         return nn.functional.softplus(violation) if self.soft else violation.relu()
 
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Loss of one triplet with d(a,p) = d_ap and d(a,n) = d_an (elementwise)."""
-        return self.triplet_terms(d_ap, d_an)
-
-    def distance_lines(self) -> dict[str, float]:
-        """None: the margin is relative to d(a,p), not an absolute distance."""
-        return {}
-
 
 class TripletNetworkParams(Params):
     """Parameters of the Triplet Network loss."""
@@ -106,14 +98,6 @@ class TripletNetworkLoss(TripletLossBase):
         if self.objective == "mse":
             return 2.0 * torch.sigmoid(d_ap - d_an).square()
         return nn.functional.softplus(d_ap - d_an)
-
-    def curve(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
-        """Loss of one triplet with d(a,p) = d_ap and d(a,n) = d_an (elementwise)."""
-        return self.triplet_terms(d_ap, d_an)
-
-    def distance_lines(self) -> dict[str, float]:
-        """None: the loss depends only on d(a,n) - d(a,p)."""
-        return {}
 
 
 class QuadrupletParams(Params):
@@ -222,10 +206,6 @@ class QuadrupletLoss(TripletLossBase):
         kinds = triplet_kinds(d_ap.detach().square(), d_an.detach().square(), self.alpha1)
         return LossOutput(mean_active(terms), terms, triplets, terms > 0, d_ap, d_an, kinds)
 
-    def curve(self, d_ap: Tensor, d_an: Tensor, d_nn: Tensor | None = None) -> Tensor:
-        """Loss of one quadruplet; d(n1,n2) defaults to d_an (the negative pair as far apart)."""
-        return self.triplet_terms(d_ap, d_an, d_nn)
-
-    def distance_lines(self) -> dict[str, float]:
-        """None: both margins are relative to d(a,p)^2."""
-        return {}
+    def negative_boundary(self, d_ap: Tensor) -> Tensor:
+        """Where the triplet term stops: d(a,n1) = sqrt(d(a,p)^2 + alpha1) (squared margin)."""
+        return (d_ap.square() + self.alpha1).sqrt()
