@@ -268,9 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return export_main(args.run, args.format, args.out, args.runs)
         if args.command == "bench":
-            from dml_core.bench import run as bench
+            from dml_core.bench import main as bench_main
 
-            return bench.main(
+            return bench_main(
                 args.dataset,
                 args.device,
                 args.batch,
@@ -281,9 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.seeds,
             )
         if args.command == "bench-report":
-            from dml_core.bench import run as bench
+            from dml_core.bench import report_main
 
-            return bench.report_main(args.file)
+            return report_main(args.file)
         for run_id in RunStore(args.out).list():
             print(run_id)
         return 0

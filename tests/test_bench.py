@@ -70,7 +70,7 @@ def test_readme_performance_blocks_are_rendered_from_the_committed_files() -> No
     import re
     from pathlib import Path
 
-    from dml_core.bench.run import format_markdown
+    from dml_core.bench.report import format_markdown
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
@@ -91,17 +91,17 @@ def test_bench_report_of_a_missing_file_is_one_line(capsys) -> None:
 
 
 def test_bench_reports_b_in_float32_beside_b_where_b_uses_bf16(monkeypatch) -> None:
-    from dml_core.bench import run as bench
+    from dml_core.bench import report, run_bench
 
     # emulated bfloat16 runs on any CPU: pretend it is native and the small net big enough
     monkeypatch.setattr("dml_core.train.native_bf16", lambda device: True)
     monkeypatch.setattr("dml_core.train.BF16_MIN_MACS", 0)
-    result = bench.run_bench("digits", "cpu", 64, samples=128, quick=True, seeds=2)
+    result = run_bench("digits", "cpu", 64, samples=128, quick=True, seeds=2)
     assert set(result["variants"]) == {"pml", "dml_core", "dml_core_float32"}
     assert "bf16" in result["variants"]["dml_core"]["what"]
     assert "bf16" not in result["variants"]["dml_core_float32"]["what"]
     assert result["ratio_float32"] > 0
     assert result["map_at_r_delta_float32"]["sd"] is not None
     assert "+bf16" in result["ablation_ms_per_step"]
-    assert "B float32" in bench.format_table(result)
-    assert "B float32" in bench.format_markdown(result).splitlines()[0]
+    assert "B float32" in report.format_table(result)
+    assert "B float32" in report.format_markdown(result).splitlines()[0]

@@ -1,0 +1,174 @@
+"""Benchmark reports: the table ``python -m dml_core bench`` prints, and the README's Markdown.
+
+``format_markdown`` renders the README's "Performance" block from a benchmark JSON file
+(``python -m dml_core bench-report FILE``); a test checks the README holds exactly that text,
+so no figure there is typed by hand. Columns: A (the pytorch-metric-learning loop), B
+(``dml_core``'s ``Trainer``) and, where B uses bf16, B float32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dml_core.errors import ConfigError
+
+COLUMNS = {"pml": "A: PML loop", "dml_core": "B: dml_core", "dml_core_float32": "B float32"}
+DELTA_KEYS = {"dml_core": "map_at_r_delta", "dml_core_float32": "map_at_r_delta_float32"}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable summary printed by ``python -m dml_core bench``."""
+    variants = result["variants"]
+    a = variants["pml"]
+    m = result["machine"]
+    names = [n for n in COLUMNS if n in variants]
+    others = names[1:]
+    header = "".join(f"{COLUMNS[n]:>14}" for n in names)
+    header += "".join(f"{'B / A' if n == 'dml_core' else 'B32 / A':>9}" for n in others)
+    lines = [
+        f"{result['command']}  ({result['date']}; {m['device_note']}, "
+        f"{m['cpu_count']} CPUs, load {m['load_average_before'][0]})",
+        "",
+        f"{'':<26}{header}",
+    ]
+    rows = [
+        ("samples/s", "samples_per_s", "{:.0f}"),
+        ("seconds per 60k samples", "seconds_per_60k", "{:.1f}"),
+        ("P@1", "precision_at_1", "{:.4f}"),
+        ("R-Precision", "r_precision", "{:.4f}"),
+        ("MAP@R", "map_at_r", "{:.4f}"),
+    ]
+    for label, key, fmt in rows:
+        cells = "".join(f"{fmt.format(variants[n][key]):>14}" for n in names)
+        ratios = "".join(
+            f"{variants[n][key] / a[key] if a[key] else float('nan'):>9.2f}" for n in others
+        )
+        lines.append(f"{label:<26}{cells}{ratios}")
+    for name in others:
+        delta = result[DELTA_KEYS[name]]
+        spread = f" (sd {delta['sd']})" if delta["sd"] is not None else ""
+        lines.append(
+            f"MAP@R {COLUMNS[name]} - A, paired over {result['seeds']} seed(s): "
+            f"{delta['mean']:+.4f}{spread}"
+        )
+    s = result["settings"]
+    lines.append(
+        f"(after {s['samples']} samples each; {s['eval_queries']} test queries vs "
+        f"{s['eval_references']} train references)"
+    )
+    lines.append("")
+    lines.append("mining + loss + backward, ms per batch:")
+    for kind, row in result["mining_loss_ms"].items():
+        cells = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("ratio_pml_over_fused",))
+        lines.append(f"  {kind}: {cells}; PML / fused = {row['ratio_pml_over_fused']}")
+    lines.append("B ms per step, speed-ups added one at a time:")
+    lines.append("  " + ", ".join(f"{k} {v}" for k, v in result["ablation_ms_per_step"].items()))
+    lines.append(
+        f"snapshot ({result['snapshot_probe_size']} probe points): {result['snapshot_s']} s"
+    )
+    if "snapshot_share_at_defaults" in result:
+        d = result["snapshot_share_at_defaults"]
+        lines.append(
+            f"default run (digits): {d['snapshots']} snapshots take {d['snapshot_s']} s, "
+            f"{100 * d['share']:.1f}% of its {d['training_s']} s of training"
+        )
+    if result["layouts"]:
+        lines.append("layouts, s: " + ", ".join(f"{k} {v}" for k, v in result["layouts"].items()))
+    lines.append(f"ratio B / A (samples/s): {result['ratio']}")
+    if result["ratio_float32"] is not None:
+        lines.append(f"ratio B float32 / A (samples/s): {result['ratio_float32']}")
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """The README's "Performance" block for one benchmark file: a table and the timings.
+
+    ``python -m dml_core bench-report FILE`` prints it; a test checks that the README holds
+    exactly this text for the committed file, so no figure there is typed by hand.
+    """
+    variants = result["variants"]
+    names = [n for n in COLUMNS if n in variants]
+    seeds = result["seeds"]
+    lines = [
+        "| | " + " | ".join(COLUMNS[n] for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    rows = [
+        ("samples/s", "samples_per_s", "{:.0f}"),
+        ("seconds per 60k samples", "seconds_per_60k", "{:.1f}"),
+        (f"P@1, mean of {seeds} seed(s)", "precision_at_1", "{:.4f}"),
+        (f"R-Precision, mean of {seeds}", "r_precision", "{:.4f}"),
+        (f"MAP@R, mean of {seeds}", "map_at_r", "{:.4f}"),
+    ]
+    for label, key, fmt in rows:
+        lines.append(
+            f"| {label} | " + " | ".join(fmt.format(variants[n][key]) for n in names) + " |"
+        )
+    a = variants["pml"]["samples_per_s"]
+    lines.append(
+        "| speed vs A | 1 | "
+        + " | ".join(f"**{variants[n]['samples_per_s'] / a:.2f}x**" for n in names[1:])
+        + " |"
+    )
+    cells = []
+    for n in names[1:]:
+        delta = result[DELTA_KEYS[n]]
+        sd = f" ± {delta['sd']:.4f}" if delta["sd"] is not None else ""
+        cells.append(f"{delta['mean']:+.4f}{sd}")
+    lines.append("| MAP@R - A, paired by seed (mean ± sd) | | " + " | ".join(cells) + " |")
+    settings, machine = result["settings"], result["machine"]
+    lines += [
+        "",
+        f"`{result['command']}` on {machine['device_name']} ({machine['device']}; "
+        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads), "
+        f"{result['date'][:10]}: {settings['dataset']}, "
+        f"{settings['net']} D={settings['embedding_dim']}, {settings['samples']} training "
+        f"samples per variant and seed, {settings['eval_queries']} test queries against "
+        f"{settings['eval_references']} training references.",
+        "",
+        "- B's speed-ups added one at a time, ms per step: "
+        + ", ".join(f"{k} {v}" for k, v in result["ablation_ms_per_step"].items())
+        + ".",
+    ]
+    real = result["mining_loss_ms"]["real_batch"]
+    lines.append(
+        f"- Semi-hard mining + triplet loss + backward on a real batch: PML {real['pml']} ms, "
+        f"ours fused {real['dml_core_fused']} ms ({real['ratio_pml_over_fused']}x)."
+    )
+    lines.append(
+        f"- One snapshot ({result['snapshot_probe_size']} probe points: embed, distances, "
+        f"metrics): {result['snapshot_s']} s."
+    )
+    if "snapshot_share_at_defaults" in result:
+        d = result["snapshot_share_at_defaults"]
+        lines.append(
+            f"- A run at the default settings (digits, MLP, 300 steps): its {d['snapshots']} "
+            f"snapshots take {d['snapshot_s']} s, {100 * d['share']:.1f}% of its "
+            f"{d['training_s']} s of training."
+        )
+    layouts = result["layouts"]
+    if layouts.get("umap_warm_2000_s") is not None:  # None: fewer than 2000 test images
+        lines.append(
+            f"- UMAP, 2000 points: first fit in a process {layouts['umap_first_fit_s']} s "
+            f"(numba), cold {layouts['umap_cold_2000_s']} s, first warm start "
+            f"{layouts['umap_warm_first_s']} s, then **{layouts['umap_warm_2000_s']} s** per "
+            f"warm-started update; 10,000 points: cold {layouts['umap_cold_10000_s']} s, warm "
+            f"{layouts['umap_warm_10000_s']} s. PCA: {layouts['pca_2000_s']} s / "
+            f"{layouts['pca_10000_s']} s."
+        )
+    return "\n".join(lines)
+
+
+def report_main(file: str) -> int:
+    """Print ``format_markdown`` of a benchmark file; a missing or bad file is one clear line."""
+    try:
+        result = json.loads(Path(file).read_text())
+        print(format_markdown(result))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"The benchmark file {file!r} could not be read as the output of "
+            f"'python -m dml_core bench --out': {type(err).__name__}: {err}"
+        ) from err
+    return 0
