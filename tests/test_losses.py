@@ -10,7 +10,7 @@ import torch
 from pytorch_metric_learning import losses as pml
 from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance
 
-from dml_core import LOSSES, ConfigError, Pairs, Triplets
+from dml_core import LOSSES, MINERS, ConfigError, Pairs, Triplets
 from dml_core.errors import field_bounds
 from dml_core.losses.triplet import random_other_class
 from dml_core.tuples import all_pairs, all_triplets, to_pairs
@@ -163,10 +163,21 @@ def pml_pair(name: str, rng: torch.Generator) -> tuple[dict, torch.nn.Module]:
     return ours, pml.CircleLoss(**ours)
 
 
-def mined(kind: str, labels: torch.Tensor, rng: torch.Generator) -> Pairs | Triplets | None:
-    """No tuples, a random half of all triplets, or a random half of all pairs (kept in order)."""
+# Our miners whose tuples feed both implementations (semi-hard with a band wide enough that a
+# batch of 14 random points has semi-hard triplets).
+MINED = {"semi_hard": {"margin": 1.0}, "hard": {}, "batch_hard": {}, "multi_similarity": {}}
+
+
+def mined(
+    kind: str, emb: torch.Tensor, labels: torch.Tensor, rng: torch.Generator
+) -> Pairs | Triplets | None:
+    """No tuples, a random half of all triplets or pairs (kept in order), or a miner's tuples."""
     if kind == "none":
         return None
+    if kind in MINED:
+        tuples = MINERS.create(kind, **MINED[kind])(emb, labels)
+        assert len(tuples[0]) > 0, f"{kind} mined nothing: the comparison would be vacuous"
+        return tuples
     tuples = all_triplets(labels) if kind == "triplets" else all_pairs(labels)
     if kind == "triplets":
         keep = torch.rand(len(tuples.anchor), generator=rng) < 0.5
@@ -190,15 +201,16 @@ PML_NAMES = [
 
 
 @pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
-@pytest.mark.parametrize("kind", ["none", "triplets", "pairs"])
+@pytest.mark.parametrize("kind", ["none", "triplets", "pairs", *MINED])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", PML_NAMES)
 def test_matches_pytorch_metric_learning(name: str, seed: int, kind: str) -> None:
+    """Value and gradient equal PML's on all tuples, random subsets, and our miners' tuples."""
     rng = torch.Generator().manual_seed(100 * seed + NAMES.index(name))
     emb, labels = batch(seed, B=14, D=5, classes=4, dtype=torch.float64)
     params, theirs = pml_pair(name, rng)
     ours = LOSSES.create(name, CONTEXT, **params)
-    tuples = mined(kind, labels, rng)
+    tuples = mined(kind, emb, labels, rng)
     indices = tuples
     if tuples is not None and name not in {"triplet", "margin"}:
         indices = to_pairs(tuples)
@@ -211,17 +223,6 @@ def test_matches_pytorch_metric_learning(name: str, seed: int, kind: str) -> Non
     torch.testing.assert_close(emb.grad, emb_pml.grad, atol=1e-5, rtol=1e-5)
     if name == "margin" and params["nu"] > 0:
         torch.testing.assert_close(ours.beta.grad, theirs.beta.grad, atol=1e-5, rtol=1e-5)
-
-
-def test_matches_pml_with_the_semi_hard_miner() -> None:
-    from dml_core import MINERS
-
-    emb, labels = batch(3, B=24, D=3, dtype=torch.float64)
-    triplets = to_pairs(MINERS.create("semi_hard", margin=1.0)(emb, labels))
-    assert len(triplets.pos) > 0
-    ours = LOSSES.create("multi_similarity")(emb, labels, triplets).loss
-    theirs = pml.MultiSimilarityLoss(base=0.5)(emb, labels, triplets)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
 # --- against loops over the papers' equations ----------------------------------------------
