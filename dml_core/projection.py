@@ -13,7 +13,7 @@ spin, flip or jump between consecutive frames.
 - ``ProjectionWorker``: a daemon thread that computes layouts off the UI thread, newest first;
   stale requests are dropped, not queued (DESIGN.md section 2).
 
-umap-learn compiles its kernels with numba on the first fit of a process (~30 s on 2 cores).
+umap-learn compiles its kernels with numba on the first fit of a process (timed by ``bench``).
 Importing this module sets ``NUMBA_CACHE_DIR`` (unless already set) to a persistent folder so
 later processes reuse the compiled code; umap itself is imported lazily, on the first fit.
 The setting only takes effect if numba has not been imported yet.
@@ -42,7 +42,14 @@ N_NEIGHBORS = 15
 MIN_DIST = 0.1
 WARM_EPOCHS = 50
 EXACT_KNN_MAX = 10_000  # exact neighbours up to here (~1 s at 10k), pynndescent above
-COMPILING = "compiling UMAP (first fit, ~30 s)"
+COMPILING = "compiling UMAP (first fit of this server)"
+WORKING = "working"
+IDLE = "idle"
+
+
+def status_text(status: str) -> str:
+    """What the page says while it shows PCA instead of UMAP, for a ``ProjectionWorker.status``."""
+    return "UMAP compiles (once per server)" if status == COMPILING else "UMAP is computing"
 
 
 def _pca(emb: np.ndarray) -> np.ndarray:
@@ -373,13 +380,13 @@ class ProjectionWorker:
             return index, results[index]
 
     def status(self) -> str:
-        """One of "compiling UMAP (first fit, ~30 s)", "working" or "idle"."""
+        """One of ``COMPILING``, ``WORKING`` or ``IDLE``."""
         with self._cond:
             if self._busy is not None and self._busy[2] == "umap" and not self._umap_ready:
                 return COMPILING
             if self._busy is not None or self._pending or self._warm_up_requested:
-                return "working"
-            return "idle"
+                return WORKING
+            return IDLE
 
     def warm_up(self) -> None:
         """Start a tiny UMAP fit in the background so numba compiles before the first request."""

@@ -182,6 +182,24 @@ def embed(
 COLLAPSE_SHRINK = 0.25  # collapse: mean probe distance below this share of the untrained one
 
 
+def collapse_advice(cfg: RunConfig) -> str:
+    """What the collapse warning says for this run's own loss and miner."""
+    seen = (
+        "Collapse: the probe points have crowded together, far closer than at the start (see the "
+        "sphere histogram). "
+    )
+    if cfg.miner in ("hard", "batch_hard"):
+        return seen + (
+            f"The {cfg.miner} miner feeds the loss only the hardest negatives, and with a margin "
+            "the easiest way to satisfy them is to shrink everything; semi-hard mining (FaceNet) "
+            "avoids this. Retrieval metrics ignore scale, so they can still look good."
+        )
+    return seen + (
+        f"With {cfg.loss} and the {cfg.miner} miner, try a smaller learning rate or margin. "
+        "Retrieval metrics ignore scale, so they can still look good."
+    )
+
+
 def mean_stats(window: list[dict[str, Any]]) -> dict[str, Any]:
     """Average the per-step statistics of the steps since the last snapshot.
 

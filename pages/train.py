@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-import math
+import time
+import typing
 from typing import Any
 
 import streamlit as st
 
-from dml_core.config import RunConfig, check_against_dataset, make_config
-from dml_core.data import DATASETS, dataset_availability, load_dataset
+from dml_core.config import (
+    SECTIONS,
+    RunConfig,
+    check_against_dataset,
+    describe_config,
+    make_config,
+    margin_link,
+    widget_values,
+)
+from dml_core.data import dataset_availability, load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import live as figures
-from dml_core.projection import COMPILING, project
+from dml_core.metrics import METRIC_LABELS
+from dml_core.projection import project, status_text
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services import export
-from dml_core.train import resolve_device
+from dml_core.train import collapse_advice, resolve_device
 from pages.ui import (
     describe,
+    field_widget,
+    float_slider,
     load_snapshot,
     param_widgets,
     run_label,
@@ -27,101 +39,101 @@ from pages.ui import (
 use_app_navigation()
 store, manager, worker = services()
 FIELDS = RunConfig.model_fields
+SEPARATE_MARGIN = "cfg.separate_margin"
+PLAY_SPEEDS = {"slow": 2.0, "normal": 1.0, "fast": 0.4}  # seconds per snapshot
+
+
+def section_widgets(section: str) -> dict[str, Any]:
+    """Widgets generated from RunConfig's fields of one sidebar section (ranges declared there)."""
+    values = {}
+    names = [n for n, f in FIELDS.items() if (f.json_schema_extra or {}).get("section") == section]
+    columns = {}
+    for name in names:
+        column = (FIELDS[name].json_schema_extra or {}).get("column")
+        if column is not None and not columns:
+            columns = dict(enumerate(st.columns(2)))
+        with columns.get(column, st.container()):
+            values[name] = field_widget(RunConfig, name, f"cfg.{name}")
+    return values
+
+
+def margin_widgets(loss: str, miner: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One "Margin α" for the loss and the miner (unless unlinked), then each one's parameters."""
+    link = margin_link(loss, miner)
+    loss_skip: set[str] = set()
+    miner_skip: set[str] = set()
+    margin = None
+    if link is not None:
+        st.subheader("Margin")
+        margin = float_slider(
+            "Margin α",
+            (link.low, link.high),
+            link.low_open,
+            link.default,
+            f"cfg.margin.{loss}.{miner}",
+            f"Sets the {loss} loss's '{link.loss_field}' and the {miner} miner's 'margin'.",
+        )
+        separate = st.toggle(
+            "Separate miner margin",
+            key=SEPARATE_MARGIN,
+            help="Unlink only to study mining with a different margin than the loss (e.g. "
+            "semi-hard mining at 0.2 for a loss at 0.5). Two silently different margins are a "
+            "classic source of confusion (pytorch-metric-learning issue #466).",
+        )
+        loss_skip.add(link.loss_field)
+        if not separate:
+            miner_skip.add("margin")
+    st.subheader("Loss parameters")
+    loss_params = param_widgets(LOSSES[loss], "loss", skip=loss_skip)
+    st.subheader("Miner parameters")
+    miner_params = param_widgets(MINERS[miner], "miner", skip=miner_skip)
+    if link is not None:
+        loss_params[link.loss_field] = margin
+        miner_params.setdefault("margin", margin)
+    return loss_params, miner_params
 
 
 def sidebar_config() -> tuple[dict[str, Any], str | None]:
-    """The run settings, from widgets; returns (values, problem or None)."""
+    """The run settings, from widgets generated from RunConfig and the registries."""
     problem = None
     with st.sidebar:
         st.header("Settings")
-        dataset = st.selectbox(
-            "Dataset", DATASETS, key="cfg.dataset", help=FIELDS["dataset"].description
-        )
-        available, source = dataset_availability(dataset)
+        values = section_widgets(SECTIONS[0])
+        available, source = dataset_availability(values["dataset"])
         if available:
             st.caption(f"Source: {source}")
         else:
             st.warning(source)
-            problem = f"The {dataset} dataset is not available here."
-        split = st.radio(
-            "Split",
-            ["standard", "open-set"],
-            key="cfg.split",
-            horizontal=True,
-            help=FIELDS["split"].description,
-        )
-        net = st.radio("Net", ["mlp", "convnet"], key="cfg.net", horizontal=True)
-        dim = st.select_slider(
-            "Embedding dim",
-            [2, 3, 4, 8, 16, 32, 64, 128, 256, 512],
-            value=32,
-            key="cfg.embedding_dim",
-            help=FIELDS["embedding_dim"].description,
-        )
-        normalize = st.checkbox("L2-normalise (unit sphere)", value=True, key="cfg.normalize")
-
-        st.subheader("Loss")
-        loss = st.selectbox(
-            "Loss", list(LOSSES), index=list(LOSSES).index("triplet"), key="cfg.loss"
-        )
-        loss_entry = LOSSES[loss]
-        st.caption(loss_entry.summary)
-        loss_params = param_widgets(loss_entry, "loss")
-
-        st.subheader("Miner")
-        miner = st.selectbox(
-            "Miner", list(MINERS), index=list(MINERS).index("semi_hard"), key="cfg.miner"
-        )
-        miner_entry = MINERS[miner]
-        st.caption(miner_entry.summary)
-        miner_params = param_widgets(miner_entry, "miner")
-
+            problem = f"The {values['dataset']} dataset is not available here."
+        st.subheader("Loss and miner")
+        loss = field_widget_registry("loss", LOSSES)
+        st.caption(LOSSES[loss].summary)
+        miner = field_widget_registry("miner", MINERS)
+        st.caption(MINERS[miner].summary)
+        loss_params, miner_params = margin_widgets(loss, miner)
+        values |= {"loss": loss, "loss_params": loss_params}
+        values |= {"miner": miner, "miner_params": miner_params}
         st.subheader("Batch and optimiser")
-        c1, c2 = st.columns(2)
-        p = c1.number_input(
-            "P classes", 2, 10, 6, key="cfg.P", help=FIELDS["classes_per_batch"].description
-        )
-        k = c2.number_input(
-            "K per class", 1, 512, 16, key="cfg.K", help=FIELDS["samples_per_class"].description
-        )
-        lr = st.number_input("Learning rate", value=1e-3, format="%g", step=1e-4, key="cfg.lr")
-        steps = st.number_input("Steps", 1, 1_000_000, 300, step=50, key="cfg.steps")
+        values |= section_widgets(SECTIONS[1])
         with st.expander("More"):
-            snapshot_every = st.number_input(
-                "Snapshot every (steps)",
-                1,
-                100_000,
-                FIELDS["snapshot_every"].default,
-                key="cfg.snap",
-                help=FIELDS["snapshot_every"].description,
-            )
-            probe = st.number_input("Probe points", 50, 10_000, 2000, step=100, key="cfg.probe")
-            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cfg.seed")
-            device = st.radio("Device", ["auto", "cpu", "cuda"], key="cfg.device", horizontal=True)
+            values |= section_widgets(SECTIONS[2])
         try:
-            st.caption(f"Device: {resolve_device(device)[1]}")
+            st.caption(f"Device: {resolve_device(values['device'])[1]}")
         except RuntimeError as err:
             problem = str(err)
-    values = {
-        "dataset": dataset,
-        "split": split,
-        "net": net,
-        "embedding_dim": dim,
-        "normalize": normalize,
-        "loss": loss,
-        "loss_params": loss_params,
-        "miner": miner,
-        "miner_params": miner_params,
-        "classes_per_batch": p,
-        "samples_per_class": k,
-        "lr": lr,
-        "steps": steps,
-        "snapshot_every": snapshot_every,
-        "probe_size": probe,
-        "seed": seed,
-        "device": device,
-    }
     return values, problem
+
+
+def field_widget_registry(name: str, registry: typing.Mapping[str, Any]) -> str:
+    """A selectbox over a registry's names, defaulting to RunConfig's default."""
+    options = list(registry)
+    return st.selectbox(
+        FIELDS[name].title,
+        options,
+        index=options.index(FIELDS[name].default),
+        key=f"cfg.{name}",
+        help=FIELDS[name].description,
+    )
 
 
 def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None, str | None]:
@@ -138,7 +150,10 @@ def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None
 
 def current_run() -> str | None:
     """The run shown: from the URL (a reload or a shared link reattaches), else this session's."""
-    for run_id in (st.query_params.get("run"), st.session_state.get("current_run")):
+    wanted = st.query_params.get("run")
+    if wanted and not store.exists(wanted):
+        st.warning(f"There is no run '{wanted}' in this app's runs; showing the page without it.")
+    for run_id in (wanted, st.session_state.get("current_run")):
         if store.exists(run_id):
             return run_id
     return None
@@ -150,40 +165,50 @@ def show_run(run_id: str) -> None:
     st.session_state["current_run"] = run_id
 
 
-def controls(cfg: RunConfig | None, error: str | None, run_id: str | None) -> None:
-    """Train / Pause / Resume / Stop (outside the live fragment)."""
-    job = manager.get(run_id) if run_id else None
-    state = job.progress().state if job else None
-    saved_state = store.status(run_id).get("state") if run_id else None
-    can_continue = state is None or job.done
-    resumable = can_continue and saved_state in ("interrupted", "stopped")
-    cols = st.columns([1, 1, 1, 1, 4])
-    if cols[0].button("Train", type="primary", disabled=cfg is None, key="btn.train", icon="▶️"):
+def load_settings(cfg: RunConfig) -> None:
+    """Copy a run's settings into the sidebar's widgets (a button callback: before they draw)."""
+    link = margin_link(cfg.loss, cfg.miner)
+    for key, value in widget_values(cfg).items():
+        st.session_state[key] = value
+    if link is not None:
+        loss_margin = cfg.loss_params[link.loss_field]
+        st.session_state[f"cfg.margin.{cfg.loss}.{cfg.miner}"] = loss_margin
+        separate = cfg.miner_params.get("margin") != loss_margin
+        st.session_state[SEPARATE_MARGIN] = separate
+
+
+def train_button(cfg: RunConfig | None, error: str | None) -> None:
+    """Train (outside the live fragment: it reads the sidebar)."""
+    if st.button("Train", type="primary", disabled=cfg is None, key="btn.train", icon="▶️"):
         new_id = manager.submit(cfg)
         st.session_state.setdefault("my_runs", []).append(new_id)
         show_run(new_id)
         st.rerun()
-    if cols[1].button("Pause", disabled=state != "running", key="btn.pause"):
+    if error:
+        st.error(error, icon="🚫")
+
+
+def run_controls(run_id: str, info: dict[str, Any]) -> None:
+    """Pause / Resume / Stop, enabled exactly when they apply (inside the live fragment)."""
+    job = manager.get(run_id)
+    cols = st.columns([1, 1, 1, 5])
+    if cols[0].button("Pause", disabled=not info["can_pause"], key="btn.pause"):
         job.pause()
-        st.rerun()
-    if cols[2].button(
+        st.rerun(scope="fragment")
+    if cols[1].button(
         "Resume",
-        disabled=state != "paused" and not resumable,
+        disabled=not info["can_resume"],
         key="btn.resume",
         help="Continue a paused run, or an interrupted/stopped one from its last checkpoint",
     ):
-        if state == "paused":
+        if info["state"] == "paused":
             job.resume()
         else:
             manager.resume(run_id)
-        st.rerun()
-    if cols[3].button(
-        "Stop", disabled=state not in ("queued", "running", "paused", "starting"), key="btn.stop"
-    ):
+        st.rerun()  # polling starts again
+    if cols[2].button("Stop", disabled=not info["can_stop"], key="btn.stop"):
         manager.stop(run_id)
-        st.rerun()
-    if error:
-        st.error(error, icon="🚫")
+        st.rerun(scope="fragment")
 
 
 def export_buttons(run_id: str) -> None:
@@ -241,8 +266,29 @@ def run_picker(run_id: str | None) -> None:
             st.rerun()
 
 
-def embedding_view(run_id: str, snap, class_names, dim: int) -> None:
-    """UMAP (warm-started, off the UI thread), PCA, or the raw 2-D/3-D coordinates."""
+def shown_settings(run_id: str) -> None:
+    """The shown run's own settings: a config card, its equations and "Load these settings"."""
+    cfg = store.load(run_id).config
+    st.markdown(f"**Shown run:** {describe_config(cfg)}")
+    st.button(
+        "Load these settings",
+        key="btn.load_settings",
+        on_click=load_settings,
+        args=(cfg,),
+        help="Copy this run's settings into the sidebar, to train it again or vary one thing",
+    )
+    left, right = st.columns(2)
+    with left:
+        describe(LOSSES[cfg.loss])
+    with right:
+        describe(MINERS[cfg.miner])
+
+
+def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
+    """UMAP (warm-started, off the UI thread), PCA, or the raw 2-D/3-D coordinates.
+
+    Returns whether the layout shown is a stand-in (older step or PCA) for one still computing.
+    """
     methods = ["UMAP", "PCA"] + (["Direct"] if dim <= 3 else [])
     method = st.radio(
         "Projection",
@@ -255,6 +301,7 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> None:
     worker.submit(run_id, snap.step, snap.probe_emb, name)
     layout = worker.get(run_id, snap.step, name, timeout=0.3)
     note = f"{method} of the probe set at step {snap.step} ({len(snap.probe_labels)} test images)"
+    pending = layout is None
     if layout is None:
         latest = worker.latest(run_id, name)
         if latest is not None:
@@ -262,42 +309,58 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> None:
             note = f"{method} of step {latest[0]}; step {snap.step} is being computed"
         else:
             layout = project(snap.probe_emb, "pca")
-            status = worker.status()
-            why = (
-                "UMAP is compiling (first fit, ~30 s)"
-                if status == COMPILING
-                else "UMAP is computing"
-            )
-            note = f"PCA shown while {why}"
-    if layout is None:
-        st.info("Computing the first layout…")
-        return
+            note = f"PCA shown while {status_text(worker.status())}"
     fig = figures.embedding_figure(
         layout, snap.probe_labels, class_names, note, uirevision=f"emb-{run_id}-{name}"
     )
     st.plotly_chart(fig, key="chart.embedding")
+    return pending
 
 
 ACTIVE = ("queued", "starting", "running", "paused")
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def run_axes(runs_dir: str, run_id: str, steps: tuple[int, ...]) -> tuple:
+    """Fixed axes of a run's histograms over all its snapshots (recomputed on new snapshots)."""
+    snaps = [load_snapshot(runs_dir, run_id, step) for step in steps]
+    on_sphere = store.load(run_id).config.normalize
+    hist = figures.histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snaps], on_sphere)
+    sphere_top = max(sphere_density_max(runs_dir, run_id, step) for step in steps)
+    return hist, sphere_top
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def sphere_density_max(runs_dir: str, run_id: str, step: int) -> float:
+    """Highest bar of one snapshot's sphere histogram (cached: snapshots never change)."""
+    return figures.sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
-def snapshot_figures(runs_dir: str, run_id: str, step: int) -> tuple:
-    """The distance histogram and the sphere figure of one snapshot, built once."""
+def snapshot_figures(runs_dir: str, run_id: str, step: int, axes: tuple) -> tuple:
+    """The distance histogram and the sphere figure of one snapshot, on the run's fixed axes."""
     snap = load_snapshot(runs_dir, run_id, step)
+    hist_axes, sphere_top = axes
     overlap = snap.metrics.get("pair_overlap")
     hist = figures.distance_histogram_figure(
-        snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}"
+        snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}",
+        axes=hist_axes,
+    )  # fmt: skip
+    sphere = figures.sphere_distance_figure(
+        snap.probe_emb,
+        uirevision=f"sphere-{run_id}",
+        y_max=sphere_top,
+        trained_on_sphere=store.load(run_id).config.normalize,
     )
-    sphere = figures.sphere_distance_figure(snap.probe_emb, uirevision=f"sphere-{run_id}")
     return hist, sphere
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def curves(runs_dir: str, run_id: str, step: int, rows: int) -> object:
-    """The training curves up to ``step`` (``rows`` keys the cache on new snapshots)."""
-    history = store.history(run_id)
-    return figures.curves_figure(history[history.step <= step], uirevision=f"curves-{run_id}")
+    """The whole run's curves with a marker at ``step`` (``rows`` keys new snapshots)."""
+    return figures.curves_figure(
+        store.history(run_id), uirevision=f"curves-{run_id}", marker_x=step
+    )
 
 
 @st.cache_data(show_spinner=False)
@@ -306,65 +369,46 @@ def class_names(dataset: str, split: str) -> tuple[str, ...]:
     return load_dataset(dataset, split).class_names
 
 
-def run_state(run_id: str) -> dict[str, Any]:
-    """State, progress and message of a run, from its live job or from disk."""
+def run_info(run_id: str) -> dict[str, Any]:
+    """State, progress, message and which controls apply, from the live job or from disk."""
     job = manager.get(run_id)
     if job is not None and not job.done:
         p = job.progress()
-        return {
-            "state": p.state,
+        state = p.state
+        info = {
+            "state": state,
             "step": p.step,
             "steps": p.steps,
             "message": p.message,
             "device": p.device,
             "position": manager.queue_position(run_id),
             "rate": f"{p.samples_per_s:,.0f} samples/s" if p.samples_per_s else "",
-            "eta": f"ETA {p.eta_s:.0f} s"
-            if math.isfinite(p.eta_s) and p.state == "running"
-            else "",
+            "eta": f"ETA {p.eta_s:.0f} s" if p.eta_s == p.eta_s and state == "running" else "",
         }
-    status = store.status(run_id)
-    return {
-        "state": status.get("state", "?"),
-        "step": status.get("step", 0),
-        "steps": store.load(run_id).config.steps,
-        "message": status.get("message", ""),
-        "device": status.get("device", ""),
-        "position": None,
-        "rate": "",
-        "eta": "",
-    }
-
-
-def scrubber(steps_saved: tuple[int, ...], playing: bool) -> int:
-    """Index of the snapshot to show: the latest, the slider's, or the next while playing."""
-    last = len(steps_saved) - 1
-    if last == 0 or st.session_state.get("view.follow", True):
-        return last
-    if playing:
-        st.session_state["view.scrub"] = min(st.session_state.get("view.scrub", 0) + 1, last)
-    return st.slider(
-        "Snapshot",
-        0,
-        last,
-        last,
-        key="view.scrub",
-        format="%d",
-        help="Replay the run: every figure follows this slider",
+    else:
+        status = store.status(run_id)
+        state = status.get("state", "?")
+        info = {
+            "state": state,
+            "step": status.get("step", 0),
+            "steps": store.load(run_id).config.steps,
+            "message": status.get("message", ""),
+            "device": status.get("device", ""),
+            "position": None,
+            "rate": "",
+            "eta": "",
+        }
+    live = job is not None and not job.done
+    info["can_pause"] = live and state == "running"
+    info["can_resume"] = (live and state == "paused") or (
+        not live and state in ("interrupted", "stopped")
     )
+    info["can_stop"] = live and state in ACTIVE
+    return info
 
 
-def live_body(run_id: str | None) -> None:
-    """The live part of the page: progress, scrubber and figures."""
-    if run_id is None:
-        st.info("Idle. Choose settings in the sidebar and press **Train**, or open a saved run.")
-        return
-    info = run_state(run_id)
-    seen = st.session_state.setdefault("seen_state", {})
-    if seen.get(run_id) in ACTIVE and info["state"] not in ACTIVE:
-        seen[run_id] = info["state"]
-        st.rerun()  # the run ended: refresh the buttons and stop polling
-    seen[run_id] = info["state"]
+def progress_line(run_id: str, info: dict[str, Any]) -> None:
+    """The run's label, state, step, rate, ETA and device, as a progress bar."""
     queued = f" (position {info['position']} in the queue)" if info["position"] else ""
     parts = [
         run_label(store, run_id),
@@ -379,79 +423,151 @@ def live_body(run_id: str | None) -> None:
     )
     if info["message"]:
         (st.error if info["state"] in ("failed", "diverged") else st.info)(info["message"])
+
+
+def headline_metrics(snap, final: dict[str, float] | None) -> None:
+    """Retrieval at the shown snapshot (probe set), and the final test-vs-train figures."""
+    keys = ("precision_at_1", "r_precision", "map_at_r")
+    cols = st.columns(len(keys) + (len(keys) + 1 if final else 0))
+    for col, key in zip(cols, keys, strict=False):
+        value = snap.metrics.get(key)
+        col.metric(
+            f"{METRIC_LABELS[key]} at step {snap.step}",
+            "—" if value is None else f"{value:.3f}",
+            help="Leave-one-out retrieval within the probe set at this snapshot",
+        )
+    if final:
+        for col, key in zip(cols[len(keys) :], (*keys, "nmi"), strict=False):
+            col.metric(
+                f"{METRIC_LABELS[key]} final",
+                f"{final[key]:.3f}",
+                help="After training: every test image queried against every training image",
+            )
+
+
+def scrub_controls(steps_saved: tuple[int, ...]) -> int:
+    """Follow / Play / speed and the step slider; returns the step to show."""
+    last = steps_saved[-1]
+    c1, c2, c3 = st.columns([2, 1, 2])
+    following = c1.toggle("Follow the latest snapshot", value=True, key="view.follow")
+    if following or len(steps_saved) == 1:
+        return last
+    key = "view.scrub_step"
+    if st.session_state.get(key) not in steps_saved:
+        st.session_state[key] = steps_saved[0]
+    if st.session_state.get("view.play"):
+        at = steps_saved.index(st.session_state[key])
+        now = time.monotonic()
+        due = now - st.session_state.get("view.advanced", 0.0) >= 0.8 * play_period()
+        if at == len(steps_saved) - 1:
+            st.session_state["view.play"] = False  # the end: stop, as a player does
+        elif due:  # a timer tick, not a rerun caused by a click
+            st.session_state[key] = steps_saved[at + 1]
+            st.session_state["view.advanced"] = now
+    c2.toggle(
+        "Play",
+        key="view.play",
+        help="Step through the snapshots until the last one",
+        on_change=lambda: st.session_state.update({"view.advanced": time.monotonic()}),
+    )
+    c3.radio("Speed", list(PLAY_SPEEDS), index=1, key="view.speed", horizontal=True)
+    return st.select_slider(
+        "Snapshot",
+        options=list(steps_saved),
+        key=key,
+        format_func=lambda s: f"step {s}",
+        help="Replay the run: every figure follows this slider",
+    )
+
+
+def play_period() -> float:
+    """Seconds per snapshot while playing, from the chosen speed."""
+    return PLAY_SPEEDS[st.session_state.get("view.speed", "normal")]
+
+
+def desired_interval(run_id: str | None, info: dict[str, Any] | None) -> float | None:
+    """How often the live view reruns: while the run moves, plays, or a layout is pending."""
+    if run_id is None or info is None:
+        return None
+    if info["state"] in ACTIVE:
+        return 1.5
+    if st.session_state.get("view.play") and not st.session_state.get("view.follow", True):
+        return play_period()
+    if st.session_state.get("view.pending"):
+        return 1.0
+    return None
+
+
+def live_body(run_id: str | None, interval: float | None) -> None:
+    """The live part of the page: progress, controls, scrubber and figures."""
+    if run_id is None:
+        st.info("Idle. Choose settings in the sidebar and press **Train**, or open a saved run.")
+        return
+    info = run_info(run_id)
+    progress_line(run_id, info)
+    run_controls(run_id, info)
     record = store.load(run_id)
     steps_saved = record.snapshot_steps
     if not steps_saved:
         st.caption("Waiting for the first snapshot…")
-        return
-    final = record.status.get("final_metrics")
-    if final:
-        labels = {
-            "precision_at_1": "P@1",
-            "r_precision": "R-Precision",
-            "map_at_r": "MAP@R",
-            "nmi": "NMI",
-        }
-        for col, (key, label) in zip(st.columns(4), labels.items(), strict=True):
-            col.metric(f"{label} (test vs train)", f"{final[key]:.3f}")
-    c1, c2 = st.columns([1, 3])
-    c1.toggle("Follow the latest snapshot", value=True, key="view.follow")
-    playing = c2.toggle(
-        "Play",
-        value=False,
-        key="view.play",
-        help="Replay the snapshots in order",
-        disabled=st.session_state.get("view.follow", True),
-    )
-    index = scrubber(steps_saved, playing)
-    snap = load_snapshot(str(store.root), run_id, steps_saved[index])
+        pending = False
+    else:
+        step = scrub_controls(tuple(steps_saved))
+        pending = snapshot_view(run_id, record, tuple(steps_saved), step)
+    st.session_state["view.pending"] = pending
+    if desired_interval(run_id, run_info(run_id)) != interval:
+        st.rerun()  # the run started or ended, Play was pressed, a layout arrived: re-time polling
+
+
+def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) -> bool:
+    """Every figure of one snapshot, on the run's fixed axes; returns whether UMAP is pending."""
+    snap = load_snapshot(str(store.root), run_id, step)
+    headline_metrics(snap, record.status.get("final_metrics"))
+    index = steps_saved.index(step)
     st.caption(
-        f"Snapshot {index + 1}/{len(steps_saved)}: step {snap.step}, "
+        f"Snapshot {index + 1} of {len(steps_saved)}: step {snap.step}, "
         f"{snap.samples_seen:,} samples seen, {snap.elapsed:.1f} s of training"
     )
     warning = st.empty()  # a fixed slot: the figures below never shift when it fills
     if snap.collapse.get("collapsing"):
-        warning.warning(
-            "Collapse: the probe points have crowded together, far closer than at the "
-            "start (see the sphere histogram). Hardest-negative mining with a margin does "
-            "this; semi-hard mining (FaceNet) avoids it.",
-            icon="⚠️",
-        )
-    hist, sphere = snapshot_figures(str(store.root), run_id, snap.step)
+        warning.warning(collapse_advice(record.config), icon="⚠️")
+    axes = run_axes(str(store.root), run_id, steps_saved)
+    hist, sphere = snapshot_figures(str(store.root), run_id, snap.step, axes)
     left, right = st.columns(2)
     with left:
         names = class_names(record.config.dataset, record.config.split)
-        embedding_view(run_id, snap, names, record.config.embedding_dim)
+        pending = embedding_view(run_id, snap, names, record.config.embedding_dim)
     with right:
         st.plotly_chart(hist, key="chart.hist")
     left, right = st.columns(2)
     with left:
         st.plotly_chart(sphere, key="chart.sphere")
     with right:
-        st.plotly_chart(
-            curves(str(store.root), run_id, snap.step, len(steps_saved)), key="chart.curves"
-        )
+        fig = curves(str(store.root), run_id, snap.step, len(steps_saved))
+        st.plotly_chart(fig, key="chart.curves")
+    return pending
 
 
 def live_view(run_id: str | None) -> None:
-    """Always rendered; polls while the run is active or playing, and is static otherwise."""
-    active = run_id is not None and run_state(run_id)["state"] in ACTIVE
-    playing = st.session_state.get("view.play") and not st.session_state.get("view.follow", True)
-    interval = 1.5 if active else (1.0 if playing else None)
-    st.fragment(run_every=interval)(live_body)(run_id)
+    """Always rendered; reruns on a timer while something moves, and is static otherwise."""
+    interval = desired_interval(run_id, run_info(run_id) if run_id else None)
+    st.fragment(run_every=interval)(live_body)(run_id, interval)
 
 
 st.title("Train an embedding")
 values, problem = sidebar_config()
 cfg, error = check(values, problem)
 run_id = current_run()
-controls(cfg, error, run_id)
+train_button(cfg, error)
 run_picker(run_id)
-left, right = st.columns(2)
-with left:
-    describe(LOSSES[values["loss"]])
-with right:
-    describe(MINERS[values["miner"]])
+if run_id is not None:
+    shown_settings(run_id)
+else:
+    left, right = st.columns(2)
+    with left:
+        describe(LOSSES[values["loss"]])
+    with right:
+        describe(MINERS[values["miner"]])
 live_view(run_id)
 if run_id is not None:
     export_buttons(run_id)

@@ -10,9 +10,12 @@ import atexit
 import math
 import os
 import typing
+from collections.abc import Collection
 from typing import Any
 
 import streamlit as st
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from streamlit.runtime.pages_manager import PagesManager
 
 from dml_core.errors import field_bounds
@@ -85,63 +88,96 @@ def _nice_step(low: float, high: float) -> float:
     return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
 
 
-def param_widgets(entry: Entry, prefix: str) -> dict[str, Any]:
-    """One widget per declared parameter of ``entry``; returns {name: value}.
+def _help(field: FieldInfo) -> str | None:
+    """The field's description, its paper symbol spelled out ("α in the equation: …")."""
+    symbol, text = split_symbol(field.description or "")
+    return f"{symbol} in the equation: {text}" if symbol else text or None
 
-    bool -> checkbox, Literal -> selectbox, int -> number input, float with a finite range ->
-    slider (else number input). Limits, defaults and help come from the pydantic model.
+
+def field_widget(model: type[BaseModel], name: str, key: str, label: str | None = None) -> Any:
+    """One widget for one declared field of a pydantic model; returns its value.
+
+    bool -> checkbox; Literal -> radio (``horizontal`` hint) or selectbox; declared ``choices``
+    -> select slider; int -> number input; float with a finite range of at most 100 -> slider
+    (``widget="number"`` asks for a number input). Limits, default, label (``title``) and help
+    come from the model, so no bound is typed twice.
     """
-    values: dict[str, Any] = {}
-    for name, field in entry.params.model_fields.items():
-        key = f"{prefix}.{entry.name}.{name}"
-        annotation, default = field.annotation, field.default
-        symbol, text = split_symbol(field.description or "")
-        help_text = f"{symbol} in the equation: {text}" if symbol else text or None
-        if annotation is bool:
-            values[name] = st.checkbox(name, value=default, key=key, help=help_text)
-        elif typing.get_origin(annotation) is typing.Literal:
-            options = list(typing.get_args(annotation))
-            values[name] = st.selectbox(
-                name, options, index=options.index(default), key=key, help=help_text
-            )
-        else:
-            bounds = field_bounds(entry.params, name)
-            low = bounds.get("ge", bounds.get("gt"))
-            high = bounds.get("le", bounds.get("lt"))
-            if annotation is int:
-                values[name] = st.number_input(
-                    name,
-                    min_value=low if low is None else int(low) + ("gt" in bounds),
-                    max_value=high if high is None else int(high) - ("lt" in bounds),
-                    value=int(default),
-                    step=1,
-                    key=key,
-                    help=help_text,
-                )
-            elif low is not None and high is not None and high - low <= 100:
-                step = _nice_step(float(low), float(high))
-                low_ok = float(low) + (step if "gt" in bounds else 0.0)
-                values[name] = st.slider(
-                    name,
-                    min_value=low_ok,
-                    max_value=float(high),
-                    value=float(default),
-                    step=step,
-                    format="%g",
-                    key=key,
-                    help=help_text,
-                )
-            else:
-                values[name] = st.number_input(
-                    name,
-                    value=float(default),
-                    format="%g",
-                    key=key,
-                    help=help_text,
-                    min_value=None if low is None else float(low),
-                    max_value=None if high is None else float(high),
-                )
-    return values
+    field = model.model_fields[name]
+    hints = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    label = label or field.title or name
+    annotation, default, help_text = field.annotation, field.default, _help(field)
+    if annotation is bool:
+        return st.checkbox(label, value=default, key=key, help=help_text)
+    if typing.get_origin(annotation) is typing.Literal:
+        options = list(typing.get_args(annotation))
+        if hints.get("horizontal"):
+            return st.radio(
+                label, options, index=options.index(default), key=key, help=help_text,
+                horizontal=True,
+            )  # fmt: skip
+        return st.selectbox(label, options, index=options.index(default), key=key, help=help_text)
+    if "choices" in hints:
+        return st.select_slider(label, list(hints["choices"]), default, key=key, help=help_text)
+    bounds = field_bounds(model, name)
+    low = bounds.get("ge", bounds.get("gt"))
+    high = bounds.get("le", bounds.get("lt"))
+    if annotation is int:
+        return st.number_input(
+            label,
+            min_value=low if low is None else int(low) + ("gt" in bounds),
+            max_value=high if high is None else int(high) - ("lt" in bounds),
+            value=int(default),
+            step=int(hints.get("step", 1)),
+            key=key,
+            help=help_text,
+        )
+    finite = low is not None and high is not None
+    if hints.get("widget") != "number" and finite and high - low <= 100:
+        return float_slider(
+            label, (float(low), float(high)), "gt" in bounds, default, key, help_text
+        )
+    return st.number_input(
+        label,
+        value=float(default),
+        format="%g",
+        step=hints.get("step"),
+        key=key,
+        help=help_text,
+        min_value=None if low is None else float(low),
+        max_value=None if high is None else float(high),
+    )
+
+
+def float_slider(
+    label: str,
+    limits: tuple[float, float],
+    low_open: bool,
+    default: float,
+    key: str,
+    help_text: str | None,
+) -> float:
+    """A slider over [low, high] (or (low, high]) with a round step of about 1/200 of the range."""
+    low, high = limits
+    step = _nice_step(low, high)
+    return st.slider(
+        label,
+        min_value=low + (step if low_open else 0.0),
+        max_value=high,
+        value=float(default),
+        step=step,
+        format="%g",
+        key=key,
+        help=help_text,
+    )
+
+
+def param_widgets(entry: Entry, prefix: str, skip: Collection[str] = ()) -> dict[str, Any]:
+    """One widget per declared parameter of ``entry`` (but ``skip``); returns {name: value}."""
+    return {
+        name: field_widget(entry.params, name, f"{prefix}.{entry.name}.{name}", label=name)
+        for name in entry.params.model_fields
+        if name not in skip
+    }
 
 
 def describe(entry: Entry) -> None:

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import pages.ui
+from dml_core.config import margin_link
 from dml_core.registry import LOSSES, MINERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +59,12 @@ def test_every_loss_renders_its_parameter_widgets(train: AppTest, loss: str) -> 
         for kind in ("slider", "number_input", "checkbox", "selectbox")
         for w in train.get(kind)
     }
+    link = margin_link(loss, "semi_hard")  # the default miner
     for field in LOSSES[loss].params.model_fields:
-        assert f"loss.{loss}.{field}" in keys
+        if link is not None and field == link.loss_field:  # one "Margin α" for loss and miner
+            assert f"cfg.margin.{loss}.semi_hard" in keys
+        else:
+            assert f"loss.{loss}.{field}" in keys
     assert any(LOSSES[loss].equation in latex.value for latex in train.latex)
 
 
@@ -73,8 +78,8 @@ def test_every_miner_renders(train: AppTest, miner: str) -> None:
 @pytest.mark.parametrize(
     ("widget", "value", "message"),
     [
-        ("cfg.K", 1, "'samples_per_class' (K) parameter must be at least 2"),
-        ("cfg.K", 500, "'samples_per_class' (K) parameter must be at most"),
+        ("cfg.samples_per_class", 1, "'samples_per_class' (K) parameter must be at least 2"),
+        ("cfg.samples_per_class", 500, "'samples_per_class' (K) parameter must be at most"),
         ("cfg.lr", 0.0, "'lr' parameter of the run config must be in (0, 10]"),
     ],
 )
@@ -89,7 +94,7 @@ def test_invalid_settings_show_a_message_and_disable_train(
 
 def test_open_set_with_too_many_classes_is_explained(train: AppTest) -> None:
     train.radio(key="cfg.split").set_value("open-set").run()
-    train.number_input(key="cfg.P").set_value(8).run()
+    train.number_input(key="cfg.classes_per_batch").set_value(8).run()
     assert any(
         "'classes_per_batch' (P) parameter must be at most 6" in e.value for e in train.error
     )

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dml_core.config import RunConfig, make_config
+from dml_core.config import RunConfig, make_config, params_text
 from dml_core.errors import ConfigError
 from dml_core.projection import procrustes_align, project
 from dml_core.registry import LOSSES, MINERS
@@ -210,13 +210,6 @@ def shared_steps(store: RunStore, run_ids: Sequence[str], fraction: float) -> di
     """One scrubber for all runs: ``fraction`` of the longest run's samples; step per run."""
     total = max(planned_samples(store.load(r).config) for r in run_ids)
     return {r: snapshot_at(store, r, samples_seen=round(fraction * total)) for r in run_ids}
-
-
-def params_text(params: dict[str, Any]) -> str:
-    """``{"margin": 0.1, "soft": False}`` -> ``"margin=0.1, soft=False"``."""
-    return ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
 
 
 def results_table(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:

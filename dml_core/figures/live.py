@@ -18,8 +18,8 @@ What they show (the Train page):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,9 @@ from plotly.subplots import make_subplots
 
 from dml_core.figures.style import (
     CLASS_COLORS,
+    CURVE_COLORS,
     NEGATIVE_COLOR,
+    OTHER_CURVE_COLOR,
     POSITIVE_COLOR,
     _density_grid,
     _histogram,
@@ -154,6 +156,56 @@ def _unit_sphere_surface(resolution: int = 30) -> go.Surface:
     )  # fmt: skip
 
 
+class HistogramAxes(NamedTuple):
+    """Fixed axes for every snapshot of a run: the bins, the x-range and the top of the y-axis.
+
+    Steady axes make "watch the distributions separate" mean what it says: with per-snapshot
+    autoscaling the eye follows the axes instead of the data.
+    """
+
+    x_range: tuple[float, float]
+    y_max: float
+    bins: dict[str, float]
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    return values[np.isfinite(values)]
+
+
+def histogram_axes(
+    samples: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, float]]],
+    on_sphere: bool,
+    nbins: int = 60,
+) -> HistogramAxes:
+    """Axes that fit every snapshot of a run: x in [0, 2] on the unit sphere, else [0, max].
+
+    Args:
+        samples: per snapshot, (positive distances, negative distances, margin lines).
+        on_sphere: whether the run's embeddings are L2-normalised (distances lie in [0, 2]).
+        nbins: bins over the x-range, shared by every snapshot.
+    """
+    samples = [(_finite(pos), _finite(neg), dict(lines)) for pos, neg, lines in samples]
+    top = 2.0 if on_sphere else 0.0
+    for pos, neg, lines in samples:
+        values = np.concatenate([pos, neg, np.asarray(list(lines.values()), dtype=np.float64)])
+        if len(values) and not on_sphere:
+            top = max(top, float(values.max()) * 1.05)
+        if lines:
+            top = max(top, max(lines.values()) * 1.05)
+    top = top if top > 0 else 1.0
+    size = top / nbins
+    edges = np.linspace(0.0, top, nbins + 1)  # (nbins + 1,)
+    y_max = 0.0
+    for pos, neg, _ in samples:
+        for values in (pos, neg):
+            if len(values):
+                density, _ = np.histogram(values, bins=edges, density=True)
+                y_max = max(y_max, float(density.max()))
+    bins = {"start": 0.0, "end": top + size, "size": size}
+    return HistogramAxes((0.0, top), y_max * 1.05 if y_max > 0 else 1.0, bins)
+
+
 def distance_histogram_figure(
     pos: np.ndarray,
     neg: np.ndarray,
@@ -162,6 +214,7 @@ def distance_histogram_figure(
     title: str = "Positive and negative pair distances",
     uirevision: str = "distances",
     nbins: int = 60,
+    axes: HistogramAxes | None = None,
 ) -> go.Figure:
     """Overlaid density histograms of positive and negative pair distances, on shared bins.
 
@@ -176,14 +229,15 @@ def distance_histogram_figure(
         overlap: P(d- < d+), shown in the title when given.
         title: figure title.
         uirevision: constant per view.
-        nbins: number of shared bins.
+        nbins: number of shared bins (when no ``axes`` are given).
+        axes: fixed bins and ranges for every snapshot of a run (``histogram_axes``).
     """
     pos = np.asarray(pos, dtype=np.float64).ravel()
     neg = np.asarray(neg, dtype=np.float64).ravel()
     both = np.concatenate([pos, neg])
     both = both[np.isfinite(both)]
-    bins = None
-    if len(both):
+    bins = None if axes is None else axes.bins
+    if bins is None and len(both):
         lo, hi = float(both.min()), float(both.max())
         size = (hi - lo) / nbins if hi > lo else 1e-3
         bins = {"start": lo, "end": hi + size, "size": size}
@@ -211,6 +265,9 @@ def distance_histogram_figure(
     fig.update_layout(barmode="overlay", bargap=0.0)
     fig.update_xaxes(title_text="distance d")
     fig.update_yaxes(title_text="density")
+    if axes is not None:
+        fig.update_xaxes(range=list(axes.x_range))
+        fig.update_yaxes(range=[0.0, axes.y_max])
     return fig
 
 
@@ -221,11 +278,38 @@ def _pairwise_upper(points: np.ndarray) -> np.ndarray:
     return dist[np.triu_indices(len(points), k=1)]
 
 
+SPHERE_BINS = {"start": 0.0, "end": 2.0, "size": 0.025}
+
+
+def sphere_distances(emb: np.ndarray, max_points: int = 1000) -> np.ndarray:
+    """All pairwise distances (i < j) of the L2-normalised rows of ``emb``, a flat array.
+
+    At most ``max_points`` rows enter (a fixed-seed subsample), so 1000 points give 499,500
+    distances whatever the probe size.
+    """
+    points = np.asarray(emb, dtype=np.float64)
+    points = points / np.clip(np.linalg.norm(points, axis=1, keepdims=True), 1e-12, None)
+    if len(points) > max_points:
+        keep = np.sort(np.random.default_rng(0).choice(len(points), max_points, replace=False))
+        points = points[keep]
+    return _pairwise_upper(points)
+
+
+def sphere_density_max(emb: np.ndarray, max_points: int = 1000) -> float:
+    """The highest bar of ``sphere_distance_figure``'s histogram for ``emb`` (same bins)."""
+    dists = sphere_distances(emb, max_points)
+    edges = np.arange(0.0, 2.0 + SPHERE_BINS["size"] / 2, SPHERE_BINS["size"])
+    density, _ = np.histogram(dists, bins=edges, density=True)
+    return float(density.max()) if len(dists) else 0.0
+
+
 def sphere_distance_figure(
     emb: np.ndarray,
     title: str = "All pairwise distances on the unit sphere",
     max_points: int = 1000,
     uirevision: str = "sphere",
+    y_max: float | None = None,
+    trained_on_sphere: bool = True,
 ) -> go.Figure:
     """Histogram of pairwise distances of the L2-normalised embeddings vs uniform-sphere q(d).
 
@@ -238,20 +322,20 @@ def sphere_distance_figure(
         title: figure title.
         max_points: at most this many points (a fixed-seed subsample) enter the i < j pairs.
         uirevision: constant per view.
+        y_max: top of the y-axis, fixed for every snapshot of a run (None: autoscale).
+        trained_on_sphere: False when the run trains without normalisation: the figure then
+            says that it normalised the points for this plot only.
     """
-    points = np.asarray(emb, dtype=np.float64)
-    points = points / np.clip(np.linalg.norm(points, axis=1, keepdims=True), 1e-12, None)
-    if len(points) > max_points:
-        keep = np.sort(np.random.default_rng(0).choice(len(points), max_points, replace=False))
-        points = points[keep]
-    dists = _pairwise_upper(points)
-    dim = points.shape[1]
+    dists = sphere_distances(emb, max_points)
+    dim = np.asarray(emb).shape[1]
+    n_points = min(len(emb), max_points)
     fig = go.Figure()
-    name = f"{len(points)} probe points ({len(dists)} pairs)"
-    bins = {"start": 0.0, "end": 2.0, "size": 0.025}
-    fig.add_trace(_histogram(dists, name, CLASS_COLORS[0], bins, 0.6))
+    name = f"{n_points} probe points ({len(dists)} pairs)"
+    fig.add_trace(_histogram(dists, name, CLASS_COLORS[0], SPHERE_BINS, 0.6))
+    density_top = 0.0
     if dim >= 2:
         grid, density = _density_grid(dim)
+        density_top = float(np.nanmax(density[np.isfinite(density)]))
         fig.add_trace(
             go.Scatter(
                 x=grid,
@@ -262,10 +346,14 @@ def sphere_distance_figure(
             )
         )
     _sqrt2_line(fig, "top right")
+    if not trained_on_sphere:
+        title = f"{title}, normalised for this plot (the run trains off the sphere)"
     _style(fig, f"{title} (D = {dim})", uirevision)
     fig.update_layout(bargap=0.0)
     fig.update_xaxes(title_text="distance d", range=[0.0, 2.0])
     fig.update_yaxes(title_text="density")
+    if y_max is not None:
+        fig.update_yaxes(range=[0.0, max(y_max, min(density_top, 3 * y_max)) * 1.05])
     return fig
 
 
@@ -274,6 +362,7 @@ def curves_figure(
     x: str = "step",
     uirevision: str = "curves",
     title: str = "Training curves",
+    marker_x: float | None = None,
 ) -> go.Figure:
     """Loss, active fraction (+ easy / semi-hard / hard shares), retrieval metrics, scalars.
 
@@ -286,6 +375,8 @@ def curves_figure(
             when absent.
         uirevision: constant per view.
         title: figure title.
+        marker_x: the scrubbed position on the x-axis, drawn as a vertical line in every panel
+            (the curves always show the whole run).
     """
     if history is None or len(history) == 0:
         return _waiting_figure(title, uirevision)
@@ -302,7 +393,6 @@ def curves_figure(
         horizontal_spacing=0.1,
         vertical_spacing=0.16,
     )
-    color_index = 0
     for i, (_, curves) in enumerate(CURVE_PANELS):
         row, col = divmod(i, 2)
         present = [column for column in curves if column in history.columns]
@@ -320,16 +410,18 @@ def curves_figure(
                     mode="lines+markers" if len(xs) < 30 else "lines",
                     connectgaps=True,  # metrics may be computed less often than the loss
                     name=CURVE_NAMES.get(column, column),
-                    line={"color": CLASS_COLORS[color_index % len(CLASS_COLORS)], "width": 2},
+                    line={"color": CURVE_COLORS.get(column, OTHER_CURVE_COLOR), "width": 2},
                     marker={"size": 4},
                 ),
                 row=row + 1,
                 col=col + 1,
             )
-            color_index += 1
         if i in FRACTION_PANELS:
             fig.update_yaxes(range=[0.0, 1.02], row=row + 1, col=col + 1)
         fig.update_xaxes(title_text=x_title if row == 1 else None, row=row + 1, col=col + 1)
+    if marker_x is not None:
+        line = {"dash": "dot", "color": "#444444", "width": 1.5}
+        fig.add_vline(x=float(marker_x), line=line, row="all", col="all")
     _style(fig, title, uirevision, height=580, legend="bottom")
     fig.update_layout(legend={"y": -0.1})
     return fig

@@ -19,6 +19,23 @@ from dml_core.geometry import SQRT2, distance_density
 CLASS_COLORS: tuple[str, ...] = tuple(qualitative.D3)
 POSITIVE_COLOR = "#2e9e44"
 NEGATIVE_COLOR = "#d64545"
+# One colour per curve, the same in every figure; green and red stay for positive and negative
+# pairs, so no curve uses them.
+CURVE_COLORS = {
+    "loss": "#333333",
+    "active_fraction": "#1f77b4",
+    "tuples_per_batch": "#1f77b4",
+    "empty_batches": "#7f7f7f",
+    "easy": "#aec7e8",
+    "semi-hard": "#ff7f0e",
+    "hard": "#8c564b",
+    "precision_at_1": "#1f77b4",
+    "r_precision": "#9467bd",
+    "map_at_r": "#17becf",
+    "beta": "#e377c2",
+    "mean_distance": "#bcbd22",
+}
+OTHER_CURVE_COLOR = "#555555"
 TEMPLATE = "plotly_white"
 HEIGHT = 450
 WAITING = "waiting for the first snapshot"

@@ -1,0 +1,215 @@
+"""The Train page tells the truth: one margin, the shown run's own settings, steady axes, replay.
+
+Each test names the wrong page it catches (issue 19). AppTest runs the whole script on every
+``run()``; behaviour that needs the browser's timed fragment reruns is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import pages.ui
+from dml_core.config import make_config
+from dml_core.registry import LOSSES
+from dml_core.runs import RunStore
+from tests.saved_runs import train_and_save
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def page(runs: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    monkeypatch.setenv("DML_RUNS_DIR", str(runs))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(runs))
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    yield at
+    _, manager, _ = pages.ui.services()
+    manager.stop_all()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A contrastive + batch-hard run with 4 snapshots (the sidebar's default is triplet)."""
+    root = tmp_path_factory.mktemp("saved") / "runs"
+    cfg = make_config(
+        loss="contrastive",
+        loss_params={"pos_margin": 0.1, "neg_margin": 0.8},
+        miner="batch_hard",
+        embedding_dim=8,
+        classes_per_batch=4,
+        samples_per_class=8,
+        lr=0.01,
+        steps=60,
+        snapshot_every=20,
+        probe_size=100,
+        final_eval=True,
+        device="cpu",
+    )
+    return root, train_and_save(RunStore(root), cfg, "contrastive-run")
+
+
+def open_saved(at: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    root, run_id = saved
+    monkeypatch.setenv("DML_RUNS_DIR", str(root))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(root))
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def values(data: list | dict) -> list[float]:
+    """A plotly array from a chart spec: a list, or plotly's base64 typed array."""
+    if isinstance(data, dict):
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)
+
+
+def scrub_to(at: AppTest, step: int) -> None:
+    at.toggle(key="view.follow").set_value(False).run()
+    at.select_slider(key="view.scrub_step").set_value(step).run()
+    assert not at.exception
+
+
+def test_one_margin_drives_the_loss_and_the_miner(page: AppTest, runs: Path) -> None:
+    """Catches: separate loss and miner margin sliders (a loss at 0.5 mined at 0.2)."""
+    page.run()
+    page.slider(key="cfg.margin.triplet.semi_hard").set_value(0.5).run()
+    page.number_input(key="cfg.steps").set_value(5).run()
+    page.button(key="btn.train").click().run()
+    assert not page.exception
+    cfg = RunStore(runs).load(page.session_state["current_run"]).config
+    assert cfg.loss_params["margin"] == 0.5
+    assert cfg.miner_params["margin"] == 0.5
+
+
+def test_a_separate_miner_margin_is_an_explicit_choice(page: AppTest, runs: Path) -> None:
+    page.run()
+    keys = {w.key for w in page.slider}
+    assert "miner.semi_hard.margin" not in keys  # linked by default: one slider
+    page.toggle(key="cfg.separate_margin").set_value(True).run()
+    page.slider(key="cfg.margin.triplet.semi_hard").set_value(0.5).run()
+    page.slider(key="miner.semi_hard.margin").set_value(0.3).run()
+    page.number_input(key="cfg.steps").set_value(5).run()
+    page.button(key="btn.train").click().run()
+    cfg = RunStore(runs).load(page.session_state["current_run"]).config
+    assert (cfg.loss_params["margin"], cfg.miner_params["margin"]) == (0.5, 0.3)
+
+
+def test_a_saved_run_is_shown_under_its_own_settings(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: equations and "About" texts taken from the sidebar (triplet, semi_hard)."""
+    at = open_saved(page, saved, monkeypatch)
+    equations = " ".join(latex.value for latex in at.latex)
+    assert LOSSES["contrastive"].equation in equations
+    assert LOSSES["triplet"].equation not in equations
+    assert any(e.label == "About batch_hard" for e in at.expander)
+    assert not any(e.label == "About semi_hard" for e in at.expander)
+    card = " ".join(m.value for m in at.markdown)
+    for text in (
+        "loss contrastive (pos_margin=0.1, neg_margin=0.8)",
+        "miner batch_hard",
+        "lr 0.01",
+    ):
+        assert text in card
+
+
+def test_load_these_settings_copies_the_run_into_the_sidebar(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_saved(page, saved, monkeypatch)
+    at.button(key="btn.load_settings").click().run()
+    assert not at.exception
+    assert at.selectbox(key="cfg.loss").value == "contrastive"
+    assert at.selectbox(key="cfg.miner").value == "batch_hard"
+    assert at.number_input(key="cfg.lr").value == 0.01
+    assert at.slider(key="loss.contrastive.pos_margin").value == 0.1
+
+
+def test_histogram_axes_stay_fixed_while_scrubbing(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: histograms that autoscale at every snapshot (the axis moves, not the data)."""
+    at = open_saved(page, saved, monkeypatch)
+    ranges = []
+    for step in (0, 60):
+        scrub_to(at, step)
+        specs = charts(at)
+        hist = next(s for s in specs if "pair distances" in s["layout"]["title"]["text"])
+        sphere = next(s for s in specs if "unit sphere" in s["layout"]["title"]["text"])
+        ranges.append(
+            (hist["layout"]["xaxis"]["range"], hist["layout"]["yaxis"]["range"],
+             sphere["layout"]["yaxis"]["range"])
+        )  # fmt: skip
+    assert ranges[0] == ranges[1]
+    assert ranges[0][0] == [0.0, 2.0]  # on the unit sphere
+
+
+def test_curves_show_the_whole_run_with_a_marker_at_the_scrubbed_step(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: curves cut at the scrubbed step (empty axes at step 0)."""
+    at = open_saved(page, saved, monkeypatch)
+    scrub_to(at, 0)
+    curves = next(s for s in charts(at) if s["layout"]["title"]["text"] == "Training curves")
+    loss = next(t for t in curves["data"] if t["name"] == "loss")
+    assert values(loss["x"]) == [0, 20, 40, 60]
+    assert {shape["x0"] for shape in curves["layout"]["shapes"]} == {0}
+
+
+def test_headline_metrics_follow_the_scrubbed_snapshot(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: the final P@1 shown at the top while step 0 is on screen, unlabelled."""
+    root, run_id = saved
+    at = open_saved(page, saved, monkeypatch)
+    scrub_to(at, 0)
+    labels = {m.label: m.value for m in at.metric}
+    first = RunStore(root).load_snapshot(run_id, 0).metrics["precision_at_1"]
+    assert labels["P@1 at step 0"] == f"{first:.3f}"
+    assert "P@1 final" in labels  # the test-vs-train figure, labelled as such
+    assert any("Snapshot 1 of 4: step 0" in c.value for c in at.caption)
+
+
+def test_play_steps_through_the_snapshots_to_the_end(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: Play that advances once and stops (AppTest reruns stand in for the timer)."""
+    at = open_saved(page, saved, monkeypatch)
+    scrub_to(at, 0)
+    at.radio(key="view.speed").set_value("fast").run()
+    at.toggle(key="view.play").set_value(True).run()
+    seen = []
+    for _ in range(8):
+        time.sleep(0.4)  # the fast speed's period: a timer tick, not a click
+        at.run()
+        assert not at.exception
+        seen.append(at.select_slider(key="view.scrub_step").value)
+    assert seen[:3] == [20, 40, 60]
+    assert set(seen[3:]) == {60}
+    assert at.toggle(key="view.play").value is False  # stopped at the end
+
+
+def test_a_missing_run_in_the_url_says_so(page: AppTest) -> None:
+    page.query_params["run"] = "no-such-run"
+    page.run()
+    assert not page.exception
+    assert any("There is no run 'no-such-run'" in w.value for w in page.warning)
