@@ -3,8 +3,9 @@
 Layout of a run directory::
 
     config.json         the RunConfig
-    status.json         state (queued/running/finished/stopped/diverged/failed), message,
-                        device, step, final metrics, timestamps
+    status.json         state (a ``RunState``), phase, message, device, step, final metrics,
+                        timestamps
+    label.txt           the name a user gave the run (optional; see ``RunStore.set_label``)
     metrics.csv         one row per snapshot (``Snapshot.scalars``), read with pandas
     snapshots/NNNNNNNN.npz   one file per snapshot (arrays + scalars as JSON)
     checkpoint.pt       the last good training state (weights, optimiser, step, RNG)
@@ -23,8 +24,11 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
+import unicodedata
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +41,34 @@ from dml_core.errors import ConfigError
 from dml_core.snapshot import ARRAY_FIELDS, Snapshot
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
-FINAL_STATES = ("finished", "stopped", "diverged", "failed", "interrupted")
-ACTIVE_STATES = ("queued", "starting", "running", "paused")
+LABEL_MAX = 80
+
+
+class RunState(StrEnum):
+    """Where a run is in its life; the value is what status.json stores.
+
+    queued -> starting -> running <-> paused, then one of the final states: finished (every
+    step done), stopped (by the user), diverged (NaN/inf), failed (an error), interrupted (its
+    process died while it was active; read from disk, never set by a job).
+    """
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+ACTIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING, RunState.PAUSED})
+FINAL = frozenset(RunState) - ACTIVE
+RESUMABLE = frozenset({RunState.INTERRUPTED, RunState.STOPPED})  # with a checkpoint
+# Old names, kept until pages/compare.py imports FINAL
+ACTIVE_STATES = ACTIVE
+FINAL_STATES = FINAL
 
 
 def _process_alive(pid: Any) -> bool:
@@ -110,6 +140,7 @@ class RunStore:
 
     def __init__(self, root: str | Path = "runs") -> None:
         self.root = Path(root)
+        self._status_lock = threading.Lock()  # jobs and pages update status.json concurrently
 
     def path(self, run_id: str) -> Path:
         """Directory of a run (the id is validated first)."""
@@ -136,28 +167,31 @@ class RunStore:
         except OSError as err:
             raise OSError(f"Cannot create the run directory {path}: {err.strerror}.") from err
         atomic_write_json(path / "config.json", cfg.model_dump(mode="json"))
-        self.set_status(run_id, state="queued", created=time.time(), pid=os.getpid())
+        self.set_status(run_id, state=RunState.QUEUED, created=time.time(), pid=os.getpid())
         return run_id
 
     def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into status.json (with an ``updated`` timestamp)."""
         file = self.path(run_id) / "status.json"
-        status = json.loads(file.read_text()) if file.exists() else {}
-        status.update(fields, updated=time.time())
-        atomic_write_json(self.path(run_id) / "status.json", status)
+        with self._status_lock:  # read-modify-write: one writer at a time in this process
+            status = json.loads(file.read_text()) if file.exists() else {}
+            status.update(fields, updated=time.time())
+            atomic_write_json(file, status)
         return status
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run's status.json ({} if absent); a run whose process died reads "interrupted".
 
-        A job records the id of the process training it. If the state says the run is still
-        active but that process is gone (killed, crashed, server restarted), the run was
-        interrupted: it can be resumed from its last checkpoint.
+        "state" is read as a ``RunState``. A job records the id of the process training it. If
+        the state says the run is still active but that process is gone (killed, crashed,
+        server restarted), the run was interrupted: it can be resumed from its last checkpoint.
         """
         file = self.path(run_id) / "status.json"
         status = json.loads(file.read_text()) if file.exists() else {}
-        if status.get("state") in ACTIVE_STATES and not _process_alive(status.get("pid")):
-            status["state"] = "interrupted"
+        if status.get("state") in set(RunState):
+            status["state"] = RunState(status["state"])
+        if status.get("state") in ACTIVE and not _process_alive(status.get("pid")):
+            status["state"] = RunState.INTERRUPTED
             status["message"] = (
                 "This run was interrupted (its process stopped) at step "
                 f"{status.get('step', 0)}. Resume it from its last checkpoint."
@@ -183,6 +217,10 @@ class RunStore:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(self.path(run_id) / "checkpoint.pt", buffer.getvalue())
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        """Whether the run has a saved training state to resume from."""
+        return (self.path(run_id) / "checkpoint.pt").exists()
 
     def load_checkpoint(self, run_id: str) -> dict[str, Any]:
         """The last saved training state (loaded with ``weights_only=True``: no code runs)."""
@@ -218,15 +256,50 @@ class RunStore:
         ]
         return sorted(runs, key=lambda r: (self.status(r).get("created", 0), r), reverse=True)
 
+    def config(self, run_id: str) -> RunConfig:
+        """The run's config (ConfigError when there is no such run)."""
+        file = self.path(run_id) / "config.json"
+        if not file.exists():
+            raise ConfigError(f"There is no run named {run_id!r} in {self.root}.")
+        return RunConfig.model_validate_json(file.read_text())
+
+    def set_label(self, run_id: str, text: str) -> None:
+        """Name a run (shown instead of its id); an empty or blank text removes the name.
+
+        The label lives in its own file, written atomically, so renaming a run while its job
+        writes status.json can lose neither.
+
+        Raises:
+            ConfigError: no such run, or the text is longer than 80 characters or has a
+                line break or another control character.
+        """
+        self.config(run_id)  # the run must exist
+        if not isinstance(text, str):
+            raise ConfigError(f"The label of a run must be text. Got {type(text).__name__}.")
+        text = text.strip()
+        if len(text) > LABEL_MAX:
+            raise ConfigError(
+                f"The label of a run must be at most {LABEL_MAX} characters. Got {len(text)}."
+            )
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
+            raise ConfigError("The label of a run must be one line, without control characters.")
+        file = self.path(run_id) / "label.txt"
+        if text:
+            atomic_write_bytes(file, text.encode("utf-8"))
+        else:
+            file.unlink(missing_ok=True)
+
+    def label(self, run_id: str) -> str | None:
+        """The name a user gave the run, or None."""
+        file = self.path(run_id) / "label.txt"
+        return file.read_text(encoding="utf-8") if file.exists() else None
+
     def load(self, run_id: str) -> RunRecord:
         """Config, status, history and snapshot list of a run."""
-        path = self.path(run_id)
-        if not (path / "config.json").exists():
-            raise ConfigError(f"There is no run named {run_id!r} in {self.root}.")
-        config = RunConfig.model_validate_json((path / "config.json").read_text())
+        config = self.config(run_id)
         return RunRecord(
             run_id,
-            path,
+            self.path(run_id),
             config,
             self.status(run_id),
             self.history(run_id),

@@ -6,7 +6,7 @@ Small and immutable; numpy only, so figures and pages never touch torch. Written
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,9 +67,6 @@ class Snapshot:
         for group in (self.kind_shares, self.metrics, self.collapse, self.extras):
             row.update(group)
         return row
-
-
-SCALAR_FIELDS = tuple(f.name for f in fields(Snapshot) if f.name not in ARRAY_FIELDS)
 
 
 def make_probe_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:

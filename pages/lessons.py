@@ -7,7 +7,7 @@ from streamlit.errors import StreamlitAPIException
 
 from dml_core.analysis.compare import params_text
 from dml_core.config import RunConfig
-from dml_core.runs import ACTIVE_STATES, RunStore
+from dml_core.runs import ACTIVE, RunState, RunStore
 from dml_core.services.lessons import (
     LESSONS,
     Lesson,
@@ -20,7 +20,7 @@ from dml_core.services.lessons import (
 from pages.ui import STATE_ICONS, services, use_app_navigation
 
 use_app_navigation()
-store, manager, worker = services()
+store, manager, _ = services()
 RUNS = str(store.root)
 PAGE_TITLES = {
     "pages/train.py": ("Train", "🏋️", "train"),
@@ -88,9 +88,9 @@ def runs_panel(lesson: Lesson) -> None:
         "Compare these runs", key=f"lesson.compare.{lesson.key}", icon="⚖️"
     ):
         open_in_compare(run_ids)
-    if any(s in ACTIVE_STATES for s in states):
+    if any(s in ACTIVE for s in states):
         st.info("Training… the verdict appears when every run has finished.", icon="⏳")
-    elif all(s == "finished" for s in states):
+    elif all(s is RunState.FINISHED for s in states):
         holds, message = verdict(RUNS, lesson.key, tuple(run_ids))
         if holds:
             st.success(f"The claim holds: {message}", icon="✅")

@@ -5,20 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from dml_core.config import RunConfig, make_config
-from dml_core.runs import RunStore
-from dml_core.services.jobs import TrainingJob
+from dml_core.runs import RunState, RunStore
+from dml_core.services import jobs
 
 
 def train_and_save(store: RunStore, cfg: RunConfig, name: str | None = None) -> str:
-    """Train ``cfg`` to its last step with a TrainingJob (the app's own save path).
+    """Train ``cfg`` to its last step in this thread with ``jobs.train_and_save``, the save
+    path of the app's jobs, the CLI and the lessons.
 
     Returns the run id; fails the test if the run does not finish.
     """
     run_id = store.create(cfg, name)
-    job = TrainingJob(cfg, store, run_id)
-    job.start()
-    job.join()
-    assert job.progress().state == "finished", job.progress().message
+    state = jobs.train_and_save(cfg, store, run_id)
+    assert state is RunState.FINISHED, store.status(run_id).get("message")
     return run_id
 
 

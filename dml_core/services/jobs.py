@@ -1,62 +1,227 @@
-"""Background training: a TrainingJob per run and a JobManager that caps how many run at once.
+"""Background training: one train-and-save path, a TrainingJob per run, and a JobManager.
 
-A job is a plain object with a thread, a stop event, a pause gate and a lock. It never calls
-the UI; pages read copies of its state (``progress()``, ``latest``). Every snapshot is saved to
-the RunStore together with a checkpoint before it becomes visible, so a crash at any point
-leaves the last good snapshot and checkpoint on disk.
+``train_and_save`` is the only code that trains a run into the RunStore: the app's jobs, the
+CLI, the lessons and the tests all go through it. Every snapshot is saved together with a
+checkpoint before it becomes visible, so a crash at any point leaves the last good snapshot
+and checkpoint on disk. A job runs it in a thread with a stop event and a pause gate; it never
+calls the UI, and pages read copies of its state (``progress()``, ``latest``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
 
 from dml_core.config import RunConfig
 from dml_core.errors import ConfigError
-from dml_core.runs import RunRecord, RunStore
+from dml_core.runs import ACTIVE, FINAL, RESUMABLE, RunRecord, RunState, RunStore
 from dml_core.snapshot import Snapshot
 from dml_core.train import Trainer, TrainingDivergedError
 
-
-@dataclass(frozen=True)
-class Progress:
-    """A copy of a job's state for display."""
-
-    run_id: str
-    state: str  # queued | starting | running | paused | finished | stopped | diverged | failed
-    step: int
-    steps: int
-    samples_per_s: float
-    eta_s: float
-    message: str
-    device: str
-    snapshots: int
+BUSY = ACTIVE - {RunState.QUEUED}  # jobs that hold one of the manager's slots
+STATUS_FIELDS = ("state", "phase", "message", "device", "step")  # mirrored in status.json
+FINAL_EVALUATION_NOTE = "Final evaluation: every test image against every train image…"
 
 
-class TrainingJob:
-    """Trains one run in a background thread, saving snapshots as it goes.
+class Phase(StrEnum):
+    """What a running job is doing: the training steps, then the final evaluation."""
+
+    TRAINING = "training"
+    FINAL_EVALUATION = "final evaluation"
+
+
+def _ignore(**_: Any) -> None:
+    """An ``update`` that listens to nothing."""
+
+
+def train_and_save(
+    cfg: RunConfig,
+    store: RunStore,
+    run_id: str,
+    *,
+    resume: bool = False,
+    control: Callable[[int], bool] | None = None,
+    update: Callable[..., None] | None = None,
+) -> RunState:
+    """Train one run to its end, saving snapshots, checkpoints and status as it goes.
+
+    Every change is written to status.json before ``update`` hears of it, so whoever sees
+    a final state can read the finished run from disk. Errors never escape: they end the
+    run as diverged or failed, with a message saying what broke.
 
     Args:
         cfg: the checked config.
         store: where the run is saved.
         run_id: the run's id in ``store`` (created by the caller).
         resume: continue from the run's last checkpoint (an interrupted or stopped run).
+        control: called before every step with the steps done so far; may block (pause) and
+            returns False to stop after one last snapshot.
+        update: called with the changed fields as keywords: ``state``, ``phase``,
+            ``message``, ``device``, ``step`` with ``elapsed`` (training seconds), ``latest``
+            (a saved Snapshot) and ``final`` (final metrics).
+
+    Returns:
+        The final state: finished, stopped, diverged or failed.
+    """
+    tell = update or _ignore
+
+    def record(**fields: Any) -> None:
+        try:
+            store.set_status(run_id, **{k: v for k, v in fields.items() if k in STATUS_FIELDS})
+        finally:
+            tell(**fields)
+
+    try:
+        trainer = Trainer(cfg)
+        if resume:
+            trainer.load_state_dict(store.load_checkpoint(run_id))
+            tell(step=trainer.step, elapsed=trainer.elapsed)
+        store.set_status(run_id, pid=os.getpid())
+        record(state=RunState.RUNNING, phase=Phase.TRAINING, device=trainer.device_note)
+        gate = None if control is None else (lambda: control(trainer.step))
+        for snap in trainer.run(control=gate):
+            store.save_snapshot(run_id, snap)
+            store.save_checkpoint(run_id, trainer.state_dict())
+            tell(latest=snap, step=snap.step, elapsed=snap.elapsed)
+            store.set_status(run_id, step=snap.step, metrics=snap.metrics)
+        if trainer.step < cfg.steps:  # control said stop
+            record(state=RunState.STOPPED, message="")
+            return RunState.STOPPED
+        if cfg.final_eval:
+            record(phase=Phase.FINAL_EVALUATION, message=FINAL_EVALUATION_NOTE)
+            final = trainer.final_metrics()
+            store.set_status(run_id, final_metrics=final)
+            tell(final=final)
+        record(state=RunState.FINISHED, message="")
+        return RunState.FINISHED
+    except TrainingDivergedError as err:
+        record(state=RunState.DIVERGED, message=str(err))
+        store.set_status(run_id, diverged_at=err.step)
+        return RunState.DIVERGED
+    except ConfigError as err:
+        record(state=RunState.FAILED, message=str(err))
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        message = "Out of GPU memory: try a smaller batch (P x K) or probe set."
+        record(state=RunState.FAILED, message=message)
+    except OSError as err:  # the disk is what failed: say so in memory, try the disk once
+        message = f"Could not save the run: {err}. Training stopped."
+        tell(state=RunState.FAILED, message=message)
+        with contextlib.suppress(OSError):
+            store.set_status(run_id, state=RunState.FAILED, message=message)
+    except Exception as err:  # the app must keep serving; the message says what broke
+        record(state=RunState.FAILED, message=f"Training failed: {type(err).__name__}: {err}")
+    return RunState.FAILED
+
+
+class StepRate:
+    """The recent speed of a run in steps per wall-clock second, for its ETA.
+
+    An exponential moving average over time of the rate measured between updates at least
+    ``min_interval`` seconds apart: an interval of dt seconds gets the weight
+    1 - exp(-dt / tau), so the estimate follows the last ``tau`` seconds or so (snapshots and
+    other jobs sharing the machine included), not the mean since the start.
+
+    Args:
+        tau: time constant of the average, seconds.
+        min_interval: shortest interval measured (shorter ones wait for the next update).
     """
 
-    def __init__(self, cfg: RunConfig, store: RunStore, run_id: str, resume: bool = False) -> None:
+    def __init__(self, tau: float = 5.0, min_interval: float = 0.25) -> None:
+        self.tau, self.min_interval = tau, min_interval
+        self.steps_per_s = math.nan
+        self._mark: tuple[float, int] | None = None
+
+    def restart(self, step: int, now: float) -> None:
+        """Measure from ``(now, step)`` on, e.g. after a pause; the estimate so far is kept."""
+        self._mark = (now, step)
+
+    def update(self, step: int, now: float) -> None:
+        """Record that ``step`` steps were done at time ``now`` (seconds)."""
+        if self._mark is None:
+            self._mark = (now, step)
+            return
+        then, done = self._mark
+        dt = now - then
+        if dt < self.min_interval:
+            return
+        rate = (step - done) / dt
+        weight = 1.0 - math.exp(-dt / self.tau)
+        old = self.steps_per_s
+        self.steps_per_s = rate if math.isnan(old) else old + weight * (rate - old)
+        self._mark = (now, step)
+
+    def eta(self, steps_left: int) -> float:
+        """Seconds for ``steps_left`` more steps at the recent rate (nan while unknown)."""
+        return steps_left / self.steps_per_s if self.steps_per_s > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A copy of a job's state for display.
+
+    Attributes:
+        samples_per_s: training throughput since the start (training time only).
+        steps_per_s: the recent wall-clock rate (``StepRate``; nan until measured).
+        eta_s: wall-clock seconds to the last step at the recent rate; nan when unknown or
+            when the job is not training.
+        phase_s: seconds since the current phase began (e.g. into the final evaluation).
+    """
+
+    run_id: str
+    state: RunState
+    phase: Phase
+    step: int
+    steps: int
+    samples_per_s: float
+    steps_per_s: float
+    eta_s: float
+    phase_s: float
+    message: str
+    device: str
+    snapshots: int
+
+
+class TrainingJob:
+    """Trains one run in a background thread (``train_and_save``), with pause and stop.
+
+    Args:
+        cfg: the checked config.
+        store: where the run is saved.
+        run_id: the run's id in ``store`` (created by the caller).
+        resume: continue from the run's last checkpoint (an interrupted or stopped run).
+        clock: seconds on a monotonic clock (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        store: RunStore,
+        run_id: str,
+        resume: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg, self.store, self.run_id, self.resume_from_checkpoint = cfg, store, run_id, resume
+        self._clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
         self._thread: threading.Thread | None = None
-        self.state = "queued"
+        self._rate = StepRate()
+        self._phase_since = clock()
+        self._timed_step = 0  # the step ``elapsed`` belongs to
+        self.state = RunState.QUEUED
+        self.phase = Phase.TRAINING
         self.message = ""
         self.device = ""
         self.step = 0
@@ -67,26 +232,31 @@ class TrainingJob:
 
     def start(self) -> None:
         """Start training in a daemon thread."""
-        self.state = "starting"
+        self._update(state=RunState.STARTING)
         self._thread = threading.Thread(target=self._run, name=f"train-{self.run_id}", daemon=True)
         self._thread.start()
 
     def pause(self) -> None:
-        """Hold before the next step."""
-        if self.state == "running":
+        """Hold before the next step (only while training steps, not in the final evaluation)."""
+        if self.state is RunState.RUNNING and self.phase is Phase.TRAINING:
             self._resume.clear()
-            self._set(state="paused")
+            self._record(state=RunState.PAUSED)
 
     def resume(self) -> None:
         """Continue after a pause."""
-        if self.state == "paused":
-            self._set(state="running")
+        if self.state is RunState.PAUSED:
+            self._record(state=RunState.RUNNING)
             self._resume.set()
 
     def stop(self) -> None:
         """Stop after the current step (a last snapshot is saved)."""
         self._stop.set()
         self._resume.set()
+
+    def cancel(self) -> None:
+        """Stop a job that never started (taken off the queue)."""
+        self.stop()
+        self._record(state=RunState.STOPPED)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to end."""
@@ -96,95 +266,84 @@ class TrainingJob:
     @property
     def done(self) -> bool:
         """True once the job has ended, whatever the reason."""
-        return self.state in ("finished", "stopped", "diverged", "failed")
+        return self.state in FINAL
 
     def progress(self) -> Progress:
         """A consistent copy of the job's state."""
+        now = self._clock()
         with self._lock:
-            rate = self.step * self.cfg.batch_size / self.elapsed if self.elapsed > 0 else 0.0
-            left = (self.cfg.steps - self.step) * self.cfg.batch_size
-            eta = left / rate if rate > 0 else float("nan")
+            batch = self.cfg.batch_size
+            mean = self._timed_step * batch / self.elapsed if self.elapsed > 0 else 0.0
+            training = self.state is RunState.RUNNING and self.phase is Phase.TRAINING
+            eta = self._rate.eta(self.cfg.steps - self.step) if training else math.nan
             return Progress(
-                self.run_id,
-                self.state,
-                self.step,
-                self.cfg.steps,
-                rate,
-                eta,
-                self.message,
-                self.device,
-                self.snapshots,
+                run_id=self.run_id,
+                state=self.state,
+                phase=self.phase,
+                step=self.step,
+                steps=self.cfg.steps,
+                samples_per_s=mean,
+                steps_per_s=self._rate.steps_per_s,
+                eta_s=eta,
+                phase_s=now - self._phase_since,
+                message=self.message,
+                device=self.device,
+                snapshots=self.snapshots,
             )
 
-    def _set(self, **fields: Any) -> None:
-        """Persist the fields to status.json, then show them (so ``done`` implies saved)."""
-        keep = {k: v for k, v in fields.items() if k in ("state", "message", "device", "step")}
-        try:
-            if keep:
-                self.store.set_status(self.run_id, **keep)
-        finally:
-            with self._lock:
-                for key, value in fields.items():
-                    setattr(self, key, value)
+    def _update(self, **fields: Any) -> None:
+        """Show changed fields (the ``update`` of ``train_and_save``)."""
+        now = self._clock()
+        with self._lock:
+            if fields.get("phase", self.phase) != self.phase:
+                self._phase_since = now
+            if "elapsed" in fields:
+                self._timed_step = fields["step"]
+            if "latest" in fields:
+                self.snapshots += 1
+            for key, value in fields.items():
+                setattr(self, key, value)
 
-    def _control(self) -> bool:
-        self._resume.wait()
+    def _record(self, **fields: Any) -> None:
+        """Persist the fields to status.json, then show them (so ``done`` implies saved)."""
+        try:
+            self.store.set_status(self.run_id, **fields)
+        finally:
+            self._update(**fields)
+
+    def _control(self, step: int) -> bool:
+        """Before each step: count it for the rate, hold while paused, say whether to go on."""
+        if self._resume.is_set():
+            with self._lock:
+                self._rate.update(step, self._clock())
+        else:  # paused: the time spent waiting is no training speed
+            self._resume.wait()
+            with self._lock:
+                self._rate.restart(step, self._clock())
+        with self._lock:
+            self.step = step
         return not self._stop.is_set()
 
     def _run(self) -> None:
-        try:
-            trainer = Trainer(self.cfg)
-            if self.resume_from_checkpoint:
-                trainer.load_state_dict(self.store.load_checkpoint(self.run_id))
-                with self._lock:
-                    self.step, self.elapsed = trainer.step, trainer.elapsed
-            self.store.set_status(self.run_id, pid=os.getpid())
-            self._set(state="running", device=trainer.device_note)
-            for snap in trainer.run(control=self._control):
-                self.store.save_snapshot(self.run_id, snap)
-                self.store.save_checkpoint(self.run_id, trainer.state_dict())
-                with self._lock:
-                    self.latest, self.step, self.elapsed = snap, snap.step, snap.elapsed
-                    self.snapshots += 1
-                self.store.set_status(self.run_id, step=snap.step, metrics=snap.metrics)
-            stopped = self._stop.is_set()
-            if self.cfg.final_eval and not stopped:
-                self._set(message="Final evaluation: every test image against every train image…")
-                self.final = trainer.final_metrics()
-                self.store.set_status(self.run_id, final_metrics=self.final)
-            self._set(state="stopped" if stopped else "finished", message="")
-        except TrainingDivergedError as err:
-            self._set(state="diverged", message=str(err))
-            self.store.set_status(self.run_id, diverged_at=err.step)
-        except ConfigError as err:
-            self._set(state="failed", message=str(err))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            self._set(
-                state="failed",
-                message="Out of GPU memory: try a smaller batch (P x K) or probe set.",
-            )
-        except OSError as err:
-            self._set_failed_without_disk(f"Could not save the run: {err}. Training stopped.")
-        except Exception as err:  # the app must keep serving; the message says what broke
-            self._set(state="failed", message=f"Training failed: {type(err).__name__}: {err}")
-
-    def _set_failed_without_disk(self, message: str) -> None:
-        with self._lock:
-            self.state, self.message = "failed", message
-        with contextlib.suppress(OSError):  # the disk is what failed; the message stays in memory
-            self.store.set_status(self.run_id, state="failed", message=message)
+        train_and_save(
+            self.cfg,
+            self.store,
+            self.run_id,
+            resume=self.resume_from_checkpoint,
+            control=self._control,
+            update=self._update,
+        )
 
 
 def resumable(store: RunStore, run_id: str) -> RunRecord:
     """The run, if it can be resumed (interrupted or stopped, with a checkpoint), else an error."""
     record = store.load(run_id)
-    if record.status.get("state") not in ("interrupted", "stopped"):
+    if record.status.get("state") not in RESUMABLE:
         raise ConfigError(
             f"Only interrupted or stopped runs can be resumed; {run_id} is "
             f"{record.status.get('state')}."
         )
-    if not (record.path / "checkpoint.pt").exists():
+    if not store.has_checkpoint(run_id):
         raise ConfigError(f"The run {run_id} has no checkpoint to resume from.")
     return record
 
@@ -213,10 +372,20 @@ class JobManager:
         self._enqueue(TrainingJob(cfg, self.store, run_id))
         return run_id
 
+    def pause(self, run_id: str) -> None:
+        """Pause the run's job, if it is training here."""
+        job = self.get(run_id)
+        if job is not None:
+            job.pause()
+
     def resume(self, run_id: str) -> None:
-        """Queue an interrupted or stopped run to continue from its last checkpoint."""
+        """Continue a paused job, or queue an interrupted or stopped run from its checkpoint."""
+        job = self.get(run_id)
+        if job is not None and job.state is RunState.PAUSED:
+            job.resume()
+            return
         record = resumable(self.store, run_id)
-        self.store.set_status(run_id, state="queued", message="", pid=os.getpid())
+        self.store.set_status(run_id, state=RunState.QUEUED, message="", pid=os.getpid())
         self._enqueue(TrainingJob(record.config, self.store, run_id, resume=True))
 
     def _enqueue(self, job: TrainingJob) -> None:
@@ -236,11 +405,9 @@ class JobManager:
             return self._queue.index(run_id) + 1 if run_id in self._queue else None
 
     def running(self) -> list[str]:
-        """Ids of jobs currently running or paused."""
+        """Ids of jobs currently starting, running or paused."""
         with self._lock:
-            return [
-                r for r, j in self._jobs.items() if j.state in ("starting", "running", "paused")
-            ]
+            return [r for r, j in self._jobs.items() if j.state in BUSY]
 
     def stop(self, run_id: str) -> None:
         """Stop a running job, or take a queued one off the queue."""
@@ -251,15 +418,19 @@ class JobManager:
                 self._queue.remove(run_id)
         if job is None:
             return
-        job.stop()
         if queued:
-            job._set(state="stopped")
+            job.cancel()
+        else:
+            job.stop()
 
     def stop_all(self, timeout: float = 10.0) -> None:
         """Stop every job (at shutdown) and wait for them."""
         with self._lock:
             jobs = list(self._jobs.values())
+            queued = [self._jobs[r] for r in self._queue]
             self._queue.clear()
+        for job in queued:
+            job.cancel()
         for job in jobs:
             job.stop()
         for job in jobs:
@@ -270,9 +441,7 @@ class JobManager:
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             with self._lock:
-                busy = sum(
-                    j.state in ("starting", "running", "paused") for j in self._jobs.values()
-                )
+                busy = sum(j.state in BUSY for j in self._jobs.values())
                 while self._queue and busy < self.max_running:
                     self._jobs[self._queue.pop(0)].start()
                     busy += 1

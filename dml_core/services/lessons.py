@@ -1,10 +1,12 @@
 r"""Lessons: one-click presets that reproduce a paper's claim on digits, with a check that it held.
 
 Each :class:`Lesson` names the runs to train (``RunConfig`` overrides), says what to look for,
-cites the paper, and carries a ``check`` that measures the stated effect on the finished runs'
-snapshots and final metrics. ``run_lesson`` trains them synchronously (tests, CLI); the app
-submits them as background jobs and reads them back with ``load_results``. Every lesson runs
-in well under 2 minutes on 2 CPU cores at ``scale=1``; ``scale`` shortens the runs.
+cites the paper, and carries a ``check`` (``lesson_checks``) that measures the stated effect on
+the finished runs' snapshots and final metrics. The Lessons page submits a lesson's runs as
+background jobs and judges them with ``load_results`` and ``evaluate`` once they have
+finished; ``run_lesson`` trains them one after another in the calling thread (tests and
+scripts; the CLI has no lesson command). Both save through ``jobs.train_and_save``. Every
+lesson runs in well under 2 minutes on 2 CPU cores at ``scale=1``; ``scale`` shortens the runs.
 
 The thresholds were measured on digits with the MLP, seed 0 (see each check's message):
 
@@ -23,44 +25,27 @@ The thresholds were measured on digits with the MLP, seed 0 (see each check's me
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from dml_core.config import RunConfig, make_config
-from dml_core.geometry import SQRT2
-from dml_core.runs import RunStore
-from dml_core.snapshot import Snapshot
+from dml_core.runs import RunState, RunStore
+from dml_core.services.lesson_checks import (
+    Check,
+    RunResult,
+    check_all_negatives,
+    check_circle,
+    check_contrastive_vs_triplet,
+    check_dimension,
+    check_hard_mining_collapse,
+    check_histogram_overlap,
+    check_sampling_matters,
+)
 
 COMMON: dict[str, Any] = {"dataset": "digits", "net": "mlp", "lr": 0.01, "seed": 0}
 MIN_STEPS = 10
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """One finished run of a lesson: its config, snapshots (in step order) and final metrics."""
-
-    config: RunConfig
-    snapshots: tuple[Snapshot, ...]
-    final: dict[str, float] = field(default_factory=dict)
-    run_id: str | None = None
-
-    @property
-    def first(self) -> Snapshot:
-        """The step-0 snapshot (the untrained net)."""
-        return self.snapshots[0]
-
-    @property
-    def last(self) -> Snapshot:
-        """The last snapshot."""
-        return self.snapshots[-1]
-
-
-Check = Callable[[Sequence[RunResult]], tuple[bool, str]]
 
 
 @dataclass(frozen=True)
@@ -99,134 +84,6 @@ class LessonResult:
     holds: bool
     message: str
     seconds: float
-
-
-# ------------------------------------------------------------------ measurements
-
-
-def _pairwise(emb: np.ndarray) -> np.ndarray:
-    """All distances between distinct probe points, (n (n - 1) / 2,)."""
-    emb = np.asarray(emb, dtype=np.float64)  # (n, D)
-    sq = (emb**2).sum(axis=1)  # (n,)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * emb @ emb.T, 0.0)  # (n, n)
-    return np.sqrt(d2[np.triu_indices(len(emb), 1)])
-
-
-def _cos(d: np.ndarray) -> np.ndarray:
-    """Cosine similarity of unit vectors at distance d: s = 1 - d^2 / 2."""
-    return 1.0 - np.asarray(d, dtype=np.float64) ** 2 / 2.0
-
-
-def _map(run: RunResult) -> float:
-    return float(run.last.metrics["map_at_r"])
-
-
-# ------------------------------------------------------------------ the checks
-
-
-def check_contrastive_vs_triplet(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """Contrastive pulls positives towards 0 and parks negatives at m_neg; triplet does not."""
-    con, tri = results
-    m_neg = float(con.config.loss_params["neg_margin"])
-    pos_con, pos_tri = np.median(con.last.pos_dist), np.median(tri.last.pos_dist)
-    beyond = float(np.mean(con.last.neg_dist >= m_neg))
-    holds = pos_con < 0.8 * pos_tri and beyond >= 0.9
-    return holds, (
-        f"median positive distance: contrastive {pos_con:.3f} vs triplet {pos_tri:.3f} "
-        f"(claim: < 0.8x); contrastive negatives at or beyond m_neg = {m_neg:g}: {beyond:.1%} "
-        f"(claim: >= 90%)"
-    )
-
-
-def check_hard_mining_collapse(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """Hardest negatives collapse (mean distance < 0.1x semi-hard's, warning fires); not semi."""
-    hard, semi = results
-    d_hard = hard.last.collapse["mean_distance"]
-    d_semi = semi.last.collapse["mean_distance"]
-    fired_hard = bool(hard.last.collapse["collapsing"])
-    fired_semi = any(s.collapse["collapsing"] for s in semi.snapshots)
-    margin = float(hard.config.loss_params["margin"])
-    holds = d_hard < 0.1 * d_semi and fired_hard and not fired_semi
-    return holds, (
-        f"mean pairwise probe distance at the end: hard {d_hard:.4f} vs semi-hard {d_semi:.3f} "
-        f"(ratio {d_hard / max(d_semi, 1e-12):.4f}, claim < 0.1); collapse warning: hard "
-        f"{'fired' if fired_hard else 'silent'}, semi-hard {'fired' if fired_semi else 'silent'}; "
-        f"last loss under hard mining {hard.last.loss:.3f} (margin {margin:g})"
-    )
-
-
-def check_sampling_matters(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """The learnable beta moves, and further under distance-weighted than uniform sampling."""
-    dw, uni = results
-    moved = [abs(r.last.extras["beta"] - r.first.extras["beta"]) for r in (dw, uni)]
-    holds = min(moved) > 0.1 and moved[0] > moved[1]
-    (b0, b1), (u0, u1) = ((r.first.extras["beta"], r.last.extras["beta"]) for r in (dw, uni))
-    return holds, (
-        f"beta: distance-weighted {b0:.2f} -> {b1:.3f}, uniform {u0:.2f} -> {u1:.3f} (claim: "
-        f"both move > 0.1, distance-weighted further); MAP@R {_map(dw):.3f} vs {_map(uni):.3f}"
-    )
-
-
-def check_all_negatives(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """Lifted structure and N-pair beat triplet with one negative per anchor at equal steps."""
-    lifted, npair, triplet = (_map(r) for r in results)
-    holds = lifted > triplet + 0.05 and npair > triplet + 0.05
-    return holds, (
-        f"MAP@R after the same steps: lifted structure {lifted:.3f}, N-pair {npair:.3f}, "
-        f"triplet with one negative {triplet:.3f} (claim: both > triplet + 0.05)"
-    )
-
-
-def check_histogram_overlap(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """The pos/neg overlap P(d_neg < d_pos) falls below a quarter of its start."""
-    (run,) = results
-    start, end = run.first.metrics["pair_overlap"], run.last.metrics["pair_overlap"]
-    holds = end < 0.25 * start
-    return holds, f"pair overlap P(d_neg < d_pos): {start:.3f} -> {end:.4f} (claim: < 0.25x start)"
-
-
-def check_circle(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """The relaxation m moves the boundary (share of positives inside) but not MAP@R."""
-    inside = []
-    for run in results:
-        m = float(run.config.loss_params["m"])
-        inside.append(float(np.mean(_cos(run.last.pos_dist) > 1.0 - m)))
-    maps = [_map(r) for r in results]
-    spread = max(maps) - min(maps)
-    holds = inside[1] - inside[0] > 0.1 and spread < 0.1
-    desc = ", ".join(
-        f"m={r.config.loss_params['m']:g} gamma={r.config.loss_params['gamma']:g}: "
-        f"{share:.0%} of positives with s_p > 1 - m, MAP@R {mp:.3f}"
-        for r, share, mp in zip(results, inside, maps, strict=True)
-    )
-    return holds, (
-        f"{desc} (claim: the share inside the boundary grows by > 10 points from m=0.05 to "
-        f"m=0.45, while MAP@R varies by < 0.1; measured {spread:.3f})"
-    )
-
-
-def check_dimension(results: Sequence[RunResult]) -> tuple[bool, str]:
-    """Untrained distances concentrate as D grows; trained negatives sit near sqrt(2)."""
-    dims = [r.config.embedding_dim for r in results]
-    spread0 = [float(_pairwise(r.first.probe_emb).std()) for r in results]
-    neg_mean = [float(np.mean(r.last.neg_dist)) for r in results]
-    maps = [_map(r) for r in results]
-    shrinks = all(a > b for a, b in itertools.pairwise(spread0))
-    holds = (
-        shrinks
-        and spread0[-1] < 0.5 * spread0[0]
-        and abs(neg_mean[-1] - SQRT2) < 0.15
-        and maps[0] < maps[2] - 0.15
-    )
-    per_dim = "; ".join(
-        f"D={d}: untrained std {s:.3f}, trained mean d_neg {n:.3f}, MAP@R {m:.3f}"
-        for d, s, n, m in zip(dims, spread0, neg_mean, maps, strict=True)
-    )
-    return holds, (
-        f"{per_dim} (claim: untrained std falls with D, to < 0.5x at D={dims[-1]}; trained mean "
-        f"d_neg at D={dims[-1]} within 0.15 of sqrt(2) = {SQRT2:.3f}; MAP@R at D={dims[0]} "
-        f"> 0.15 below D={dims[2]})"
-    )
 
 
 # ------------------------------------------------------------------ the lessons
@@ -363,8 +220,10 @@ _LESSON_LIST = (
             "Circle loss re-weights each similarity by how far it is from its optimum; its "
             "decision boundary is the circle (s_n - 0)^2 + (s_p - 1)^2 = 2 m^2. m sets where "
             "pairs count as done (positives above 1 - m, negatives below m), gamma how sharply "
-            "the hardest pairs dominate. **Look for** the boundary in the Loss explorer, and "
-            "how similar the runs end up: the paper reports robustness to m and gamma."
+            "the hardest pairs dominate. **Look for** the boundary in the Loss explorer, the "
+            "negatives of the m=0.45 run stopping at positive similarities while m=0.05 pushes "
+            "them to orthogonal, and how similar the retrieval ends up: the paper reports "
+            "robustness to m and gamma."
         ),
         paper="Sun et al., Circle Loss: A Unified Perspective of Pair Similarity Optimization, "
         "CVPR 2020",
@@ -377,8 +236,8 @@ _LESSON_LIST = (
             )
         ),
         labels=("m=0.05", "m=0.45", "gamma=16"),
-        claim="Going from m=0.05 to m=0.45 raises the share of positive pairs inside the "
-        "boundary by > 10 points, while MAP@R of all runs stays within 0.1.",
+        claim="Negative pairs end nearer orthogonal with m=0.05 than with m=0.45 (mean s_n^2 "
+        "below 0.9x), while MAP@R of all runs stays within 0.1.",
         check=check_circle,
         pages=("pages/loss_explorer.py", "pages/train.py", "pages/compare.py"),
     ),
@@ -467,33 +326,30 @@ def evaluate(lesson: Lesson, results: Sequence[RunResult]) -> tuple[bool, str]:
     return lesson.check(results)
 
 
-def run_lesson(lesson: Lesson, scale: float = 1.0, store: RunStore | None = None) -> LessonResult:
-    """Train the lesson's runs one after another (CPU-friendly) and check the claim.
+def run_lesson(lesson: Lesson, store: RunStore, scale: float = 1.0) -> LessonResult:
+    """Train the lesson's runs one after another in this thread and check the claim.
+
+    Each run is trained and saved by ``jobs.train_and_save``, the path of the app's jobs,
+    then read back from ``store`` and judged as the Lessons page judges it.
 
     Args:
         lesson: one of ``LESSONS``.
+        store: where the runs are saved (normal runs: config, snapshots, checkpoint, final
+            metrics, status).
         scale: multiplies each run's steps (tests use < 1).
-        store: when given, every run is saved there as a normal run (config, snapshots,
-            final metrics, status "finished").
     """
-    from dml_core.train import Trainer  # torch only when training
+    from dml_core.services.jobs import train_and_save  # torch only when training
 
     start = time.perf_counter()
-    runs = []
-    ids = lesson_run_ids(lesson) if store is not None else [None] * len(lesson.configs)
-    for cfg, run_id in zip(lesson_configs(lesson, scale), ids, strict=True):
-        trainer = Trainer(cfg)
-        if store is not None:
-            store.create(cfg, run_id)
-            store.set_status(run_id, state="running", device=trainer.device_note)
-        snaps = []
-        for snap in trainer.run():
-            snaps.append(snap)
-            if store is not None:
-                store.save_snapshot(run_id, snap)
-        final = trainer.final_metrics() if cfg.final_eval else {}
-        if store is not None:
-            store.set_status(run_id, state="finished", step=trainer.step, final_metrics=final)
-        runs.append(RunResult(cfg, tuple(snaps), final, run_id))
-    holds, message = evaluate(lesson, runs)
-    return LessonResult(lesson, tuple(runs), holds, message, time.perf_counter() - start)
+    ids = lesson_run_ids(lesson)
+    ended = [
+        train_and_save(cfg, store, store.create(cfg, run_id))
+        for cfg, run_id in zip(lesson_configs(lesson, scale), ids, strict=True)
+    ]
+    runs = tuple(load_results(store, ids))
+    unfinished = [f"{r} {s}" for r, s in zip(ids, ended, strict=True) if s is not RunState.FINISHED]
+    if unfinished:
+        holds, message = False, f"Not every run finished: {', '.join(unfinished)}."
+    else:
+        holds, message = evaluate(lesson, runs)
+    return LessonResult(lesson, runs, holds, message, time.perf_counter() - start)

@@ -1,0 +1,175 @@
+r"""The claim checks of the lessons: what each measures on the finished runs, and its verdict.
+
+A check takes the lesson's runs in the lesson's order (``RunResult``: config, snapshots, final
+metrics) and returns ``(holds, message)``, the message giving the measured numbers. Every
+check reads the runs by their role (first run: the one the claim says wins, and so on), so
+swapping the runs' results makes it fail; ``tests/test_lessons.py`` verifies that for each.
+The papers are cited by ``dml_core.services.lessons``, next to each lesson.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dml_core.config import RunConfig
+from dml_core.geometry import SQRT2
+from dml_core.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One finished run of a lesson: its config, snapshots (in step order) and final metrics."""
+
+    config: RunConfig
+    snapshots: tuple[Snapshot, ...]
+    final: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def first(self) -> Snapshot:
+        """The step-0 snapshot (the untrained net)."""
+        return self.snapshots[0]
+
+    @property
+    def last(self) -> Snapshot:
+        """The last snapshot."""
+        return self.snapshots[-1]
+
+
+Check = Callable[[Sequence[RunResult]], tuple[bool, str]]
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def _pairwise(emb: np.ndarray) -> np.ndarray:
+    """All distances between distinct probe points, (n (n - 1) / 2,)."""
+    emb = np.asarray(emb, dtype=np.float64)  # (n, D)
+    sq = (emb**2).sum(axis=1)  # (n,)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * emb @ emb.T, 0.0)  # (n, n)
+    return np.sqrt(d2[np.triu_indices(len(emb), 1)])
+
+
+def _cos(d: np.ndarray) -> np.ndarray:
+    """Cosine similarity of unit vectors at distance d: s = 1 - d^2 / 2."""
+    return 1.0 - np.asarray(d, dtype=np.float64) ** 2 / 2.0
+
+
+def _map(run: RunResult) -> float:
+    return float(run.last.metrics["map_at_r"])
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def check_contrastive_vs_triplet(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """Contrastive pulls positives towards 0 and parks negatives at m_neg; triplet does not."""
+    con, tri = results
+    m_neg = float(con.config.loss_params["neg_margin"])
+    pos_con, pos_tri = np.median(con.last.pos_dist), np.median(tri.last.pos_dist)
+    beyond = float(np.mean(con.last.neg_dist >= m_neg))
+    holds = pos_con < 0.8 * pos_tri and beyond >= 0.9
+    return holds, (
+        f"median positive distance: contrastive {pos_con:.3f} vs triplet {pos_tri:.3f} "
+        f"(claim: < 0.8x); contrastive negatives at or beyond m_neg = {m_neg:g}: {beyond:.1%} "
+        f"(claim: >= 90%)"
+    )
+
+
+def check_hard_mining_collapse(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """Hardest negatives collapse (mean distance < 0.1x semi-hard's, warning fires); not semi."""
+    hard, semi = results
+    d_hard = hard.last.collapse["mean_distance"]
+    d_semi = semi.last.collapse["mean_distance"]
+    fired_hard = bool(hard.last.collapse["collapsing"])
+    fired_semi = any(s.collapse["collapsing"] for s in semi.snapshots)
+    margin = float(hard.config.loss_params["margin"])
+    holds = d_hard < 0.1 * d_semi and fired_hard and not fired_semi
+    return holds, (
+        f"mean pairwise probe distance at the end: hard {d_hard:.4f} vs semi-hard {d_semi:.3f} "
+        f"(ratio {d_hard / max(d_semi, 1e-12):.4f}, claim < 0.1); collapse warning: hard "
+        f"{'fired' if fired_hard else 'silent'}, semi-hard {'fired' if fired_semi else 'silent'}; "
+        f"last loss under hard mining {hard.last.loss:.3f} (margin {margin:g})"
+    )
+
+
+def check_sampling_matters(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """The learnable beta moves, and further under distance-weighted than uniform sampling."""
+    dw, uni = results
+    moved = [abs(r.last.extras["beta"] - r.first.extras["beta"]) for r in (dw, uni)]
+    holds = min(moved) > 0.1 and moved[0] > moved[1]
+    (b0, b1), (u0, u1) = ((r.first.extras["beta"], r.last.extras["beta"]) for r in (dw, uni))
+    return holds, (
+        f"beta: distance-weighted {b0:.2f} -> {b1:.3f}, uniform {u0:.2f} -> {u1:.3f} (claim: "
+        f"both move > 0.1, distance-weighted further); MAP@R {_map(dw):.3f} vs {_map(uni):.3f}"
+    )
+
+
+def check_all_negatives(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """Lifted structure and N-pair beat triplet with one negative per anchor at equal steps."""
+    lifted, npair, triplet = (_map(r) for r in results)
+    holds = lifted > triplet + 0.05 and npair > triplet + 0.05
+    return holds, (
+        f"MAP@R after the same steps: lifted structure {lifted:.3f}, N-pair {npair:.3f}, "
+        f"triplet with one negative {triplet:.3f} (claim: both > triplet + 0.05)"
+    )
+
+
+def check_histogram_overlap(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """The pos/neg overlap P(d_neg < d_pos) falls below a quarter of its start."""
+    (run,) = results
+    start, end = run.first.metrics["pair_overlap"], run.last.metrics["pair_overlap"]
+    holds = end < 0.25 * start
+    return holds, f"pair overlap P(d_neg < d_pos): {start:.3f} -> {end:.4f} (claim: < 0.25x start)"
+
+
+def check_circle(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """A small m leaves negatives nearer orthogonal than a large m; MAP@R hardly moves.
+
+    Sun et al. 2020, Eq. (6): a negative pair's logit gamma [s_n + m]_+ (s_n - m) keeps
+    pulling s_n down towards its optimum -m, and the pair counts as done below m. With m = 0.05
+    negatives are pushed to near orthogonal (s_n ~ 0); with m = 0.45 many stay at s_n in
+    (0, 0.45), so the mean of s_n^2 over negative pairs is larger. Measured on the runs' own
+    distances (s = 1 - d^2 / 2), not on the thresholds, so swapping the runs fails the check.
+    """
+    spread = [float(np.mean(_cos(r.last.neg_dist) ** 2)) for r in results]
+    maps = [_map(r) for r in results]
+    map_range = max(maps) - min(maps)
+    holds = spread[0] < 0.9 * spread[1] and map_range < 0.1
+    desc = ", ".join(
+        f"m={r.config.loss_params['m']:g} gamma={r.config.loss_params['gamma']:g}: "
+        f"mean s_n^2 {sq:.4f}, MAP@R {mp:.3f}"
+        for r, sq, mp in zip(results, spread, maps, strict=True)
+    )
+    return holds, (
+        f"{desc} (claim: mean s_n^2 at m=0.05 < 0.9x that at m=0.45, while MAP@R varies by "
+        f"< 0.1; measured {spread[0] / max(spread[1], 1e-12):.2f}x and {map_range:.3f})"
+    )
+
+
+def check_dimension(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """Untrained distances concentrate as D grows; trained negatives sit near sqrt(2)."""
+    dims = [r.config.embedding_dim for r in results]
+    spread0 = [float(_pairwise(r.first.probe_emb).std()) for r in results]
+    neg_mean = [float(np.mean(r.last.neg_dist)) for r in results]
+    maps = [_map(r) for r in results]
+    shrinks = all(a > b for a, b in itertools.pairwise(spread0))
+    holds = (
+        shrinks
+        and spread0[-1] < 0.5 * spread0[0]
+        and abs(neg_mean[-1] - SQRT2) < 0.15
+        and maps[0] < maps[2] - 0.15
+    )
+    per_dim = "; ".join(
+        f"D={d}: untrained std {s:.3f}, trained mean d_neg {n:.3f}, MAP@R {m:.3f}"
+        for d, s, n, m in zip(dims, spread0, neg_mean, maps, strict=True)
+    )
+    return holds, (
+        f"{per_dim} (claim: untrained std falls with D, to < 0.5x at D={dims[-1]}; trained mean "
+        f"d_neg at D={dims[-1]} within 0.15 of sqrt(2) = {SQRT2:.3f}; MAP@R at D={dims[0]} "
+        f"> 0.15 below D={dims[2]})"
+    )

@@ -1,0 +1,155 @@
+"""What a page shows of one run, and which of Pause / Resume / Stop it offers: ``RunView``.
+
+Built from the run's live job when this process trains it, else from disk (status.json), so
+the same rules hold for a run of this session, one started by another session or the CLI,
+and one interrupted by a restart. Pages build a fresh view on every poll and draw from it;
+the rules live here, where they are tested, and not in widget code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dml_core.runs import ACTIVE, FINAL, RESUMABLE, RunState, RunStore
+from dml_core.services.jobs import JobManager, Phase
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run's state for display, with the button rules as properties.
+
+    Attributes:
+        run_id: the run.
+        state: where the run is in its life.
+        phase: training or final evaluation (meaningful while running).
+        step: optimiser steps done.
+        steps: steps the run will take.
+        message: what the run says (an error, an interruption, the final evaluation).
+        device: where it trains.
+        queue_position: 1-based place in the job queue, or None.
+        samples_per_s: the recent training speed (nan when not measured or not training).
+        eta_s: wall-clock seconds to the last step at the recent speed, or None.
+        phase_s: seconds into the final evaluation, or None in any other phase.
+        live: a job of this process drives the run (it can be paused or stopped here).
+        has_checkpoint: a training state is saved (an ended run can be resumed from it).
+    """
+
+    run_id: str
+    state: RunState
+    phase: Phase = Phase.TRAINING
+    step: int = 0
+    steps: int = 0
+    message: str = ""
+    device: str = ""
+    queue_position: int | None = None
+    samples_per_s: float = math.nan
+    eta_s: float | None = None
+    phase_s: float | None = None
+    live: bool = False
+    has_checkpoint: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Queued, starting, running or paused: the page keeps polling."""
+        return self.state in ACTIVE
+
+    @property
+    def training(self) -> bool:
+        """Running the training steps (not waiting, paused or in the final evaluation)."""
+        return self.live and self.state is RunState.RUNNING and self.phase is Phase.TRAINING
+
+    @property
+    def can_pause(self) -> bool:
+        """Pause: only while a job here is taking training steps."""
+        return self.training
+
+    @property
+    def can_resume(self) -> bool:
+        """Resume: a paused job here, or an interrupted or stopped run with a checkpoint."""
+        if self.live:
+            return self.state is RunState.PAUSED
+        return self.state in RESUMABLE and self.has_checkpoint
+
+    @property
+    def can_stop(self) -> bool:
+        """Stop: a job here that is queued, starting, running its steps or paused.
+
+        The final evaluation is one call that cannot be interrupted, so Stop is off then.
+        """
+        return self.live and self.active and self.phase is Phase.TRAINING
+
+    @property
+    def is_error(self) -> bool:
+        """The run ended in an error (its message says which)."""
+        return self.state in (RunState.FAILED, RunState.DIVERGED)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the steps done, in [0, 1], for a progress bar."""
+        return min(max(self.step / max(self.steps, 1), 0.0), 1.0)
+
+    @property
+    def rate_text(self) -> str:
+        """``"1,234 samples/s"``, or "" when not measured."""
+        ok = math.isfinite(self.samples_per_s) and self.samples_per_s > 0
+        return f"{self.samples_per_s:,.0f} samples/s" if ok else ""
+
+    @property
+    def progress_text(self) -> str:
+        """One line: state (queue place), step or evaluation time, speed, ETA, device."""
+        queued = f" (position {self.queue_position} in the queue)" if self.queue_position else ""
+        if self.phase is Phase.FINAL_EVALUATION and self.state is RunState.RUNNING:
+            seconds = f" · {self.phase_s:.0f} s" if self.phase_s is not None else ""
+            where = f"step {self.step}/{self.steps} done · final evaluation{seconds}"
+        else:
+            where = f"step {self.step}/{self.steps}"
+        eta = f"ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
+        parts = (f"{self.state}{queued}", where, self.rate_text, eta, self.device)
+        return " · ".join(p for p in parts if p)
+
+
+def run_view(store: RunStore, manager: JobManager, run_id: str) -> RunView:
+    """The view of ``run_id``: from its job in ``manager`` while one runs, else from disk."""
+    job = manager.get(run_id)
+    has_checkpoint = store.has_checkpoint(run_id)
+    progress = job.progress() if job is not None else None
+    if progress is not None and progress.state not in FINAL:
+        evaluating = progress.phase is Phase.FINAL_EVALUATION
+        training = progress.state is RunState.RUNNING and not evaluating
+        speed = progress.steps_per_s * job.cfg.batch_size if training else math.nan
+        return RunView(
+            run_id=run_id,
+            state=progress.state,
+            phase=progress.phase,
+            step=progress.step,
+            steps=progress.steps,
+            message=progress.message,
+            device=progress.device,
+            queue_position=manager.queue_position(run_id),
+            samples_per_s=speed,
+            eta_s=progress.eta_s if training and math.isfinite(progress.eta_s) else None,
+            phase_s=progress.phase_s if evaluating else None,
+            live=True,
+            has_checkpoint=has_checkpoint,
+        )
+    # a job that ended has saved its final state first: disk is up to date
+    status = store.status(run_id)
+    state = status.get("state")
+    message = status.get("message", "")
+    if not isinstance(state, RunState):
+        state = RunState.INTERRUPTED
+        message = message or "This run has no readable state: its start was interrupted."
+    phase = Phase.TRAINING
+    if state is RunState.RUNNING and status.get("phase") == Phase.FINAL_EVALUATION:
+        phase = Phase.FINAL_EVALUATION  # trained by another process
+    return RunView(
+        run_id=run_id,
+        state=state,
+        phase=phase,
+        step=int(status.get("step", 0)),
+        steps=store.config(run_id).steps,
+        message=message,
+        device=status.get("device", ""),
+        has_checkpoint=has_checkpoint,
+    )
