@@ -340,11 +340,8 @@ class Trainer:
             or collapse["mean_distance"] < COLLAPSE_SHRINK * self.initial_mean_distance
         )
         retrieval["pair_overlap"] = metrics.pair_overlap(pos, neg)
-        extras = self.loss.extras() if hasattr(self.loss, "extras") else {}
-        lines = self.loss.distance_lines() if hasattr(self.loss, "distance_lines") else {}
-        if not lines and getattr(self.loss, "margin", 0) and len(pos):
-            # a relative margin: where a negative must be for the typical positive pair
-            lines = {"median d+ + margin": float(np.median(pos)) + float(self.loss.margin)}
+        extras = self.loss.extras()
+        lines = self.loss.histogram_lines(pos)
         return Snapshot(
             step=self.step,
             samples_seen=self.step * self.cfg.batch_size,
