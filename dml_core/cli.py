@@ -1,7 +1,14 @@
-"""Command line: ``python -m dml_core train|list-losses|list-miners|list-runs``.
+"""Command line: ``python -m dml_core train|list-losses|list-miners|list-runs|export|bench|...``.
 
-Bad arguments print one line naming the argument and what it accepts, and exit with status 2
-(no traceback).
+Results go to stdout (a summary, or one JSON object with ``--json``); progress and errors go
+to stderr. Exit status: 0 done; 1 a run that failed or diverged while training; 2 bad
+arguments or bad data, with one line naming the argument (or the file) and what it accepts,
+and no traceback. The dataset of a new run is loaded and checked before its run directory is
+created, so a missing, truncated or corrupt file leaves no failed run behind.
+
+The runs directory is ``--runs DIR`` on every subcommand that reads or writes runs (train,
+list-runs, export); ``train`` and ``list-runs`` also accept ``--out DIR`` for it (``export
+--out`` is the folder it writes into).
 """
 
 from __future__ import annotations
@@ -9,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
-from dml_core.config import RunConfig, apply_margin, make_config
-from dml_core.data import DATASETS, DatasetError
+from dml_core.config import RunConfig, apply_margin, check_against_dataset, make_config
+from dml_core.data import DATASETS, DatasetError, load_dataset
 from dml_core.errors import ConfigError, allowed_values
 from dml_core.registry import LOSSES, MINERS, Registry
 from dml_core.runs import RunStore
@@ -59,6 +68,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _runs_dir_argument(parser: argparse.ArgumentParser, *flags: str) -> None:
+    """The runs directory, stored as ``args.runs`` whichever of ``flags`` spells it."""
+    parser.add_argument(
+        *flags, dest="runs", default="runs", metavar="DIR", help="runs directory (default: ./runs)"
+    )
+
+
 def build_parser() -> Parser:
     """The argument parser of every subcommand."""
     parser = Parser(prog="python -m dml_core", description="Metric Learning Playground core.")
@@ -90,7 +106,7 @@ def build_parser() -> Parser:
     train.add_argument(
         "--no-final-eval", action="store_true", help="skip the full test-vs-train evaluation"
     )
-    train.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
+    _runs_dir_argument(train, "--out", "--runs")
     train.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     for name, registry in (("list-losses", LOSSES), ("list-miners", MINERS)):
         listing = sub.add_parser(name, help=f"list the registered {registry.what}es")
@@ -98,18 +114,18 @@ def build_parser() -> Parser:
     train.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue an interrupted or stopped run (id in --out, or its directory) "
+        help="continue an interrupted or stopped run (id in the runs directory, or its path) "
         "from its last checkpoint, with its saved settings",
     )
     export = sub.add_parser("export", help="export a run: Projector files, CSV, animation")
     export.add_argument("run", metavar="RUN", help="a run id (in --runs) or a run directory")
     export.add_argument("--format", required=True, choices=("projector", "csv", "html", "gif"))
     export.add_argument("--out", required=True, help="folder to write into")
-    export.add_argument("--runs", default="runs", help="runs directory (default: ./runs)")
+    _runs_dir_argument(export, "--runs")
     report = sub.add_parser("bench-report", help="print a bench JSON file as README Markdown")
     report.add_argument("file", metavar="FILE", help="e.g. assets/bench-cpu.json")
     runs = sub.add_parser("list-runs", help="list saved runs, newest first")
-    runs.add_argument("--out", default="runs")
+    _runs_dir_argument(runs, "--out", "--runs")
     bench = sub.add_parser("bench", help="time dml_core's training path against a PML loop")
     bench.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -162,11 +178,27 @@ def _progress_line(job: TrainingJob) -> str:
     return f"[{bar:<20}] {p.step}/{p.steps} {loss} {p1} {p.samples_per_s:.0f} samples/s {eta}"
 
 
+def check_data(cfg: RunConfig) -> None:
+    """Load the run's dataset and check the config against it, before the job exists.
+
+    A missing, truncated or corrupt file raises here, so no run directory is created for it
+    (and a resumed run is not marked failed). ``data.load_dataset`` keeps the parsed files, so
+    the trainer's own load reads nothing from disk again (it only cuts the tensors, ~40 ms for
+    FashionMNIST).
+
+    Raises:
+        DatasetError: the dataset cannot be loaded (the message names the file).
+        ConfigError: P or K does not fit the dataset's classes.
+    """
+    check_against_dataset(cfg, load_dataset(cfg.dataset, cfg.split))
+
+
 def start_job(args: argparse.Namespace) -> tuple[RunStore, str, TrainingJob]:
     """A new run from the flags, or (``--resume``) the continuation of a saved one."""
     if args.resume is None:
         cfg = config_from_args(args)
-        store = RunStore(args.out)
+        check_data(cfg)
+        store = RunStore(args.runs)
         run_id = store.create(cfg)
         return store, run_id, TrainingJob(cfg, store, run_id)
     given = [
@@ -175,8 +207,9 @@ def start_job(args: argparse.Namespace) -> tuple[RunStore, str, TrainingJob]:
     if given or args.margin is not None or args.loss_param or args.miner_param:
         extra = ", ".join(given) or "the other settings"
         raise ConfigError(f"--resume continues a run with its saved settings; drop {extra}.")
-    store, run_id = resolve_run(RunStore(args.out), args.resume)
+    store, run_id = resolve_run(RunStore(args.runs), args.resume)
     record = resumable(store, run_id)
+    check_data(record.config)
     return store, run_id, TrainingJob(record.config, store, run_id, resume=True)
 
 
@@ -219,14 +252,16 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"Run {run_id} {p.state} in {seconds:.1f} s on {p.device}.")
-        if p.message:
-            print(p.message)
+        where = f" on {p.device}" if p.device else ""
+        print(f"Run {run_id} {p.state} in {seconds:.1f} s{where}.")
         for key in ("precision_at_1", "r_precision", "map_at_r", "nmi"):
             if key in job.final:
                 print(f"  {key:<15} {job.final[key]:.4f}")
         print(f"  saved in {store.path(run_id)}")
-    return 0 if p.state in ("finished", "stopped") else 1
+    if p.state in ("finished", "stopped"):
+        return 0
+    print(f"python -m dml_core: error: run {run_id} {p.state}: {p.message}", file=sys.stderr)
+    return 1
 
 
 def list_registry(registry: Registry, as_json: bool) -> int:
@@ -251,6 +286,18 @@ def list_registry(registry: Registry, as_json: bool) -> int:
         print(f"{row['name']}: {row['summary']}\n    paper: {row['paper']}")
         for field, info in row["params"].items():
             print(f"    {field} = {info['default']!r} ({info['allowed']}): {info['help']}")
+    return 0
+
+
+def list_runs(runs_dir: str) -> int:
+    """Print the run ids in ``runs_dir``, newest first; a missing folder is noted on stderr."""
+    root = Path(runs_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"The runs directory {runs_dir!r} is not a directory.")
+    if not root.exists():
+        print(f"No runs: the runs directory {runs_dir!r} does not exist.", file=sys.stderr)
+    for run_id in RunStore(root).list():
+        print(run_id)
     return 0
 
 
@@ -284,10 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dml_core.bench import report_main
 
             return report_main(args.file)
-        for run_id in RunStore(args.out).list():
-            print(run_id)
-        return 0
-    except ConfigError as err:
+        return list_runs(args.runs)
+    except BrokenPipeError:  # stdout closed early (e.g. ``| head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ConfigError, DatasetError, OSError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    except DatasetError as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")

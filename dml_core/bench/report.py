@@ -164,11 +164,11 @@ def format_markdown(result: dict[str, Any]) -> str:
 def report_main(file: str) -> int:
     """Print ``format_markdown`` of a benchmark file; a missing or bad file is one clear line."""
     try:
-        result = json.loads(Path(file).read_text())
-        print(format_markdown(result))
+        text = format_markdown(json.loads(Path(file).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"The benchmark file {file!r} could not be read as the output of "
             f"'python -m dml_core bench --out': {type(err).__name__}: {err}"
         ) from err
+    print(text)
     return 0
