@@ -23,7 +23,9 @@ from dml_core.figures import live as figures
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project, status_text
 from dml_core.registry import LOSSES, MINERS
+from dml_core.runs import RunState
 from dml_core.services import export
+from dml_core.services.run_view import RunView, run_view
 from dml_core.train import collapse_advice, resolve_device
 from pages.ui import (
     describe,
@@ -188,27 +190,27 @@ def train_button(cfg: RunConfig | None, error: str | None) -> None:
         st.error(error, icon="🚫")
 
 
-def run_controls(run_id: str, info: dict[str, Any]) -> None:
+def run_controls(run_id: str, view: RunView) -> None:
     """Pause / Resume / Stop, enabled exactly when they apply (inside the live fragment)."""
     job = manager.get(run_id)
     cols = st.columns([1, 1, 1, 5])
-    if cols[0].button("Pause", disabled=not info["can_pause"], key="btn.pause"):
+    if cols[0].button("Pause", disabled=not view.can_pause, key="btn.pause"):
         job.pause()
-        st.rerun(scope="fragment")
+        st.rerun()
     if cols[1].button(
         "Resume",
-        disabled=not info["can_resume"],
+        disabled=not view.can_resume,
         key="btn.resume",
         help="Continue a paused run, or an interrupted/stopped one from its last checkpoint",
     ):
-        if info["state"] == "paused":
+        if view.state is RunState.PAUSED:
             job.resume()
         else:
             manager.resume(run_id)
         st.rerun()  # polling starts again
-    if cols[2].button("Stop", disabled=not info["can_stop"], key="btn.stop"):
+    if cols[2].button("Stop", disabled=not view.can_stop, key="btn.stop"):
         manager.stop(run_id)
-        st.rerun(scope="fragment")
+        st.rerun()
 
 
 def export_buttons(run_id: str) -> None:
@@ -317,9 +319,6 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
     return pending
 
 
-ACTIVE = ("queued", "starting", "running", "paused")
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def run_axes(runs_dir: str, run_id: str, steps: tuple[int, ...]) -> tuple:
     """Fixed axes of a run's histograms over all its snapshots (recomputed on new snapshots)."""
@@ -369,60 +368,11 @@ def class_names(dataset: str, split: str) -> tuple[str, ...]:
     return load_dataset(dataset, split).class_names
 
 
-def run_info(run_id: str) -> dict[str, Any]:
-    """State, progress, message and which controls apply, from the live job or from disk."""
-    job = manager.get(run_id)
-    if job is not None and not job.done:
-        p = job.progress()
-        state = p.state
-        info = {
-            "state": state,
-            "step": p.step,
-            "steps": p.steps,
-            "message": p.message,
-            "device": p.device,
-            "position": manager.queue_position(run_id),
-            "rate": f"{p.samples_per_s:,.0f} samples/s" if p.samples_per_s else "",
-            "eta": f"ETA {p.eta_s:.0f} s" if p.eta_s == p.eta_s and state == "running" else "",
-        }
-    else:
-        status = store.status(run_id)
-        state = status.get("state", "?")
-        info = {
-            "state": state,
-            "step": status.get("step", 0),
-            "steps": store.load(run_id).config.steps,
-            "message": status.get("message", ""),
-            "device": status.get("device", ""),
-            "position": None,
-            "rate": "",
-            "eta": "",
-        }
-    live = job is not None and not job.done
-    info["can_pause"] = live and state == "running"
-    info["can_resume"] = (live and state == "paused") or (
-        not live and state in ("interrupted", "stopped")
-    )
-    info["can_stop"] = live and state in ACTIVE
-    return info
-
-
-def progress_line(run_id: str, info: dict[str, Any]) -> None:
-    """The run's label, state, step, rate, ETA and device, as a progress bar."""
-    queued = f" (position {info['position']} in the queue)" if info["position"] else ""
-    parts = [
-        run_label(store, run_id),
-        f"{info['state']}{queued}",
-        f"step {info['step']}/{info['steps']}",
-        info["rate"],
-        info["eta"],
-        info["device"],
-    ]
-    st.progress(
-        min(info["step"] / max(info["steps"], 1), 1.0), text=" · ".join(p for p in parts if p)
-    )
-    if info["message"]:
-        (st.error if info["state"] in ("failed", "diverged") else st.info)(info["message"])
+def progress_line(run_id: str, view: RunView) -> None:
+    """The run's label, state, step (or final evaluation), rate, ETA and device."""
+    st.progress(view.fraction, text=f"{run_label(store, run_id)} · {view.progress_text}")
+    if view.message:
+        (st.error if view.is_error else st.info)(view.message)
 
 
 def headline_metrics(snap, final: dict[str, float] | None) -> None:
@@ -485,11 +435,11 @@ def play_period() -> float:
     return PLAY_SPEEDS[st.session_state.get("view.speed", "normal")]
 
 
-def desired_interval(run_id: str | None, info: dict[str, Any] | None) -> float | None:
+def desired_interval(view: RunView | None) -> float | None:
     """How often the live view reruns: while the run moves, plays, or a layout is pending."""
-    if run_id is None or info is None:
+    if view is None:
         return None
-    if info["state"] in ACTIVE:
+    if view.active:
         return 1.5
     if st.session_state.get("view.play") and not st.session_state.get("view.follow", True):
         return play_period()
@@ -503,9 +453,9 @@ def live_body(run_id: str | None, interval: float | None) -> None:
     if run_id is None:
         st.info("Idle. Choose settings in the sidebar and press **Train**, or open a saved run.")
         return
-    info = run_info(run_id)
-    progress_line(run_id, info)
-    run_controls(run_id, info)
+    view = run_view(store, manager, run_id)
+    progress_line(run_id, view)
+    run_controls(run_id, view)
     record = store.load(run_id)
     steps_saved = record.snapshot_steps
     if not steps_saved:
@@ -515,7 +465,7 @@ def live_body(run_id: str | None, interval: float | None) -> None:
         step = scrub_controls(tuple(steps_saved))
         pending = snapshot_view(run_id, record, tuple(steps_saved), step)
     st.session_state["view.pending"] = pending
-    if desired_interval(run_id, run_info(run_id)) != interval:
+    if desired_interval(run_view(store, manager, run_id)) != interval:
         st.rerun()  # the run started or ended, Play was pressed, a layout arrived: re-time polling
 
 
@@ -550,7 +500,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
 
 def live_view(run_id: str | None) -> None:
     """Always rendered; reruns on a timer while something moves, and is static otherwise."""
-    interval = desired_interval(run_id, run_info(run_id) if run_id else None)
+    interval = desired_interval(run_view(store, manager, run_id) if run_id else None)
     st.fragment(run_every=interval)(live_body)(run_id, interval)
 
 

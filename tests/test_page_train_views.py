@@ -213,3 +213,23 @@ def test_a_missing_run_in_the_url_says_so(page: AppTest) -> None:
     page.run()
     assert not page.exception
     assert any("There is no run 'no-such-run'" in w.value for w in page.warning)
+
+
+def test_controls_follow_the_run_state(page: AppTest) -> None:
+    """Catches: Pause disabled for the whole run, Resume offered while running."""
+    page.run()
+    page.number_input(key="cfg.steps").set_value(100_000).run()
+    page.button(key="btn.train").click().run()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and page.button(key="btn.pause").disabled:
+        time.sleep(0.5)
+        page.run()
+    assert not page.button(key="btn.pause").disabled
+    assert not page.button(key="btn.stop").disabled
+    assert page.button(key="btn.resume").disabled
+    page.button(key="btn.pause").click().run()
+    assert page.button(key="btn.pause").disabled
+    assert not page.button(key="btn.resume").disabled
+    page.button(key="btn.stop").click().run()
+    page.run()
+    assert page.button(key="btn.stop").disabled
