@@ -35,7 +35,9 @@ def chord_angle(d: torch.Tensor) -> torch.Tensor:
     return 2 * torch.asin(d / 2)
 
 
-def training_value(name: str, d_ap: torch.Tensor, d_an: torch.Tensor) -> torch.Tensor:
+def training_value(
+    name: str, d_ap: torch.Tensor, d_an: torch.Tensor, params: dict | None = None
+) -> torch.Tensor:
     """The training forward on a minimal batch whose two pair distances are d_ap and d_an.
 
     Anchor, positive and negative lie on the unit circle (chord distances are exact, so both
@@ -43,7 +45,8 @@ def training_value(name: str, d_ap: torch.Tensor, d_an: torch.Tensor) -> torch.T
     proxies, placed by functional_call. The embeddings are differentiable in (d_ap, d_an).
     """
     classes = LOSSES[name].kind == "classes"
-    loss = LOSSES.create(name, {"num_classes": 2, "embedding_dim": 3 if classes else 2})
+    context = {"num_classes": 2, "embedding_dim": 3 if classes else 2}
+    loss = LOSSES.create(name, context, **(params or {}))
     zero = torch.zeros((), dtype=torch.float64)
     th_p, th_n = chord_angle(d_ap), chord_angle(d_an)
     if classes:
@@ -74,9 +77,11 @@ def training_value(name: str, d_ap: torch.Tensor, d_an: torch.Tensor) -> torch.T
     return loss(emb, torch.tensor([0, 0, 1]), tuples).terms.sum()
 
 
-def training_value_and_grads(name: str, d_ap: float, d_an: float) -> tuple[float, float, float]:
+def training_value_and_grads(
+    name: str, d_ap: float, d_an: float, params: dict | None = None
+) -> tuple[float, float, float]:
     a, n = f64(d_ap), f64(d_an)
-    value = training_value(name, a, n)
+    value = training_value(name, a, n, params)
     g_a, g_n = torch.autograd.grad(value, (a, n), allow_unused=True)
     grads = [0.0 if g is None else float(g) for g in (g_a, g_n)]
     return float(value.detach()), *grads
@@ -92,6 +97,50 @@ def test_profiles_equal_the_training_loss_and_its_autograd_gradient(name: str) -
         assert neg.value[0] == pytest.approx(value, rel=1e-9, abs=1e-9)
         assert pos.grad[0] == pytest.approx(g_ap, rel=1e-7, abs=1e-9)
         assert neg.grad[0] == pytest.approx(g_an, rel=1e-7, abs=1e-9)
+
+
+# One setting per loss away from its defaults (the margin loss's beta is its initial value).
+NON_DEFAULT: dict[str, dict] = {
+    "contrastive": {"pos_margin": 0.3, "neg_margin": 1.4},
+    "binomial_deviance": {"alpha": 5.0, "beta": 0.2, "C": 3.0},
+    "margin": {"alpha": 0.35, "beta": 0.9},
+    "triplet": {"margin": 0.7},
+    "triplet_network": {"objective": "nll"},
+    "quadruplet": {"alpha1": 0.6, "alpha2": 0.25},
+    "lifted_structure": {"neg_margin": 0.7},
+    "histogram": {"num_bins": 37},
+    "multi_similarity": {"alpha": 4.0, "beta": 20.0, "lam": 0.3},
+    "circle": {"m": 0.4, "gamma": 32.0},
+    "normalized_softmax": {"temperature": 0.2},
+    "proxy_nca": {"softmax_scale": 3.0},
+    "proxy_anchor": {"alpha": 8.0, "margin": 0.3},
+    "cross_batch_memory": {"loss": "multi_similarity"},
+}
+
+
+def test_every_loss_with_parameters_has_a_non_default_setting() -> None:
+    with_params = {name for name in NAMES if LOSSES[name].params.model_fields}
+    assert set(NON_DEFAULT) == with_params
+    for name, params in NON_DEFAULT.items():
+        LOSSES[name].validate(**params)
+        assert params != {k: LOSSES[name].defaults()[k] for k in params}
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_profiles_at_non_default_parameters_equal_the_training_loss(name: str) -> None:
+    params = NON_DEFAULT[name]
+    differs = False
+    for d_ap, d_an in POINTS:
+        value, g_ap, g_an = training_value_and_grads(name, d_ap, d_an, params)
+        pos = LC.loss_profile(name, params, "positive", grid=np.array([d_ap]), fixed=d_an)
+        neg = LC.loss_profile(name, params, "negative", grid=np.array([d_an]), fixed=d_ap)
+        assert pos.value[0] == pytest.approx(value, rel=1e-9, abs=1e-9)
+        assert neg.value[0] == pytest.approx(value, rel=1e-9, abs=1e-9)
+        assert pos.grad[0] == pytest.approx(g_ap, rel=1e-7, abs=1e-9)
+        assert neg.grad[0] == pytest.approx(g_an, rel=1e-7, abs=1e-9)
+        default = training_value_and_grads(name, d_ap, d_an)
+        differs |= default != pytest.approx((value, g_ap, g_an), rel=1e-6, abs=1e-9)
+    assert differs, f"{params} changes nothing at these points: the check would be vacuous"
 
 
 @pytest.mark.parametrize("name", NAMES)

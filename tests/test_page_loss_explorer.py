@@ -1,9 +1,11 @@
 """AppTest of the Loss explorer: every loss renders its curves, equation and boundaries."""
 
+import base64
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -139,3 +141,44 @@ def test_redraws_in_well_under_two_seconds_of_cpu(explorer: AppTest) -> None:
     start = time.process_time()
     explorer.run()
     assert time.process_time() - start < 2.0
+
+
+def plotted(trace: dict, axis: str) -> np.ndarray:
+    """A trace's x or y values; plotly writes numpy arrays as base64 ``bdata``."""
+    values = trace[axis]
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+# (loss, non-default values set through its widgets)
+SETTINGS = [
+    ("triplet", {"margin": 0.7}),
+    ("contrastive", {"pos_margin": 0.3, "neg_margin": 1.4}),
+    ("multi_similarity", {"alpha": 4.0, "beta": 20.0, "lam": 0.3}),
+]
+
+
+@pytest.mark.parametrize(("name", "values"), SETTINGS, ids=[s[0] for s in SETTINGS])
+def test_plotted_profiles_at_non_default_parameters_are_loss_profile(
+    name: str, values: dict
+) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/loss_explorer.py").run()
+    at.selectbox(key="explorer.loss").set_value(name).run()
+    for field, value in values.items():
+        key = f"explorer.{name}.{field}"
+        (widget,) = [w for kind in ("slider", "number_input") for w in at.get(kind) if w.key == key]
+        widget.set_value(value).run()
+    assert not at.exception
+    params = LOSSES[name].defaults() | values
+    charts = specs(at)
+    for chart, axis, fixed in ((charts[0], "positive", 1.0), (charts[1], "negative", 0.5)):
+        expected = loss_curves.loss_profile(name, params, axis, fixed=fixed)
+        value, grad = chart["data"][:2]
+        np.testing.assert_allclose(plotted(value, "x"), expected.x)
+        np.testing.assert_allclose(plotted(value, "y"), expected.value, rtol=1e-12)
+        np.testing.assert_allclose(plotted(grad, "y"), np.abs(expected.grad), rtol=1e-12)
+    assert not np.allclose(
+        plotted(charts[0]["data"][0], "y"), loss_curves.loss_profile(name).value
+    ), "the setting does not change the plotted curve: the check would be vacuous"

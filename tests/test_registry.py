@@ -4,7 +4,7 @@ from pydantic import BaseModel, Field
 
 import dml_core
 from dml_core.errors import ConfigError
-from dml_core.registry import LOSSES, MINERS, Registry
+from dml_core.registry import KINDS, LOSSES, MINERS, NoParams, Params, Registry
 
 
 class DemoParams(BaseModel, frozen=True, extra="forbid"):
@@ -73,3 +73,33 @@ def test_every_loss_trains_a_step_with_defaults(name: str) -> None:
     assert torch.isfinite(out.loss)
     assert torch.isfinite(emb.grad).all()
     assert emb.grad.abs().sum() > 0
+
+
+def test_membership_and_get_answer_instead_of_raising() -> None:
+    assert "unknown" not in LOSSES
+    assert "triplet" in LOSSES
+    assert 3 not in MINERS
+    assert LOSSES.get("unknown") is None
+    assert LOSSES.get("unknown", "fallback") == "fallback"
+    assert LOSSES.get("triplet") is LOSSES["triplet"]
+    with pytest.raises(ConfigError, match="Unknown loss 'unknown'"):
+        LOSSES["unknown"]
+
+
+def test_kind_is_checked_at_registration() -> None:
+    reg = Registry("widget")
+    with pytest.raises(ValueError, match=r"'kind' of w must be one of .*Got 'pair'"):
+        reg.register(name="w", params=DemoParams, paper="p", equation="e", kind="pair")(object)
+    assert "w" not in reg
+    assert set(KINDS) == {"pairs", "triplets", "classes"}
+
+
+def test_one_params_base_and_one_name_per_parameter_model() -> None:
+    models = {entry.params for entry in [*LOSSES.values(), *MINERS.values()]}
+    assert all(issubclass(model, Params) for model in models)
+    assert dml_core.losses.Params is Params
+    assert LOSSES["n_pair"].params is MINERS["all"].params is NoParams
+    by_name: dict[str, set[type]] = {}
+    for model in models:
+        by_name.setdefault(model.__name__, set()).add(model)
+    assert {k: v for k, v in by_name.items() if len(v) > 1} == {}
