@@ -1,3 +1,5 @@
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -5,8 +7,8 @@ import pytest
 import torch
 
 from dml_core.config import make_config
-from dml_core.runs import RunStore
-from dml_core.services.jobs import JobManager, TrainingJob
+from dml_core.runs import RunState, RunStore
+from dml_core.services.jobs import JobManager, Phase, StepRate, TrainingJob
 from dml_core.train import Trainer
 
 FAST = {
@@ -108,3 +110,93 @@ def test_manager_caps_concurrent_jobs_and_queues_the_rest(tmp_path: Path) -> Non
     manager.stop_all()
     assert manager.get(first).done
     assert manager.get(second).done
+
+
+def feed(rate: StepRate, t0: float, t1: float, steps_per_s: float, step0: int) -> int:
+    """Report steps at ``steps_per_s`` from t0 to t1, every 0.1 s (like a job's per-step
+    calls); returns the step reached."""
+    step = step0
+    for i in range(round((t1 - t0) * 10) + 1):
+        step = step0 + round(i * 0.1 * steps_per_s)
+        rate.update(step, t0 + i * 0.1)
+    return step
+
+
+def test_eta_follows_the_recent_rate_not_the_mean_since_the_start() -> None:
+    """10 steps/s for 5 s, then 2 steps/s for 20 s, 100 steps to go: 50 s left."""
+    rate = StepRate()
+    step = feed(rate, 0.0, 5.0, 10.0, 0)
+    step = feed(rate, 5.0, 25.0, 2.0, step)
+    assert step == 90
+    mean_eta = 100 / (step / 25.0)  # 27.8 s: what a cumulative average says
+    assert rate.eta(100) == pytest.approx(50.0, rel=0.1)
+    assert abs(mean_eta - 50.0) > 0.4 * 50.0
+
+
+def test_a_pause_does_not_count_as_slow_training() -> None:
+    rate = StepRate()
+    step = feed(rate, 0.0, 5.0, 10.0, 0)
+    rate.restart(step, 65.0)  # paused for a minute
+    feed(rate, 65.0, 67.0, 10.0, step)
+    assert rate.steps_per_s == pytest.approx(10.0, rel=0.05)
+    assert math.isnan(StepRate().eta(100))  # unknown before any measurement
+
+
+def test_final_evaluation_is_a_visible_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job says "final evaluation" (with its time) after the last step, not a silent ETA 0."""
+    evaluating, release = threading.Event(), threading.Event()
+    original = Trainer.final_metrics
+
+    def slow_final_metrics(self: Trainer) -> dict:
+        evaluating.set()
+        release.wait(60)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "final_metrics", slow_final_metrics)
+    now = [100.0]
+    store = RunStore(tmp_path)
+    cfg = make_config(**{**FAST, "final_eval": True})
+    run_id = store.create(cfg)
+    job = TrainingJob(cfg, store, run_id, clock=lambda: now[0])
+    job.start()
+    assert evaluating.wait(120)
+    now[0] += 12.0
+    progress = job.progress()
+    assert progress.state == RunState.RUNNING
+    assert progress.phase is Phase.FINAL_EVALUATION
+    assert progress.step == progress.steps == 60
+    assert progress.phase_s == pytest.approx(12.0)
+    assert math.isnan(progress.eta_s)
+    assert "Final evaluation" in progress.message
+    assert store.status(run_id)["phase"] == "final evaluation"
+    job.pause()  # cannot hold a single call: nothing changes
+    assert job.progress().state == RunState.RUNNING
+    release.set()
+    job.join(120)
+    assert job.progress().state == RunState.FINISHED
+    assert store.status(run_id)["final_metrics"]["precision_at_1"] > 0.5
+
+
+def test_manager_pauses_and_resumes_a_live_job(tmp_path: Path) -> None:
+    manager = JobManager(RunStore(tmp_path), max_running=1)
+    run_id = manager.submit(make_config(**{**FAST, "steps": 100_000}))
+    wait_for(lambda: manager.get(run_id).state == RunState.RUNNING)
+    manager.pause(run_id)
+    assert manager.get(run_id).state == RunState.PAUSED
+    manager.resume(run_id)
+    assert manager.get(run_id).state == RunState.RUNNING
+    manager.stop_all()
+    assert manager.get(run_id).state == RunState.STOPPED
+
+
+def test_stop_all_cancels_queued_jobs(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    manager = JobManager(store, max_running=1)
+    cfg = make_config(**{**FAST, "steps": 100_000})
+    first, second = manager.submit(cfg), manager.submit(cfg)
+    wait_for(lambda: manager.get(first).state == RunState.RUNNING)
+    manager.stop_all()
+    assert manager.get(second).done
+    assert store.status(second)["state"] is RunState.STOPPED

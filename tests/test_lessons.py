@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dml_core.runs import RunStore
+from dml_core.services.lesson_checks import RunResult
 from dml_core.services.lessons import (
     LESSONS,
     LessonResult,
@@ -79,3 +80,23 @@ def test_checks_measure_the_runs(root: Path) -> None:
     dims = trained("dimension", root)[0]
     assert not evaluate(dims.lesson, dims.runs[::-1])[0]
     assert not evaluate(dims.lesson, dims.runs[:2])[0]  # a missing run is never a pass
+
+
+def swapped(runs: tuple[RunResult, ...]) -> list[RunResult]:
+    """The runs' measurements in reverse order, each config left in its place (one run:
+    its snapshots in reverse time order). A check that reads the runs by their role fails."""
+    if len(runs) == 1:
+        return [dataclasses.replace(runs[0], snapshots=runs[0].snapshots[::-1])]
+    return [
+        dataclasses.replace(run, snapshots=other.snapshots, final=other.final)
+        for run, other in zip(runs, runs[::-1], strict=True)
+    ]
+
+
+@pytest.mark.parametrize("key", list(LESSONS))
+def test_check_fails_when_the_runs_are_swapped(key: str, root: Path) -> None:
+    """Issue 12: every check measures which run did what, not only that runs exist."""
+    result = trained(key, root)[0]
+    assert result.holds, result.message
+    holds, message = result.lesson.check(swapped(result.runs))
+    assert not holds, f"the claim still holds with the runs swapped: {message}"

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,14 @@ import pytest
 
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
-from dml_core.runs import RunStore, atomic_write_bytes
+from dml_core.runs import (
+    ACTIVE,
+    FINAL,
+    RESUMABLE,
+    RunState,
+    RunStore,
+    atomic_write_bytes,
+)
 from dml_core.snapshot import Snapshot
 
 
@@ -117,3 +125,89 @@ def test_kill_9_during_writes_leaves_a_loadable_run(tmp_path: Path, delay: float
         assert store.load_snapshot("victim", step).probe_emb.shape == (3000, 64)
     assert set(record.history["step"]) <= set(record.snapshot_steps)
     assert store.load_checkpoint("victim")["step"] >= 0
+
+
+def test_states_are_one_enum_stored_as_the_old_strings(tmp_path: Path) -> None:
+    assert set(RunState) == ACTIVE | FINAL
+    assert not ACTIVE & FINAL
+    assert RESUMABLE <= FINAL
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    status_file = tmp_path / run_id / "status.json"
+    assert json.loads(status_file.read_text())["state"] == "queued"
+    store.set_status(run_id, state=RunState.FINISHED)
+    assert json.loads(status_file.read_text())["state"] == "finished"
+    # a run saved before the enum, with a plain string, reads back as the enum member
+    status = json.loads(status_file.read_text())
+    status["state"] = "stopped"
+    status_file.write_text(json.dumps(status))
+    assert store.status(run_id)["state"] is RunState.STOPPED
+
+
+def test_an_active_run_whose_process_died_reads_interrupted(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.set_status(run_id, state=RunState.RUNNING, pid=dead.pid, step=7)
+    status = store.status(run_id)
+    assert status["state"] is RunState.INTERRUPTED
+    assert "step 7" in status["message"]
+
+
+def test_label_is_saved_with_the_run_and_survives_a_reload(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    assert store.label(run_id) is None
+    store.set_label(run_id, "  margin 0.2, semi-hard — first try ✓ ")
+    assert RunStore(tmp_path).label(run_id) == "margin 0.2, semi-hard — first try ✓"
+    assert store.load(run_id).config == make_config()  # nothing else touched
+    store.set_label(run_id, "x" * 80)
+    assert store.label(run_id) == "x" * 80
+    store.set_label(run_id, "   ")  # blank: the name is removed
+    assert store.label(run_id) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x" * 81, "at most 80 characters. Got 81"),
+        ("two\nlines", "one line"),
+        ("carriage\rreturn", "one line"),
+        ("tab\there", "one line"),
+        ("unicode\u2028line separator", "one line"),
+        (42, "must be text"),
+    ],
+)
+def test_bad_labels_are_refused_and_the_old_one_kept(
+    tmp_path: Path, text: object, message: str
+) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    store.set_label(run_id, "kept")
+    with pytest.raises(ConfigError, match=message):
+        store.set_label(run_id, text)  # type: ignore[arg-type]
+    assert store.label(run_id) == "kept"
+
+
+def test_label_needs_an_existing_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no run named"):
+        RunStore(tmp_path).set_label("nope", "a name")
+
+
+def test_label_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the final rename fails; the old label stays, no temp file is left."""
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    store.set_label(run_id, "old name")
+    before = sorted(p.name for p in (tmp_path / run_id).iterdir())
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dml_core.runs.os.replace", broken_replace)
+    with pytest.raises(OSError, match="No space left"):
+        store.set_label(run_id, "new name")
+    monkeypatch.undo()
+    assert store.label(run_id) == "old name"
+    assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == before

@@ -1,0 +1,173 @@
+"""RunView: the state a page shows and the rules for Pause / Resume / Stop, from jobs and disk."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dml_core.config import make_config
+from dml_core.runs import RunState, RunStore
+from dml_core.services.jobs import JobManager, Phase
+from dml_core.services.run_view import RunView, run_view
+
+S = RunState
+TRAINING, EVALUATING = Phase.TRAINING, Phase.FINAL_EVALUATION
+FAST = {"steps": 100_000, "snapshot_every": 20, "probe_size": 200, "embedding_dim": 8}
+
+# (state, live, phase, has_checkpoint) -> (can_pause, can_resume, can_stop, active)
+RULES = [
+    ((S.QUEUED, True, TRAINING, False), (False, False, True, True)),
+    ((S.STARTING, True, TRAINING, False), (False, False, True, True)),
+    ((S.RUNNING, True, TRAINING, True), (True, False, True, True)),
+    ((S.RUNNING, True, EVALUATING, True), (False, False, False, True)),
+    ((S.PAUSED, True, TRAINING, True), (False, True, True, True)),
+    ((S.RUNNING, False, TRAINING, True), (False, False, False, True)),  # another process
+    ((S.FINISHED, False, TRAINING, True), (False, False, False, False)),
+    ((S.STOPPED, False, TRAINING, True), (False, True, False, False)),
+    ((S.STOPPED, False, TRAINING, False), (False, False, False, False)),
+    ((S.INTERRUPTED, False, TRAINING, True), (False, True, False, False)),
+    ((S.INTERRUPTED, False, TRAINING, False), (False, False, False, False)),
+    ((S.DIVERGED, False, TRAINING, True), (False, False, False, False)),
+    ((S.FAILED, False, TRAINING, True), (False, False, False, False)),
+]
+
+
+@pytest.mark.parametrize(("given", "expected"), RULES, ids=lambda v: "-".join(map(str, v)))
+def test_button_rules(
+    given: tuple[RunState, bool, Phase, bool], expected: tuple[bool, bool, bool, bool]
+) -> None:
+    state, live, phase, checkpoint = given
+    view = RunView("r", state, phase=phase, live=live, has_checkpoint=checkpoint)
+    assert (view.can_pause, view.can_resume, view.can_stop, view.active) == expected
+
+
+def test_every_state_has_a_rule() -> None:
+    assert {given[0] for given, _ in RULES} == set(RunState)
+
+
+def test_progress_text_while_training_and_evaluating() -> None:
+    view = RunView(
+        "r", S.RUNNING, step=50, steps=300, samples_per_s=1234.4, eta_s=17.2, device="CPU",
+        live=True,
+    )  # fmt: skip
+    assert view.progress_text == "running · step 50/300 · 1,234 samples/s · ETA 17 s · CPU"
+    assert view.fraction == pytest.approx(50 / 300)
+    evaluating = RunView("r", S.RUNNING, EVALUATING, 300, 300, phase_s=12.4, live=True)
+    assert evaluating.progress_text == "running · step 300/300 done · final evaluation · 12 s"
+    queued = RunView("r", S.QUEUED, queue_position=2, steps=300, live=True)
+    assert queued.progress_text == "queued (position 2 in the queue) · step 0/300"
+    assert RunView("r", S.FAILED).is_error
+    assert not RunView("r", S.STOPPED).is_error
+    assert RunView("r", S.FINISHED, step=400, steps=300).fraction == 1.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(tmp_path)
+
+
+@pytest.fixture
+def manager(store: RunStore) -> Iterator[JobManager]:
+    manager = JobManager(store, max_running=1)
+    yield manager
+    manager.stop_all()
+
+
+def test_view_from_disk(store: RunStore, manager: JobManager) -> None:
+    run_id = store.create(make_config(steps=300))
+    store.set_status(run_id, state=S.STOPPED, step=120, device="CPU")
+    view = run_view(store, manager, run_id)
+    assert (view.state, view.step, view.steps, view.live) == (S.STOPPED, 120, 300, False)
+    assert not view.can_resume  # no checkpoint yet
+    store.save_checkpoint(run_id, {"step": 120})
+    assert run_view(store, manager, run_id).can_resume
+
+
+def test_view_of_a_run_whose_process_died(store: RunStore, manager: JobManager) -> None:
+    run_id = store.create(make_config())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.set_status(run_id, state=S.RUNNING, phase=EVALUATING, pid=dead.pid, step=40)
+    store.save_checkpoint(run_id, {"step": 40})
+    view = run_view(store, manager, run_id)
+    assert view.state is S.INTERRUPTED
+    assert view.phase is TRAINING
+    assert "interrupted" in view.message
+    assert view.can_resume
+    assert not view.can_stop
+
+
+def test_view_without_a_status_file(store: RunStore, manager: JobManager) -> None:
+    run_id = store.create(make_config())
+    (store.path(run_id) / "status.json").unlink()
+    view = run_view(store, manager, run_id)
+    assert view.state is S.INTERRUPTED
+    assert "no readable state" in view.message
+    assert not (view.can_pause)
+    assert not (view.can_resume)
+    assert not (view.can_stop)
+
+
+def wait_for_view(store: RunStore, manager: JobManager, run_id: str, predicate) -> RunView:
+    end = time.monotonic() + 120
+    while not predicate(view := run_view(store, manager, run_id)):
+        assert time.monotonic() < end, f"timed out at {view}"
+        time.sleep(0.05)
+    return view
+
+
+def test_a_submitted_job_can_be_paused_once_it_runs(store: RunStore, manager: JobManager) -> None:
+    """Issue 19: Pause stayed disabled for the whole run after Train was pressed."""
+    run_id = manager.submit(make_config(**FAST))
+    first = run_view(store, manager, run_id)
+    assert first.state in (S.QUEUED, S.STARTING, S.RUNNING)
+    assert first.live
+    assert first.can_stop
+    assert not first.can_resume
+    view = wait_for_view(store, manager, run_id, lambda v: v.state is S.RUNNING)
+    assert view.can_pause
+    assert view.can_stop
+    assert not view.can_resume
+    view = wait_for_view(store, manager, run_id, lambda v: v.eta_s is not None)
+    assert view.samples_per_s > 0
+    assert view.rate_text.endswith("samples/s")
+    manager.pause(run_id)
+    view = run_view(store, manager, run_id)
+    assert view.state is S.PAUSED
+    assert view.can_resume
+    assert view.can_stop
+    assert not view.can_pause
+    assert view.eta_s is None
+    assert math.isnan(view.samples_per_s)
+    manager.resume(run_id)
+    assert run_view(store, manager, run_id).can_pause
+    manager.stop(run_id)
+    view = wait_for_view(store, manager, run_id, lambda v: not v.active)
+    assert (view.state, view.live) == (S.STOPPED, False)
+    assert view.can_resume
+    assert not view.can_stop
+    manager.resume(run_id)
+    view = wait_for_view(store, manager, run_id, lambda v: v.state is S.RUNNING)
+    assert view.can_pause
+    assert view.live
+
+
+def test_a_queued_job_shows_its_place(store: RunStore, manager: JobManager) -> None:
+    cfg = make_config(**FAST)
+    first, second = manager.submit(cfg), manager.submit(cfg)
+    wait_for_view(store, manager, first, lambda v: v.state is S.RUNNING)
+    view = run_view(store, manager, second)
+    assert (view.state, view.queue_position) == (S.QUEUED, 1)
+    assert view.can_stop
+    assert not view.can_pause
+    manager.stop(second)
+    view = run_view(store, manager, second)
+    assert view.state is S.STOPPED
+    assert not view.live
+    assert not view.can_resume  # it never trained: no checkpoint
