@@ -85,10 +85,15 @@ def margin_widgets(loss: str, miner: str) -> tuple[dict[str, Any], dict[str, Any
         loss_skip.add(link.loss_field)
         if not separate:
             miner_skip.add("margin")
-    st.subheader("Loss parameters")
-    loss_params = param_widgets(LOSSES[loss], "loss", skip=loss_skip)
-    st.subheader("Miner parameters")
-    miner_params = param_widgets(MINERS[miner], "miner", skip=miner_skip)
+    params = []
+    for title, entry, prefix, skip in (
+        ("Loss parameters", LOSSES[loss], "loss", loss_skip),
+        ("Miner parameters", MINERS[miner], "miner", miner_skip),
+    ):
+        if set(entry.params.model_fields) - skip:
+            st.subheader(title)
+        params.append(param_widgets(entry, prefix, skip=skip))
+    loss_params, miner_params = params
     if link is not None:
         loss_params[link.loss_field] = margin
         miner_params.setdefault("margin", margin)
@@ -376,23 +381,17 @@ def progress_line(run_id: str, view: RunView) -> None:
 
 
 def headline_metrics(snap, final: dict[str, float] | None) -> None:
-    """Retrieval at the shown snapshot (probe set), and the final test-vs-train figures."""
+    """Retrieval at the shown snapshot (probe set), then the final test-vs-train figures."""
     keys = ("precision_at_1", "r_precision", "map_at_r")
-    cols = st.columns(len(keys) + (len(keys) + 1 if final else 0))
-    for col, key in zip(cols, keys, strict=False):
-        value = snap.metrics.get(key)
-        col.metric(
-            f"{METRIC_LABELS[key]} at step {snap.step}",
-            "—" if value is None else f"{value:.3f}",
-            help="Leave-one-out retrieval within the probe set at this snapshot",
-        )
+    rows = [(keys, snap.metrics, f"at step {snap.step}", "Within the probe set at this snapshot")]
     if final:
-        for col, key in zip(cols[len(keys) :], (*keys, "nmi"), strict=False):
-            col.metric(
-                f"{METRIC_LABELS[key]} final",
-                f"{final[key]:.3f}",
-                help="After training: every test image queried against every training image",
-            )
+        help_final = "After training: every test image queried against every training image"
+        rows.append(((*keys, "nmi"), final, "final", help_final))
+    for names, values, when, help_text in rows:
+        for col, key in zip(st.columns(4), names, strict=False):
+            value = values.get(key)
+            text = "—" if value is None else f"{value:.3f}"
+            col.metric(f"{METRIC_LABELS[key]} {when}", text, help=help_text)
 
 
 def scrub_controls(steps_saved: tuple[int, ...]) -> int:

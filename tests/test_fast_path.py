@@ -14,7 +14,7 @@ from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import TripletMarginMiner
 from torch import nn
 
-from dml_core.bench.run import enumerated_semi_hard
+from dml_core.bench.pml_loop import enumerated_semi_hard
 from dml_core.config import make_config
 from dml_core.geometry import pairwise_distances
 from dml_core.losses.triplet import TripletLoss

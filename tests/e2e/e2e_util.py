@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +16,13 @@ from playwright.sync_api import Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# Screenshots refresh the README's pictures in assets/ only when asked (DML_REFRESH_ASSETS=1);
+# otherwise they go to a temporary folder, so a test run leaves the checkout untouched.
+SHOTS = (
+    ASSETS
+    if os.environ.get("DML_REFRESH_ASSETS") == "1"
+    else Path(tempfile.gettempdir()) / "dml-e2e-shots"
+)
 CONNECTED = "[data-testid='stApp'][data-test-connection-state='CONNECTED']"
 LOAD_TIMEOUT_MS = 60_000
 FIGURE_TIMEOUT_MS = 120_000
@@ -83,13 +92,13 @@ def wait_settled(page: Page, timeout_ms: int = 20_000) -> None:
 
 
 def screenshot(page: Page, name: str, showing: Locator | None = None) -> Path:
-    """Save ``assets/<name>`` of the current viewport, preferably with nothing faded.
+    """Save ``<SHOTS>/<name>`` of the current viewport, preferably with nothing faded.
 
     With ``showing``, retake the picture (a few times) until that element is visible both
     before and after it: a page that reruns on a timer may be mid-rerun at the first try.
     """
-    ASSETS.mkdir(exist_ok=True)
-    path = ASSETS / name
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / name
     for _ in range(5):
         wait_settled(page)
         if showing is not None and not showing.is_visible():
@@ -102,8 +111,11 @@ def screenshot(page: Page, name: str, showing: Locator | None = None) -> Path:
 
 
 def assert_no_exception(page: Page) -> None:
+    """No traceback on the page, and no "Connection error" dialog over it."""
     errors = page.locator("[data-testid='stException']")
     assert errors.count() == 0, errors.first.inner_text()
+    dialog = page.get_by_text("Connection error", exact=True)
+    assert dialog.count() == 0, page.locator("[role='dialog']").first.inner_text()
 
 
 def choose(page: Page, label: str, option: str) -> None:

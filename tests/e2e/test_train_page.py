@@ -1,7 +1,8 @@
 """End-to-end: the home page and the live Train page in a real browser.
 
 Every wait polls page content (connection state, figure titles, progress text); no test relies on
-a fixed sleep. Screenshots of a live run go to ``assets/`` for the README.
+a fixed sleep. Screenshots of a live run go to ``e2e_util.SHOTS`` (``assets/`` when
+DML_REFRESH_ASSETS=1).
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def step_of(page: Page) -> int:
 
 
 def snapshot_caption(page: Page) -> tuple[int, int]:
-    """(snapshot index, step) of the newest caption ``Snapshot i/n: step S, ...`` on the page."""
-    texts = page.get_by_text(re.compile(r"Snapshot \d+/\d+: step \d+")).all_inner_texts()
-    found = [re.search(r"Snapshot (\d+)/\d+: step (\d+)", t) for t in texts]
+    """(snapshot index, step) of the newest caption ``Snapshot i of n: step S, ...``."""
+    texts = page.get_by_text(re.compile(r"Snapshot \d+ of \d+: step \d+")).all_inner_texts()
+    found = [re.search(r"Snapshot (\d+) of \d+: step (\d+)", t) for t in texts]
     pairs = [(int(m.group(1)), int(m.group(2))) for m in found if m]
     assert pairs, texts
     return max(pairs)
@@ -163,7 +164,7 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
     assert all(len(h) > 100 for h in first_hist), first_hist
     page.wait_for_function(
         """(n) => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
-            .some(e => { const m = /Snapshot (\\d+)\\/\\d+: step/.exec(e.innerText);
+            .some(e => { const m = /Snapshot (\\d+) of \\d+: step/.exec(e.innerText);
                          return m && Number(m[1]) > n; })""",
         arg=first_index,
         timeout=FIGURE_TIMEOUT_MS,
