@@ -9,9 +9,9 @@ spin, flip or jump between consecutive frames.
   (Schoenemann 1966; Gower 1975): the similarity transform that best maps one layout onto
   another in least squares, \min_{s, R, t} ||s X R + t - Y||_F with R^T R = I.
 - ``Projector``: chains layouts along a run. Each UMAP update starts from the previous layout
-  (``init=prev``, 50 epochs instead of 200-500: DESIGN.md section 6) and is then aligned to it.
+  (``init=prev``, 50 epochs instead of 200-500) and is then aligned to it.
 - ``ProjectionWorker``: a daemon thread that computes layouts off the UI thread, newest first;
-  stale requests are dropped, not queued (DESIGN.md section 2).
+  stale requests are dropped, not queued.
 
 umap-learn compiles its kernels with numba on the first fit of a process (timed by ``bench``).
 Importing this module sets ``NUMBA_CACHE_DIR`` (unless already set) to a persistent folder so
