@@ -64,6 +64,9 @@ def pick_run(store: RunStore) -> str:
         )
         st.stop()
     wanted = st.query_params.get("run")
+    if wanted and wanted not in runs:
+        why = "has no saved weights yet" if store.exists(wanted) else "does not exist"
+        st.warning(f"The run '{wanted}' in the link {why}; showing {runs[0]} instead.")
     run_id = st.selectbox(
         "Run",
         runs,

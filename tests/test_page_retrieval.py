@@ -69,3 +69,15 @@ def test_picking_a_query_shows_its_neighbours(
     assert len(strip["layout"]["shapes"]) == 6  # one frame per image
     assert any("TAR @ FAR" in m.label for m in at.metric)
     assert (runs_dir / RUN_ID / "embeddings.npz").exists()
+
+
+def test_a_run_in_the_link_that_does_not_exist_says_so(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a wrong ?run= silently replaced by another run."""
+    at = page(runs_dir, monkeypatch)
+    at.query_params["run"] = "no-such-run"
+    at.run()
+    assert not at.exception
+    assert any("'no-such-run' in the link does not exist" in w.value for w in at.warning)
+    assert at.selectbox(key="retrieval.run").value == RUN_ID
