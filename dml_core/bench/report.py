@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dml_core.errors import ConfigError
+from dml_core.metrics import METRIC_LABELS
+
+RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r")
 
 COLUMNS = {"pml": "A: PML loop", "dml_core": "B: dml_core", "dml_core_float32": "B float32"}
 DELTA_KEYS = {"dml_core": "map_at_r_delta", "dml_core_float32": "map_at_r_delta_float32"}
@@ -36,9 +39,10 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("samples/s", "samples_per_s", "{:.0f}"),
         ("seconds per 60k samples", "seconds_per_60k", "{:.1f}"),
-        ("P@1", "precision_at_1", "{:.4f}"),
-        ("R-Precision", "r_precision", "{:.4f}"),
-        ("MAP@R", "map_at_r", "{:.4f}"),
+        *(
+            (METRIC_LABELS[key], key, "{:.4f}")
+            for key in ("precision_at_1", "r_precision", "map_at_r")
+        ),
     ]
     for label, key, fmt in rows:
         cells = "".join(f"{fmt.format(variants[n][key]):>14}" for n in names)
@@ -98,9 +102,9 @@ def format_markdown(result: dict[str, Any]) -> str:
     rows = [
         ("samples/s", "samples_per_s", "{:.0f}"),
         ("seconds per 60k samples", "seconds_per_60k", "{:.1f}"),
-        (f"P@1, mean of {seeds} seed(s)", "precision_at_1", "{:.4f}"),
-        (f"R-Precision, mean of {seeds}", "r_precision", "{:.4f}"),
-        (f"MAP@R, mean of {seeds}", "map_at_r", "{:.4f}"),
+        (f"{METRIC_LABELS['precision_at_1']}, mean of {seeds} seed(s)", "precision_at_1", "{:.4f}"),
+        (f"{METRIC_LABELS['r_precision']}, mean of {seeds}", "r_precision", "{:.4f}"),
+        (f"{METRIC_LABELS['map_at_r']}, mean of {seeds}", "map_at_r", "{:.4f}"),
     ]
     for label, key, fmt in rows:
         lines.append(

@@ -43,6 +43,7 @@ from dml_core.figures.style import (
     class_color,
     math_text,
 )
+from dml_core.metrics import METRIC_LABELS
 
 if TYPE_CHECKING:
     from dml_core.snapshot import Snapshot
@@ -55,10 +56,8 @@ CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 CURVE_NAMES = {
     "active_fraction": "active",
-    "precision_at_1": "P@1",
-    "r_precision": "R-Precision",
-    "map_at_r": "MAP@R",
     "mean_distance": "mean distance",
+    **METRIC_LABELS,
 }
 FRACTION_PANELS = (1, 2)  # panels whose y-axis is [0, 1]
 
