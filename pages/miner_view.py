@@ -6,7 +6,14 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core.analysis.batch_view import Batch, SavedRun, UntrainedNet, draw_batch, mine_all
+from dml_core.analysis.batch_view import (
+    Batch,
+    SavedRun,
+    UntrainedNet,
+    draw_batch,
+    mine_all,
+    saved_run_margin,
+)
 from dml_core.data import DATASETS, dataset_availability
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
@@ -18,6 +25,21 @@ use_app_navigation()
 store = RunStore(RUNS_DIR)  # read-only here: listing runs and reading checkpoints
 UNTRAINED = "untrained net"
 DIMS = [2, 3, 4, 8, 16, 32, 64, 128, 256, 512]
+DEFAULT_MARGIN = 0.2
+
+
+def margin_follows(source_name: str) -> float:
+    """The margin slider's default: the saved run's miner margin (else its loss margin).
+
+    Set only when the net changes, so a value the user picks stays until then.
+    """
+    default = DEFAULT_MARGIN
+    if source_name != UNTRAINED:
+        default = saved_run_margin(RUNS_DIR, source_name) or DEFAULT_MARGIN
+    if st.session_state.get("mv.margin_for") != source_name:
+        st.session_state["mv.margin_for"] = source_name
+        st.session_state["mv.margin"] = min(max(default, 0.01), 2.0)
+    return default
 
 
 @st.cache_data(max_entries=32, show_spinner="Embedding the batch…")
@@ -56,8 +78,15 @@ def sidebar() -> tuple[dict[str, Any], str | None]:
         P = c1.number_input("P classes", 1, 16, 6, key="mv.P")
         K = c2.number_input("K per class", 1, 64, 8, key="mv.K")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="mv.seed")
+        run_margin = margin_follows(source_name)
         margin = st.slider(
-            "Margin α", 0.01, 1.0, 0.2, 0.01, key="mv.margin", help="easy / semi-hard / hard"
+            "Margin α",
+            0.01,
+            2.0,
+            step=0.01,
+            key="mv.margin",
+            help="easy / semi-hard / hard"
+            + ("" if source_name == UNTRAINED else f"; the run mined with α = {run_margin:g}"),
         )
         st.header("Miners")
         chosen = st.pills(
@@ -118,16 +147,27 @@ else:
 if batch is not None and result is not None:
     size = len(batch.labels)
     anchor_from_click(size)
-    c1, c2, c3 = st.columns([1, 2, 3])
+    c1, c2, c3, c4 = st.columns([1, 1, 1.4, 2.6])
     anchor = int(c1.number_input("Anchor (batch index)", 0, size - 1, 0, key="mv.anchor"))
-    focus = c2.selectbox("Lines in the PCA view", list(miners), key="mv.focus")
-    c3.caption(
+    positives = [int(i) for i in result.positives_of(anchor)]  # farthest first
+    if st.session_state.get("mv.positive") not in positives:
+        st.session_state["mv.positive"] = positives[0]
+    positive = c2.selectbox(
+        "Positive (rings)",
+        positives,
+        key="mv.positive",
+        format_func=lambda i: f"#{i}, d = {result.dist[anchor, i]:.3f}",
+        help="The margin rings are drawn at d(a,p) and d(a,p) + α for this positive, and each "
+        "negative's kind is judged against it. Listed farthest first (the default).",
+    )
+    focus = c3.selectbox("Lines in the PCA view", list(miners), key="mv.focus")
+    c4.caption(
         f"{size} images embedded by the {batch.source}. Anchor #{anchor}: class "
         f"{batch.class_names[batch.labels[anchor]]}."
     )
-    c3.image(batch.images[anchor], width=56, clamp=True)
+    c4.image(batch.images[anchor], width=56, clamp=True)
     st.plotly_chart(
-        batch_figures.batch_pca_figure(batch, result, focus, anchor),
+        batch_figures.batch_pca_figure(batch, result, focus, anchor, positive),
         key="mv.chart.pca",
         on_select="rerun",
         selection_mode="points",
@@ -141,11 +181,13 @@ if batch is not None and result is not None:
         },
     )
     st.caption(
-        "Kinds are counted over the triplets each miner forms (pair miners: each positive "
-        "pair joined with every negative pair of its anchor, as a triplet loss does). A "
-        "negative's colour is the hardest kind among its triplets."
+        "The table counts kinds over all the triplets each miner forms (pair miners: each "
+        "positive pair joined with every negative pair of its anchor, as a triplet loss "
+        "does). In the figures, a negative's kind is judged against the chosen positive and "
+        "shown by its outline: ○ easy, ◇ semi-hard, × hard; fill colour is the class, green "
+        "and red lines are positive and negative pairs."
     )
     st.plotly_chart(
-        batch_figures.anchor_polar_figure(batch, result, anchor, list(miners)),
+        batch_figures.anchor_polar_figure(batch, result, anchor, list(miners), positive),
         key="mv.chart.polar",
     )

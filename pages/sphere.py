@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dml_core.analysis.batch_view import sample_sphere_distances, sampling_comparison
+from dml_core.analysis.sphere import sample_sphere_distances, sampling_comparison
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
 from dml_core.figures import live as figures
@@ -27,18 +27,19 @@ n = st.select_slider(
     key="sp.n",
     help="log scale: 2 to 512",
 )
+zoom = st.toggle(
+    "Zoom in on the distances",
+    value=False,
+    key="sp.zoom",
+    help="Off: d from 0 to 2 at every n, so you see the distances pile up near √2 as n grows. "
+    "On: the axis follows the data, with finer bins.",
+)
 left, right = st.columns(2)
 with left:
     points = st.select_slider("Random points", [100, 200, 400, 800], value=400, key="sp.points")
     distances = sample_sphere_distances(n, points, seed=0)
     st.plotly_chart(
-        figures.density_figure(
-            [n],
-            samples={n: distances},
-            title=f"S<sup>{n - 1}</sup>: q(d) vs {len(distances):,} sampled distances",
-            uirevision="sphere-one",
-        ),
-        key="sp.chart.one",
+        batch_figures.sampled_density_figure(n, distances, zoom=zoom), key="sp.chart.one"
     )
 with right:
     st.plotly_chart(
@@ -65,7 +66,16 @@ try:
 except ConfigError as err:
     st.error(str(err), icon="🚫")
 else:
-    st.plotly_chart(batch_figures.selected_distance_figure(comparison), key="sp.chart.selected")
+    if comparison.anchors < comparison.batch:
+        st.caption(
+            f"The batch has {comparison.batch} points: the table and histograms count the "
+            f"triplets of the {comparison.anchors} anchors of {len(comparison.anchor_classes)} "
+            f"classes drawn at random (of {comparison.classes}), every point of the batch a "
+            "candidate negative, so the page answers in seconds."
+        )
+    st.plotly_chart(
+        batch_figures.selected_distance_figure(comparison, zoom=zoom), key="sp.chart.selected"
+    )
     st.dataframe(
         comparison.table,
         hide_index=True,

@@ -1,28 +1,24 @@
-"""Tests of batch_view: one batch, every miner's selection, and the sphere sampling comparison."""
+"""Tests of batch_view: one batch, every miner's selection, judged against one chosen positive."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dml_core.analysis.batch_view import (
-    SAMPLING_METHODS,
     SavedRun,
     UntrainedNet,
     draw_batch,
-    gradient_noise_variance,
     mine_all,
-    sample_sphere_distances,
-    sampling_comparison,
+    saved_run_margin,
 )
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
-from dml_core.geometry import distance_density
+from dml_core.figures.style import CLASS_COLORS, NEGATIVE_COLOR, POSITIVE_COLOR
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
-from dml_core.tuples import EASY, HARD, SEMI_HARD, Triplets
+from dml_core.tuples import EASY, HARD, SEMI_HARD
 from tests.saved_runs import train_and_save
 
 ALL = {name: {} for name in MINERS}
@@ -68,17 +64,105 @@ def test_anchor_views_match_each_miners_tuples(batch) -> None:
     for name, sel in result.selections.items():
         a1, p = sel.pos_pairs
         a2, n = sel.neg_pairs
+        ta, tp, tn = sel.triplets
         for anchor in range(len(batch.labels)):
-            view = result.anchor_view(name, anchor)
-            assert set(view.positives) == set(p[a1 == anchor].tolist()), name
-            assert set(view.negatives) == set(n[a2 == anchor].tolist()), name
-            assert (batch.labels[view.positives] == batch.labels[anchor]).all()
-            assert (batch.labels[view.negatives] != batch.labels[anchor]).all()
-            np.testing.assert_allclose(view.neg_dist, result.dist[anchor, view.negatives])
+            for positive in result.positives_of(anchor)[:2]:
+                view = result.anchor_view(name, anchor, int(positive))
+                assert view.positive == positive
+                assert set(view.positives) == set(p[a1 == anchor].tolist()), name
+                if sel.kind == "pairs":  # every negative pair of the anchor, for any positive
+                    expected = n[a2 == anchor]
+                else:  # the negatives of the triplets (anchor, positive, .)
+                    expected = tn[(ta == anchor) & (tp == positive)]
+                assert set(view.negatives) == set(expected.tolist()), name
+                assert (batch.labels[view.positives] == batch.labels[anchor]).all()
+                assert (batch.labels[view.negatives] != batch.labels[anchor]).all()
+                np.testing.assert_allclose(view.neg_dist, result.dist[anchor, view.negatives])
+                assert view.radius == pytest.approx(result.dist[anchor, positive])
     table = result.summary()
     assert list(table.miner) == list(MINERS)
     shares = table[["easy", "semi-hard", "hard"]].to_numpy()
     assert np.allclose(shares[table.triplets.to_numpy() > 0].sum(axis=1), 1.0)
+
+
+def test_the_default_positive_is_the_farthest(batch) -> None:
+    result = mine_all(batch.emb, batch.labels, {"hard": {}}, margin=0.2)
+    for anchor in range(len(batch.labels)):
+        positives = result.positives_of(anchor)
+        same = np.flatnonzero(batch.labels == batch.labels[anchor])
+        assert set(positives.tolist()) == set(same.tolist()) - {anchor}
+        assert (np.diff(result.dist[anchor, positives]) <= 0).all()  # farthest first
+        assert result.anchor_view("hard", anchor).positive == positives[0]
+    with pytest.raises(ConfigError, match="'positive'"):
+        result.anchor_view(
+            "hard", 0, positive=int(np.flatnonzero(batch.labels != batch.labels[0])[0])
+        )
+
+
+def kind_of(d: float, rings: dict[str, float]) -> int:
+    """The kind a negative at distance d has against the drawn rings (FaceNet, Sec. 3.2)."""
+    if d <= rings["d(a,p)"]:
+        return HARD
+    return SEMI_HARD if d < rings["+ α"] else EASY
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.2, 0.6])
+def test_every_negative_mark_agrees_with_the_drawn_rings(batch, margin: float) -> None:
+    result = mine_all(batch.emb, batch.labels, ALL, margin=margin)
+    checked = 0
+    for anchor in (0, 7, 13):
+        for positive in [None, *result.positives_of(anchor).tolist()]:
+            fig = batch_figures.anchor_polar_figure(batch, result, anchor, list(MINERS), positive)
+            for miner in MINERS:
+                traces = [t for t in fig.data if t.meta and t.meta["miner"] == miner]
+                rings = {t.meta["ring"]: float(t.r[0]) for t in traces if t.meta["role"] == "ring"}
+                assert rings["+ α"] == pytest.approx(rings["d(a,p)"] + margin)
+                for t in traces:
+                    if t.meta["role"] == "negative":
+                        for d in t.r:
+                            assert kind_of(d, rings) == t.meta["kind"], (miner, anchor, d)
+                            checked += 1
+    assert checked > 100
+
+
+def test_kinds_are_shapes_never_a_class_colour(batch) -> None:
+    result = mine_all(batch.emb, batch.labels, ALL, margin=0.2)
+    reserved = {c.lower() for c in (*CLASS_COLORS, POSITIVE_COLOR, NEGATIVE_COLOR)}
+    pca = batch_figures.batch_pca_figure(batch, result, "all", 3)
+    polar = batch_figures.anchor_polar_figure(batch, result, 3, list(MINERS))
+    for fig in (pca, polar):
+        marks = [t for t in fig.data if t.meta and t.meta.get("role") == "negative"]
+        symbols = {t.meta["kind"]: t.marker.symbol for t in marks}
+        assert len(set(symbols.values())) == 3  # one shape per kind
+        for t in marks:
+            assert t.marker.color.lower() not in reserved
+            assert t.marker.line.color.lower() not in reserved
+        lines = {t.name.split(" (")[0]: t.line.color for t in fig.data if t.mode == "lines"}
+        assert lines["positive pairs"] == POSITIVE_COLOR
+        assert lines["negative pairs"] == NEGATIVE_COLOR
+        classes = [t for t in fig.data if t.name in batch.class_names]
+        assert all(t.marker.color in CLASS_COLORS for t in classes)
+
+
+def test_a_saved_runs_margin_is_its_miners(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    cfg = make_config(
+        steps=1, probe_size=50, final_eval=False, miner="semi_hard", miner_params={"margin": 0.35}
+    )
+    semi = store.create(cfg)
+    assert saved_run_margin(tmp_path, semi) == pytest.approx(0.35)
+    no_margin = store.create(
+        make_config(steps=1, probe_size=50, miner="batch_hard", loss_params={"margin": 0.45})
+    )
+    assert saved_run_margin(tmp_path, no_margin) == pytest.approx(0.45)
+
+
+def test_a_batch_beyond_the_mining_budget_is_refused_in_one_sentence() -> None:
+    labels = np.repeat(np.arange(10), 64)
+    emb = np.eye(640, 16, dtype=np.float32)
+    with pytest.raises(ConfigError, match=r"lower P or K \(at K = 64, P <= \d\)") as info:
+        mine_all(emb, labels, {"all": {}}, margin=0.2)
+    assert ". " not in str(info.value)
 
 
 def test_semi_hard_and_hard_miners_select_only_their_kind(batch) -> None:
@@ -114,52 +198,6 @@ def test_mine_all_errors_name_the_field(batch) -> None:
         mine_all(batch.emb, batch.labels, {"random": {"fraction": 2.0}}, margin=0.2)
     with pytest.raises(ConfigError, match="'margin'"):
         mine_all(batch.emb, batch.labels, {"hard": {}}, margin=0.0)
-
-
-@pytest.mark.parametrize("dim", [3, 8, 32, 128])
-def test_uniform_sphere_distances_follow_the_density(dim: int) -> None:
-    d = sample_sphere_distances(dim, 400, seed=1)
-    assert d.shape == (400 * 399 // 2,)
-    hist, edges = np.histogram(d, bins=40, range=(0.0, 2.0), density=True)
-    centres = (edges[:-1] + edges[1:]) / 2
-    expected = distance_density(centres, dim)
-    assert np.abs(hist - expected).sum() * 0.05 < 0.05  # L1 distance of the densities
-
-
-def test_analytic_gradient_variance_matches_monte_carlo() -> None:
-    gen = torch.Generator().manual_seed(0)
-    emb = torch.nn.functional.normalize(torch.randn(6, 16, generator=gen, dtype=torch.float64))
-    triplets = Triplets(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
-    sigma, draws = 0.02, 20_000
-    analytic = gradient_noise_variance(emb, triplets, sigma)
-    a, p, n = (emb[t] for t in triplets)
-    noise = sigma / 4.0 * torch.randn(3, draws, 2, 16, generator=gen, dtype=torch.float64)
-    to_p = a + noise[0] - p - noise[1]
-    to_n = a + noise[0] - n - noise[2]
-    g = to_p / to_p.norm(dim=-1, keepdim=True) - to_n / to_n.norm(dim=-1, keepdim=True)
-    monte_carlo = g.var(dim=0).sum(dim=-1)
-    np.testing.assert_allclose(analytic.numpy(), monte_carlo.numpy(), rtol=0.05)
-
-
-def test_distance_weighted_spreads_its_negatives_more_than_hard_mining() -> None:
-    table = sampling_comparison(32, 8, 8, seed=0).table.set_index("method")
-    std = table["std d(a,n)"]
-    assert std["distance_weighted"] > std["hard"]
-    assert std["distance_weighted"] > 1.5 * std["batch_hard"]
-
-
-@pytest.mark.parametrize("dim", [3, 8, 32])
-def test_gradient_variance_ordering_stated_on_the_page(dim: int) -> None:
-    comparison = sampling_comparison(dim, 8, 8, seed=0)
-    table = comparison.table.set_index("method")
-    assert list(table.index) == list(SAMPLING_METHODS)
-    variance = table["gradient variance"]
-    assert variance["batch_hard"] > variance["distance_weighted"] > variance["semi_hard"]
-    assert variance["distance_weighted"] > variance["uniform"]
-    std = table["std d(a,n)"]
-    assert std["distance_weighted"] > std["batch_hard"]
-    fig = batch_figures.selected_distance_figure(comparison)
-    assert sum(t.type == "histogram" for t in fig.data) == len(SAMPLING_METHODS)
 
 
 def test_batch_figures(batch) -> None:

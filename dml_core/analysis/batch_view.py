@@ -1,19 +1,13 @@
-r"""One batch under the microscope: what each registered miner picks, and why sampling matters.
+r"""Miner view: one batch under the microscope, and what each registered miner picks.
 
-Two questions, answered without training anything:
+Draw one P x K batch (Hermans et al., In Defense of the Triplet Loss, 2017, Sec. 3), embed it
+with an untrained net or a saved run's checkpoint, run every chosen miner from ``MINERS`` on it
+(the registered code, never a second copy of its logic) and classify each selected negative
+relative to the margin, as FaceNet does (Schroff et al. 2015, Sec. 3.2): hard d(a,n) <= d(a,p),
+semi-hard d(a,p) < d(a,n) < d(a,p) + \alpha, easy beyond. Every miner's triplets are kept, so
+the batch is checked against the ``batch`` budget first (``budgets``).
 
-- **Miner view.** Draw one P x K batch (Hermans et al., In Defense of the Triplet Loss, 2017,
-  Sec. 3), embed it with an untrained net or a saved run's checkpoint, run every chosen miner
-  from ``MINERS`` on it (the registered code, never a second copy of its logic) and classify
-  each selected negative relative to the margin, as FaceNet does (Schroff et al. 2015,
-  Sec. 3.2): hard d(a,n) <= d(a,p), semi-hard d(a,p) < d(a,n) < d(a,p) + \alpha, easy beyond.
-- **Sphere & sampling.** Wu, Manmatha, Smola, Kraehenbuehl, Sampling Matters in Deep
-  Embedding Learning, ICCV 2017, Sec. 4: on S^{n-1} pairwise distances concentrate near
-  sqrt(2) (Fig. 2, density q(d) of Eq. 3), so uniform sampling mostly returns negatives at
-  ~sqrt(2); hard negatives sit close to the anchor, where the direction (a - n) / ||a - n|| of
-  the gradient is dominated by noise (Fig. 3: its variance grows like 1 / d^2); distance-
-  weighted sampling draws negatives with probability ~ 1 / q(d) and so spreads them out.
-
+The sphere and the sampling comparison (Wu et al. 2017) live in ``analysis.sphere``.
 Everything is vectorised torch; results are numpy (and one pandas table) for the figures.
 """
 
@@ -29,22 +23,19 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from dml_core.config import check_against_dataset, make_config
+from dml_core import budgets
+from dml_core.config import check_against_dataset, loss_margin_field, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.geometry import l2_normalize, pairwise_distances
 from dml_core.nets import NETS, build_net
-from dml_core.registry import MINERS
+from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.sampling import PKSampler
 from dml_core.train import embed
 from dml_core.tuples import (
-    EASY,
-    HARD,
-    SEMI_HARD,
     TRIPLET_KINDS,
     Pairs,
-    Triplets,
     label_masks,
     to_triplets,
     triplet_kinds,
@@ -90,6 +81,21 @@ class Batch:
     images: np.ndarray
     class_names: tuple[str, ...]
     source: str
+
+
+def saved_run_margin(runs_dir: str | Path, run_id: str) -> float | None:
+    """The margin a saved run mined with: its miner's ``margin``, else its loss's margin.
+
+    None when neither has one (e.g. batch-hard mining with a multi-similarity loss).
+    """
+    cfg = RunStore(runs_dir).load(run_id).config
+    if "margin" in cfg.miner_params:
+        return float(cfg.miner_params["margin"])
+    field = loss_margin_field(cfg.loss)
+    if field is None:
+        return None
+    default = LOSSES[cfg.loss].params.model_fields[field].default
+    return float(cfg.loss_params.get(field, default))
 
 
 def draw_batch(
@@ -161,20 +167,26 @@ def draw_batch(
 
 @dataclass(frozen=True)
 class AnchorView:
-    """What one miner selects for one anchor.
+    """What one miner selects for one anchor, judged against one chosen positive.
+
+    The margin rings and the kind of every negative refer to the same positive p, so a mark
+    and its ring always agree: hard inside d(a,p), semi-hard between d(a,p) and d(a,p) + margin,
+    easy beyond (FaceNet, Sec. 3.2).
 
     Attributes:
         anchor: the anchor's batch index.
-        positives, pos_dist: selected positives and d(a, p), ascending index.
-        negatives, neg_dist: selected negatives and d(a, n).
-        neg_kind: (n_neg,) EASY / SEMI_HARD / HARD of each negative: the hardest kind among
-            the triplets the miner forms with it, i.e. relative to the farthest positive it is
-            paired with (pair miners pair every negative with every selected positive).
-        radius: d(a, p_max), the farthest selected positive (the farthest in the batch when
-            the miner selects none); the margin circles are at ``radius`` and ``radius + margin``.
+        positive: the positive the kinds and rings refer to (default: the farthest in the batch).
+        positives, pos_dist: every positive the miner selects for the anchor, and d(a, p).
+        negatives, neg_dist: the negatives the miner uses with ``positive``: those of its
+            triplets (a, positive, n), or for pair miners every negative pair of the anchor
+            (a triplet loss joins each with every positive pair); and d(a, n).
+        neg_kind: (n_neg,) EASY / SEMI_HARD / HARD of each negative against ``positive``: the
+            kind of the triplet (a, positive, n).
+        radius: d(a, positive); the rings are at ``radius`` and ``radius + margin``.
     """
 
     anchor: int
+    positive: int
     positives: np.ndarray
     pos_dist: np.ndarray
     negatives: np.ndarray
@@ -221,27 +233,46 @@ class MiningResult:
     margin: float
     selections: dict[str, MinerSelection] = field(default_factory=dict)
 
-    def anchor_view(self, name: str, anchor: int) -> AnchorView:
-        """Which positives and negatives miner ``name`` selects for ``anchor``."""
+    def positives_of(self, anchor: int) -> np.ndarray:
+        """Batch indices of the anchor's positives (same label, not itself), farthest first."""
+        index = np.arange(len(self.labels))
+        mask = (self.labels == self.labels[anchor]) & (index != anchor)  # (B,)
+        candidates = index[mask]
+        return candidates[np.argsort(-self.dist[anchor, candidates], kind="stable")]
+
+    def anchor_view(self, name: str, anchor: int, positive: int | None = None) -> AnchorView:
+        """What miner ``name`` selects for ``anchor``, judged against ``positive``.
+
+        Args:
+            name: a miner of ``selections``.
+            anchor: batch index of the anchor.
+            positive: batch index of one of the anchor's positives; None: the farthest.
+
+        Raises:
+            ConfigError: ``positive`` is not a positive of ``anchor``.
+        """
         sel, d = self.selections[name], self.dist[anchor]
+        candidates = self.positives_of(anchor)
+        if positive is None:
+            positive = int(candidates[0]) if len(candidates) else anchor
+        elif positive not in candidates:
+            raise ConfigError(
+                f"The 'positive' parameter must be a positive of anchor #{anchor} "
+                f"(one of {candidates.tolist()}). Got {positive}."
+            )
         a1, p = sel.pos_pairs
-        a2, n = sel.neg_pairs
         positives = np.unique(p[a1 == anchor])
-        negatives = np.unique(n[a2 == anchor])
-        pos_mask = (self.labels == self.labels[anchor]) & (np.arange(len(d)) != anchor)
-        fallback = float(d[pos_mask].max()) if pos_mask.any() else 0.0
-        radius = float(d[positives].max()) if len(positives) else fallback
-        # hardest kind over the triplets (anchor, ., n): max code, as HARD > SEMI_HARD > EASY
-        ta, _, tn = sel.triplets
-        mine = ta == anchor
-        kind = np.full(len(d), EASY, dtype=np.int64)  # (B,)
-        np.maximum.at(kind, tn[mine], sel.kinds[mine])
-        if sel.kind == "pairs" or not mine.any():  # negatives of no triplet: use p_max
-            loose = torch.as_tensor(d[negatives])
-            codes = triplet_kinds(torch.full_like(loose, radius), loose, self.margin).numpy()
-            kind[negatives] = np.maximum(kind[negatives], codes)
+        if sel.kind == "pairs":  # a triplet loss joins every negative pair with every positive
+            a2, n = sel.neg_pairs
+            negatives = np.unique(n[a2 == anchor])
+        else:
+            ta, tp, tn = sel.triplets
+            negatives = np.unique(tn[(ta == anchor) & (tp == positive)])
+        radius = float(d[positive])
+        d_an = torch.as_tensor(d[negatives])  # (n_neg,)
+        kind = triplet_kinds(torch.full_like(d_an, radius), d_an, self.margin).numpy()
         return AnchorView(
-            anchor, positives, d[positives], negatives, d[negatives], kind[negatives], radius
+            anchor, int(positive), positives, d[positives], negatives, d[negatives], kind, radius
         )
 
     def summary(self) -> pd.DataFrame:
@@ -293,7 +324,8 @@ def mine_all(
         margin: alpha of FaceNet Eq. (4): the easy / semi-hard / hard boundary.
 
     Raises:
-        ConfigError: unknown miner, a bad parameter, or a batch with no positive pair.
+        ConfigError: unknown miner, a bad parameter, a batch with no positive pair, or one
+            beyond the ``batch`` budget (every miner's triplets are kept).
     """
     emb_t = torch.as_tensor(np.asarray(emb), dtype=torch.float32)  # (B, D)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)  # (B,)
@@ -301,6 +333,8 @@ def mine_all(
         raise ConfigError(f"The 'margin' parameter must be in (0, 2]. Got {margin}.")
     if not label_masks(labels_t)[0].any():
         raise ConfigError("The 'K' parameter must be at least 2: no anchor has a positive.")
+    per_class = labels_t.unique(return_counts=True)[1]  # (P,)
+    budgets.check("batch", P=len(per_class), K=int(per_class.max()), dim=emb_t.shape[1])
     dist = pairwise_distances(emb_t)  # (B, B)
     selections = {}
     for name, params in miners.items():
@@ -317,135 +351,3 @@ def mine_all(
             kinds.numpy(),
         )
     return MiningResult(dist.numpy(), labels_t.numpy(), float(margin), selections)
-
-
-# ---------------------------------------------------------------------------- Sphere
-
-
-def uniform_sphere(n_points: int, dim: int, generator: torch.Generator) -> Tensor:
-    """(n_points, dim) points uniform on S^{dim-1}: normalised standard Gaussians."""
-    x = torch.randn(n_points, dim, generator=generator, dtype=torch.float64)  # (N, dim)
-    return l2_normalize(x)
-
-
-def sample_sphere_distances(dim: int, n_points: int, seed: int) -> np.ndarray:
-    """All n (n - 1) / 2 pairwise distances of ``n_points`` uniform points on S^{dim-1}."""
-    if dim < 2:
-        raise ConfigError(f"The 'dim' parameter must be at least 2. Got {dim}.")
-    points = uniform_sphere(n_points, dim, torch.Generator().manual_seed(seed))
-    i, j = torch.triu_indices(n_points, n_points, offset=1)
-    return pairwise_distances(points)[i, j].numpy()  # (n (n - 1) / 2,)
-
-
-@dataclass(frozen=True)
-class SamplingComparison:
-    """Negatives chosen by each sampling method on one batch (see ``sampling_comparison``).
-
-    Attributes:
-        dim: the embedding dimension.
-        neg_dist: method -> d(a, n) of every selected triplet.
-        table: one row per method: triplets, mean / std of d(a, n), share with non-zero
-            triplet loss, and the gradient noise variance.
-    """
-
-    dim: int
-    neg_dist: dict[str, np.ndarray]
-    table: pd.DataFrame
-
-
-def gradient_noise_variance(emb: Tensor, triplets: Triplets, sigma: float) -> Tensor:
-    r"""Noise variance of each triplet's gradient w.r.t. the anchor (Wu et al. 2017, Fig. 3).
-
-    The gradient of d(a,p) - d(a,n) w.r.t. a is g = u - v with unit vectors
-    u = (a - p) / d_{ap} and v = (a - n) / d_{an}. Perturb a, p and n by independent isotropic
-    noise N(0, s^2 I) with s^2 = \sigma^2 / D (expected noise norm ~ \sigma). To first order,
-    du = J_u (e_a - e_p) with J_u = (I - u u^T) / d_{ap} (and likewise v), so
-
-    tr Cov(g) = s^2 [2 tr J_u^2 + 2 tr J_v^2 - 2 tr J_u J_v]
-              = 2 s^2 [(D-1) / d_{ap}^2 + (D-1) / d_{an}^2 - (D-2+c^2) / (d_{ap} d_{an})],
-
-    c = u^T v. The 1 / d_{an}^2 term is Wu's point: the closer the negative, the more the
-    direction of its gradient is noise. The first-order formula holds while the distances are
-    large against the noise; it is capped at 4, the most any difference of two unit vectors
-    can vary (a gradient that is pure noise). Returns (T,); checked against Monte Carlo in the
-    tests.
-    """
-    a, p, n = (emb[t].double() for t in triplets)  # (T, D) each
-    D = emb.shape[1]
-    to_p, to_n = a - p, a - n  # (T, D)
-    d_ap = to_p.norm(dim=1).clamp_min(1e-6)  # (T,)
-    d_an = to_n.norm(dim=1).clamp_min(1e-6)  # (T,)
-    c = (to_p * to_n).sum(dim=1) / (d_ap * d_an)  # (T,)
-    cross = (D - 2 + c.square()) / (d_ap * d_an)
-    trace = 2 * (sigma**2 / D) * ((D - 1) / d_ap.square() + (D - 1) / d_an.square() - cross)
-    return trace.clamp(0.0, 4.0).float()
-
-
-def sampling_comparison(
-    dim: int,
-    P: int,
-    K: int,
-    seed: int,
-    margin: float = 0.2,
-    emb: np.ndarray | Tensor | None = None,
-    labels: np.ndarray | Tensor | None = None,
-) -> SamplingComparison:
-    """Which negatives uniform, semi-hard, hard, hardest and distance-weighted sampling choose.
-
-    Wu et al. 2017, Sec. 4. Every method is a registered miner run on the same batch:
-    ``random`` as uniform sampling (one negative per anchor-positive pair on average),
-    ``semi_hard`` (FaceNet Eq. 4), ``hard`` (every d(a,n) <= d(a,p)), ``batch_hard`` (each
-    anchor's nearest negative: "hard negative mining" in Wu et al.) and ``distance_weighted``.
-
-    Args:
-        dim: n, the embedding dimension (the batch lies on S^{n-1}).
-        P: classes in the batch.
-        K: samples per class (the batch is P x K; only its labels matter for uniform points).
-        seed: seeds the points, the sampling miners and the noise.
-        margin: alpha of the semi-hard miner and of the non-zero-loss column.
-        emb: a real batch (B, dim) instead of uniform points (``dim``, P, K then ignored).
-        labels: (B,) labels of ``emb``.
-    """
-    if P < 2 or K < 2:
-        name, value = ("P", P) if P < 2 else ("K", K)
-        raise ConfigError(f"The '{name}' parameter must be at least 2. Got {value}.")
-    if dim < 2:
-        raise ConfigError(f"The 'dim' parameter must be at least 2. Got {dim}.")
-    gen = torch.Generator().manual_seed(seed)
-    if emb is None:
-        emb_t = uniform_sphere(P * K, dim, gen).float()  # (B, dim)
-        labels_t = torch.arange(P).repeat_interleave(K)  # (B,)
-    else:
-        emb_t = l2_normalize(torch.as_tensor(np.asarray(emb), dtype=torch.float32))
-        labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    negatives_per_anchor = int(label_masks(labels_t)[1].sum(dim=1).max())
-    miners = {
-        "uniform": MINERS.create("random", fraction=1 / negatives_per_anchor, seed=seed),
-        "semi_hard": MINERS.create("semi_hard", margin=margin),
-        "hard": MINERS.create("hard"),
-        "batch_hard": MINERS.create("batch_hard"),
-        "distance_weighted": MINERS.create("distance_weighted", seed=seed),
-    }
-    dist = pairwise_distances(emb_t)  # (B, B)
-    neg_dist, rows = {}, []
-    for method, miner in miners.items():
-        triplets = miner(emb_t, labels_t)
-        a, p, n = triplets
-        d_ap, d_an = dist[a, p], dist[a, n]  # (T,)
-        neg_dist[method] = d_an.numpy()
-        kinds = triplet_kinds(d_ap, d_an, margin)  # (T,)
-        variance = gradient_noise_variance(emb_t, triplets, GRADIENT_NOISE)  # (T,)
-        empty = len(a) == 0
-        rows.append(
-            {
-                "method": method,
-                "triplets": len(a),
-                "mean d(a,n)": np.nan if empty else float(d_an.mean()),
-                "std d(a,n)": float(d_an.std()) if len(a) > 1 else np.nan,
-                "non-zero loss": np.nan if empty else float((kinds != EASY).float().mean()),
-                "hard": np.nan if empty else float((kinds == HARD).float().mean()),
-                "semi-hard": np.nan if empty else float((kinds == SEMI_HARD).float().mean()),
-                "gradient variance": np.nan if empty else float(variance.mean()),
-            }
-        )
-    return SamplingComparison(int(emb_t.shape[1]), neg_dist, pd.DataFrame(rows))
