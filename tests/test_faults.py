@@ -1,21 +1,18 @@
 """Fault injection: killed processes, full disks and resumes never lose a run."""
 
 import errno
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from dml_core.config import make_config
 from dml_core.runs import RunStore
 from dml_core.services.jobs import JobManager, TrainingJob
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fault_runs import Child, assert_store_loads, snapshot_files
 
 
 def wait_for(predicate, timeout: float = 300.0) -> None:
@@ -26,33 +23,37 @@ def wait_for(predicate, timeout: float = 300.0) -> None:
 
 
 def test_kill_9_mid_training_then_resume_to_the_end(tmp_path: Path) -> None:
-    args = ["train", "--steps", "200", "--snapshot-every", "10", "--probe-size", "200",
-            "--embedding-dim", "8", "--no-final-eval", "--out", str(tmp_path)]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "dml_core", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    store = RunStore(tmp_path)
-    wait_for(lambda: store.list() and len(store.snapshot_steps(store.list()[0])) >= 3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    """kill -9 at an unplanned moment of a CLI run (just after its checkpoint of step 40 the
+    child goes on training and writing), then resume through the JobManager to the end."""
+    root = tmp_path / "runs"
+    args = ["train", "--steps", "300", "--snapshot-every", "20", "--probe-size", "120",
+            "--embedding-dim", "8", "--classes-per-batch", "4", "--samples-per-class", "8",
+            "--no-final-eval", "--out", str(root)]  # fmt: skip
+    child = Child(tmp_path / "child.log", "--phase", "after-checkpoint", "--step", "40",
+                  "--cli", *args)  # fmt: skip
+    child.wait_for_line("PHASE after-checkpoint")
+    assert child.signal(signal.SIGKILL) == -signal.SIGKILL
+    store = RunStore(root)
     (run_id,) = store.list()
     status = store.status(run_id)
     assert status["state"] == "interrupted"
     assert "Resume it" in status["message"]
-    steps = store.snapshot_steps(run_id)
-    for step in steps:  # every file written before the kill loads
-        store.load_snapshot(run_id, step)
+    assert_store_loads(store)  # every file written before the kill loads
     checkpoint_step = store.load_checkpoint(run_id)["step"]
-    assert checkpoint_step in steps
+    assert 40 <= checkpoint_step < 300
+    kept = {s: f for s, f in snapshot_files(store, run_id).items() if s <= checkpoint_step}
     manager = JobManager(store, max_running=1)
     manager.resume(run_id)
-    wait_for(lambda: manager.get(run_id).done)
+    wait_for(lambda: manager.get(run_id) is not None and manager.get(run_id).done)
     manager.get(run_id).join(30)
     assert manager.get(run_id).progress().state == "finished"
     assert store.status(run_id)["state"] == "finished"
-    final_steps = store.snapshot_steps(run_id)
-    assert final_steps[-1] == 200
-    assert set(range(0, 201, 10)) <= set(final_steps)
-    assert store.history(run_id)["step"].is_monotonic_increasing
+    assert store.snapshot_steps(run_id) == tuple(range(0, 301, 20))
+    # the table as written (not store.history, which sorts): one row per snapshot, in order
+    written = pd.read_csv(store.path(run_id) / "metrics.csv")["step"].tolist()
+    assert written == list(range(0, 301, 20))
+    after = snapshot_files(store, run_id)
+    assert {s: after[s] for s in kept} == kept  # the resume rewrote nothing it had
 
 
 def test_a_finished_run_cannot_be_resumed(tmp_path: Path) -> None:
