@@ -321,7 +321,7 @@ def check(
 
 def _is_out_of_memory(err: BaseException) -> bool:
     """MemoryError, or torch's RuntimeError from a failed allocation (CPU or GPU)."""
-    if isinstance(err, MemoryError):
+    if isinstance(err, MemoryError | torch.OutOfMemoryError):
         return True
     text = str(err).lower()
     return isinstance(err, RuntimeError) and (

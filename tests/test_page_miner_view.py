@@ -1,12 +1,17 @@
 """AppTest of the Miner view page: figures for every miner, clear messages for bad settings."""
 
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dml_core.config import make_config
 from dml_core.registry import MINERS
+from dml_core.runs import RunStore
+from tests.saved_runs import train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +28,13 @@ def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 
 def specs(at: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def values(array: list | dict) -> np.ndarray:
+    """A plotly array from the figure spec: a list, or typed base64 ``{dtype, bdata}``."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).astype(float)
+    return np.asarray(array, dtype=float)
 
 
 def test_default_page_shows_the_batch_the_polar_view_and_the_table(page: AppTest) -> None:
@@ -77,3 +89,74 @@ def test_anchor_is_clamped_when_the_batch_shrinks(page: AppTest) -> None:
     page.number_input(key="mv.K").set_value(2).run()
     assert not page.exception
     assert page.number_input(key="mv.anchor").value == 11
+
+
+def test_no_warning_on_the_default_page(page: AppTest) -> None:
+    assert not page.warning
+    assert page.slider(key="mv.margin").value == pytest.approx(0.2)
+
+
+def test_rings_follow_the_chosen_positive_and_every_mark_agrees(page: AppTest) -> None:
+    # options read "#12, d = 0.591", farthest first
+    choices = [int(o[1:].split(",")[0]) for o in page.selectbox(key="mv.positive").options]
+    far_first = [float(o.split("d = ")[1]) for o in page.selectbox(key="mv.positive").options]
+    assert far_first == sorted(far_first, reverse=True)
+    assert page.selectbox(key="mv.positive").value == choices[0]  # the default: the farthest
+    chosen = choices[-1]  # the nearest positive
+    page.selectbox(key="mv.positive").set_value(chosen).run()
+    assert not page.exception
+    polar = specs(page)[1]
+    assert f"rings for positive #{chosen}" in polar["layout"]["title"]["text"]
+    margin = page.slider(key="mv.margin").value
+    traces = [t for t in polar["data"] if t.get("meta")]
+    for miner in MINERS:
+        mine = [t for t in traces if t["meta"]["miner"] == miner]
+        rings = {
+            t["meta"]["ring"]: t["meta"]["radius"] for t in mine if t["meta"]["role"] == "ring"
+        }
+        assert rings["+ α"] == pytest.approx(rings["d(a,p)"] + margin)
+        for t in mine:
+            if t["meta"]["role"] != "negative":
+                continue
+            assert t["meta"]["positive"] == chosen
+            for d in values(t["r"]):
+                inside, outside = d <= rings["d(a,p)"], d >= rings["+ α"]
+                expected = 2 if inside else 0 if outside else 1  # hard / easy / semi-hard
+                assert t["meta"]["kind"] == expected, (miner, d)
+
+
+def test_the_margin_follows_the_chosen_saved_run(tmp_path: Path, monkeypatch) -> None:
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    cfg = make_config(
+        steps=2,
+        probe_size=50,
+        embedding_dim=8,
+        final_eval=False,
+        device="cpu",
+        miner="semi_hard",
+        miner_params={"margin": 0.35},
+    )
+    run_id = train_and_save(store, cfg)
+    monkeypatch.setenv("DML_RUNS_DIR", str(runs))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(runs), raising=False)
+    at = AppTest.from_file(str(ROOT / "pages" / "miner_view.py"), default_timeout=30)
+    at.run()
+    assert at.slider(key="mv.margin").value == pytest.approx(0.2)
+    at.selectbox(key="mv.source").set_value(run_id).run()
+    assert not at.exception
+    assert not at.warning
+    assert at.slider(key="mv.margin").value == pytest.approx(0.35)
+    at.slider(key="mv.margin").set_value(0.5).run()  # the user's choice then stays
+    assert at.slider(key="mv.margin").value == pytest.approx(0.5)
+    at.selectbox(key="mv.source").set_value("untrained net").run()
+    assert at.slider(key="mv.margin").value == pytest.approx(0.2)
+
+
+def test_a_batch_beyond_the_mining_budget_is_one_sentence(page: AppTest) -> None:
+    page.number_input(key="mv.P").set_value(10).run()
+    page.number_input(key="mv.K").set_value(64).run()
+    assert not page.exception
+    assert len(page.error) == 1
+    assert "lower P or K" in page.error[0].value
+    assert ". " not in page.error[0].value
