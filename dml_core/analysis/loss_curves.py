@@ -12,23 +12,15 @@ Coordinates: distances between unit vectors lie in [0, 2]; the similarity axis u
 cosine s = 1 - d^2 / 2 in [-1, 1] (the same identity the cosine losses use). The similarity
 plane is drawn as (s_n, s_p), the orientation of Sun et al. 2020, Fig. 1.
 
-Decision boundaries (drawn on the heat maps), in the notation of each paper:
-    - triplet (Schroff et al. 2015, Eq. 1): d(a,n) = d(a,p) + alpha; lifted structure with one
-      negative (Song et al. 2016, Eq. 4): d(a,n) = d(a,p) + alpha; quadruplet (Chen et al.
-      2017, Eq. 5): d(a,n)^2 = d(a,p)^2 + alpha_1 (and alpha_2 with d(n_1,n_2) = d(a,n)).
-    - contrastive (Hadsell et al. 2006): d(a,p) = m_pos and d(a,n) = m_neg; margin loss (Wu
-      et al. 2017, Eq. 8): d(a,p) = beta - alpha and d(a,n) = beta + alpha; binomial deviance,
-      multi-similarity, proxy-anchor: their similarity thresholds as distances.
-    - circle loss (Sun et al. 2020, Eq. 9-10): alpha_n (s_n - Delta_n) = alpha_p (s_p - Delta_p)
-      with O_p = 1 + m, O_n = -m, Delta_p = 1 - m, Delta_n = m, i.e. the circle
-      s_n^2 + (s_p - 1)^2 = 2 m^2, against the linear boundary s_p - s_n = m (Fig. 1a).
-    - softmax-type losses (N-pair, histogram, normalised softmax, proxy-NCA) and the Triplet
-      Network: where the positive and the negative are equally close, d(a,p) = d(a,n).
+Decision boundaries (drawn on the heat maps, marked on the profiles) are declared by each loss
+(``Loss.decision_boundaries``), in the notation of its paper: e.g. d(a,n) = d(a,p) + alpha for
+the triplet loss (Schroff et al. 2015, Eq. 1), d(a,n) = m_neg for the contrastive loss, the
+circle s_n^2 + (s_p - 1)^2 = 2 m^2 for the circle loss (Sun et al. 2020, Eq. 10). This module
+asks for them and draws nothing it does not get from the loss, so a new loss brings its own.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +30,8 @@ import torch
 from torch import Tensor
 
 from dml_core.geometry import cosine_to_distance
-from dml_core.losses import CurveUnavailableError, Loss, anchor, memory, pair, proxy, triplet
+from dml_core.losses import CurveUnavailableError, Loss
+from dml_core.losses.base import Boundary
 from dml_core.registry import LOSSES
 
 Scale = Literal["distance", "similarity"]
@@ -51,21 +44,6 @@ RANGES: dict[str, tuple[float, float]] = {"distance": (0.0, 2.0), "similarity": 
 # profile, d(a,p) = 0.5 for the negative-pair profile (distances on the unit sphere).
 DEFAULT_FIXED: dict[str, float] = {"positive": 1.0, "negative": 0.5}
 S_MAX = 1.0 - 1e-9  # s = 1 is d = 0, where d(d)/ds is infinite; the last point sits just below
-
-
-@dataclass(frozen=True)
-class Boundary:
-    """A decision boundary as a polyline in distance coordinates (NaN breaks the line)."""
-
-    label: str
-    d_ap: np.ndarray  # (k,)
-    d_an: np.ndarray  # (k,)
-
-    def coordinates(self, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
-        """(positive coordinate, negative coordinate) in ``scale``: distances or cosines."""
-        if scale == "distance":
-            return self.d_ap, self.d_an
-        return 1.0 - self.d_ap**2 / 2.0, 1.0 - self.d_an**2 / 2.0
 
 
 @dataclass(frozen=True)
@@ -187,91 +165,12 @@ def evaluate(
     return value.detach().numpy(), g_pos.numpy(), g_neg.numpy()
 
 
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The part of a polyline inside [0, 2]^2 (other points become NaN, breaking the line)."""
-    inside = (x >= 0) & (x <= 2) & (y >= 0) & (y <= 2)
-    return np.where(inside, x, np.nan), np.where(inside, y, np.nan)
-
-
-def _from_similarity(label: str, s_p: np.ndarray, s_n: np.ndarray) -> Boundary:
-    """A boundary given in the (s_n, s_p) plane, as distances (points outside [-1, 1] dropped)."""
-    inside = (np.abs(s_p) <= 1) & (np.abs(s_n) <= 1)
-    s_p, s_n = np.where(inside, s_p, np.nan), np.where(inside, s_n, np.nan)
-    return Boundary(label, np.sqrt(2.0 - 2.0 * s_p), np.sqrt(2.0 - 2.0 * s_n))
-
-
 def decision_boundaries(loss: Loss, num: int = 401) -> tuple[Boundary, ...]:
-    """Where the loss separates satisfied from violated (see the module docstring).
+    """The loss's own decision boundaries (``Loss.decision_boundaries``), ``num`` points each.
 
-    Returns polylines in distance coordinates, ``num`` points each; none for unknown losses.
+    Polylines in distance coordinates; none for a loss that declares none.
     """
-    t = np.linspace(0.0, 2.0, num)  # (num,)
-    full = np.full_like(t, 1.0)
-
-    def vertical(label: str, d: float) -> Boundary:  # d(a,p) = d
-        return Boundary(label, *_line(d * full, t))
-
-    def horizontal(label: str, d: float) -> Boundary:  # d(a,n) = d
-        return Boundary(label, *_line(t, d * full))
-
-    def threshold(label: str, s: float) -> list[Boundary]:  # s_p = s and s_n = s
-        d = math.sqrt(max(2.0 - 2.0 * s, 0.0))
-        return [vertical(f"s_p = {label}", d), horizontal(f"s_n = {label}", d)]
-
-    diagonal = Boundary("d(a,p) = d(a,n)", t, t)
-    if isinstance(loss, memory.CrossBatchMemory):
-        return decision_boundaries(loss.inner, num)
-    if isinstance(loss, triplet.TripletLoss):
-        return (Boundary("d(a,n) = d(a,p) + alpha", *_line(t, t + loss.margin)),)
-    if isinstance(loss, anchor.LiftedStructureLoss):
-        return (Boundary("d(a,n) = d(a,p) + alpha", *_line(t, t + loss.neg_margin)),)
-    if isinstance(loss, triplet.QuadrupletLoss):
-        lines = [("alpha1", loss.alpha1), ("alpha2", loss.alpha2)]
-        return tuple(
-            Boundary(f"d(a,n)^2 = d(a,p)^2 + {k}", *_line(t, np.sqrt(t**2 + a))) for k, a in lines
-        )
-    if isinstance(loss, pair.ContrastiveLoss):
-        pos = [vertical("d(a,p) = m_pos", loss.pos_margin)] if loss.pos_margin > 0 else []
-        return (*pos, horizontal("d(a,n) = m_neg", loss.neg_margin))
-    if isinstance(loss, pair.MarginLoss):
-        beta = float(loss.beta.detach().mean())
-        return (
-            vertical("d(a,p) = beta - alpha", beta - loss.alpha),
-            horizontal("d(a,n) = beta + alpha", beta + loss.alpha),
-        )
-    if isinstance(loss, pair.BinomialDevianceLoss):
-        return tuple(threshold("beta", loss.beta))
-    if isinstance(loss, anchor.MultiSimilarityLoss):
-        return tuple(threshold("lambda", loss.lam))
-    if isinstance(loss, proxy.ProxyAnchorLoss):
-        return (
-            vertical("cos(x, own) = delta", math.sqrt(2.0 - 2.0 * loss.margin)),
-            horizontal("cos(x, other) = -delta", math.sqrt(2.0 + 2.0 * loss.margin)),
-        )
-    if isinstance(loss, anchor.CircleLoss):
-        return circle_boundaries(loss.m, num)
-    if isinstance(
-        loss,
-        anchor.NPairLoss | anchor.HistogramLoss | proxy.ProxyLoss | triplet.TripletNetworkLoss,
-    ):
-        return (diagonal,)
-    return ()
-
-
-def circle_boundaries(m: float, num: int = 401) -> tuple[Boundary, Boundary]:
-    """Sun et al. 2020, Eq. 10 and Fig. 1: the circle and the linear boundary, as distances.
-
-    Circle: s_n^2 + (s_p - 1)^2 = 2 m^2 (centre (O_n + Delta_n, O_p + Delta_p) / 2 = (0, 1)),
-    the half with s_p <= 1. Linear: s_p - s_n = m.
-    """
-    r = math.sqrt(2.0) * m
-    angle = np.linspace(np.pi, 2 * np.pi, num)  # the lower half circle: s_p <= 1
-    circle = _from_similarity(
-        "circle: s_n^2 + (s_p - 1)^2 = 2 m^2", 1.0 + r * np.sin(angle), r * np.cos(angle)
-    )
-    s_n = np.linspace(-1.0, 1.0, num)
-    linear = _from_similarity("linear: s_p - s_n = m", s_n + m, s_n)
-    return circle, linear
+    return loss.decision_boundaries(num)
 
 
 def _crossings(x: np.ndarray, y: np.ndarray, level: float) -> list[float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import math
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from dml_core.geometry import (
     distance_to_cosine,
     pairwise_distances,
 )
-from dml_core.losses.base import Loss, LossOutput, mean_active
+from dml_core.losses.base import Boundary, Loss, LossOutput, mean_active
 from dml_core.registry import LOSSES, NoParams, Params
 from dml_core.tuples import Pairs, Tuples, label_masks, to_pairs
 
@@ -147,6 +148,10 @@ class LiftedStructureLoss(Loss):
         low = torch.full_like(d_ap, torch.finfo(d_ap.dtype).min)
         return lifted_terms(d_ap, self.neg_margin - d_an, low, torch.ones_like(d_ap, dtype=bool))
 
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """With one negative, J = 0 at d(a,n) = d(a,p) + alpha (Eq. 4)."""
+        return (Boundary.shifted("d(a,n) = d(a,p) + alpha", self.neg_margin, num),)
+
 
 def n_pair_terms(logits: Tensor, target: Tensor) -> Tensor:
     """log(sum_j e^{logit_j}) - logit_target = log(1 + sum_{n} e^{f.f_n - f.f_p})."""
@@ -199,6 +204,10 @@ class NPairLoss(Loss):
         """Term of an anchor with one other class, on the unit sphere (f.f = 1 - d^2 / 2)."""
         sim, _, _ = minimal_similarities(d_ap, d_an)  # (..., 2)
         return n_pair_terms(sim, sim[..., 0])
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """The softmax's tie: the negative as close as the positive, d(a,p) = d(a,n)."""
+        return (Boundary.shifted("d(a,p) = d(a,n)", 0.0, num),)
 
 
 class HistogramParams(Params):
@@ -279,6 +288,10 @@ class HistogramLoss(Loss):
         """Loss with one positive and one negative pair, on the unit sphere."""
         s_ap, s_an = distance_to_cosine(d_ap), distance_to_cosine(d_an)
         return histogram_terms(s_ap[..., None], s_an[..., None], self.num_bins)[..., 0]
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """Where the negative pair starts to beat the positive one: d(a,p) = d(a,n)."""
+        return (Boundary.shifted("d(a,p) = d(a,n)", 0.0, num),)
 
 
 class SimilarityAnchorLoss(Loss):
@@ -369,6 +382,10 @@ class MultiSimilarityLoss(SimilarityAnchorLoss):
         """The threshold lambda as a distance between unit vectors, sqrt(2 - 2 lambda)."""
         return {"lambda": math.sqrt(2.0 - 2.0 * self.lam)}
 
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """s_p = lambda and s_n = lambda, the threshold of Eq. (12), as distances."""
+        return Boundary.thresholds("lambda", self.lam, num)
+
 
 class CircleParams(Params):
     """Parameters of the circle loss."""
@@ -431,3 +448,14 @@ class CircleLoss(SimilarityAnchorLoss):
             "Delta_p": math.sqrt(2.0 - 2.0 * (1.0 - self.m)),
             "Delta_n": math.sqrt(2.0 - 2.0 * self.m),
         }
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """Eq. (10), Fig. 1: the circle s_n^2 + (s_p - 1)^2 = 2 m^2 (s_p <= 1); s_p - s_n = m."""
+        r, angle = math.sqrt(2.0) * self.m, np.linspace(np.pi, 2 * np.pi, num)  # lower half
+        s_n = np.linspace(-1.0, 1.0, num)
+        return (
+            Boundary.from_similarity(
+                "circle: s_n^2 + (s_p - 1)^2 = 2 m^2", 1.0 + r * np.sin(angle), r * np.cos(angle)
+            ),
+            Boundary.from_similarity("linear: s_p - s_n = m", s_n + self.m, s_n),
+        )

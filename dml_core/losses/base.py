@@ -10,7 +10,9 @@ Every loss is a :class:`Loss`: called as ``loss(emb, labels, tuples=None) -> Los
 - ``histogram_lines(pos_dist)``: the lines of the live distance histograms, which may depend on
   the current positive distances (a triplet margin is relative to d(a,p));
 - ``extras()``: learnable scalars worth plotting (the margin loss's beta);
-- ``class_weights()``: the (C, D) per-class weights of class-level losses (proxies).
+- ``class_weights()``: the (C, D) per-class weights of class-level losses (proxies);
+- ``decision_boundaries()``: where the loss separates satisfied from violated in the
+  (d(a,p), d(a,n)) plane, as :class:`Boundary` polylines (the explorer draws them).
 
 The pair family (:class:`PairLoss`) writes one function, ``pair_terms(d, positive)``, and the
 triplet family (:class:`TripletLossBase`) one, ``triplet_terms(d_ap, d_an)``: each family's
@@ -23,6 +25,8 @@ terms that are non-zero, so easy tuples do not dilute the gradient as training p
 from __future__ import annotations
 
 import abc
+import math
+from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -34,6 +38,7 @@ from dml_core.registry import Params
 from dml_core.tuples import Pairs, Triplets, Tuples, all_pairs, to_pairs, to_triplets, triplet_kinds
 
 __all__ = [
+    "Boundary",
     "CurveUnavailableError",
     "Loss",
     "LossOutput",
@@ -78,6 +83,63 @@ class CurveUnavailableError(ValueError):
             f"The {loss_name} loss defines no curve of (d(a,p), d(a,n)), so the explorer "
             "cannot plot it."
         )
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A decision boundary as a polyline in the (d(a,p), d(a,n)) plane (NaN breaks the line).
+
+    Distances are between unit vectors, so the plane is [0, 2]^2; the constructors keep only
+    the part inside it. ``coordinates("similarity")`` gives the same line in cosines
+    s = 1 - d^2 / 2 (Sun et al. 2020, Fig. 1 draws boundaries in the (s_n, s_p) plane).
+    """
+
+    label: str
+    d_ap: np.ndarray  # (k,)
+    d_an: np.ndarray  # (k,)
+
+    @classmethod
+    def clipped(cls, label: str, d_ap: np.ndarray, d_an: np.ndarray) -> Boundary:
+        """The polyline (d_ap, d_an) with its points outside [0, 2]^2 turned into NaN."""
+        inside = (d_ap >= 0) & (d_ap <= 2) & (d_an >= 0) & (d_an <= 2)
+        return cls(label, np.where(inside, d_ap, np.nan), np.where(inside, d_an, np.nan))
+
+    @classmethod
+    def vertical(cls, label: str, d: float, num: int = 401) -> Boundary:
+        """The line d(a,p) = d, ``num`` points."""
+        t = np.linspace(0.0, 2.0, num)  # (num,)
+        return cls.clipped(label, np.full_like(t, d), t)
+
+    @classmethod
+    def horizontal(cls, label: str, d: float, num: int = 401) -> Boundary:
+        """The line d(a,n) = d, ``num`` points."""
+        t = np.linspace(0.0, 2.0, num)  # (num,)
+        return cls.clipped(label, t, np.full_like(t, d))
+
+    @classmethod
+    def shifted(cls, label: str, margin: float, num: int = 401) -> Boundary:
+        """The line d(a,n) = d(a,p) + margin; with margin 0, the diagonal d(a,p) = d(a,n)."""
+        t = np.linspace(0.0, 2.0, num)  # (num,)
+        return cls.clipped(label, t, t + margin)
+
+    @classmethod
+    def thresholds(cls, symbol: str, s: float, num: int = 401) -> tuple[Boundary, Boundary]:
+        """s_p = s and s_n = s: a similarity threshold for both pairs, as distances."""
+        d = math.sqrt(max(2.0 - 2.0 * s, 0.0))
+        return cls.vertical(f"s_p = {symbol}", d, num), cls.horizontal(f"s_n = {symbol}", d, num)
+
+    @classmethod
+    def from_similarity(cls, label: str, s_p: np.ndarray, s_n: np.ndarray) -> Boundary:
+        """A polyline given in cosines (s_p, s_n), as distances (points outside [-1, 1] dropped)."""
+        inside = (np.abs(s_p) <= 1) & (np.abs(s_n) <= 1)
+        s_p, s_n = np.where(inside, s_p, np.nan), np.where(inside, s_n, np.nan)
+        return cls(label, np.sqrt(2.0 - 2.0 * s_p), np.sqrt(2.0 - 2.0 * s_n))
+
+    def coordinates(self, scale: str) -> tuple[np.ndarray, np.ndarray]:
+        """(positive, negative) coordinate in ``scale``: ``"distance"`` or ``"similarity"``."""
+        if scale == "distance":
+            return self.d_ap, self.d_an
+        return 1.0 - self.d_ap**2 / 2.0, 1.0 - self.d_an**2 / 2.0
 
 
 def mean_active(terms: Tensor) -> Tensor:
@@ -132,6 +194,14 @@ class Loss(nn.Module, abc.ABC):
     def class_weights(self) -> Tensor | None:
         """The (C, D) per-class weights of a class-level loss (detached); None for others."""
         return None
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """Where the loss separates satisfied from violated pairs, ``num`` points per line.
+
+        Each loss declares its own, in the notation of its paper (the Loss explorer draws them
+        on its heat maps and marks where a profile crosses them); none by default.
+        """
+        return ()
 
 
 class PairLoss(Loss):
@@ -196,6 +266,17 @@ class TripletLossBase(Loss):
     def negative_boundary(self, d_ap: Tensor) -> Tensor:
         """Distance d(a,n) beyond which a negative satisfies the margin: d(a,p) + margin."""
         return d_ap + self.margin
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """d(a,n) = ``negative_boundary(d(a,p))`` (Schroff et al. 2015, Eq. 1: d(a,p) + alpha).
+
+        Without a margin, where the negative is as close as the positive: d(a,p) = d(a,n).
+        """
+        if self.margin <= 0:
+            return (Boundary.shifted("d(a,p) = d(a,n)", 0.0, num),)
+        d_ap = np.linspace(0.0, 2.0, num)  # (num,)
+        d_an = self.negative_boundary(torch.from_numpy(d_ap)).numpy()  # (num,)
+        return (Boundary.clipped("d(a,n) = d(a,p) + alpha", d_ap, d_an),)
 
     def histogram_lines(self, pos_dist: Tensor | np.ndarray) -> dict[str, float]:
         """The absolute lines, plus ``negative_boundary`` of the median positive distance.

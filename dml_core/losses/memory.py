@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor
 
 from dml_core.errors import ConfigError
-from dml_core.losses.base import Loss, LossOutput
+from dml_core.losses.base import Boundary, Loss, LossOutput
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Pairs, Tuples, to_pairs
 
@@ -135,3 +135,7 @@ class CrossBatchMemory(Loss):
     def extras(self) -> dict[str, float]:
         """The inner loss's learnable scalars."""
         return self.inner.extras()
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """The inner loss's boundaries: the memory changes which pairs are seen, not their cost."""
+        return self.inner.decision_boundaries(num)

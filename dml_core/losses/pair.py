@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from dml_core.errors import ConfigError
 from dml_core.geometry import distance_to_cosine, l2_normalize, pairwise_distances
-from dml_core.losses.base import LossOutput, PairLoss
+from dml_core.losses.base import Boundary, LossOutput, PairLoss
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs, to_triplets
 
@@ -64,6 +64,13 @@ class ContrastiveLoss(PairLoss):
         """The margins, absolute distances (m_pos only when it is non-zero)."""
         lines = {"m_pos": self.pos_margin} if self.pos_margin > 0 else {}
         return lines | {"m_neg": self.neg_margin}
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """d(a,p) = m_pos (only when non-zero) and d(a,n) = m_neg, where each hinge stops."""
+        negative = Boundary.horizontal("d(a,n) = m_neg", self.neg_margin, num)
+        if self.pos_margin <= 0:
+            return (negative,)
+        return Boundary.vertical("d(a,p) = m_pos", self.pos_margin, num), negative
 
 
 class BinomialDevianceParams(Params):
@@ -130,6 +137,10 @@ class BinomialDevianceLoss(PairLoss):
     def distance_lines(self) -> dict[str, float]:
         """The threshold beta as a distance between unit vectors, sqrt(2 - 2 beta)."""
         return {"beta": (2.0 - 2.0 * self.beta) ** 0.5}
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """s_p = beta and s_n = beta, where each pair costs log 2 (as distances)."""
+        return Boundary.thresholds("beta", self.beta, num)
 
 
 class MarginLossParams(Params):
@@ -235,6 +246,14 @@ class MarginLoss(PairLoss):
         """The band the loss asks for, at the current (mean) beta."""
         beta = float(self.beta.detach().mean())
         return {"beta - alpha": beta - self.alpha, "beta": beta, "beta + alpha": beta + self.alpha}
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """d(a,p) = beta - alpha and d(a,n) = beta + alpha (Eq. 8), at the current (mean) beta."""
+        beta = float(self.beta.detach().mean())
+        return (
+            Boundary.vertical("d(a,p) = beta - alpha", beta - self.alpha, num),
+            Boundary.horizontal("d(a,n) = beta + alpha", beta + self.alpha, num),
+        )
 
     def extras(self) -> dict[str, float]:
         """Values worth plotting during training: the current (mean) beta."""

@@ -23,13 +23,14 @@ similarity s or by the distance d = sqrt(2 - 2 s). What ``LossOutput`` holds her
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from dml_core.geometry import cosine_similarities, cosine_to_distance, distance_to_cosine
-from dml_core.losses.base import Loss, LossOutput
+from dml_core.losses.base import Boundary, Loss, LossOutput
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs
 
@@ -91,6 +92,10 @@ class ProxyLoss(Loss):
     def class_weights(self) -> Tensor:
         """The proxies, (C, D), detached and as stored (the loss compares them normalised)."""
         return self.proxies.detach()
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """Where the own and the other proxy are equally close, the softmax's tie."""
+        return (Boundary.shifted("d(x, own) = d(x, other)", 0.0, num),)
 
 
 def cross_entropy_terms(logits: Tensor, own: Tensor) -> Tensor:
@@ -247,3 +252,10 @@ class ProxyAnchorLoss(ProxyLoss):
         delta = torch.tensor([self.margin, -self.margin], dtype=torch.float64)
         pos, neg = cosine_to_distance(delta).tolist()
         return {"positive target (cos = delta)": pos, "negative target (cos = -delta)": neg}
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """The targets of Eq. (4): cos(x, own proxy) = delta and cos(x, other proxy) = -delta."""
+        return (
+            Boundary.vertical("cos(x, own) = delta", math.sqrt(2.0 - 2.0 * self.margin), num),
+            Boundary.horizontal("cos(x, other) = -delta", math.sqrt(2.0 + 2.0 * self.margin), num),
+        )

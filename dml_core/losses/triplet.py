@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from dml_core.geometry import pairwise_distances
-from dml_core.losses.base import LossOutput, TripletLossBase, mean_active
+from dml_core.losses.base import Boundary, LossOutput, TripletLossBase, mean_active
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs, to_triplets, triplet_kinds
 
@@ -209,3 +210,14 @@ class QuadrupletLoss(TripletLossBase):
     def negative_boundary(self, d_ap: Tensor) -> Tensor:
         """Where the triplet term stops: d(a,n1) = sqrt(d(a,p)^2 + alpha1) (squared margin)."""
         return (d_ap.square() + self.alpha1).sqrt()
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """Where each hinge of Eq. (5) stops: d(a,n)^2 = d(a,p)^2 + alpha, for alpha1 and alpha2.
+
+        The first is ``negative_boundary``; the second takes d(n1,n2) = d(a,n), as ``curve``.
+        """
+        d_ap = np.linspace(0.0, 2.0, num)  # (num,)
+        return tuple(
+            Boundary.clipped(f"d(a,n)^2 = d(a,p)^2 + {k}", d_ap, np.sqrt(d_ap**2 + alpha))
+            for k, alpha in (("alpha1", self.alpha1), ("alpha2", self.alpha2))
+        )
