@@ -27,7 +27,7 @@ from dml_core.config import RunConfig, apply_margin, check_against_dataset, make
 from dml_core.data import DATASETS, DatasetError, load_dataset
 from dml_core.errors import ConfigError, allowed_values
 from dml_core.registry import LOSSES, MINERS, Registry
-from dml_core.runs import RunStore
+from dml_core.runs import RunState, RunStore
 from dml_core.services.export import export_main, resolve_run
 from dml_core.services.jobs import TrainingJob, resumable
 
@@ -258,7 +258,7 @@ def run_train(args: argparse.Namespace) -> int:
             if key in job.final:
                 print(f"  {key:<15} {job.final[key]:.4f}")
         print(f"  saved in {store.path(run_id)}")
-    if p.state in ("finished", "stopped"):
+    if p.state in (RunState.FINISHED, RunState.STOPPED):
         return 0
     print(f"python -m dml_core: error: run {run_id} {p.state}: {p.message}", file=sys.stderr)
     return 1

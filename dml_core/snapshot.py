@@ -22,9 +22,12 @@ class Snapshot:
         samples_seen: training samples consumed (step * P * K).
         elapsed: seconds of training so far (snapshot time excluded).
         loss: mean batch loss over the steps since the previous snapshot.
-        active_fraction: share of the loss's tuples with non-zero loss (mean over those steps).
+        active_fraction: share of the tuples mined since the previous snapshot that had a
+            non-zero loss (all tuples of those steps pooled; NaN when nothing was mined).
         kind_shares: share of easy / semi-hard / hard triplets among those the loss used,
-            mean over those steps (triplet losses; empty otherwise).
+            pooled over those steps (triplet losses; empty otherwise).
+        mining: how mining went over those steps: ``tuples_per_batch`` (mean number of tuples
+            the loss received) and ``empty_batches`` (share of steps whose miner found none).
         metrics: leave-one-out retrieval metrics within the probe set (``precision_at_1``,
             ``r_precision``, ``map_at_r``) and ``pair_overlap``, the histogram-loss estimate
             of P(d_neg < d_pos) from the sampled distances.
@@ -50,6 +53,7 @@ class Snapshot:
     pos_dist: np.ndarray
     neg_dist: np.ndarray
     kind_shares: dict[str, float] = field(default_factory=dict)
+    mining: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     collapse: dict[str, float] = field(default_factory=dict)
     extras: dict[str, float] = field(default_factory=dict)
@@ -64,7 +68,8 @@ class Snapshot:
             "loss": self.loss,
             "active_fraction": self.active_fraction,
         }
-        for group in (self.kind_shares, self.metrics, self.collapse, self.extras):
+        groups = (self.kind_shares, self.mining, self.metrics, self.collapse, self.extras)
+        for group in groups:
             row.update(group)
         return row
 

@@ -201,19 +201,30 @@ def collapse_advice(cfg: RunConfig) -> str:
 
 
 def mean_stats(window: list[dict[str, Any]]) -> dict[str, Any]:
-    """Average the per-step statistics of the steps since the last snapshot.
+    """Pool the per-step statistics of the steps since the last snapshot.
 
-    One batch's loss is noisy (with semi-hard mining a batch may have no active triplet at
-    all), so snapshots record the mean over the interval.
+    One batch's loss is noisy (with semi-hard mining a batch may have no triplet at all), so
+    snapshots record the interval. Shares are pooled over the tuples, not averaged over steps:
+    a step whose miner found nothing adds no tuple, instead of an "active fraction" of 0; how
+    often that happens is ``empty_batches``, and ``tuples_per_batch`` how much mining found.
     """
     if not window:
         return {}
-    out: dict[str, Any] = {
-        key: float(np.mean([w[key] for w in window])) for key in ("loss", "active_fraction")
+    out: dict[str, Any] = {"loss": float(np.mean([w["loss"] for w in window]))}
+    tuples = np.array([w["tuples"] for w in window], dtype=np.float64)  # (steps,)
+    total = tuples.sum()
+    out["active_fraction"] = sum(w["active"] for w in window) / total if total else float("nan")
+    out["mining"] = {
+        "tuples_per_batch": float(tuples.mean()),
+        "empty_batches": float(np.mean(tuples == 0)),
     }
-    shares = [w["kind_shares"] for w in window if "kind_shares" in w]
-    if shares:
-        out["kind_shares"] = {k: float(np.mean([s[k] for s in shares])) for k in shares[0]}
+    counted = [
+        (w["kind_shares"], n) for w, n in zip(window, tuples, strict=True) if "kind_shares" in w
+    ]
+    weight = sum(n for _, n in counted)
+    if counted and weight:
+        kinds = counted[0][0]
+        out["kind_shares"] = {k: sum(s[k] * n for s, n in counted) / weight for k in kinds}
     return out
 
 
@@ -310,14 +321,16 @@ class Trainer:
             raise TrainingDivergedError(self.step + 1, "gradients")
         self.optimizer.step()
         self.step += 1
-        mined = int(mined)
+        mined, active = int(mined), int(active)
         stats = {
             "loss": float(loss.detach()),
-            "active_fraction": int(active) / mined if mined else 0.0,
+            "tuples": mined,
+            "active": active,
+            "active_fraction": active / mined if mined else float("nan"),
         }
         if self.fused is not None and mined:
             # semi-hard mining leaves no hard triplet; the zero-loss ones are the easy ones
-            semi = int(active) / mined
+            semi = active / mined
             stats["kind_shares"] = dict(zip(TRIPLET_KINDS, (1.0 - semi, semi, 0.0), strict=True))
         elif kinds is not None and len(kinds):
             shares = torch.bincount(kinds, minlength=len(TRIPLET_KINDS)).float() / len(kinds)
@@ -348,6 +361,7 @@ class Trainer:
             elapsed=self.elapsed,
             loss=float(stats.get("loss", np.nan)),
             active_fraction=float(stats.get("active_fraction", np.nan)),
+            mining=stats.get("mining", {}),
             probe_emb=emb.numpy().astype(np.float32),
             probe_labels=labels.numpy().astype(np.int64),
             pos_dist=pos,

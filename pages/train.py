@@ -23,7 +23,6 @@ from dml_core.figures import live as figures
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project, status_text
 from dml_core.registry import LOSSES, MINERS
-from dml_core.runs import RunState
 from dml_core.services import export
 from dml_core.services.run_view import RunView, run_view
 from dml_core.train import collapse_advice, resolve_device
@@ -197,10 +196,9 @@ def train_button(cfg: RunConfig | None, error: str | None) -> None:
 
 def run_controls(run_id: str, view: RunView) -> None:
     """Pause / Resume / Stop, enabled exactly when they apply (inside the live fragment)."""
-    job = manager.get(run_id)
     cols = st.columns([1, 1, 1, 5])
     if cols[0].button("Pause", disabled=not view.can_pause, key="btn.pause"):
-        job.pause()
+        manager.pause(run_id)
         st.rerun()
     if cols[1].button(
         "Resume",
@@ -208,10 +206,7 @@ def run_controls(run_id: str, view: RunView) -> None:
         key="btn.resume",
         help="Continue a paused run, or an interrupted/stopped one from its last checkpoint",
     ):
-        if view.state is RunState.PAUSED:
-            job.resume()
-        else:
-            manager.resume(run_id)
+        manager.resume(run_id)
         st.rerun()  # polling starts again
     if cols[2].button("Stop", disabled=not view.can_stop, key="btn.stop"):
         manager.stop(run_id)

@@ -22,21 +22,21 @@ from dml_core.errors import field_bounds
 from dml_core.figures.style import split_symbol
 from dml_core.projection import ProjectionWorker
 from dml_core.registry import Entry
-from dml_core.runs import RunStore
+from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager
 from dml_core.snapshot import Snapshot
 
 RUNS_DIR = os.environ.get("DML_RUNS_DIR", "runs")
 STATE_ICONS = {
-    "queued": "⏳",
-    "starting": "⏳",
-    "running": "🏃",
-    "paused": "⏸️",
-    "finished": "✅",
-    "stopped": "⏹️",
-    "diverged": "💥",
-    "failed": "❌",
-    "interrupted": "⚠️",
+    RunState.QUEUED: "⏳",
+    RunState.STARTING: "⏳",
+    RunState.RUNNING: "🏃",
+    RunState.PAUSED: "⏸️",
+    RunState.FINISHED: "✅",
+    RunState.STOPPED: "⏹️",
+    RunState.DIVERGED: "💥",
+    RunState.FAILED: "❌",
+    RunState.INTERRUPTED: "⚠️",
 }
 
 
@@ -189,5 +189,7 @@ def describe(entry: Entry) -> None:
 
 
 def run_label(store: RunStore, run_id: str) -> str:
-    """``✅ 20261123-154501-triplet-3fa2`` with its state icon."""
-    return f"{STATE_ICONS.get(store.status(run_id).get('state', ''), '•')} {run_id}"
+    """``✅ 20261123-154501-triplet-3fa2``, or ``✅ margin 0.5 (20261123-…)`` once renamed."""
+    icon = STATE_ICONS.get(store.status(run_id).get("state", ""), "•")
+    label = store.label(run_id)
+    return f"{icon} {label} ({run_id})" if label else f"{icon} {run_id}"

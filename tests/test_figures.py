@@ -133,6 +133,8 @@ def history(n=5, columns=None):
             "easy": np.linspace(0, 0.8, n),
             "semi-hard": np.linspace(0.5, 0.1, n),
             "hard": np.linspace(0.5, 0.1, n),
+            "empty_batches": np.linspace(0.0, 0.3, n),
+            "tuples_per_batch": np.linspace(900, 300, n),
             "precision_at_1": np.linspace(0.2, 0.9, n),
             "r_precision": np.linspace(0.1, 0.7, n),
             "map_at_r": np.linspace(0.05, 0.6, n),
@@ -149,16 +151,20 @@ def test_curves_figure_all_columns():
     names = [t.name for t in fig.data]
     assert names == [
         "loss",
-        "active",
+        "active (loss > 0)",
         "easy",
         "semi-hard",
         "hard",
+        "batches with none",
         "P@1",
         "R-Precision",
         "MAP@R",
+        "tuples per batch",
         "beta",
         "mean distance",
     ]
+    shares = next(t for t in fig.data if t.name == "batches with none")
+    assert tuple(fig.layout[shares.yaxis.replace("y", "yaxis")].range) == (0.0, 1.02)
     loss = fig.data[0]
     np.testing.assert_array_equal(loss.x, frame["step"])
     np.testing.assert_array_equal(loss.y, frame["loss"])
@@ -172,11 +178,11 @@ def test_curves_figure_missing_columns_are_skipped():
     fig = F.curves_figure(history(columns=["step", "loss", "precision_at_1"]))
     assert [t.name for t in fig.data] == ["loss", "P@1"]
     notes = [a.text for a in fig.layout.annotations]
-    assert notes.count("not recorded in this run") == 2
+    assert notes.count("not recorded in this run") == 3  # shares, tuples per batch, scalars
     spots = [(a.x, a.y) for a in fig.layout.annotations if a.text == "not recorded in this run"]
     centres = [
         (np.mean(fig.layout[f"xaxis{i}"].domain), np.mean(fig.layout[f"yaxis{i}"].domain))
-        for i in (2, 4)
+        for i in (2, 4, 5)
     ]
     np.testing.assert_allclose(spots, centres)
     assert fig.layout.xaxis2.showticklabels is False
@@ -237,7 +243,7 @@ def test_history_frame_rows_and_columns():
     assert np.isnan(frame["precision_at_1"].iloc[0])
     assert frame["precision_at_1"].iloc[1] == 0.5
     fig = F.curves_figure(frame)
-    assert {"loss", "active", "hard", "P@1"} <= {t.name for t in fig.data}
+    assert {"loss", "active (loss > 0)", "hard", "P@1"} <= {t.name for t in fig.data}
     assert list(F.history_frame([]).columns) == [
         "step",
         "samples_seen",
@@ -282,3 +288,15 @@ def test_histogram_margin_labels_are_shown_with_greek_letters() -> None:
     texts = [a.text for a in fig.layout.annotations]
     assert "β − α = 0.7" in texts
     assert "β = 0.9" in texts
+
+
+def test_each_curve_keeps_one_colour_and_none_is_green_or_red():
+    """Catches: colours by plotting order (P@1 brown in one run, green in another)."""
+    full = F.curves_figure(history())
+    part = F.curves_figure(history(columns=["step", "precision_at_1", "map_at_r"]))
+    colours = {t.name: t.line.color for t in full.data}
+    assert {t.name: t.line.color for t in part.data} == {
+        name: colours[name] for name in ("P@1", "MAP@R")
+    }
+    assert len(set(colours.values())) == len(colours)
+    assert not {S.POSITIVE_COLOR, S.NEGATIVE_COLOR} & set(colours.values())

@@ -100,16 +100,21 @@ def test_cuda_training_runs() -> None:
     assert np.isfinite(snaps[-1].loss)
 
 
-def test_snapshot_statistics_are_averaged_over_the_interval() -> None:
+def test_snapshot_statistics_pool_the_mined_tuples_of_the_interval() -> None:
+    """Catches: averaging per-step shares, which counts a step with nothing mined as 0 active."""
     window = [
-        {"loss": 0.2, "active_fraction": 1.0, "kind_shares": {"easy": 0.0, "semi-hard": 1.0}},
-        {"loss": 0.0, "active_fraction": 0.0},
-        {"loss": 0.4, "active_fraction": 0.5, "kind_shares": {"easy": 0.5, "semi-hard": 0.5}},
+        {"loss": 0.2, "tuples": 4, "active": 4, "kind_shares": {"easy": 0.0, "semi-hard": 1.0}},
+        {"loss": 0.0, "tuples": 0, "active": 0},
+        {"loss": 0.4, "tuples": 12, "active": 6, "kind_shares": {"easy": 0.5, "semi-hard": 0.5}},
     ]
     stats = mean_stats(window)
     assert stats["loss"] == pytest.approx(0.2)
-    assert stats["active_fraction"] == pytest.approx(0.5)
-    assert stats["kind_shares"] == pytest.approx({"easy": 0.25, "semi-hard": 0.75})
+    assert stats["active_fraction"] == pytest.approx(10 / 16)  # not (1 + 0 + 0.5) / 3
+    assert stats["kind_shares"] == pytest.approx({"easy": 6 / 16, "semi-hard": 10 / 16})
+    assert stats["mining"] == pytest.approx({"tuples_per_batch": 16 / 3, "empty_batches": 1 / 3})
+    nothing = mean_stats([{"loss": 0.0, "tuples": 0, "active": 0}])
+    assert np.isnan(nothing["active_fraction"])
+    assert nothing["mining"]["empty_batches"] == 1.0
     assert mean_stats([]) == {}
 
 

@@ -50,12 +50,18 @@ if TYPE_CHECKING:
 
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Loss", ("loss",)),
-    ("Active tuples and their kinds", ("active_fraction", "easy", "semi-hard", "hard")),
-    ("Retrieval (evaluation subset)", ("precision_at_1", "r_precision", "map_at_r")),
+    (
+        "Shares of the mined tuples",
+        ("active_fraction", "easy", "semi-hard", "hard", "empty_batches"),
+    ),
+    ("Retrieval on the probe set", ("precision_at_1", "r_precision", "map_at_r")),
+    ("Tuples mined per batch", ("tuples_per_batch",)),
     ("Learnable scalars and spread", ("beta", "mean_distance")),
 )
 CURVE_NAMES = {
-    "active_fraction": "active",
+    "active_fraction": "active (loss > 0)",
+    "empty_batches": "batches with none",
+    "tuples_per_batch": "tuples per batch",
     "mean_distance": "mean distance",
     **METRIC_LABELS,
 }
@@ -363,10 +369,10 @@ def curves_figure(
     title: str = "Training curves",
     marker_x: float | None = None,
 ) -> go.Figure:
-    """Loss, active fraction (+ easy / semi-hard / hard shares), retrieval metrics, scalars.
+    """Loss, shares of the mined tuples, retrieval metrics, tuples per batch, scalars.
 
-    A 2 x 2 grid; each curve is drawn only when its column is present, so any history works.
-    Fractions and retrieval metrics share a [0, 1] y-axis.
+    A grid of panels (``CURVE_PANELS``); each curve is drawn only when its column is present,
+    so any history works. Mining shares and retrieval metrics share a [0, 1] y-axis.
 
     Args:
         history: one row per snapshot (``history_frame``), columns as in ``Snapshot.scalars``.
@@ -386,11 +392,11 @@ def curves_figure(
         xs = np.arange(len(history), dtype=np.float64)
         x_title = "snapshot"
     fig = make_subplots(
-        rows=2,
+        rows=3,
         cols=2,
         subplot_titles=[panel for panel, _ in CURVE_PANELS],
         horizontal_spacing=0.1,
-        vertical_spacing=0.16,
+        vertical_spacing=0.1,
     )
     for i, (_, curves) in enumerate(CURVE_PANELS):
         row, col = divmod(i, 2)
@@ -417,12 +423,13 @@ def curves_figure(
             )
         if i in FRACTION_PANELS:
             fig.update_yaxes(range=[0.0, 1.02], row=row + 1, col=col + 1)
-        fig.update_xaxes(title_text=x_title if row == 1 else None, row=row + 1, col=col + 1)
+        last_row = i >= len(CURVE_PANELS) - 2
+        fig.update_xaxes(title_text=x_title if last_row else None, row=row + 1, col=col + 1)
     if marker_x is not None:
         line = {"dash": "dot", "color": "#444444", "width": 1.5}
         fig.add_vline(x=float(marker_x), line=line, row="all", col="all")
-    _style(fig, title, uirevision, height=580, legend="bottom")
-    fig.update_layout(legend={"y": -0.1})
+    _style(fig, title, uirevision, height=820, legend="bottom")
+    fig.update_layout(legend={"y": -0.07})
     return fig
 
 

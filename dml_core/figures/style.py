@@ -24,16 +24,16 @@ NEGATIVE_COLOR = "#d64545"
 CURVE_COLORS = {
     "loss": "#333333",
     "active_fraction": "#1f77b4",
-    "tuples_per_batch": "#1f77b4",
-    "empty_batches": "#7f7f7f",
-    "easy": "#aec7e8",
+    "easy": "#c7c7c7",
     "semi-hard": "#ff7f0e",
     "hard": "#8c564b",
-    "precision_at_1": "#1f77b4",
-    "r_precision": "#9467bd",
-    "map_at_r": "#17becf",
+    "empty_batches": "#7f7f7f",
+    "precision_at_1": "#9467bd",
+    "r_precision": "#17becf",
+    "map_at_r": "#bcbd22",
+    "tuples_per_batch": "#393b79",
     "beta": "#e377c2",
-    "mean_distance": "#bcbd22",
+    "mean_distance": "#8c6d31",
 }
 OTHER_CURVE_COLOR = "#555555"
 TEMPLATE = "plotly_white"
