@@ -8,7 +8,17 @@ plain function of distances (``pair_terms``, ``triplet_terms``, ...): training a
 explorer call the same code.
 """
 
-from dml_core.losses import anchor, memory, pair, proxy, triplet
+from dml_core.losses import (
+    anchor,
+    angular,
+    centres,
+    memory,
+    pair,
+    proxy,
+    soft_triple,
+    temperature,
+    triplet,
+)
 from dml_core.losses.base import (
     CurveUnavailableError,
     Loss,
@@ -27,9 +37,13 @@ __all__ = [
     "Params",
     "TripletLossBase",
     "anchor",
+    "angular",
+    "centres",
     "mean_active",
     "memory",
     "pair",
     "proxy",
+    "soft_triple",
+    "temperature",
     "triplet",
 ]
