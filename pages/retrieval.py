@@ -11,6 +11,7 @@ from dml_core.analysis import retrieval, verification
 from dml_core.data import OPEN_SET_TRAIN_CLASSES, DatasetError
 from dml_core.figures import live as figures
 from dml_core.figures import retrieval as retrieval_figures
+from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project
 from dml_core.runs import RunStore
 from pages import ui
@@ -162,8 +163,9 @@ def query_section(
         c1.metric("Query class", dataset.class_names[label])
         c2.metric("AP@R of this query", "—" if math.isnan(ap) else f"{ap:.3f}")
         c1, c2 = st.columns(2)
-        c1.metric("P@1 (all queries)", f"{float(index.precision_at_1.mean()):.3f}")
-        c2.metric("MAP@R (all queries)", f"{map_at_r:.3f}")
+        p_at_1 = float(index.precision_at_1.mean())
+        c1.metric(f"{METRIC_LABELS['precision_at_1']} (all queries)", f"{p_at_1:.3f}")
+        c2.metric(f"{METRIC_LABELS['map_at_r']} (all queries)", f"{map_at_r:.3f}")
         st.caption(
             "AP@R (Musgrave et al. 2020): precision averaged over the R references of the "
             "query's class, counting only those ranked in the first R. 1 = all R come first."
@@ -272,7 +274,7 @@ with st.spinner(f"Embedding {len(dataset.query) + len(dataset.reference):,} imag
 
 k = query_section(run_id, cfg, dataset, index, map_at_r)
 worst_section(dataset, index, k)
-st.header("Per-class P@1")
+st.header(f"Per-class {METRIC_LABELS['precision_at_1']}")
 if cfg.split == "open-set":
     st.caption("Classes never seen in training: P@1 well above chance means they still cluster.")
 st.plotly_chart(

@@ -26,10 +26,11 @@ from dml_core.analysis.retrieval import RetrievalIndex, images, neighbours
 from dml_core.analysis.verification import Verification
 from dml_core.data import Dataset
 from dml_core.figures import live, style
-from dml_core.metrics import pair_overlap
+from dml_core.metrics import METRIC_LABELS, pair_overlap
 
-WRONG_COLOR = "#d62728"
-RIGHT_COLOR = "#2e9e44"
+WRONG_COLOR = style.NEGATIVE_COLOR
+RIGHT_COLOR = style.POSITIVE_COLOR
+P_AT_1 = METRIC_LABELS["precision_at_1"]
 QUERY_COLOR = "#1f3b73"
 STRIP_HEIGHT = 215
 MARKERS = (("star", "#ff7f0e"), ("diamond", "#9467bd"), ("square", "#8c564b"))
@@ -203,7 +204,7 @@ def threshold_histogram_figure(
 def per_class_figure(
     values: Mapping[int, float],
     class_names: Sequence[str],
-    title: str = "P@1 per query class",
+    title: str = f"{P_AT_1} per query class",
     uirevision: str = "per-class",
 ) -> go.Figure:
     """One bar per class, in the class's colour, on a [0, 1] axis, with chance (1 / C) dotted."""
@@ -215,7 +216,7 @@ def per_class_figure(
             marker={"color": [style.class_color(c) for c in labels]},
             text=[f"{values[c]:.2f}" for c in labels],
             textposition="outside",
-            hovertemplate="%{x}: P@1 %{y:.3f}<extra></extra>",
+            hovertemplate=f"%{{x}}: {P_AT_1} %{{y:.3f}}<extra></extra>",
         )
     )
     if labels:  # a random ranking puts a same-class reference first about 1/C of the time
@@ -226,7 +227,7 @@ def per_class_figure(
             annotation_position="top left",
         )
     style._style(fig, title, uirevision, height=320, legend="right")
-    fig.update_yaxes(range=[0, 1.12], title_text="P@1")
+    fig.update_yaxes(range=[0, 1.12], title_text=P_AT_1)
     fig.update_xaxes(type="category")
     return fig
 

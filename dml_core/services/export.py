@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 from dml_core.data import DIGIT_NAMES, FASHION_NAMES, load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures.style import class_color
+from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import Method, Projector
 from dml_core.runs import RunStore, atomic_write_bytes
 from dml_core.snapshot import Snapshot, make_probe_indices
@@ -259,7 +260,7 @@ def animation_figure(
 
 def _title(snap: Snapshot) -> str:
     map_r = snap.metrics.get("map_at_r", float("nan"))
-    return f"step {snap.step}: MAP@R {map_r:.3f}"
+    return f"step {snap.step}: {METRIC_LABELS['map_at_r']} {map_r:.3f}"
 
 
 def animation_html_bytes(store: RunStore, run_id: str, method: Method = "pca") -> bytes:
