@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import losses as pml
@@ -17,6 +18,8 @@ CONTEXT = {"num_classes": C, "embedding_dim": D}
 PAIR_LOSSES = ["ntxent", "supcon"]
 CLASS_LOSSES = ["arcface", "cosface", "sub_center_arcface", "soft_triple"]
 MODERN = PAIR_LOSSES + CLASS_LOSSES
+# Large scales saturate the softmax: log 2 on the boundary is then checked with a blunt curve.
+SMALL_SCALE = {"arcface": {"scale": 4.0}, "sub_center_arcface": {"scale": 4.0}}
 MINED = {"semi_hard": {"margin": 1.0}, "hard": {}, "batch_hard": {}, "multi_similarity": {}}
 
 
@@ -328,3 +331,29 @@ def test_ntxent_without_negatives_or_positives_is_zero_with_a_gradient_path() ->
         out = LOSSES.create("ntxent")(emb, labels)
         assert float(out.loss) == 0.0
         out.loss.backward()
+
+
+def test_supcon_is_zero_without_negative_pairs_as_pml() -> None:
+    """One class in the batch: PML's SupCon returns 0 (it needs a positive and a negative)."""
+    emb, _ = batch(0, n=6)
+    labels = torch.zeros(6, dtype=torch.int64)
+    ours = LOSSES.create("supcon")(emb, labels)
+    assert float(pml_pair_loss("supcon", 0.1)(emb, labels)) == 0.0
+    assert float(ours.loss) == 0.0
+    assert bool((ours.terms > 0).all())  # the per-anchor terms themselves are not zero
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_decision_boundary_is_where_the_two_logits_tie(name: str) -> None:
+    """On the boundary a two-way softmax is undecided: the curve's loss is log 2 everywhere."""
+    loss = LOSSES.create(name, {"num_classes": 2, "embedding_dim": 3}, **SMALL_SCALE.get(name, {}))
+    (boundary,) = loss.decision_boundaries(num=101)
+    ok = np.isfinite(boundary.d_ap) & np.isfinite(boundary.d_an)
+    assert ok.sum() > 50
+    d_ap = torch.from_numpy(boundary.d_ap[ok])
+    d_an = torch.from_numpy(boundary.d_an[ok])
+    value = loss.curve(d_ap, d_an)
+    torch.testing.assert_close(value, torch.full_like(value, math.log(2)), rtol=0, atol=1e-9)
+    # a negative a little further away than the boundary satisfies the loss better
+    room = d_an < 1.99
+    assert bool((loss.curve(d_ap[room], d_an[room] + 0.01) < value[room]).all())

@@ -26,8 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from dml_core.losses.centres import CentreLoss
-from dml_core.losses.proxy import cross_entropy_terms
+from dml_core.losses.centres import CentreLoss, margin_softmax
 from dml_core.registry import LOSSES, Params
 
 ARCFACE_EQUATION = (
@@ -54,19 +53,6 @@ def arcface_target(cos: Tensor, m: float) -> Tensor:
     """
     margin = cos * math.cos(m) - sine_of_angle(cos) * math.sin(m)
     return torch.where(cos >= -math.cos(m), margin, cos - m * math.sin(m))
-
-
-def margin_softmax(sim: Tensor, own: Tensor, target: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """Cross-entropy of s * logits, the own class's cosine replaced by ``target``; and the mean.
-
-    Args:
-        sim: (..., N, C) cosines between samples and classes.
-        own: (..., N, C) own-class mask.
-        target: (..., N, C) the own class's handicapped cosine (read only where ``own``).
-        scale: s, the radius of the sphere the logits live on.
-    """
-    terms = cross_entropy_terms(scale * torch.where(own, target, sim), own)  # (..., N)
-    return terms.mean(dim=-1), terms
 
 
 class ArcFaceParams(Params):
@@ -113,9 +99,15 @@ class ArcFaceLoss(CentreLoss):
         super().__init__(num_classes, embedding_dim)
         self.margin, self.scale = margin, scale
 
+    boundary_label = "theta_own + m = theta_other"
+
+    def own_logit(self, sim: Tensor) -> Tensor:
+        """cos(theta_y + m) (linear past theta_y = pi - m)."""
+        return arcface_target(sim, self.margin)
+
     def loss_and_terms(self, sim: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. (3) per sample, and the mean."""
-        return margin_softmax(sim, own, arcface_target(sim, self.margin), self.scale)
+        return margin_softmax(sim, own, self.own_logit(sim), self.scale)
 
 
 class CosFaceParams(Params):
@@ -158,9 +150,15 @@ class CosFaceLoss(CentreLoss):
         super().__init__(num_classes, embedding_dim)
         self.margin, self.scale = margin, scale
 
+    boundary_label = "cos(x, own) - m = cos(x, other)"
+
+    def own_logit(self, sim: Tensor) -> Tensor:
+        """cos(theta_y) - m."""
+        return sim - self.margin
+
     def loss_and_terms(self, sim: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. (4) per sample, and the mean."""
-        return margin_softmax(sim, own, sim - self.margin, self.scale)
+        return margin_softmax(sim, own, self.own_logit(sim), self.scale)
 
 
 class SubCenterArcFaceParams(ArcFaceParams):
@@ -205,6 +203,12 @@ class SubCenterArcFaceLoss(CentreLoss):
         super().__init__(num_classes, embedding_dim, sub_centers)
         self.margin, self.scale, self.sub_centers = margin, scale, sub_centers
 
+    boundary_label = "theta_own + m = theta_other (nearest sub-centres)"
+
+    def own_logit(self, sim: Tensor) -> Tensor:
+        """cos(theta_y + m) of the nearest own sub-centre (linear past theta_y = pi - m)."""
+        return arcface_target(sim, self.margin)
+
     def loss_and_terms(self, sim: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
         """ArcFace's Eq. (3) per sample on the nearest-sub-centre cosines, and the mean."""
-        return margin_softmax(sim, own, arcface_target(sim, self.margin), self.scale)
+        return margin_softmax(sim, own, self.own_logit(sim), self.scale)

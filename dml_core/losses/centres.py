@@ -22,23 +22,41 @@ What ``LossOutput`` holds here, as for the proxy losses:
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from dml_core.geometry import cosine_similarities, cosine_to_distance, distance_to_cosine
-from dml_core.losses.base import Loss, LossOutput
-from dml_core.losses.proxy import own_class_mask
+from dml_core.losses.base import Boundary, Loss, LossOutput
+from dml_core.losses.proxy import cross_entropy_terms, own_class_mask
 from dml_core.tuples import Tuples, all_pairs
+
+
+def margin_softmax(sim: Tensor, own: Tensor, target: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of scale * logits, the own class's similarity replaced by ``target``; mean.
+
+    Args:
+        sim: (..., N, C) similarities between samples and classes.
+        own: (..., N, C) own-class mask.
+        target: (..., N, C) the own class's handicapped similarity (read only where ``own``).
+        scale: the factor on every logit (s of ArcFace and CosFace, lambda of SoftTriple).
+    """
+    terms = cross_entropy_terms(scale * torch.where(own, target, sim), own)  # (..., N)
+    return terms.mean(dim=-1), terms
 
 
 class CentreLoss(Loss):
     """Base of class-level losses with K centres per class; subclasses write the maths.
 
     ``class_similarities`` turns the (..., N, C, K) cosines between samples and centres into one
-    similarity per class, (..., N, C); ``loss_and_terms`` turns those into the loss. Training
-    (``forward``) and the Loss explorer (``curve``) both call them.
+    similarity per class, (..., N, C); ``own_logit`` handicaps the own class's similarity by
+    the margin; ``loss_and_terms`` turns both into the loss. Training (``forward``), the Loss
+    explorer (``curve``) and the decision boundary (where ``own_logit`` of the own class ties
+    with the other class's similarity) all call them.
     """
+
+    boundary_label: ClassVar[str] = "margin(S_own) = S_other"
 
     def __init__(self, num_classes: int, embedding_dim: int, centres_per_class: int = 1) -> None:
         super().__init__()
@@ -57,6 +75,10 @@ class CentreLoss(Loss):
         By default the nearest centre (for K = 1, the cosine itself).
         """
         return sim.max(dim=-1).values
+
+    @abc.abstractmethod
+    def own_logit(self, sim: Tensor) -> Tensor:
+        """The own class's similarity with the margin applied (elementwise, before scaling)."""
 
     @abc.abstractmethod
     def loss_and_terms(self, sim: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,3 +113,12 @@ class CentreLoss(Loss):
         weights.
         """
         return self.proxies.detach()
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """Where the own class's logit ties with another class's: own_logit(S_own) = S_other.
+
+        Drawn over S_own in [-1, 1] (``num`` points), as distances to the two classes.
+        """
+        s_own = torch.linspace(-1.0, 1.0, num, dtype=torch.float64)  # (num,)
+        s_other = self.own_logit(s_own)  # (num,)
+        return (Boundary.from_similarity(self.boundary_label, s_own.numpy(), s_other.numpy()),)

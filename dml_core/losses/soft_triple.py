@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from dml_core.geometry import l2_normalize
 from dml_core.losses.base import LossOutput
-from dml_core.losses.centres import CentreLoss
-from dml_core.losses.proxy import cross_entropy_terms
+from dml_core.losses.centres import CentreLoss, margin_softmax
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples
 
@@ -111,11 +110,15 @@ class SoftTripleLoss(CentreLoss):
         """Relaxed similarity S_c: softmax_k(sim / gamma)-weighted mean over K, (..., N, C)."""
         return (torch.softmax(sim / self.gamma, dim=-1) * sim).sum(dim=-1)
 
+    boundary_label = "S_own - delta = S_other"
+
+    def own_logit(self, sim: Tensor) -> Tensor:
+        """S_y - delta."""
+        return sim - self.margin
+
     def loss_and_terms(self, sim: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-entropy of lambda (S - delta [own]) per sample, and the mean."""
-        logits = self.la * torch.where(own, sim - self.margin, sim)  # (..., N, C)
-        terms = cross_entropy_terms(logits, own)  # (..., N)
-        return terms.mean(dim=-1), terms
+        return margin_softmax(sim, own, self.own_logit(sim), self.la)
 
     def centre_spread(self) -> Tensor:
         """The regulariser: sum_c sum_{k < k'} ||w_c^k - w_c^k'|| / (C K (K - 1)); 0 for K = 1.

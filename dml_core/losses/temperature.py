@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dml_core.geometry import cosine_similarities, cosine_to_distance, distance_to_cosine
 from dml_core.losses.anchor import anchor_output, as_float, mask_pairs, masked_logsumexp, pair_masks
-from dml_core.losses.base import Loss, LossOutput, mean_active
+from dml_core.losses.base import Boundary, Loss, LossOutput, mean_active
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs, to_pairs
 
@@ -132,6 +132,10 @@ class NTXentLoss(Loss):
         sim, _, neg_mask = one_pair_each(d_ap, d_an)
         return ntxent_terms(sim, neg_mask.to(sim.dtype), self.temperature)[..., 0, 0]
 
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """The softmax's tie: the negative as similar as the positive, d(a,p) = d(a,n)."""
+        return (Boundary.shifted("d(a,p) = d(a,n)", 0.0, num),)
+
 
 @LOSSES.register(
     name="supcon",
@@ -170,3 +174,7 @@ class SupConLoss(Loss):
         """l_a of one anchor with one positive at d_ap and one negative at d_an (unit sphere)."""
         sim, pos_mask, neg_mask = one_pair_each(d_ap, d_an)
         return supcon_terms(sim, pos_mask, neg_mask, self.temperature)[..., 0]
+
+    def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
+        """The softmax's tie: the negative as similar as the positive, d(a,p) = d(a,n)."""
+        return (Boundary.shifted("d(a,p) = d(a,n)", 0.0, num),)
