@@ -100,3 +100,12 @@ def test_check_fails_when_the_runs_are_swapped(key: str, root: Path) -> None:
     assert result.holds, result.message
     holds, message = result.lesson.check(swapped(result.runs))
     assert not holds, f"the claim still holds with the runs swapped: {message}"
+
+
+@pytest.mark.parametrize("key", list(LESSONS))
+def test_lesson_text_shows_maths_not_latex_source(key: str) -> None:
+    """Catches: S^{D-1} and sqrt(2) shown raw on the Lessons page."""
+    lesson = LESSONS[key]
+    shown = " ".join(str(v) for v in dataclasses.asdict(lesson).values() if isinstance(v, str))
+    for raw in ("S^{", "sqrt(", "\\sqrt", "^{"):
+        assert raw not in shown, (raw, shown)

@@ -170,6 +170,6 @@ def check_dimension(results: Sequence[RunResult]) -> tuple[bool, str]:
     )
     return holds, (
         f"{per_dim} (claim: untrained std falls with D, to < 0.5x at D={dims[-1]}; trained mean "
-        f"d_neg at D={dims[-1]} within 0.15 of sqrt(2) = {SQRT2:.3f}; MAP@R at D={dims[0]} "
+        f"d_neg at D={dims[-1]} within 0.15 of √2 = {SQRT2:.3f}; MAP@R at D={dims[0]} "
         f"> 0.15 below D={dims[2]})"
     )

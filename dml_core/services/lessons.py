@@ -151,7 +151,7 @@ _LESSON_LIST = (
         key="sampling_matters",
         title="3. Sampling Matters: distance-weighted sampling and a learnable beta",
         text=(
-            "On the unit sphere random pairs crowd at sqrt(2) (density q(d)), so uniform "
+            "On the unit sphere random pairs crowd at √2 (density q(d)), so uniform "
             "sampling mostly yields uninformative negatives. Distance-weighted sampling draws "
             "negatives with probability 1/q(d), spread over all distances; the margin loss "
             "[alpha + y (d - beta)]_+ learns the boundary beta. Both runs get one negative per "
@@ -243,13 +243,13 @@ _LESSON_LIST = (
     ),
     Lesson(
         key="dimension",
-        title="7. Dimension: distances concentrate near sqrt(2)",
+        title="7. Dimension: distances concentrate near √2",
         text=(
             "The same triplet loss at D = 2, 3, 16, 128. In 3-D you can watch the sphere "
-            "directly. As D grows the distances between points on S^{D-1} concentrate "
-            "(q(d) narrows around sqrt(2)): already the untrained net's distances spread less, "
+            "directly. As D grows the distances between points on Sᴰ⁻¹ concentrate "
+            "(q(d) narrows around √2): already the untrained net's distances spread less, "
             "though they centre lower because an untrained ReLU net maps all images into a "
-            "narrow cone. After training, negative pairs sit near sqrt(2), nearly orthogonal. "
+            "narrow cone. After training, negative pairs sit near √2, nearly orthogonal. "
             "In 2-D ten classes have no room and retrieval suffers."
         ),
         paper="Wu et al., Sampling Matters, ICCV 2017, Eq. 3",
@@ -259,7 +259,7 @@ _LESSON_LIST = (
         ),
         labels=("D=2", "D=3", "D=16", "D=128"),
         claim="The std of the untrained pairwise distances falls with D (to < 0.5x from D=2 to "
-        "D=128); trained negatives at D=128 average within 0.15 of sqrt(2); MAP@R at D=2 is "
+        "D=128); trained negatives at D=128 average within 0.15 of √2; MAP@R at D=2 is "
         "> 0.15 below D=16.",
         check=check_dimension,
         pages=("pages/sphere.py", "pages/train.py", "pages/compare.py"),
