@@ -77,24 +77,40 @@ def test_gradient_variance_ordering_stated_on_the_page(dim: int) -> None:
     assert sum(t.type == "bar" for t in fig.data) == len(SAMPLING_METHODS)
 
 
-def test_gradient_variance_in_chunks_equals_one_pass() -> None:
-    gen = torch.Generator().manual_seed(3)
-    emb = torch.nn.functional.normalize(torch.randn(12, 8, generator=gen))
-    labels = torch.arange(4).repeat_interleave(3)
-    triplets = to_triplets(MINERS.create("all")(emb, labels))
-    one = gradient_noise_variance(emb, triplets, 0.1)
-    chunked = gradient_noise_variance(emb, triplets, 0.1, chunk=7)
-    torch.testing.assert_close(one, chunked)
-
-
 def test_groups_hold_every_point_as_negative_and_only_their_classes_as_anchors() -> None:
     labels = torch.arange(5).repeat_interleave(4)  # (20,)
     groups = list(anchor_class_groups(labels, labels.unique(), max_triplets=2 * 4 * 3 * 16))
     assert len(groups) == 3  # classes in pairs: {0, 1}, {2, 3}, {4}
-    for group in groups:
+    anchored = torch.zeros(20, dtype=torch.int64)
+    for group, classes in zip(groups, ([0, 1], [2, 3], [4]), strict=True):
         kept = group == labels
-        assert len(group.unique()) == len(labels[kept].unique()) + int((~kept).sum())
+        assert torch.equal(kept, torch.isin(labels, torch.tensor(classes)))
+        assert len(group[~kept].unique()) == int((~kept).sum())  # a label of its own each
         assert (group[~kept] > labels.max()).all()
+        anchored += kept
+    assert (anchored == 1).all()  # every point is an anchor in exactly one group
+
+
+def direct_variance(emb: torch.Tensor, triplets: Triplets, sigma: float) -> torch.Tensor:
+    """The formula of ``gradient_noise_variance`` on the (T, D) difference vectors themselves."""
+    a, p, n = (emb[t].double() for t in triplets)  # (T, D) each
+    D = emb.shape[1]
+    to_p, to_n = a - p, a - n  # (T, D)
+    d_ap, d_an = to_p.norm(dim=1), to_n.norm(dim=1)  # (T,)
+    c = (to_p * to_n).sum(dim=1) / (d_ap * d_an)  # (T,)
+    cross = (D - 2 + c.square()) / (d_ap * d_an)
+    trace = 2 * (sigma**2 / D) * ((D - 1) / d_ap.square() + (D - 1) / d_an.square() - cross)
+    return trace.clamp(0.0, 4.0).float()
+
+
+@pytest.mark.parametrize("dim", [2, 3, 16])
+def test_gram_variance_equals_the_direct_formula(dim: int) -> None:
+    gen = torch.Generator().manual_seed(dim)
+    emb = torch.nn.functional.normalize(torch.randn(15, dim, generator=gen, dtype=torch.float64))
+    triplets = to_triplets(MINERS.create("all")(emb, torch.arange(5).repeat_interleave(3)))
+    torch.testing.assert_close(
+        gradient_noise_variance(emb, triplets, 0.5, chunk=17), direct_variance(emb, triplets, 0.5)
+    )
 
 
 @pytest.mark.parametrize(("P", "K", "dim"), [(6, 5, 8), (4, 7, 3)])
