@@ -1,4 +1,8 @@
-"""Compare: 2-4 saved runs side by side on the same probe points, or a sweep over one parameter."""
+"""Compare: 2-4 saved runs side by side on the same probe points, or a sweep over one parameter.
+
+Runs are shown under their names (what differs between them, or a name the user gave) on axes
+that stay put while scrubbing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dml_core.config import RunConfig, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import compare as compare_figures
+from dml_core.figures.live import sphere_density_max
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import FINAL_STATES, RunStore
 from pages.ui import load_snapshot, run_label, services, use_app_navigation
@@ -27,6 +32,25 @@ def aligned(
 ):
     """Aligned layouts of the runs at these steps (cached by runs, steps, method and frame)."""
     return compare.snapshot_layouts(RunStore(runs_dir), run_ids, steps, method, frame_step)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def sphere_top(runs_dir: str, run_id: str, step: int) -> float:
+    """Highest bar of one snapshot's sphere histogram (cached: snapshots never change)."""
+    return sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
+
+
+@st.cache_data(max_entries=32, show_spinner="Fixing the axes over every snapshot…")
+def steady_axes(
+    runs_dir: str, steps: tuple[tuple[str, tuple[int, ...]], ...], on_sphere: bool
+) -> compare_figures.SteadyAxes:
+    """Histogram and sphere axes over every saved snapshot of the runs (recomputed on new ones)."""
+    shown = [(r, step) for r, run_steps in steps for step in run_steps]
+    return compare_figures.steady_axes(
+        [load_snapshot(runs_dir, r, step) for r, step in shown],
+        on_sphere,
+        [sphere_top(runs_dir, r, step) for r, step in shown],
+    )
 
 
 def base_config(choice: str) -> RunConfig:
@@ -88,7 +112,11 @@ def sweep_panel() -> None:
 
 
 def pick_runs() -> list[str]:
-    """The runs to compare (2-4), newest first."""
+    """The runs to compare (2-4), newest first, by id.
+
+    The options show the bare id: Streamlit keeps a multiselect's choice by the shown text, so
+    a text that changes as a run finishes or is renamed would drop the run from the choice.
+    """
     saved = store.list()
     if SELECTED in st.session_state:  # drop runs deleted since they were picked
         st.session_state[SELECTED] = [r for r in st.session_state[SELECTED] if r in saved]
@@ -97,9 +125,32 @@ def pick_runs() -> list[str]:
         saved,
         key=SELECTED,
         max_selections=4,
-        format_func=lambda r: run_label(store, r),
         placeholder="Pick 2 to 4 saved runs",
     )
+
+
+def rename_panel(run_ids: list[str]) -> None:
+    """Give a run a name of one's own; it is stored with the run and shown in every figure."""
+    names = compare.run_names(store, run_ids)
+    with st.expander("Names of these runs", expanded=False):
+        st.caption(
+            "Runs are named by the settings in which they differ. A name given here is stored "
+            "with the run and replaces that; an empty name brings the settings back."
+        )
+        for run_id in run_ids:
+            left, right = st.columns([4, 1], vertical_alignment="bottom")
+            text = left.text_input(
+                f"Name of {run_id}",
+                store.label(run_id) or "",
+                placeholder=names[run_id],
+                max_chars=80,
+                key=f"cmp.name.{run_id}",
+            )
+            if right.button("Rename", key=f"cmp.rename.{run_id}"):
+                try:
+                    store.set_label(run_id, text)
+                except ConfigError as err:
+                    st.error(str(err), icon="🚫")
 
 
 def comparison(run_ids: list[str], live: bool) -> None:
@@ -112,9 +163,10 @@ def comparison(run_ids: list[str], live: bool) -> None:
     if problem:
         st.error(problem, icon="🚫")
         return
-    waiting = [r.run_id for r in records if not r.snapshot_steps]
+    names = compare.run_names(store, run_ids)
+    waiting = [names[r.run_id] for r in records if not r.snapshot_steps]
     if waiting:
-        st.info(f"Waiting for the first snapshot of {', '.join(waiting)}.", icon="⏳")
+        st.info(f"Waiting for the first snapshot of {'; '.join(waiting)}.", icon="⏳")
         return
     controls = st.columns([3, 1, 1])
     progress = controls[0].slider(
@@ -132,16 +184,18 @@ def comparison(run_ids: list[str], live: bool) -> None:
     x = X_AXES[controls[2].radio("Curves vs", list(X_AXES), horizontal=True, key="cmp.x")]
     steps = compare.shared_steps(store, run_ids, progress / 100)
     snaps = [load_snapshot(RUNS, r, steps[r]) for r in run_ids]
-    titles = [
-        f"{r}<br>step {s.step} · {s.samples_seen:,} samples"
-        for r, s in zip(run_ids, snaps, strict=True)
-    ]
+    titles = compare_figures.panel_titles([names[r] for r in run_ids], snaps)
     st.caption(
         " · ".join(
-            f"**{r}**: {rec.config.loss}, step {s.step}/{rec.config.steps}"
+            f"**{names[r]}** ({r}): {rec.config.loss}, step {s.step}/{rec.config.steps}"
             + ("" if rec.status.get("state") in FINAL_STATES else " (training)")
             for r, rec, s in zip(run_ids, records, snaps, strict=True)
         )
+    )
+    axes = steady_axes(
+        RUNS,
+        tuple((rec.run_id, tuple(rec.snapshot_steps)) for rec in records),
+        all(c.normalize for c in configs),
     )
     note = compare.probe_note(configs)
     class_names = load_dataset(configs[0].dataset, configs[0].split).class_names
@@ -161,20 +215,26 @@ def comparison(run_ids: list[str], live: bool) -> None:
             "aligned to one frame",
         )
         st.plotly_chart(fig, key="cmp.chart.embedding")
-    st.plotly_chart(compare_figures.histogram_panels_figure(snaps, titles), key="cmp.chart.hist")
-    histories = {rec.run_id: rec.history for rec in records}
-    marks = {r: getattr(s, x) for r, s in zip(run_ids, snaps, strict=True)}
+    fig = compare_figures.histogram_panels_figure(snaps, titles, axes=axes.histogram)
+    st.plotly_chart(fig, key="cmp.chart.hist")
+    histories = {names[rec.run_id]: rec.history for rec in records}
+    marks = {names[r]: getattr(s, x) for r, s in zip(run_ids, snaps, strict=True)}
     fig = compare_figures.metric_curves_figure(histories, x=x, marker_x=marks)
     st.plotly_chart(fig, key="cmp.chart.curves")
-    fig = compare_figures.sphere_overlay_figure([s.probe_emb for s in snaps], run_ids)
+    fig = compare_figures.sphere_overlay_figure(
+        [s.probe_emb for s in snaps],
+        [names[r] for r in run_ids],
+        y_max=axes.sphere_top,
+        normalized=[c.normalize for c in configs],
+    )
     st.plotly_chart(fig, key="cmp.chart.sphere")
-    results(run_ids)
+    results(run_ids, names)
 
 
-def results(run_ids: list[str]) -> None:
-    """The sortable results table and its CSV download."""
+def results(run_ids: list[str], names: dict[str, str]) -> None:
+    """The sortable results table (runs by name) and its CSV download."""
     st.subheader("Results")
-    table = compare.results_table(store, run_ids)
+    table = compare.results_table(store, run_ids, names)
     st.dataframe(
         table,
         hide_index=True,
@@ -214,5 +274,6 @@ if len(chosen) < 2:
         icon="👆",
     )
 else:
+    rename_panel(chosen)
     live = any(store.status(r).get("state") not in FINAL_STATES for r in chosen)
     st.fragment(run_every=2.0 if live else None)(comparison)(chosen, live)

@@ -96,7 +96,11 @@ def test_snapshot_at_picks_the_nearest_snapshot_by_samples_seen(runs) -> None:
 def test_results_table_reads_status_and_history(runs) -> None:
     store, ids = runs
     table = compare.results_table(store, ids)
-    assert list(table["run"]) == ids
+    assert list(table["id"]) == ids
+    assert list(table["run"]) == [  # named by what differs: the loss, its margin and K
+        "loss = triplet, margin = 0.1, soft = False, miner margin = 0.1, K = 16",
+        "loss = contrastive, neg_margin = 1, pos_margin = 0, miner margin = 0.2, K = 8",
+    ]
     assert list(table["loss"]) == ["triplet", "contrastive"]
     assert table.loc[0, "loss params"] == "margin=0.1, soft=False"
     for name in ("P@1", "R-Precision", "MAP@R"):

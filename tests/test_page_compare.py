@@ -66,7 +66,8 @@ def test_two_runs_side_by_side_with_table(page: AppTest) -> None:
     assert not page.error
     assert len(page.get("plotly_chart")) == 4
     table = page.dataframe[0].value
-    assert list(table["run"]) == ["a-triplet", "b-contrastive"]
+    assert list(table["id"]) == ["a-triplet", "b-contrastive"]
+    assert [name.split(",")[0] for name in table["run"]] == ["loss = triplet", "loss = contrastive"]
     assert table["final P@1"].notna().all()
     page.slider(key="cmp.progress").set_value(0).run()
     page.radio(key="cmp.x").set_value("wall time").run()

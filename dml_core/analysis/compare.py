@@ -17,6 +17,8 @@ What the Compare page needs, as plain functions over the RunStore (no streamlit)
 - ``snapshot_at`` / ``shared_steps``: one scrubber for several runs. Runs may differ in batch
   size, so the scrubber position is a number of training samples, and each run shows its
   snapshot nearest to it.
+- ``run_names``: what each run is called in every figure: the settings in which the shown runs
+  differ ("margin = 0.1", "D = 128"), or the name a user gave it (``RunStore.set_label``).
 - ``results_table``: final and best metrics, time and throughput of each run.
 - ``sweep_configs``: checked configs that differ from a base in one parameter only.
 """
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dml_core.config import RunConfig, make_config, params_text
+from dml_core.config import RunConfig, differing_labels, make_config, params_text
 from dml_core.errors import ConfigError
 from dml_core.projection import procrustes_align, project
 from dml_core.registry import LOSSES, MINERS
@@ -212,21 +214,46 @@ def shared_steps(store: RunStore, run_ids: Sequence[str], fraction: float) -> di
     return {r: snapshot_at(store, r, samples_seen=round(fraction * total)) for r in run_ids}
 
 
-def results_table(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
+def run_names(store: RunStore, run_ids: Sequence[str]) -> dict[str, str]:
+    """What each run is called in the figures: its label, else the settings that differ.
+
+    A run the user renamed (``RunStore.set_label``) keeps that name. The others are named by
+    the settings in which the shown runs differ (``config.differing_labels``: "margin = 0.1",
+    "D = 128"); a setting that a run does not have (another loss's parameter) is left out of
+    its name. Names that would coincide get the run id appended, so every name is unique.
+
+    Returns:
+        run id -> name, in the order of ``run_ids``.
+    """
+    derived = differing_labels({r: store.config(r) for r in run_ids})
+    names = {}
+    for run_id in run_ids:
+        present = ", ".join(p for p in derived[run_id].split(", ") if not p.endswith(" = None"))
+        names[run_id] = store.label(run_id) or present or run_id
+    counts = pd.Series(list(names.values())).value_counts()
+    return {r: f"{n} ({r})" if counts[n] > 1 else n for r, n in names.items()}
+
+
+def results_table(
+    store: RunStore, run_ids: Sequence[str], names: dict[str, str] | None = None
+) -> pd.DataFrame:
     """One row per run: settings, final metrics (test vs train), best snapshot metrics, speed.
 
-    Columns: run, state, dataset, loss, loss params, miner, miner params, dim, P x K, steps,
-    ``final <metric>`` (``status.final_metrics``: P@1, R-Precision, MAP@R, NMI), ``best <metric>``
-    (the best value over the run's snapshots, on the probe set), wall time (s) (training time
-    of the last snapshot) and samples/s. Missing values are NaN, so the table sorts.
+    Columns: run (its name: ``names``, else ``run_names``), id, state, dataset, loss, loss
+    params, miner, miner params, dim, P x K, steps, ``final <metric>`` (``status.final_metrics``:
+    P@1, R-Precision, MAP@R, NMI), ``best <metric>`` (the best value over the run's snapshots,
+    on the probe set), wall time (s) (training time of the last snapshot) and samples/s.
+    Missing values are NaN, so the table sorts.
     """
+    names = run_names(store, run_ids) if names is None else names
     rows = []
     for run_id in run_ids:
         record = store.load(run_id)
         cfg, history = record.config, record.history
         final = record.status.get("final_metrics") or {}
         row: dict[str, Any] = {
-            "run": run_id,
+            "run": names[run_id],
+            "id": run_id,
             "state": record.status.get("state", ""),
             "dataset": cfg.dataset,
             "loss": cfg.loss,

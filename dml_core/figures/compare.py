@@ -1,39 +1,55 @@
 r"""Plotly figures that put several runs side by side; pages only display them.
 
-Built on the single-run figures of ``figures.py`` (their traces are reused, then placed in
+Built on the single-run figures of ``figures.live`` (their traces are reused, then placed in
 panels with shared axes), with one colour per run (``run_color``) in every overlaid figure and
-the class colours of ``figures.CLASS_COLORS`` in the embedding panels.
+the class colours of ``style.CLASS_COLORS`` in the embedding panels. Runs are shown under their
+names (``analysis.compare.run_names``: what differs, or the user's label), wrapped by
+``wrap_name`` so that four panel titles never run into each other.
+
+Steady axes: ``steady_axes`` fixes the histogram bins and ranges and the top of the sphere
+overlay over every snapshot of every shown run, so the scrubber moves the data, not the axes.
 
 - ``embedding_panels_figure``: aligned layouts (``compare.aligned_layouts``), one panel per run,
   identical axis ranges, so the same class is in the same place in every panel.
 - ``histogram_panels_figure``: positive / negative pair distances, one panel per run, on shared
   bins and shared x and y axes, with each run's margin lines.
 - ``sphere_overlay_figure``: pairwise distances on the unit sphere, one outline per run, with
-  q(d) of uniform points (Wu et al., Sampling Matters, ICCV 2017, Eq. 3) for each dimension.
+  q(d) of uniform points (Wu et al., Sampling Matters, ICCV 2017, Eq. 3) once per distinct
+  dimension, in the colour of the run it belongs to (grey when several runs share it).
 - ``metric_curves_figure``: P@1, R-Precision and MAP@R (Musgrave et al., A Metric Learning
   Reality Check, ECCV 2020) against samples seen or wall time, one line per run.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core.figures.live import distance_histogram_figure, embedding_figure
-from dml_core.figures.live import sphere_distance_figure as _sphere_figure
-from dml_core.figures.style import _style
-from dml_core.geometry import SQRT2
+from dml_core.figures.live import (
+    SPHERE_BINS,
+    HistogramAxes,
+    distance_histogram_figure,
+    embedding_figure,
+    histogram_axes,
+    sphere_density_max,
+    sphere_distances,
+)
+from dml_core.figures.style import _density_grid, _sqrt2_line, _style, math_text
 from dml_core.snapshot import Snapshot
 
 # Runs are told apart by these (bright, distinct from the muted D3 class colours).
 RUN_COLORS: tuple[str, ...] = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A")
 X_AXES = {"samples_seen": "samples seen", "elapsed": "wall time (s)", "step": "step"}
 CURVES = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R"}
-SPHERE_BIN = 0.025
+SHARED_REFERENCE_COLOR = "#555555"
+PANEL_NAME_WIDTH = 26  # characters per title line: four panels fit a 1000 px wide figure
+LEGEND_NAME_WIDTH = 30
 
 
 def run_color(index: int) -> str:
@@ -45,6 +61,68 @@ def _padded_range(values: np.ndarray, pad: float = 0.06) -> list[float]:
     lo, hi = float(np.min(values)), float(np.max(values))
     span = hi - lo or 1.0
     return [lo - pad * span, hi + pad * span]
+
+
+def wrap_name(name: str, width: int = PANEL_NAME_WIDTH, max_lines: int = 2) -> str:
+    """A run's name broken into lines of at most ``width`` characters, joined by ``<br>``.
+
+    Lines break between settings (``"margin = 0.1, K = 8"``), and inside a setting only at
+    spaces; text beyond ``max_lines`` is cut with "…", so a title keeps a known height.
+    """
+    lines: list[str] = []
+    for part in name.split(", "):
+        first, *rest = textwrap.wrap(part, width) or [""]
+        if lines and len(lines[-1]) + 2 + len(first) <= width:
+            lines[-1] = f"{lines[-1]}, {first}"
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(first)
+        lines.extend(rest)
+    if len(lines) > max_lines:  # cut after the last whole setting that fits, else mid-word
+        last = lines[max_lines - 1].rstrip(",")
+        while len(last) + 3 > width and ", " in last:
+            last = last.rsplit(", ", 1)[0]
+        last = f"{last}, …" if len(last) + 3 <= width else f"{last[: width - 1].rstrip()}…"
+        lines = [*lines[: max_lines - 1], last]
+    return "<br>".join(lines)
+
+
+def panel_titles(names: Sequence[str], snapshots: Sequence[Snapshot]) -> list[str]:
+    """One panel title per run: its name in bold (at most two lines), then step and samples."""
+    return [
+        f"<b>{wrap_name(name)}</b><br>step {snap.step} · {snap.samples_seen:,} samples"
+        for name, snap in zip(names, snapshots, strict=True)
+    ]
+
+
+def _title_lines(titles: Sequence[str]) -> int:
+    return max((t.count("<br>") + 1 for t in titles), default=1)
+
+
+class SteadyAxes(NamedTuple):
+    """Axes that stay put while scrubbing: histogram bins and ranges, and the sphere's top."""
+
+    histogram: HistogramAxes
+    sphere_top: float
+
+
+def steady_axes(
+    snapshots: Sequence[Snapshot], on_sphere: bool, sphere_tops: Sequence[float] | None = None
+) -> SteadyAxes:
+    """Fixed axes over every snapshot of every shown run (``live.histogram_axes``).
+
+    Args:
+        snapshots: all snapshots that the scrubber can show, of all runs.
+        on_sphere: whether every run trains on the unit sphere (x in [0, 2]); otherwise the
+            x-axis spans the runs' global range.
+        sphere_tops: ``live.sphere_density_max`` of each snapshot's probe embeddings, when the
+            caller has them cached; computed here otherwise.
+    """
+    hist = histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snapshots], on_sphere)
+    if sphere_tops is None:
+        sphere_tops = [sphere_density_max(s.probe_emb) for s in snapshots]
+    return SteadyAxes(hist, max(sphere_tops, default=0.0))
 
 
 def embedding_panels_figure(
@@ -61,7 +139,7 @@ def embedding_panels_figure(
         layouts: (n, 2) layouts in one frame (``compare.aligned_layouts``).
         labels: (n,) probe labels, shared by every run.
         class_names: names indexed by label.
-        titles: one panel title per run.
+        titles: one panel title per run (``panel_titles``).
         title: figure title.
         uirevision: constant per view (zoom survives reruns).
     """
@@ -89,9 +167,11 @@ def embedding_panels_figure(
             row=1,
             col=i + 1,
         )
-    _style(fig, title, uirevision, height=460, legend="right")
+    lines = _title_lines(titles)
+    _style(fig, title, uirevision, height=420 + 16 * lines, legend="right")
     fig.update_layout(
-        legend={"itemsizing": "constant", "title": {"text": "class"}}, margin={"t": 110}
+        legend={"itemsizing": "constant", "title": {"text": "class"}},
+        margin={"t": 60 + 16 * lines},
     )
     fig.update_annotations(font_size=12)
     return fig
@@ -102,36 +182,32 @@ def histogram_panels_figure(
     titles: Sequence[str],
     title: str = "Positive and negative pair distances",
     uirevision: str = "compare-hist",
-    nbins: int = 60,
+    axes: HistogramAxes | None = None,
 ) -> go.Figure:
-    """Pos/neg distance histograms, one panel per run, on shared bins and shared axes.
+    """Pos/neg distance histograms, one panel per run, on shared bins and fixed axes.
 
     Args:
         snapshots: one snapshot per run (``pos_dist``, ``neg_dist``, ``lines``, ``metrics``).
-        titles: one panel title per run.
+        titles: one panel title per run (``panel_titles``).
         title: figure title.
         uirevision: constant per view.
-        nbins: bins over the range of all runs' distances.
+        axes: bins, x-range and top of the y-axis fixed over every snapshot of every shown run
+            (``steady_axes``); None fits them to these snapshots only.
     """
     count = len(snapshots)
-    overlap = [s.metrics.get("pair_overlap") for s in snapshots]
     subtitles = [
-        f"{t} · P(d⁻ < d⁺) ≈ {o:.2f}" if o is not None else t
-        for t, o in zip(titles, overlap, strict=True)
+        f"{t}<br>P(d⁻ < d⁺) ≈ {o:.2f}" if (o := s.metrics.get("pair_overlap")) is not None else t
+        for t, s in zip(titles, snapshots, strict=True)
     ]
     fig = make_subplots(
         rows=1, cols=count, shared_yaxes=True, subplot_titles=subtitles, horizontal_spacing=0.03
     )
-    both = np.concatenate([np.concatenate([s.pos_dist, s.neg_dist]) for s in snapshots])
-    both = both[np.isfinite(both)]
-    lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
-    size = (hi - lo) / nbins if hi > lo else 1e-3
-    bins = {"start": lo, "end": hi + size, "size": size}
+    if axes is None:
+        axes = histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snapshots], False)
     for i, snap in enumerate(snapshots):
-        single = distance_histogram_figure(snap.pos_dist, snap.neg_dist, {}, None)
+        single = distance_histogram_figure(snap.pos_dist, snap.neg_dist, {}, None, axes=axes)
         for trace in single.data:
             trace.update(
-                xbins=bins,
                 showlegend=i == 0,
                 legendgroup=trace.name.split(" (")[0],
                 name=trace.name.split(" (")[0],
@@ -141,20 +217,24 @@ def histogram_panels_figure(
             fig.add_vline(
                 x=float(value),
                 line={"dash": "dash", "color": "#333333", "width": 1.2},
-                annotation={
-                    "text": f"{label}={value:.3g}",
+                annotation={  # two short lines, so labels stay inside narrow panels
+                    "text": f"{math_text(label)}<br>= {value:.3g}",
                     "font": {"size": 10},
-                    "yshift": -14 * j,
+                    "align": "left",
+                    "bgcolor": "rgba(255,255,255,0.7)",
+                    "yshift": -28 * j,
                 },
                 annotation_position="top right",
                 row=1,
                 col=i + 1,
             )
-    fig.update_xaxes(range=[lo - size, hi + size], matches="x", title_text="distance d")
-    fig.update_yaxes(rangemode="tozero")
+    fig.update_xaxes(range=list(axes.x_range), matches="x", title_text="distance d")
+    fig.update_yaxes(range=[0.0, axes.y_max], matches="y")
     fig.update_yaxes(title_text="density", row=1, col=1)
-    _style(fig, title, uirevision, height=420, legend="right")
-    fig.update_layout(barmode="overlay", bargap=0.0, margin={"t": 110})
+    _style(fig, title, uirevision, height=400 + 16 * _title_lines(subtitles), legend="right")
+    fig.update_layout(
+        barmode="overlay", bargap=0.0, margin={"t": 60 + 16 * _title_lines(subtitles)}
+    )
     fig.update_annotations(font_size=12, selector={"xref": "paper"})
     return fig
 
@@ -164,56 +244,76 @@ def sphere_overlay_figure(
     names: Sequence[str],
     title: str = "Pairwise distances on the unit sphere",
     uirevision: str = "compare-sphere",
+    y_max: float | None = None,
+    normalized: Sequence[bool] | None = None,
 ) -> go.Figure:
     """The distribution of pairwise probe distances (L2-normalised) of each run, overlaid.
 
-    Each run is a step outline in its colour (so four runs stay readable); q(d) of points
-    uniform on S^{D-1} is drawn once per distinct dimension D, dashed.
+    Each run is a step outline in its colour (so four runs stay readable). q(d) of points
+    uniform on S^{D-1} (Wu et al. 2017, Eq. 3) is drawn once per distinct dimension D, dashed,
+    in the colour of its run when one run has that D, grey when several share it.
 
     Args:
         embs: (n, D_r) probe embeddings, one per run.
-        names: one legend name per run.
+        names: one legend name per run (``analysis.compare.run_names``).
         title: figure title.
         uirevision: constant per view.
+        y_max: the highest bar over every snapshot that the scrubber can show
+            (``steady_axes``), so the y-axis stays put; None fits it to these embeddings.
+        normalized: per run, whether it trains on the unit sphere; a run that does not is
+            marked "normalised for this plot".
     """
     fig = go.Figure()
-    edges = np.arange(0.0, 2.0 + SPHERE_BIN, SPHERE_BIN)  # (bins + 1,)
+    size = SPHERE_BINS["size"]
+    edges = np.arange(0.0, 2.0 + size / 2, size)  # (bins + 1,), as live.sphere_density_max
     centres = (edges[:-1] + edges[1:]) / 2  # (bins,)
-    densities: dict[int, go.Scatter] = {}
-    for i, (emb, name) in enumerate(zip(embs, names, strict=True)):
-        single = _sphere_figure(emb)
-        dists = np.asarray(single.data[0].x)  # the i < j distances the single figure used
+    flags = [True] * len(embs) if normalized is None else list(normalized)
+    runs_of_dim: dict[int, list[int]] = {}
+    tallest = 0.0
+    for i, (emb, name, flag) in enumerate(zip(embs, names, flags, strict=True)):
+        dists = sphere_distances(emb)
         density, _ = np.histogram(dists, bins=edges, density=True)  # (bins,)
+        tallest = max(tallest, float(density.max()) if len(dists) else 0.0)
+        label = wrap_name(name, LEGEND_NAME_WIDTH, 3)
         fig.add_trace(
             go.Scatter(
                 x=centres,
                 y=density,
                 mode="lines",
                 line={"shape": "hvh", "color": run_color(i), "width": 2},
-                name=f"{name} (D = {emb.shape[1]})",
+                name=label if flag else f"{label}<br>(normalised for this plot)",
+                legendgroup=f"run-{i}",
+                hovertemplate=f"{name}<br>d %{{x:.3f}}: %{{y:.2f}}<extra></extra>",
             )
         )
-        if len(single.data) > 1:
-            densities.setdefault(emb.shape[1], single.data[1])
-    for dim, curve in sorted(densities.items()):
+        runs_of_dim.setdefault(int(np.shape(emb)[1]), []).append(i)
+    reference_top = 0.0
+    for dim, runs in sorted(runs_of_dim.items()):
+        if dim < 2:
+            continue
+        grid, density = _density_grid(dim)
+        reference_top = max(reference_top, float(np.nanmax(density[np.isfinite(density)])))
+        own = len(runs) == 1
         fig.add_trace(
             go.Scatter(
-                x=curve.x,
-                y=curve.y,
+                x=grid,
+                y=density,
                 mode="lines",
-                name=f"uniform on S<sup>{dim - 1}</sup>",
-                line={"color": "#555555", "width": 1.5, "dash": "dash"},
+                name=f"uniform on S<sup>{dim - 1}</sup> (D = {dim})",
+                legendgroup=f"run-{runs[0]}" if own else f"dim-{dim}",
+                line={
+                    "color": run_color(runs[0]) if own else SHARED_REFERENCE_COLOR,
+                    "width": 1.5,
+                    "dash": "dash",
+                },
             )
         )
-    fig.add_vline(
-        x=SQRT2,
-        line={"dash": "dot", "color": "#555555", "width": 1.5},
-        annotation={"text": "√2", "font": {"size": 12}},
-        annotation_position="top right",
-    )
+    _sqrt2_line(fig, "top right")
+    top = tallest if y_max is None else max(y_max, tallest)
+    top = max(top, min(reference_top, 3 * top)) if top > 0 else reference_top or 1.0
     _style(fig, title, uirevision, height=420, legend="right")
     fig.update_xaxes(title_text="distance d", range=[0.0, 2.0])
-    fig.update_yaxes(title_text="density")
+    fig.update_yaxes(title_text="density", range=[0.0, 1.05 * top])
     return fig
 
 
@@ -227,7 +327,8 @@ def metric_curves_figure(
     """P@1, R-Precision and MAP@R of every run, one panel per metric, one colour per run.
 
     Args:
-        histories: run name -> metrics table (``RunStore.history``), in display order.
+        histories: run name (``analysis.compare.run_names``) -> metrics table
+            (``RunStore.history``), in display order; the legend shows the names.
         x: ``samples_seen`` (fair across batch sizes), ``elapsed`` (wall time) or ``step``.
         title: figure title.
         uirevision: constant per view.
@@ -250,7 +351,7 @@ def metric_curves_figure(
                     x=xs,
                     y=ys,
                     mode="lines+markers" if len(xs) < 30 else "lines",
-                    name=name,
+                    name=wrap_name(name, LEGEND_NAME_WIDTH, 3),
                     legendgroup=name,
                     showlegend=j == 0,
                     line={"color": color, "width": 2},
