@@ -103,7 +103,11 @@ c1, c2, c3, c4 = st.columns([1.3, 1, 1, 1])
 scale = c1.radio(
     "Axis", list(SCALES), format_func=SCALES.get, horizontal=True, key="explorer.scale"
 )
-pos_label, neg_label = loss_curves.axis_labels(name, scale)
+# Each coordinate as every shown loss names it (a proxy loss measures to proxies, a pair loss
+# between samples): "d(a,n) / d(x, other proxy) held at" when they differ.
+names = dict.fromkeys([name] + ([other[0]] if other else []))
+shown = [loss_curves.axis_labels(n, scale) for n in names]
+pos_label, neg_label = (" / ".join(dict.fromkeys(labels)) for labels in zip(*shown, strict=True))
 held: dict[str, float] = {}
 for col, (which, label) in zip(
     (c2, c3), (("negative", neg_label), ("positive", pos_label)), strict=True

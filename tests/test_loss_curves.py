@@ -115,6 +115,12 @@ NON_DEFAULT: dict[str, dict] = {
     "proxy_nca": {"softmax_scale": 3.0},
     "proxy_anchor": {"alpha": 8.0, "margin": 0.3},
     "cross_batch_memory": {"loss": "multi_similarity"},
+    "arcface": {"margin": 0.3, "scale": 16.0},
+    "cosface": {"margin": 0.2, "scale": 16.0},
+    "sub_center_arcface": {"margin": 0.3, "scale": 16.0, "sub_centers": 2},
+    "soft_triple": {"centers_per_class": 2, "la": 8.0, "gamma": 0.5, "tau": 0.0, "margin": 0.1},
+    "ntxent": {"temperature": 0.5},
+    "supcon": {"temperature": 0.5},
 }
 
 

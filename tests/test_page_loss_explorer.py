@@ -112,6 +112,31 @@ def test_compare_overlays_a_second_loss(explorer: AppTest) -> None:
     assert any(m.value == "**contrastive**" for m in explorer.markdown)
 
 
+def test_an_overlaid_pair_loss_is_labelled_by_its_own_coordinates(explorer: AppTest) -> None:
+    explorer.selectbox(key="explorer.loss").set_value("proxy_anchor").run()
+    explorer.toggle(key="explorer.compare").set_value(True).run()
+    explorer.selectbox(key="explorer2.loss").set_value("contrastive").run()
+    assert not explorer.exception
+    positive, negative = specs(explorer)[:2]
+    for spec, own, held in ((positive, "d(a,p)", "d(a,n)"), (negative, "d(a,n)", "d(a,p)")):
+        assert f"contrastive: {own}" in spec["layout"]["xaxis2"]["title"]["text"]
+        assert f"contrastive: {held} = " in spec["layout"]["title"]["subtitle"]["text"]
+        contrastive = next(t for t in spec["data"] if t["name"].startswith("contrastive"))
+        assert contrastive["hovertemplate"].startswith(f"{own} = ")
+    sliders = {s.key: s.label for s in explorer.slider}
+    assert sliders["explorer.held.distance.negative"] == "d(x, other proxy) / d(a,n) held at"
+    assert sliders["explorer.held.distance.positive"] == "d(x, own proxy) / d(a,p) held at"
+
+
+def test_figures_keep_the_legend_below_and_the_title_clear(explorer: AppTest) -> None:
+    explorer.selectbox(key="explorer.loss").set_value("circle").run()
+    explorer.toggle(key="explorer.compare").set_value(True).run()
+    for spec in specs(explorer):
+        legend, title = spec["layout"]["legend"], spec["layout"]["title"]
+        assert (legend["yref"], legend["y"], legend["yanchor"]) == ("container", 0, "bottom")
+        assert (title["yref"], title["y"], title["yanchor"]) == ("container", 1, "top")
+
+
 def test_a_rejected_setting_shows_a_message_not_a_traceback(
     explorer: AppTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -59,7 +59,10 @@ class Profile:
         grad: (n,) d loss / d x from autograd through ``curve`` (signed; plots show |grad|).
         fixed: the other coordinate, in the same scale.
         x_label: what x is, e.g. ``"d(a,p)"``; fixed_label: what the fixed coordinate is.
-        marks: where the profile crosses a decision boundary, {label: x}.
+        marks: where the profile crosses a decision boundary, {label: x}; a boundary crossed
+            again gets `` (2)``, `` (3)``, ... after its label.
+        crossings: the same points as (boundary label, x) pairs in the order of ``marks``, each
+            with its boundary's own label (the figures label every crossing by its boundary).
     """
 
     label: str
@@ -72,6 +75,7 @@ class Profile:
     x_label: str
     fixed_label: str
     marks: dict[str, float] = field(default_factory=dict)
+    crossings: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,11 +221,13 @@ def loss_profile(
     value, g_pos, g_neg = evaluate(loss, pos, neg, scale)
     pos_label, neg_label = axis_labels(name, scale)
     marks: dict[str, float] = {}
+    crossings: list[tuple[str, float]] = []
     for boundary in decision_boundaries(loss):
         b_pos, b_neg = boundary.coordinates(scale)
         b_x, b_other = (b_pos, b_neg) if axis == "positive" else (b_neg, b_pos)
         for i, cross in enumerate(_crossings(b_x, b_other, fixed)):
             marks[boundary.label + ("" if i == 0 else f" ({i + 1})")] = cross
+            crossings.append((boundary.label, cross))
     return Profile(
         label=setting_label(name, params),
         axis=axis,
@@ -233,6 +239,7 @@ def loss_profile(
         x_label=pos_label if axis == "positive" else neg_label,
         fixed_label=neg_label if axis == "positive" else pos_label,
         marks=marks,
+        crossings=tuple(crossings),
     )
 
 
