@@ -11,6 +11,7 @@ from pytorch_metric_learning import losses as pml
 from torch.nn.functional import softplus
 
 from dml_core import LOSSES, MINERS, ConfigError, LossOutput, Pairs
+from dml_core.losses.angular import sine_of_angle
 from dml_core.tuples import all_pairs, all_triplets, to_pairs
 
 B, D, C = 14, 5, 4
@@ -357,3 +358,18 @@ def test_decision_boundary_is_where_the_two_logits_tie(name: str) -> None:
     # a negative a little further away than the boundary satisfies the loss better
     room = d_an < 1.99
     assert bool((loss.curve(d_ap[room], d_an[room] + 0.01) < value[room]).all())
+
+
+def test_ntxent_positive_pairs_whose_anchor_has_no_negative_count_as_zero_in_the_mean() -> None:
+    emb, labels = batch(6)
+    a1, p, a2, n = all_pairs(labels)
+    lonely = a2 != a1[0]  # anchor a1[0] keeps its positive pairs but loses all its negatives
+    tuples = Pairs(a1, p, a2[lonely], n[lonely])
+    out = LOSSES.create("ntxent")(emb, labels, tuples)
+    assert bool((out.terms[a1 == a1[0]] == 0).all())
+    compare(LOSSES.create("ntxent"), pml_pair_loss("ntxent", 0.1), emb, labels, tuples, tuples)
+
+
+def test_sine_of_angle_is_zero_not_nan_where_rounding_pushes_the_cosine_past_one() -> None:
+    cos = torch.tensor([1 + 1e-15, -1 - 1e-15, 0.6, -0.8], dtype=torch.float64)
+    torch.testing.assert_close(sine_of_angle(cos), torch.tensor([0.0, 0.0, 0.8, 0.6]).double())

@@ -36,12 +36,8 @@ ARCFACE_EQUATION = (
 
 
 def sine_of_angle(cos: Tensor) -> Tensor:
-    """sin(theta) = sqrt(1 - cos^2) for theta in [0, pi], with gradient 0 (not inf) at cos = +-1.
-
-    The clamp to the dtype's smallest positive number keeps 0 * inf out of the backward pass
-    where ``torch.where`` discards a branch at theta = 0 or pi.
-    """
-    return (1.0 - cos.square()).clamp_min(torch.finfo(cos.dtype).tiny).sqrt()
+    """sin(theta) = sqrt(1 - cos^2) for theta in [0, pi]; 0 where rounding puts |cos| above 1."""
+    return (1.0 - cos.square()).clamp_min(0.0).sqrt()
 
 
 def arcface_target(cos: Tensor, m: float) -> Tensor:
