@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from dml_core.geometry import l2_normalize
+from dml_core.seeding import seeded
 
 NETS = ("mlp", "convnet")
 
@@ -119,9 +120,18 @@ def build_net(
     normalize: bool = True,
     mean: float = 0.0,
     std: float = 255.0,
+    seed: int | None = None,
 ) -> Embedder:
-    """Build an embedding net by name for images of ``image_shape`` (C, H, W)."""
+    """Build an embedding net by name for images of ``image_shape`` (C, H, W).
+
+    With ``seed``, the initial weights are drawn from a private generator seeded with it
+    (``seeding.seeded``): the same seed gives the same net in any thread, whatever else runs.
+    Without, from the global generator, as PyTorch's layers do.
+    """
     trunks = {"mlp": mlp, "convnet": convnet}
     if name not in trunks:
         raise ValueError(f"The 'net' parameter must be one of {NETS}. Got {name!r}.")
-    return Embedder(trunks[name](image_shape, dim), mean, std, normalize)
+    if seed is None:
+        return Embedder(trunks[name](image_shape, dim), mean, std, normalize)
+    with seeded(seed):
+        return Embedder(trunks[name](image_shape, dim), mean, std, normalize)

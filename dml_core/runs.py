@@ -223,8 +223,16 @@ class RunStore:
         return (self.path(run_id) / "checkpoint.pt").exists()
 
     def load_checkpoint(self, run_id: str) -> dict[str, Any]:
-        """The last saved training state (loaded with ``weights_only=True``: no code runs)."""
-        return torch.load(self.path(run_id) / "checkpoint.pt", weights_only=True)
+        """The last saved training state, in host memory.
+
+        Loaded with ``weights_only=True`` (no code runs) and ``map_location="cpu"``: a run
+        trained on a GPU reads on a machine without one, and reading it on a GPU machine (the
+        Retrieval page, Miner view, a resume) puts nothing on the GPU by itself; whoever uses
+        the state copies it onto its own device (``Trainer.load_state_dict``).
+        """
+        return torch.load(
+            self.path(run_id) / "checkpoint.pt", map_location="cpu", weights_only=True
+        )
 
     def history(self, run_id: str) -> pd.DataFrame:
         """The metrics table: one row per snapshot, sorted by step."""

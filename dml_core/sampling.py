@@ -2,13 +2,26 @@
 
 FaceNet (Sec. 3.2) and Hermans et al. 2017 draw P classes and K images of each, so every
 anchor has K - 1 positives and (P - 1) K negatives in its batch. Indices are drawn on the
-same device as the data with a seeded generator: no DataLoader, no host round-trip.
+same device as the data with a seeded generator: no DataLoader, no host round-trip (the
+width of the random keys is fixed at construction, so a draw reads nothing back).
+
+The generator's state is device-specific (a CPU generator's state is 5056 bytes, a CUDA
+generator's 16), so :meth:`PKSampler.state` records the device type beside it and
+:meth:`PKSampler.restore` reseeds deterministically where the state cannot be restored.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def resume_seed(seed: int, step: int) -> int:
+    """A seed for the batches after ``step`` of a run seeded with ``seed`` (a 64-bit hash)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0])
 
 
 class PKSampler:
@@ -23,16 +36,19 @@ class PKSampler:
 
     def __init__(self, labels: Tensor, P: int, K: int, seed: int = 0) -> None:
         classes, counts = torch.unique(labels, return_counts=True)
-        if len(classes) < P or int(counts.min()) < K:
+        smallest, largest = (int(c) for c in counts.aminmax())
+        if len(classes) < P or smallest < K:
             raise ValueError(
                 f"Cannot draw P={P} classes x K={K} samples: the data has {len(classes)} "
-                f"classes, the smallest with {int(counts.min())} samples."
+                f"classes, the smallest with {smallest} samples."
             )
         self.P, self.K = P, K
+        self.seed = seed
         order = torch.argsort(labels, stable=True)  # indices grouped by class
         self.order = order
         self.counts = counts  # (C,)
         self.starts = torch.cumsum(counts, 0) - counts  # (C,)
+        self.width = largest  # keys per class: enough for the largest class
         self.generator = torch.Generator(device=labels.device).manual_seed(seed)
 
     def sample(self) -> Tensor:
@@ -42,8 +58,33 @@ class PKSampler:
         chosen = torch.randperm(len(self.counts), generator=gen, device=device)[: self.P]  # (P,)
         n = self.counts[chosen]  # (P,)
         # K distinct ranks per class: the K smallest of n uniform keys (padding keys are +inf).
-        width = int(n.max())
-        keys = torch.rand(self.P, width, generator=gen, device=device)  # (P, width)
-        keys.masked_fill_(torch.arange(width, device=device)[None, :] >= n[:, None], torch.inf)
+        keys = torch.rand(self.P, self.width, generator=gen, device=device)  # (P, width)
+        keys.masked_fill_(torch.arange(self.width, device=device)[None, :] >= n[:, None], torch.inf)
         ranks = keys.topk(self.K, dim=1, largest=False).indices  # (P, K)
         return self.order[self.starts[chosen][:, None] + ranks].reshape(-1)  # (P * K,)
+
+    def state(self) -> dict[str, Any]:
+        """The generator's state (a CPU uint8 tensor) and the device type it belongs to."""
+        return {"device": self.generator.device.type, "state": self.generator.get_state()}
+
+    def restore(self, saved: dict[str, Any] | Tensor, step: int) -> str:
+        """Continue from a saved :meth:`state`; returns "" or a sentence saying it reseeded.
+
+        A state saved on another device type cannot be restored here. Then the generator is
+        reseeded from (seed, step): the batches are reproducible, but differ from those of an
+        uninterrupted run. (A bare tensor is a checkpoint written before the device type was
+        saved: its size tells the device type.)
+        """
+        if isinstance(saved, Tensor):
+            size = len(torch.Generator().get_state())
+            saved = {"device": "cpu" if len(saved) == size else "cuda", "state": saved}
+        here = self.generator.device.type
+        if saved["device"] == here:
+            self.generator.set_state(saved["state"])
+            return ""
+        self.generator.manual_seed(resume_seed(self.seed, step))
+        return (
+            f"The batch sampler's random state was saved on {saved['device'].upper()} and "
+            f"cannot be restored on {here.upper()}, so it was reseeded from the run's seed and "
+            f"step {step}: the batches from here on differ from an uninterrupted run's."
+        )

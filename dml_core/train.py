@@ -9,7 +9,6 @@ runs once, at the end (``Trainer.final_metrics``).
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,13 +20,17 @@ from torch import Tensor, nn
 from dml_core import metrics
 from dml_core.config import RunConfig, check_against_dataset
 from dml_core.data import Dataset, load_dataset
+from dml_core.devices import CudaHealth, host_copy, synchronize
 from dml_core.geometry import pairwise_distances
 from dml_core.losses.triplet import TripletLoss
 from dml_core.miners import SemiHardMiner, SortedNegatives
 from dml_core.nets import Embedder, build_net, macs_per_sample
 from dml_core.sampling import PKSampler
+from dml_core.seeding import seeded
 from dml_core.snapshot import Snapshot, make_probe_indices
-from dml_core.tuples import TRIPLET_KINDS
+from dml_core.step_stats import StepStats, mean_stats
+
+__all__ = ["StepStats", "Trainer", "TrainingDivergedError", "embed", "mean_stats"]
 
 EMBED_CHUNK = 2048
 
@@ -149,34 +152,47 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_device(name: str) -> tuple[torch.device, str]:
-    """The device to train on, and a sentence saying what was picked and why."""
+    """The device to train on, and a sentence saying what was picked and why.
+
+    Raises:
+        RuntimeError: CUDA was requested but is missing, or a device-side assert broke this
+            process's CUDA context (the message says to restart the server).
+    """
     has_cuda = torch.cuda.is_available()
     if name == "cuda" and not has_cuda:
         raise RuntimeError("CUDA was requested, but no CUDA GPU is available here.")
     if name == "cpu" or not has_cuda:
         why = "as requested" if name == "cpu" else "no CUDA GPU found"
         return torch.device("cpu"), f"CPU ({torch.get_num_threads()} threads; {why})"
-    return torch.device("cuda"), f"CUDA GPU: {torch.cuda.get_device_name(0)}"
+    device = torch.device("cuda")
+    CudaHealth.check(device)
+    return device, f"CUDA GPU: {torch.cuda.get_device_name(0)}"
 
 
 @torch.no_grad()
 def embed(
-    net: Embedder, images: Tensor, device: torch.device, low_precision: torch.dtype | None = None
+    net: Embedder,
+    images: Tensor,
+    device: torch.device,
+    low_precision: torch.dtype | None = None,
+    *,
+    on_device: bool = False,
 ) -> Tensor:
     """Embed images (N, 1, H, W) in chunks, in eval mode; returns (N, D) float32 on the CPU.
 
     ``low_precision`` as in ``Embedder.forward``: snapshots embed the probe set the way the
     net trains (bf16: 1.6x faster on the 28x28 ConvNet, measured on 2 cores); final
-    evaluations use float32.
+    evaluations use float32. ``on_device`` keeps the result on ``device`` (for a search there).
     """
     was_training = net.training
     net.eval()
+    home = device if on_device else torch.device("cpu")
     out = [
-        net(images[i : i + EMBED_CHUNK].to(device), low_precision=low_precision).float().cpu()
+        net(images[i : i + EMBED_CHUNK].to(device), low_precision=low_precision).float().to(home)
         for i in range(0, len(images), EMBED_CHUNK)
     ]
     net.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out) if out else torch.empty(0, device=home)
 
 
 COLLAPSE_SHRINK = 0.25  # collapse: mean probe distance below this share of the untrained one
@@ -198,34 +214,6 @@ def collapse_advice(cfg: RunConfig) -> str:
         f"With {cfg.loss} and the {cfg.miner} miner, try a smaller learning rate or margin. "
         "Retrieval metrics ignore scale, so they can still look good."
     )
-
-
-def mean_stats(window: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pool the per-step statistics of the steps since the last snapshot.
-
-    One batch's loss is noisy (with semi-hard mining a batch may have no triplet at all), so
-    snapshots record the interval. Shares are pooled over the tuples, not averaged over steps:
-    a step whose miner found nothing adds no tuple, instead of an "active fraction" of 0; how
-    often that happens is ``empty_batches``, and ``tuples_per_batch`` how much mining found.
-    """
-    if not window:
-        return {}
-    out: dict[str, Any] = {"loss": float(np.mean([w["loss"] for w in window]))}
-    tuples = np.array([w["tuples"] for w in window], dtype=np.float64)  # (steps,)
-    total = tuples.sum()
-    out["active_fraction"] = sum(w["active"] for w in window) / total if total else float("nan")
-    out["mining"] = {
-        "tuples_per_batch": float(tuples.mean()),
-        "empty_batches": float(np.mean(tuples == 0)),
-    }
-    counted = [
-        (w["kind_shares"], n) for w, n in zip(window, tuples, strict=True) if "kind_shares" in w
-    ]
-    weight = sum(n for _, n in counted)
-    if counted and weight:
-        kinds = counted[0][0]
-        out["kind_shares"] = {k: sum(s[k] * n for s, n in counted) / weight for k in kinds}
-    return out
 
 
 class Trainer:
@@ -250,19 +238,28 @@ class Trainer:
         self.device, self.device_note = resolve_device(cfg.device)
         self.data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.split)
         check_against_dataset(cfg, self.data)
-        torch.manual_seed(cfg.seed)
         train_x = self.data.train.x
         self.train_x = train_x.to(self.device)  # (N, 1, H, W) uint8, resident on the device
         self.train_y = self.data.train.y.to(self.device)  # (N,)
         pixels = train_x.float()
-        self.net = build_net(
-            cfg.net,
-            self.data.image_shape,
-            cfg.embedding_dim,
-            cfg.normalize,
-            float(pixels.mean()),
-            float(pixels.std()),
-        ).to(self.device)
+        context = {
+            "num_classes": int(self.data.train.y.max()) + 1,
+            "embedding_dim": cfg.embedding_dim,
+        }
+        # A private generator, not torch.manual_seed: the seed alone sets the initial weights
+        # (net, then class proxies or centres), whichever other runs start at the same time.
+        with seeded(cfg.seed):
+            net = build_net(
+                cfg.net,
+                self.data.image_shape,
+                cfg.embedding_dim,
+                cfg.normalize,
+                float(pixels.mean()),
+                float(pixels.std()),
+            )
+            self.loss = cfg.loss_entry.create(context, **cfg.loss_params).to(self.device)
+            self.miner = cfg.miner_entry.create(context, **cfg.miner_params)
+        self.net = net.to(self.device)
         if "channels_last" in fast and cfg.net == "convnet":
             self.net = self.net.to(memory_format=torch.channels_last)
         if "pool_before_relu" in fast:
@@ -272,12 +269,6 @@ class Trainer:
             and native_bf16(self.device)
             and macs_per_sample(self.net, self.data.image_shape) >= BF16_MIN_MACS
         )
-        context = {
-            "num_classes": int(self.data.train.y.max()) + 1,
-            "embedding_dim": cfg.embedding_dim,
-        }
-        self.loss = cfg.loss_entry.create(context, **cfg.loss_params).to(self.device)
-        self.miner = cfg.miner_entry.create(context, **cfg.miner_params)
         params = list(self.net.parameters()) + list(self.loss.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused="fused_adam" in fast or None)
         self.fused = fused_path(self.loss, self.miner) if "fused_loss" in fast else None
@@ -291,6 +282,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.initial_mean_distance: float | None = None
+        self.resume_note = ""
         self._pair_gen = torch.Generator().manual_seed(cfg.seed)
 
     @property
@@ -298,44 +290,40 @@ class Trainer:
         """The autocast type of the net's body in training and snapshots (None: float32)."""
         return torch.bfloat16 if self.autocast else None
 
-    def train_step(self) -> dict[str, Any]:
-        """One optimiser step on a fresh P x K batch; returns the batch's loss statistics."""
+    def train_step(self) -> StepStats:
+        """One optimiser step on a fresh P x K batch; returns the batch's loss statistics.
+
+        On the fused path the step reads one number back from the device: a flag folding the
+        finite checks of the embeddings, the loss and the gradients, read before the optimiser
+        moves, so a NaN never reaches the weights. The statistics stay on the device (read at
+        the next snapshot). The plain path also checks the embeddings before mining, as its
+        miners and losses may index with values derived from them.
+        """
         idx = self.sampler.sample()  # (P*K,)
         x, y = self.train_x[idx], self.train_y[idx]
         emb = self.net(x, low_precision=self.low_precision)  # (P*K, D)
-        if not torch.isfinite(emb).all():
-            raise TrainingDivergedError(self.step + 1, "embeddings")
+        emb_ok = torch.isfinite(emb).all()
         if self.fused is not None:
             loss, mined, active = self.fused(emb, y)
             kinds = None
         else:
+            if not bool(emb_ok):
+                raise TrainingDivergedError(self.step + 1, "embeddings")
             out = self.loss(emb, y, self.miner(emb, y))
             loss, kinds = out.loss, out.kinds
-            mined, active = len(out.active), out.active.sum()
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(self.step + 1, "loss")
+            mined = torch.full((), len(out.active), device=emb.device)
+            active = out.active.sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
-            raise TrainingDivergedError(self.step + 1, "gradients")
+        grads = [p.grad.isfinite().all() for p in self.net.parameters() if p.grad is not None]
+        grads_ok = torch.stack(grads).all() if grads else emb_ok
+        failed = int(~emb_ok * 4 + ~torch.isfinite(loss.detach()) * 2 + ~grads_ok)  # host sync
+        if failed:
+            what = "embeddings" if failed & 4 else "loss" if failed & 2 else "gradients"
+            raise TrainingDivergedError(self.step + 1, what)
         self.optimizer.step()
         self.step += 1
-        mined, active = int(mined), int(active)
-        stats = {
-            "loss": float(loss.detach()),
-            "tuples": mined,
-            "active": active,
-            "active_fraction": active / mined if mined else float("nan"),
-        }
-        if self.fused is not None and mined:
-            # semi-hard mining leaves no hard triplet; the zero-loss ones are the easy ones
-            semi = active / mined
-            stats["kind_shares"] = dict(zip(TRIPLET_KINDS, (1.0 - semi, semi, 0.0), strict=True))
-        elif kinds is not None and len(kinds):
-            shares = torch.bincount(kinds, minlength=len(TRIPLET_KINDS)).float() / len(kinds)
-            stats["kind_shares"] = dict(zip(TRIPLET_KINDS, shares.tolist(), strict=True))
-        return stats
+        return StepStats.build(loss, mined, active, kinds, fused=self.fused is not None)
 
     def snapshot(self, stats: dict[str, Any]) -> Snapshot:
         """Embed the probe set and measure it (the cost of a live update)."""
@@ -396,38 +384,57 @@ class Trainer:
                 return
             start = time.perf_counter()
             window.append(self.train_step())
+            due = self.step % self.cfg.snapshot_every == 0 or self.step == last
+            if due:  # the clock then covers the interval's queued device work
+                synchronize(self.device)
             self.elapsed += time.perf_counter() - start
-            if self.step % self.cfg.snapshot_every == 0 or self.step == last:
+            if due:
                 snapped = self.step
                 yield self.snapshot(mean_stats(window))
                 window = []
 
     def final_metrics(self) -> dict[str, float]:
-        """Full retrieval: every query (test) image against every reference (train) image."""
-        query = embed(self.net, self.data.query.x, self.device)
-        ref = embed(self.net, self.data.reference.x, self.device)
+        """Full retrieval: every query (test) image against every reference (train) image.
+
+        The search (10k x 60k distances for MNIST) runs on the training device.
+        """
+        query = embed(self.net, self.data.query.x, self.device, on_device=True)
+        ref = embed(self.net, self.data.reference.x, self.device, on_device=True)
         return metrics.retrieval_metrics(query, self.data.query.y, ref, self.data.reference.y)
 
     def state_dict(self) -> dict[str, Any]:
-        """A copy of everything needed to resume: weights, loss, optimiser, step, sampler RNG."""
-        return copy.deepcopy(
+        """A copy, in host memory, of everything needed to resume.
+
+        Weights, loss, optimiser, step, and the sampler's RNG state with its device type.
+        """
+        sampler = self.sampler.state()
+        return host_copy(
             {
                 "net": self.net.state_dict(),
                 "loss": self.loss.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "step": self.step,
                 "elapsed": self.elapsed,
-                "sampler_rng": self.sampler.generator.get_state(),
+                "sampler_rng": sampler["state"],
+                "sampler_device": sampler["device"],
                 "initial_mean_distance": self.initial_mean_distance,
             }
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state saved by :meth:`state_dict`."""
+        """Restore a state saved by :meth:`state_dict`, on whichever device this trainer uses.
+
+        Values are copied onto each parameter's device (a checkpoint is loaded to the CPU).
+        A sampler state from another device type cannot be restored: the sampler is reseeded
+        and ``resume_note`` says so ("" otherwise).
+        """
         self.net.load_state_dict(state["net"])
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
-        self.sampler.generator.set_state(state["sampler_rng"])
+        saved = state["sampler_rng"]
+        if "sampler_device" in state:
+            saved = {"device": state["sampler_device"], "state": saved}
+        self.resume_note = self.sampler.restore(saved, self.step)
         self.initial_mean_distance = state.get("initial_mean_distance")

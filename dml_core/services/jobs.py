@@ -15,28 +15,30 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
 
 from dml_core.config import RunConfig
+from dml_core.devices import (
+    DEVICE_ASSERT_MESSAGE,
+    CudaHealth,
+    is_device_assert,
+    out_of_memory,
+    out_of_memory_advice,
+    release_memory,
+)
 from dml_core.errors import ConfigError
 from dml_core.runs import ACTIVE, FINAL, RESUMABLE, RunRecord, RunState, RunStore
+from dml_core.services.progress import Phase, Progress, StepRate
 from dml_core.snapshot import Snapshot
 from dml_core.train import Trainer, TrainingDivergedError
+
+__all__ = ["JobManager", "Phase", "Progress", "StepRate", "TrainingJob", "train_and_save"]
 
 BUSY = ACTIVE - {RunState.QUEUED}  # jobs that hold one of the manager's slots
 STATUS_FIELDS = ("state", "phase", "message", "device", "step")  # mirrored in status.json
 FINAL_EVALUATION_NOTE = "Final evaluation: every test image against every train image…"
-
-
-class Phase(StrEnum):
-    """What a running job is doing: the training steps, then the final evaluation."""
-
-    TRAINING = "training"
-    FINAL_EVALUATION = "final evaluation"
 
 
 def _ignore(**_: Any) -> None:
@@ -56,7 +58,9 @@ def train_and_save(
 
     Every change is written to status.json before ``update`` hears of it, so whoever sees
     a final state can read the finished run from disk. Errors never escape: they end the
-    run as diverged or failed, with a message saying what broke.
+    run as diverged or failed, with a message saying what broke. After running out of
+    memory, the trainer and the traceback are dropped and the memory released before the
+    failure is reported, so the next run starts with it free.
 
     Args:
         cfg: the checked config.
@@ -80,115 +84,71 @@ def train_and_save(
         finally:
             tell(**fields)
 
+    lost_memory = False
     try:
-        trainer = Trainer(cfg)
-        if resume:
-            trainer.load_state_dict(store.load_checkpoint(run_id))
-            tell(step=trainer.step, elapsed=trainer.elapsed)
-        store.set_status(run_id, pid=os.getpid())
-        record(state=RunState.RUNNING, phase=Phase.TRAINING, device=trainer.device_note)
-        gate = None if control is None else (lambda: control(trainer.step))
-        for snap in trainer.run(control=gate):
-            store.save_snapshot(run_id, snap)
-            store.save_checkpoint(run_id, trainer.state_dict())
-            tell(latest=snap, step=snap.step, elapsed=snap.elapsed)
-            store.set_status(run_id, step=snap.step, metrics=snap.metrics)
-        if trainer.step < cfg.steps:  # control said stop
-            record(state=RunState.STOPPED, message="")
-            return RunState.STOPPED
-        if cfg.final_eval:
-            record(phase=Phase.FINAL_EVALUATION, message=FINAL_EVALUATION_NOTE)
-            final = trainer.final_metrics()
-            store.set_status(run_id, final_metrics=final)
-            tell(final=final)
-        record(state=RunState.FINISHED, message="")
-        return RunState.FINISHED
+        return _train(cfg, store, run_id, resume, control, tell, record)
     except TrainingDivergedError as err:
         record(state=RunState.DIVERGED, message=str(err))
         store.set_status(run_id, diverged_at=err.step)
         return RunState.DIVERGED
     except ConfigError as err:
-        record(state=RunState.FAILED, message=str(err))
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        message = "Out of GPU memory: try a smaller batch (P x K) or probe set."
-        record(state=RunState.FAILED, message=message)
+        message = str(err)
     except OSError as err:  # the disk is what failed: say so in memory, try the disk once
         message = f"Could not save the run: {err}. Training stopped."
         tell(state=RunState.FAILED, message=message)
         with contextlib.suppress(OSError):
             store.set_status(run_id, state=RunState.FAILED, message=message)
+        return RunState.FAILED
     except Exception as err:  # the app must keep serving; the message says what broke
-        record(state=RunState.FAILED, message=f"Training failed: {type(err).__name__}: {err}")
+        where = out_of_memory(err)
+        lost_memory = where is not None
+        if where is not None:
+            message = out_of_memory_advice(cfg, where)
+        elif is_device_assert(err):
+            CudaHealth.mark_broken()
+            message = DEVICE_ASSERT_MESSAGE
+        else:
+            message = f"Training failed: {type(err).__name__}: {err}"
+    # the exception, its traceback and the trainer its frames held are gone now
+    if lost_memory:
+        release_memory()
+    record(state=RunState.FAILED, message=message)
     return RunState.FAILED
 
 
-class StepRate:
-    """The recent speed of a run in steps per wall-clock second, for its ETA.
-
-    An exponential moving average over time of the rate measured between updates at least
-    ``min_interval`` seconds apart: an interval of dt seconds gets the weight
-    1 - exp(-dt / tau), so the estimate follows the last ``tau`` seconds or so (snapshots and
-    other jobs sharing the machine included), not the mean since the start.
-
-    Args:
-        tau: time constant of the average, seconds.
-        min_interval: shortest interval measured (shorter ones wait for the next update).
-    """
-
-    def __init__(self, tau: float = 5.0, min_interval: float = 0.25) -> None:
-        self.tau, self.min_interval = tau, min_interval
-        self.steps_per_s = math.nan
-        self._mark: tuple[float, int] | None = None
-
-    def restart(self, step: int, now: float) -> None:
-        """Measure from ``(now, step)`` on, e.g. after a pause; the estimate so far is kept."""
-        self._mark = (now, step)
-
-    def update(self, step: int, now: float) -> None:
-        """Record that ``step`` steps were done at time ``now`` (seconds)."""
-        if self._mark is None:
-            self._mark = (now, step)
-            return
-        then, done = self._mark
-        dt = now - then
-        if dt < self.min_interval:
-            return
-        rate = (step - done) / dt
-        weight = 1.0 - math.exp(-dt / self.tau)
-        old = self.steps_per_s
-        self.steps_per_s = rate if math.isnan(old) else old + weight * (rate - old)
-        self._mark = (now, step)
-
-    def eta(self, steps_left: int) -> float:
-        """Seconds for ``steps_left`` more steps at the recent rate (nan while unknown)."""
-        return steps_left / self.steps_per_s if self.steps_per_s > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A copy of a job's state for display.
-
-    Attributes:
-        samples_per_s: training throughput since the start (training time only).
-        steps_per_s: the recent wall-clock rate (``StepRate``; nan until measured).
-        eta_s: wall-clock seconds to the last step at the recent rate; nan when unknown or
-            when the job is not training.
-        phase_s: seconds since the current phase began (e.g. into the final evaluation).
-    """
-
-    run_id: str
-    state: RunState
-    phase: Phase
-    step: int
-    steps: int
-    samples_per_s: float
-    steps_per_s: float
-    eta_s: float
-    phase_s: float
-    message: str
-    device: str
-    snapshots: int
+def _train(
+    cfg: RunConfig,
+    store: RunStore,
+    run_id: str,
+    resume: bool,
+    control: Callable[[int], bool] | None,
+    tell: Callable[..., None],
+    record: Callable[..., None],
+) -> RunState:
+    """The body of ``train_and_save``: its frame alone holds the trainer."""
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.load_state_dict(store.load_checkpoint(run_id))
+        tell(step=trainer.step, elapsed=trainer.elapsed)
+    note = trainer.resume_note  # e.g. the sampler was reseeded on another device type
+    store.set_status(run_id, pid=os.getpid())
+    record(state=RunState.RUNNING, phase=Phase.TRAINING, device=trainer.device_note, message=note)
+    gate = None if control is None else (lambda: control(trainer.step))
+    for snap in trainer.run(control=gate):
+        store.save_snapshot(run_id, snap)
+        store.save_checkpoint(run_id, trainer.state_dict())
+        tell(latest=snap, step=snap.step, elapsed=snap.elapsed)
+        store.set_status(run_id, step=snap.step, metrics=snap.metrics)
+    if trainer.step < cfg.steps:  # control said stop
+        record(state=RunState.STOPPED, message=note)
+        return RunState.STOPPED
+    if cfg.final_eval:
+        record(phase=Phase.FINAL_EVALUATION, message=FINAL_EVALUATION_NOTE)
+        final = trainer.final_metrics()
+        store.set_status(run_id, final_metrics=final)
+        tell(final=final)
+    record(state=RunState.FINISHED, message=note)
+    return RunState.FINISHED
 
 
 class TrainingJob:
