@@ -181,11 +181,11 @@ if batch is not None and result is not None:
         },
     )
     st.caption(
-        "The table counts kinds over all the triplets each miner forms (pair miners: each "
-        "positive pair joined with every negative pair of its anchor, as a triplet loss "
-        "does). In the figures, a negative's kind is judged against the chosen positive and "
-        "shown by its outline: ○ easy, ◇ semi-hard, × hard; fill colour is the class, green "
-        "and red lines are positive and negative pairs."
+        "Kinds are counted, in the table, over all the triplets each miner forms (pair "
+        "miners: each positive pair joined with every negative pair of its anchor, as a "
+        "triplet loss does). In the figures, a negative's kind is judged against the chosen "
+        "positive and shown by its outline: ○ easy, ◇ semi-hard, × hard; the fill colour is "
+        "the class, green and red lines are positive and negative pairs."
     )
     st.plotly_chart(
         batch_figures.anchor_polar_figure(batch, result, anchor, list(miners), positive),
