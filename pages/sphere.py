@@ -52,7 +52,9 @@ st.markdown(
     "Two random unit vectors in high dimension are almost orthogonal, so their distance is "
     "almost always close to √2: q(d) ∝ d^(n−2) (1 − d²/4)^((n−3)/2) concentrates there as n "
     "grows (Wu et al., Fig. 2). On the circle (n = 2) the density instead rises without bound "
-    "towards d = 2 (an integrable (1 − d²/4)^(−1/2)): the curve leaves the plot there."
+    "towards d = 2 (an integrable (1 − d²/4)^(−1/2)): the curve stops just short of d = 2. "
+    "The d-axis stays 0 to 2 at every n, so the pile-up is visible; switch on the zoom to see "
+    "its shape."
 )
 
 st.header("What each sampling method picks")
