@@ -10,8 +10,8 @@ estimate with the limits and raises ``BudgetError`` (a ``ConfigError``) with one
     from dml_core import budgets
 
     budgets.check("batch", P=32, K=64, dim=128)
-    # ConfigError: P = 32, K = 64, dim = 128 would need about 1.9 GB for mining all triplets
-    # of one batch; the limit is 1 GB: lower P or K (at K = 64, P <= 20).
+    # BudgetError: P = 32, K = 64, D = 128 would need about 39 GB for mining all triplets of
+    # one batch; the limit is 1 GB: lower P or K (at K = 64, P <= 5).
 
     budgets.estimate("probe_size", probe_size=5000, dim=64)  # Cost(bytes=..., operations=...)
     budgets.guarded("the retrieval table", compute, *args)   # out of memory -> one sentence
