@@ -276,6 +276,8 @@ def test_split_symbol_takes_the_equation_symbol_off_a_description() -> None:
     assert S.split_symbol("m_neg: margin on negatives") == ("m_neg", "margin on negatives")
     assert S.split_symbol("T: temperature") == ("T", "temperature")
     assert S.split_symbol("R - 1: bins") == ("R − 1", "bins")
+    assert S.split_symbol("tau: temperature") == ("τ", "temperature")
+    assert S.split_symbol("K: sub-centres per class") == ("K", "sub-centres per class")
     # a leading word that is no symbol stays part of the text
     assert S.split_symbol("mse: the paper's loss") == (None, "mse: the paper's loss")
     assert S.split_symbol("no symbol here") == (None, "no symbol here")

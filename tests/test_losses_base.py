@@ -30,7 +30,8 @@ def test_every_registered_loss_declares_the_interface(name: str) -> None:
     weights = loss.class_weights()
     if LOSSES[name].kind == "classes":
         assert isinstance(weights, Tensor)
-        assert weights.shape == (CONTEXT["num_classes"], CONTEXT["embedding_dim"])
+        C, D = CONTEXT["num_classes"], CONTEXT["embedding_dim"]
+        assert weights.shape[1] == D and weights.shape[0] % C == 0  # (C K, D), class by class
         assert not weights.requires_grad
         torch.testing.assert_close(weights, loss.proxies.detach())
     else:

@@ -96,6 +96,7 @@ GREEK = {
     "epsilon": "ε",
     "lambda": "λ",
     "nu": "ν",
+    "tau": "τ",
 }
 SUBSCRIPT_DIGITS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _GREEK_WORD = re.compile(r"\b(" + "|".join(GREEK) + r")(\d*)\b")
@@ -112,7 +113,7 @@ def math_text(text: str) -> str:
     return text.replace("^2", "²").replace("]_+", "]₊").replace(" - ", " − ")
 
 
-_SYMBOL = re.compile(r"(?:" + "|".join(GREEK) + r")\d*|m|s|m_pos|m_neg|T|M|C|R - 1")
+_SYMBOL = re.compile(r"(?:" + "|".join(GREEK) + r")\d*|m|s|m_pos|m_neg|T|M|C|K|R - 1")
 
 
 def split_symbol(description: str) -> tuple[str | None, str]:

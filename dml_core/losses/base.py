@@ -192,7 +192,11 @@ class Loss(nn.Module, abc.ABC):
         return {}
 
     def class_weights(self) -> Tensor | None:
-        """The (C, D) per-class weights of a class-level loss (detached); None for others."""
+        """The class weights of a class-level loss (detached); None for others.
+
+        (C, D) with one vector per class, or (C K, D) class by class for losses with K centres
+        per class: row r belongs to class r // K.
+        """
         return None
 
     def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
