@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dml_core import LOSSES
 from dml_core.analysis import loss_curves as LC
-from dml_core.losses import Loss, LossOutput, anchor, memory, pair, proxy, triplet
+from dml_core.losses import Loss, LossOutput, anchor, memory, pair, proxy, similarity, triplet
 from dml_core.losses.base import Boundary
 from dml_core.tuples import Tuples, all_pairs
 
@@ -94,14 +94,14 @@ def old_boundaries(loss: Loss, num: int = 401) -> tuple[Boundary, ...]:
         )
     if isinstance(loss, pair.BinomialDevianceLoss):
         return tuple(threshold("beta", loss.beta))
-    if isinstance(loss, anchor.MultiSimilarityLoss):
+    if isinstance(loss, similarity.MultiSimilarityLoss):
         return tuple(threshold("lambda", loss.lam))
     if isinstance(loss, proxy.ProxyAnchorLoss):
         return (
             vertical("cos(x, own) = delta", math.sqrt(2.0 - 2.0 * loss.margin)),
             horizontal("cos(x, other) = -delta", math.sqrt(2.0 + 2.0 * loss.margin)),
         )
-    if isinstance(loss, anchor.CircleLoss):
+    if isinstance(loss, similarity.CircleLoss):
         r = math.sqrt(2.0) * loss.m
         angle = np.linspace(np.pi, 2 * np.pi, num)
         circle = _from_similarity(

@@ -31,7 +31,8 @@ def test_every_registered_loss_declares_the_interface(name: str) -> None:
     if LOSSES[name].kind == "classes":
         assert isinstance(weights, Tensor)
         C, D = CONTEXT["num_classes"], CONTEXT["embedding_dim"]
-        assert weights.shape[1] == D and weights.shape[0] % C == 0  # (C K, D), class by class
+        assert weights.shape[1] == D
+        assert weights.shape[0] % C == 0  # (C K, D), class by class
         assert not weights.requires_grad
         torch.testing.assert_close(weights, loss.proxies.detach())
     else:

@@ -2,10 +2,10 @@
 
 Every loss is a :class:`Loss` (``losses/base.py``), called as
 ``loss(emb, labels, tuples=None) -> LossOutput``, and declares ``curve``, ``distance_lines``,
-``histogram_lines``, ``extras`` and ``class_weights`` for the views. ``tuples`` come from a
-miner (see ``tuples.py``); ``None`` means every valid tuple. Each loss exposes its formula as a
-plain function of distances (``pair_terms``, ``triplet_terms``, ...): training and the Loss
-explorer call the same code.
+``histogram_lines``, ``decision_boundaries``, ``extras`` and ``class_weights`` for the views.
+``tuples`` come from a miner (see ``tuples.py``); ``None`` means every valid tuple. Each loss
+exposes its formula as a plain function of distances (``pair_terms``, ``triplet_terms``, ...):
+training and the Loss explorer call the same code.
 """
 
 from dml_core.losses import (
@@ -15,11 +15,13 @@ from dml_core.losses import (
     memory,
     pair,
     proxy,
+    similarity,
     soft_triple,
     temperature,
     triplet,
 )
 from dml_core.losses.base import (
+    Boundary,
     CurveUnavailableError,
     Loss,
     LossOutput,
@@ -30,6 +32,7 @@ from dml_core.losses.base import (
 )
 
 __all__ = [
+    "Boundary",
     "CurveUnavailableError",
     "Loss",
     "LossOutput",
@@ -43,6 +46,7 @@ __all__ = [
     "memory",
     "pair",
     "proxy",
+    "similarity",
     "soft_triple",
     "temperature",
     "triplet",
