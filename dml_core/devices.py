@@ -169,10 +169,13 @@ def out_of_memory_advice(cfg: Any, where: str) -> str:
     Probe and evaluation sets are embedded in chunks of fixed size, so shrinking them frees
     little; the batch (its P x K distance matrix, activations and mined tuples) and the net do.
     """
+    smaller = f"a smaller embedding dimension than {cfg.embedding_dim}"
+    if cfg.net == "convnet":
+        smaller = f"the MLP instead of the ConvNet, or {smaller}"
     return (
         f"Out of {where}: try a smaller batch (fewer classes P or samples K per class; now "
-        f"P x K = {cfg.classes_per_batch} x {cfg.samples_per_class}) or a smaller net (the MLP "
-        f"instead of the ConvNet, or a smaller embedding dimension than {cfg.embedding_dim})."
+        f"P x K = {cfg.classes_per_batch} x {cfg.samples_per_class}) or a smaller net "
+        f"({smaller})."
     )
 
 
@@ -183,7 +186,7 @@ def release_memory() -> None:
     traceback holds every frame's tensors), or the cache has nothing to give back.
     """
     gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # else there is no CUDA cache to give back
         torch.cuda.empty_cache()
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +105,7 @@ def train_and_save(
         lost_memory = where is not None
         if where is not None:
             message = out_of_memory_advice(cfg, where)
+            traceback.clear_frames(err.__traceback__)  # its frames' tensors, whoever keeps err
         elif is_device_assert(err):
             CudaHealth.mark_broken()
             message = DEVICE_ASSERT_MESSAGE
