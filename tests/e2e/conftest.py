@@ -32,10 +32,12 @@ HEALTH_TIMEOUT_S = 60.0
 
 
 class ServerUrl(str):
-    """The server's base URL; ``log_path`` is where its output goes, ``runs_dir`` its runs."""
+    """The server's base URL; ``log_path`` is where its output goes, ``runs_dir`` its runs,
+    ``pid`` its process."""
 
     log_path: Path
     runs_dir: Path
+    pid: int
 
 
 def _in_ci() -> bool:
@@ -97,6 +99,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Ite
     url.runs_dir = runs_dir
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url.pid = proc.pid
         try:
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
             while not _healthy(url):
