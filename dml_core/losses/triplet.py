@@ -179,7 +179,7 @@ class QuadrupletLoss(TripletLossBase):
 
     def second_negatives(self, labels: Tensor, anchor: Tensor, neg: Tensor) -> Tensor:
         """Draw n2 for each triplet: a sample of a third class, or -1 when there is none."""
-        u = torch.rand(len(anchor), generator=self.generator).to(labels.device)  # (T,)
+        u = torch.rand(len(anchor), generator=self.generator, device="cpu").to(labels.device)
         return random_other_class(labels, labels[anchor], labels[neg], u)
 
     def triplet_hinge(self, d_ap: Tensor, d_an: Tensor) -> Tensor:
