@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dml_core import budgets
 from dml_core.data import DATASETS, OPEN_SET_TRAIN_CLASSES, Dataset
 from dml_core.errors import ConfigError, field_bounds, validate
 from dml_core.registry import LOSSES, MINERS, Entry
@@ -184,8 +185,30 @@ def make_config(**values: Any) -> RunConfig:
     return cfg.model_copy(update={"loss_params": loss_params, "miner_params": miner_params})
 
 
+TRAINING_MEMORY = 4 * budgets.GB
+"""What one training job may hold for mining a batch (two jobs run at once on a CPU server)."""
+
+
+def check_budget(cfg: RunConfig) -> None:
+    """Refuse, in one sentence, a run whose batches or probe set would not fit in memory.
+
+    A miner that enumerates every triplet (``Miner.enumerates_triplets``), or a triplet loss fed
+    all pairs (joined into every triplet by ``to_triplets``), holds ~B^3 / P triplets per step:
+    P = 10, K = 128 would need tens of GB and take the server down with every other job.
+    """
+    miner_class = cfg.miner_entry.build
+    joined = cfg.loss_entry.kind == "triplets" and cfg.miner_entry.kind == "pairs"
+    sizes = {"P": cfg.classes_per_batch, "K": cfg.samples_per_class, "dim": cfg.embedding_dim}
+    if miner_class.enumerates_triplets or joined:
+        budgets.check("batch", memory=TRAINING_MEMORY, **sizes)
+    budgets.check("probe_size", probe_size=cfg.probe_size, dim=cfg.embedding_dim)
+
+
 def check_against_dataset(cfg: RunConfig, dataset: Dataset) -> None:
-    """Checks that need the data: the batch must be fillable without repeating samples."""
+    """Checks that need the data, then the memory budget (``check_budget``).
+
+    The batch must be fillable without repeating samples, and its mining must fit in memory.
+    """
     counts = dataset.train.y.bincount()
     counts = counts[counts > 0]
     if cfg.classes_per_batch > len(counts):
@@ -199,6 +222,7 @@ def check_against_dataset(cfg: RunConfig, dataset: Dataset) -> None:
             f"The 'samples_per_class' (K) parameter must be at most {smallest}, the size of the "
             f"smallest class of {dataset.name} ({cfg.split}). Got {cfg.samples_per_class}."
         )
+    check_budget(cfg)
 
 
 LOSS_MARGIN_FIELDS = ("margin", "neg_margin")

@@ -30,9 +30,15 @@ from dml_core.tuples import Pairs, Triplets, Tuples, all_pairs, all_triplets, la
 
 
 class Miner:
-    """Base of miners: computes distances without gradient and hands them to ``select``."""
+    """Base of miners: computes distances without gradient and hands them to ``select``.
+
+    ``enumerates_triplets`` declares a miner whose ``select`` materialises every valid triplet
+    of the batch, B (K - 1) (B - K) ~ B^3 / P of them: its memory is budgeted before a run
+    starts (``config.check_budget``).
+    """
 
     tuple_type: ClassVar[type] = Triplets
+    enumerates_triplets: ClassVar[bool] = False
 
     def matrix(self, emb: Tensor) -> Tensor:
         """The (B, B) matrix the miner reads: Euclidean distances unless overridden."""
@@ -132,6 +138,8 @@ class HardMiner(Miner):
     alone can collapse the embedding early in training (all points at one place).
     """
 
+    enumerates_triplets: ClassVar[bool] = True
+
     def select(self, dist: Tensor, labels: Tensor) -> Triplets:
         """Triplets with d(a,n) <= d(a,p), read off each anchor's sorted negatives."""
         neg = SortedNegatives.build(dist, labels)
@@ -151,6 +159,8 @@ class SemiHardMiner(Miner):
     FaceNet, Sec. 3.2, Eq. (4): d(a,p) < d(a,n) < d(a,p) + alpha. They still have a positive
     hinge loss but are never closer than the positive, which keeps training stable.
     """
+
+    enumerates_triplets: ClassVar[bool] = True
 
     def __init__(self, margin: float = 0.2) -> None:
         self.margin = margin
@@ -232,6 +242,8 @@ class RandomMiner(Miner):
     mining at all. Draws come from the miner's own generator seeded with ``seed``.
     """
 
+    enumerates_triplets: ClassVar[bool] = True
+
     def __init__(self, fraction: float = 0.1, seed: int = 0) -> None:
         self.fraction = fraction
         self.generators = DeviceGenerators(seed)
@@ -286,6 +298,8 @@ class DistanceWeightedMiner(Miner):
     pytorch-metric-learning's distance does), because q(d) describes the unit sphere only;
     the loss still sees the embeddings as given.
     """
+
+    enumerates_triplets: ClassVar[bool] = True
 
     def __init__(
         self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, seed: int = 0

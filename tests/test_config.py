@@ -1,8 +1,13 @@
 import pytest
+import torch
 
+from dml_core import budgets
 from dml_core.config import apply_margin, check_against_dataset, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
+from dml_core.registry import MINERS
+
+GEN = torch.Generator().manual_seed(0)
 
 BAD_CONFIGS = [
     (
@@ -60,6 +65,36 @@ def test_margin_sets_loss_and_miner_unless_miner_given() -> None:
 def test_class_size_is_checked_against_the_data() -> None:
     data = load_dataset("digits")
     smallest = int(data.train.y.bincount().min())
-    check_against_dataset(make_config(samples_per_class=smallest), data)
+    check_against_dataset(make_config(samples_per_class=smallest, miner="batch_hard"), data)
     with pytest.raises(ConfigError, match=f"at most {smallest}"):
         check_against_dataset(make_config(samples_per_class=smallest + 1), data)
+
+
+def test_a_batch_whose_mining_would_not_fit_is_refused_in_one_sentence() -> None:
+    """Catches: P = 10, K = 120 with semi-hard mining accepted (about 23 GB per step)."""
+    data = load_dataset("digits", "standard")
+    big = {"classes_per_batch": 10, "samples_per_class": 120}
+    with pytest.raises(ConfigError, match=r"^P = 10, K = 120, D = 32 would need about \d+ GB"):
+        check_against_dataset(make_config(**big), data)
+    with pytest.raises(ConfigError, match="mining all triplets"):  # all pairs joined into triplets
+        check_against_dataset(make_config(**big, miner="all"), data)
+    # batch-hard mining keeps one triplet per anchor: the same batch is fine
+    check_against_dataset(make_config(**big, miner="batch_hard"), data)
+
+
+@pytest.mark.parametrize("name", list(MINERS))
+def test_enumerates_triplets_is_declared_where_memory_grows_like_the_cube(name: str) -> None:
+    """The declaration the budget relies on matches what each miner allocates.
+
+    Doubling K at fixed P doubles B: an all-triplet miner's peak grows about 8x, a pair-level
+    one about 4x. Catches a miner that materialises every triplet without declaring it.
+    """
+    peaks = []
+    for K in (16, 32):
+        labels = torch.arange(4).repeat_interleave(K)  # (B,)
+        emb = torch.nn.functional.normalize(torch.randn(len(labels), 8, generator=GEN), dim=1)
+        miner = MINERS.create(name)
+        _, used = budgets.measure(miner, emb, labels)
+        peaks.append(used.torch_bytes)
+    cubic = peaks[1] / max(peaks[0], 1) > 6
+    assert MINERS[name].build.enumerates_triplets == cubic, peaks

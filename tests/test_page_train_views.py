@@ -233,3 +233,13 @@ def test_controls_follow_the_run_state(page: AppTest) -> None:
     page.button(key="btn.stop").click().run()
     page.run()
     assert page.button(key="btn.stop").disabled
+
+
+def test_a_batch_that_would_not_fit_in_memory_is_refused_before_training(page: AppTest) -> None:
+    """Catches: a P x K that takes the server down accepted by the Train page."""
+    page.run()
+    page.number_input(key="cfg.classes_per_batch").set_value(10).run()
+    page.number_input(key="cfg.samples_per_class").set_value(120).run()
+    assert not page.exception
+    assert any("would need about" in e.value and "lower P or K" in e.value for e in page.error)
+    assert page.button(key="btn.train").disabled
