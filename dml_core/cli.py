@@ -1,4 +1,4 @@
-"""Command line: ``python -m dml_core train|list-losses|list-miners|list-runs|export|bench|...``.
+"""Command line: ``python -m dml_core train|list-runs|export|bench|gpu-check|...``.
 
 Results go to stdout (a summary, or one JSON object with ``--json``); progress and errors go
 to stderr. Exit status: 0 done; 1 a run that failed or diverged while training; 2 bad
@@ -141,6 +141,13 @@ def build_parser() -> Parser:
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.add_argument(
         "--out", help="also write the JSON to this file (e.g. assets/bench-cpu.json)"
+    )
+    gpu = sub.add_parser(
+        "gpu-check",
+        help="on a CUDA machine: the CUDA tests, cross-device resume, out of memory, bench",
+    )
+    gpu.add_argument(
+        "--out-dir", default="assets", help="where bench-cuda.json and gpu-check.json go"
     )
     return parser
 
@@ -327,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out,
                 args.seeds,
             )
+        if args.command == "gpu-check":
+            from dml_core.gpu_check import main as gpu_check_main
+
+            return gpu_check_main(args.out_dir)
         if args.command == "bench-report":
             from dml_core.bench import report_main
 

@@ -105,3 +105,76 @@ def test_bench_reports_b_in_float32_beside_b_where_b_uses_bf16(monkeypatch) -> N
     assert "+bf16" in result["ablation_ms_per_step"]
     assert "B float32" in report.format_table(result)
     assert "B float32" in report.format_markdown(result).splitlines()[0]
+
+
+NO_CUDA = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the message given without a GPU"
+)
+
+
+@NO_CUDA
+def test_bench_on_cuda_without_a_gpu_is_one_line_with_status_2(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--device", "cuda", "--dataset", "digits"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA GPU" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_each_variant_warms_up_on_a_throwaway_copy_before_timing(monkeypatch) -> None:
+    """First-call costs (CUDA: lazy kernels, cuDNN's search) must not fall in timed steps."""
+    import torch
+
+    from dml_core.bench import run
+    from dml_core.bench.pml_loop import PMLLoop
+    from dml_core.data import load_dataset
+    from dml_core.train import Trainer
+
+    calls: dict[type, int] = {Trainer: 0, PMLLoop: 0}
+    for cls in calls:
+        step = cls.train_step
+
+        def counted(self, step=step, cls=cls):
+            calls[cls] += 1
+            return step(self)
+
+        monkeypatch.setattr(cls, "train_step", counted)
+    timed_start: dict[str, object] = {}
+
+    def timed(steppers, steps, device):  # what the race would start from
+        timed_start.update(calls={k.__name__: v for k, v in calls.items()})
+        timed_start.update({n: s.__self__ for n, s in steppers.items()})
+        return dict.fromkeys(steppers, 1.0)
+
+    monkeypatch.setattr(run, "train_interleaved", timed)
+    data = load_dataset("digits")
+    args = {"dataset": "digits", "device": "cpu", "batch": 64, "steps": 4, "seed": 0}
+    every = torch.arange(50)
+    run._one_seed(data, args, torch.device("cpu"), every, every)
+    assert timed_start["calls"] == {"Trainer": run.WARM_UP_STEPS, "PMLLoop": run.WARM_UP_STEPS}
+    assert timed_start["dml_core"].step == 0  # the timed trainer itself starts untouched
+    fresh = run._make_trainer(data, **args)
+    for p, q in zip(timed_start["pml"].net.parameters(), fresh.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_the_default_run_snapshot_share_is_measured_on_the_bench_device(monkeypatch) -> None:
+    import torch
+
+    from dml_core.bench import timing
+
+    devices: list[str] = []
+
+    class Recorder:
+        def __init__(self, cfg) -> None:
+            devices.append(cfg.device)
+            self.elapsed = 1.0
+
+        def run(self):
+            yield from ()
+
+    monkeypatch.setattr(timing, "Trainer", Recorder)
+    share = timing.snapshot_share_at_defaults(torch.device("cuda"))
+    assert devices == ["cuda"]  # printed under the GPU's name: measured there too
+    assert share["device"] == "cuda"

@@ -339,3 +339,17 @@ def test_an_unwritable_runs_directory_is_one_line_with_status_2(
     assert out == ""
     assert "Cannot create the run directory" in err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the message given without a GPU"
+)
+def test_gpu_check_without_a_gpu_is_one_line_with_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["gpu-check"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip() == (
+        "python -m dml_core: error: gpu-check needs a CUDA GPU, and none is available here."
+    )
