@@ -334,8 +334,10 @@ def flat_settings(cfg: RunConfig) -> dict[str, Any]:
 def differing_labels(configs: dict[str, RunConfig]) -> dict[str, str]:
     """Name each run by the settings in which the runs differ: ``{"run-a": "margin = 0.1"}``.
 
-    A miner margin equal to the loss margin is not named twice. Runs with identical settings
-    keep their id as their name.
+    A setting a run does not have (another loss's parameter) is left out of its name; when the
+    loss itself differs, its parameters are named only where they leave the loss's default. A
+    miner margin equal to the loss margin is not named twice. Runs with identical settings keep
+    their id as their name.
     """
     flats = {run_id: flat_settings(cfg) for run_id, cfg in configs.items()}
     keys = sorted({k for flat in flats.values() for k in flat}, key=_setting_order)
@@ -346,9 +348,22 @@ def differing_labels(configs: dict[str, RunConfig]) -> dict[str, str]:
             differing.remove("miner.margin")
     labels = {}
     for run_id, flat in flats.items():
-        parts = [f"{_setting_name(k)} = {_value_text(flat.get(k))}" for k in differing]
+        defaults = {f"loss.{k}": v for k, v in configs[run_id].loss_entry.defaults().items()} | {
+            f"miner.{k}": v for k, v in configs[run_id].miner_entry.defaults().items()
+        }
+        parts = [
+            f"{_setting_name(k)} = {_value_text(flat[k])}"
+            for k in differing
+            if k in flat and not (_owner_differs(k, differing) and flat[k] == defaults.get(k))
+        ]
         labels[run_id] = ", ".join(parts) if parts else run_id
     return labels
+
+
+def _owner_differs(key: str, differing: list[str]) -> bool:
+    """Whether ``loss.X`` / ``miner.X`` belongs to a loss / miner that itself differs."""
+    owner = key.split(".", 1)[0]
+    return "." in key and owner in differing
 
 
 def _setting_order(key: str) -> tuple[int, str]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dml_core import budgets
-from dml_core.config import apply_margin, check_against_dataset, make_config
+from dml_core.config import apply_margin, check_against_dataset, differing_labels, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.registry import MINERS
@@ -98,3 +98,25 @@ def test_enumerates_triplets_is_declared_where_memory_grows_like_the_cube(name: 
         peaks.append(used.torch_bytes)
     cubic = peaks[1] / max(peaks[0], 1) > 6
     assert MINERS[name].build.enumerates_triplets == cubic, peaks
+
+
+def test_runs_are_named_by_the_settings_that_differ() -> None:
+    """Catches: names with "x = None" for another loss's parameter, or every default listed."""
+    configs = {
+        "a": make_config(loss_params={"margin": 0.1}),
+        "b": make_config(loss_params={"margin": 0.5}),
+    }
+    assert differing_labels(configs) == {"a": "margin = 0.1", "b": "margin = 0.5"}
+    dims = {f"d{d}": make_config(embedding_dim=d) for d in (2, 128)}
+    assert differing_labels(dims) == {"d2": "D = 2", "d128": "D = 128"}
+    losses = {
+        "t": make_config(),
+        "c": make_config(loss="contrastive", loss_params={"neg_margin": 0.8}, miner="all"),
+    }
+    names = differing_labels(losses)
+    assert names["t"].startswith("loss = triplet")
+    assert "None" not in names["t"]
+    assert "soft" not in names["t"]  # triplet's default
+    assert "pos_margin" not in names["c"]  # contrastive's default
+    assert "neg_margin = 0.8" in names["c"]
+    assert differing_labels({"x": make_config(), "y": make_config()}) == {"x": "x", "y": "y"}

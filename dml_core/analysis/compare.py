@@ -219,17 +219,13 @@ def run_names(store: RunStore, run_ids: Sequence[str]) -> dict[str, str]:
 
     A run the user renamed (``RunStore.set_label``) keeps that name. The others are named by
     the settings in which the shown runs differ (``config.differing_labels``: "margin = 0.1",
-    "D = 128"); a setting that a run does not have (another loss's parameter) is left out of
-    its name. Names that would coincide get the run id appended, so every name is unique.
+    "D = 128"). Names that would coincide get the run id appended, so every name is unique.
 
     Returns:
         run id -> name, in the order of ``run_ids``.
     """
     derived = differing_labels({r: store.config(r) for r in run_ids})
-    names = {}
-    for run_id in run_ids:
-        present = ", ".join(p for p in derived[run_id].split(", ") if not p.endswith(" = None"))
-        names[run_id] = store.label(run_id) or present or run_id
+    names = {run_id: store.label(run_id) or derived[run_id] for run_id in run_ids}
     counts = pd.Series(list(names.values())).value_counts()
     return {r: f"{n} ({r})" if counts[n] > 1 else n for r, n in names.items()}
 
