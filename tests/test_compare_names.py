@@ -21,6 +21,7 @@ from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.figures import compare as compare_figures
 from dml_core.runs import FINAL_STATES, RunState, RunStore
+from tests.page_apps import page_on_runs
 from tests.saved_runs import train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,18 +193,7 @@ def test_histogram_and_sphere_axes_stay_put_from_first_to_last_snapshot(store: R
 @pytest.fixture
 def page(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
     """The Compare page on its own, with services() built over ``runs_dir``."""
-    import pages.ui
-
-    monkeypatch.setenv("DML_RUNS_DIR", str(runs_dir))
-    monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs_dir))
-    pages.ui._jobs.clear()
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
-    at.run()
-    assert not at.exception
-    yield at
-    _, manager, _ = pages.ui.services()
-    manager.stop_all()
-    pages.ui._jobs.clear()
+    yield from page_on_runs("compare.py", runs_dir, monkeypatch)
 
 
 def figures(at: AppTest) -> dict[str, dict]:

@@ -9,7 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 from dml_core.config import make_config
 from dml_core.runs import RunStore
-from dml_core.services.jobs import TrainingJob
+from tests.page_apps import page_on_runs
+from tests.saved_runs import train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"steps": 20, "snapshot_every": 10, "probe_size": 100, "final_eval": True, "device": "cpu"}
@@ -26,29 +27,14 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "c-open-set": {"split": "open-set", "classes_per_batch": 4, "final_eval": False},
     }
     for run_id, extra in settings.items():
-        cfg = make_config(**{**TINY, **extra})
-        job = TrainingJob(cfg, store, store.create(cfg, run_id))
-        job.start()
-        job.join()
-        assert job.state == "finished", job.message
+        train_and_save(store, make_config(**{**TINY, **extra}), run_id)
     return root
 
 
 @pytest.fixture
 def page(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The Compare page on its own, with services() built over ``runs_dir``."""
-    import pages.ui
-
-    monkeypatch.setenv("DML_RUNS_DIR", str(runs_dir))
-    monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs_dir))
-    pages.ui._jobs.clear()
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
-    at.run()
-    assert not at.exception
-    yield at
-    _, manager, _ = pages.ui.services()
-    manager.stop_all()
-    pages.ui._jobs.clear()
+    yield from page_on_runs("compare.py", runs_dir, monkeypatch)
 
 
 def test_fewer_than_two_runs_asks_for_more(page: AppTest) -> None:

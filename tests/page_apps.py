@@ -1,0 +1,30 @@
+"""One way for AppTests to open a page over a runs directory of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def page_on_runs(
+    page_file: str, runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[AppTest]:
+    """``pages/<page_file>`` alone, its services() built over ``runs_dir``; run once, then
+    yielded; its jobs are stopped afterwards (use with ``yield from`` in a fixture)."""
+    import pages.ui
+
+    monkeypatch.setenv("DML_RUNS_DIR", str(runs_dir))
+    monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs_dir))
+    pages.ui._jobs.clear()
+    at = AppTest.from_file(str(ROOT / "pages" / page_file), default_timeout=60)
+    at.run()
+    assert not at.exception
+    yield at
+    _, manager, _ = pages.ui.services()
+    manager.stop_all()
+    pages.ui._jobs.clear()
