@@ -66,9 +66,6 @@ class RunState(StrEnum):
 ACTIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING, RunState.PAUSED})
 FINAL = frozenset(RunState) - ACTIVE
 RESUMABLE = frozenset({RunState.INTERRUPTED, RunState.STOPPED})  # with a checkpoint
-# Old names, kept until pages/compare.py imports FINAL
-ACTIVE_STATES = ACTIVE
-FINAL_STATES = FINAL
 
 
 def _process_alive(pid: Any) -> bool:

@@ -13,9 +13,9 @@ from dml_core.config import RunConfig, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import compare as compare_figures
-from dml_core.figures.live import sphere_density_max
+from dml_core.figures.sphere import sphere_density_max
 from dml_core.registry import LOSSES, MINERS
-from dml_core.runs import FINAL_STATES, RunStore
+from dml_core.runs import FINAL, RunStore
 from pages.ui import load_snapshot, run_label, services, use_app_navigation
 
 use_app_navigation()
@@ -156,7 +156,7 @@ def rename_panel(run_ids: list[str]) -> None:
 def comparison(run_ids: list[str], live: bool) -> None:
     """Every panel for the chosen runs at the scrubber's position (refreshed while ``live``)."""
     records = [store.load(r) for r in run_ids]
-    if live and all(rec.status.get("state") in FINAL_STATES for rec in records):
+    if live and all(rec.status.get("state") in FINAL for rec in records):
         st.rerun()  # the last run finished: redraw once more, then stop refreshing
     configs = [rec.config for rec in records]
     problem = compare.comparison_problem(configs)
@@ -188,7 +188,7 @@ def comparison(run_ids: list[str], live: bool) -> None:
     st.caption(
         " · ".join(
             f"**{names[r]}** ({r}): {rec.config.loss}, step {s.step}/{rec.config.steps}"
-            + ("" if rec.status.get("state") in FINAL_STATES else " (training)")
+            + ("" if rec.status.get("state") in FINAL else " (training)")
             for r, rec, s in zip(run_ids, records, snaps, strict=True)
         )
     )
@@ -275,5 +275,5 @@ if len(chosen) < 2:
     )
 else:
     rename_panel(chosen)
-    live = any(store.status(r).get("state") not in FINAL_STATES for r in chosen)
+    live = any(store.status(r).get("state") not in FINAL for r in chosen)
     st.fragment(run_every=2.0 if live else None)(comparison)(chosen, live)

@@ -7,7 +7,7 @@ import streamlit as st
 from dml_core.analysis.sphere import sample_sphere_distances, sampling_comparison
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
-from dml_core.figures import live as figures
+from dml_core.figures import sphere as sphere_figures
 from pages.ui import use_app_navigation
 
 use_app_navigation()
@@ -43,7 +43,7 @@ with left:
     )
 with right:
     st.plotly_chart(
-        figures.density_figure(
+        sphere_figures.density_figure(
             OVERLAY_DIMS, title="q(d) for several n: mass piles up at √2", uirevision="overlay"
         ),
         key="sp.chart.overlay",

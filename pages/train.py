@@ -20,6 +20,7 @@ from dml_core.config import (
 from dml_core.data import dataset_availability, load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import live as figures
+from dml_core.figures import sphere as sphere_figures
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project, status_text
 from dml_core.registry import LOSSES, MINERS
@@ -332,7 +333,7 @@ def run_axes(runs_dir: str, run_id: str, steps: tuple[int, ...]) -> tuple:
 @st.cache_data(max_entries=512, show_spinner=False)
 def sphere_density_max(runs_dir: str, run_id: str, step: int) -> float:
     """Highest bar of one snapshot's sphere histogram (cached: snapshots never change)."""
-    return figures.sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
+    return sphere_figures.sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -345,7 +346,7 @@ def snapshot_figures(runs_dir: str, run_id: str, step: int, axes: tuple) -> tupl
         snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}",
         axes=hist_axes,
     )  # fmt: skip
-    sphere = figures.sphere_distance_figure(
+    sphere = sphere_figures.sphere_distance_figure(
         snap.probe_emb,
         uirevision=f"sphere-{run_id}",
         y_max=sphere_top,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dml_core.analysis.batch_view import (
     SavedRun,
@@ -207,3 +208,14 @@ def test_batch_figures(batch) -> None:
     polar = batch_figures.anchor_polar_figure(batch, result, 3, list(MINERS))
     assert len(polar.layout.annotations) == len(MINERS)
     assert polar.layout.polar.radialaxis.range[1] >= result.dist[3].max()
+
+
+def test_drawing_a_batch_leaves_the_global_generator_alone() -> None:
+    """Catches: torch.manual_seed in the Miner view, which reseeds every other thread's draws."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = draw_batch("digits", 4, 5, 7, UntrainedNet("mlp", 16))
+    assert torch.equal(torch.rand(3), expected)
+    again = draw_batch("digits", 4, 5, 7, UntrainedNet("mlp", 16))
+    assert np.array_equal(first.emb, again.emb)  # the seed alone still decides the weights

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.figures import compare as compare_figures
-from dml_core.runs import FINAL_STATES, RunState, RunStore
+from dml_core.runs import FINAL, RunState, RunStore
 from tests.page_apps import page_on_runs
 from tests.saved_runs import train_and_save
 
@@ -316,7 +316,7 @@ def test_a_sweep_launched_from_the_page_is_named_by_its_values(
     page.button(key="sweep.launch").click().run()
     chosen = page.multiselect(key="cmp.runs").value
     for _ in range(600):  # the sweep's jobs train in this process's job manager
-        if all(store.status(r).get("state") in FINAL_STATES for r in chosen):
+        if all(store.status(r).get("state") in FINAL for r in chosen):
             break
         time.sleep(0.1)
     page.run()

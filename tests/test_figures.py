@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import pytest
 
 from dml_core.figures import live as F
+from dml_core.figures import sphere as SF
 from dml_core.figures import style as S
 from dml_core.geometry import distance_density
 from dml_core.snapshot import Snapshot
@@ -102,7 +103,7 @@ def test_distance_histogram_without_lines_overlap_or_data():
 def test_sphere_distance_figure_matches_pairs_and_density():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 8)) * 3.0
-    fig = F.sphere_distance_figure(emb, uirevision="s")
+    fig = SF.sphere_distance_figure(emb, uirevision="s")
     hist, curve = fig.data
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     expected = np.linalg.norm(unit[:, None] - unit[None], axis=-1)[np.triu_indices(50, 1)]
@@ -118,8 +119,8 @@ def test_sphere_distance_figure_matches_pairs_and_density():
 
 def test_sphere_distance_figure_subsamples_deterministically():
     emb = np.random.default_rng(1).normal(size=(300, 4))
-    first = F.sphere_distance_figure(emb, max_points=40)
-    second = F.sphere_distance_figure(emb, max_points=40)
+    first = SF.sphere_distance_figure(emb, max_points=40)
+    second = SF.sphere_distance_figure(emb, max_points=40)
     assert len(first.data[0].x) == 40 * 39 // 2
     np.testing.assert_array_equal(first.data[0].x, second.data[0].x)
 
@@ -205,7 +206,7 @@ def test_curves_figure_empty_frame_waits():
 
 def test_density_figure_curves_and_samples():
     samples = {8: np.random.default_rng(0).uniform(0, 2, 100)}
-    fig = F.density_figure([2, 8, 128], samples=samples)
+    fig = SF.density_figure([2, 8, 128], samples=samples)
     curves = [t for t in fig.data if isinstance(t, go.Scatter)]
     hists = [t for t in fig.data if isinstance(t, go.Histogram)]
     assert [t.name for t in curves] == ["n = 2", "n = 8", "n = 128"]

@@ -83,13 +83,14 @@ def test_checks_measure_the_runs(root: Path) -> None:
 
 
 def swapped(runs: tuple[RunResult, ...]) -> list[RunResult]:
-    """The runs' measurements in reverse order, each config left in its place (one run:
-    its snapshots in reverse time order). A check that reads the runs by their role fails."""
+    """The runs' measurements rotated by one, so every run gets another's (two runs: swapped),
+    each config left in its place (one run: its snapshots in reverse time order). A check that
+    reads the runs by their role fails."""
     if len(runs) == 1:
         return [dataclasses.replace(runs[0], snapshots=runs[0].snapshots[::-1])]
     return [
         dataclasses.replace(run, snapshots=other.snapshots, final=other.final)
-        for run, other in zip(runs, runs[::-1], strict=True)
+        for run, other in zip(runs, (*runs[1:], runs[0]), strict=True)
     ]
 
 

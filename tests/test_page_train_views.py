@@ -231,8 +231,12 @@ def test_controls_follow_the_run_state(page: AppTest) -> None:
     assert page.button(key="btn.pause").disabled
     assert not page.button(key="btn.resume").disabled
     page.button(key="btn.stop").click().run()
-    page.run()
+    deadline = time.monotonic() + 60  # the job's thread ends the run: poll, as the page does
+    while time.monotonic() < deadline and not page.button(key="btn.stop").disabled:
+        time.sleep(0.5)
+        page.run()
     assert page.button(key="btn.stop").disabled
+    assert not page.button(key="btn.resume").disabled  # stopped with a checkpoint
 
 
 def test_a_batch_that_would_not_fit_in_memory_is_refused_before_training(page: AppTest) -> None:

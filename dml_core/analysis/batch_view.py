@@ -143,10 +143,11 @@ def draw_batch(
         ) from None
     if P < 2:
         raise ConfigError(f"The 'P' parameter must be at least 2 (negatives). Got {P}.")
-    torch.manual_seed(seed)
     pixels = data.train.x.float()  # mean / std as Trainer uses (a checkpoint overwrites them)
     mean, std = float(pixels.mean()), float(pixels.std())
-    net = build_net(cfg.net, data.image_shape, cfg.embedding_dim, cfg.normalize, mean, std)
+    net = build_net(
+        cfg.net, data.image_shape, cfg.embedding_dim, cfg.normalize, mean, std, seed=seed
+    )
     if isinstance(net_source, SavedRun):
         net.load_state_dict(store.load_checkpoint(net_source.run_id)["net"])
         step = store.status(net_source.run_id).get("step", "?")

@@ -32,7 +32,7 @@ from plotly.subplots import make_subplots
 
 from dml_core.analysis.batch_view import AnchorView, Batch, MiningResult
 from dml_core.analysis.sphere import BIN_EDGES, SamplingComparison
-from dml_core.figures import live
+from dml_core.figures import sphere
 from dml_core.figures.style import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
@@ -421,7 +421,7 @@ def sampled_density_figure(
     y-axis reaches the largest density shown, curve or bars.
     """
     distances = np.asarray(distances, dtype=np.float64).ravel()
-    fig = live.density_figure(
+    fig = sphere.density_figure(
         [dim],
         samples={dim: distances},
         title=f"S<sup>{dim - 1}</sup>: q(d) vs {len(distances):,} sampled distances",

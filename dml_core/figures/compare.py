@@ -32,14 +32,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dml_core.figures.live import (
-    SPHERE_BINS,
     HistogramAxes,
     distance_histogram_figure,
     embedding_figure,
     histogram_axes,
-    sphere_density_max,
-    sphere_distances,
 )
+from dml_core.figures.sphere import SPHERE_BINS, sphere_density_max, sphere_distances
 from dml_core.figures.style import _density_grid, _sqrt2_line, _style, math_text
 from dml_core.snapshot import Snapshot
 
@@ -116,7 +114,7 @@ def steady_axes(
         snapshots: all snapshots that the scrubber can show, of all runs.
         on_sphere: whether every run trains on the unit sphere (x in [0, 2]); otherwise the
             x-axis spans the runs' global range.
-        sphere_tops: ``live.sphere_density_max`` of each snapshot's probe embeddings, when the
+        sphere_tops: ``sphere.sphere_density_max`` of each snapshot's probe embeddings, when the
             caller has them cached; computed here otherwise.
     """
     hist = histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snapshots], on_sphere)
@@ -265,7 +263,7 @@ def sphere_overlay_figure(
     """
     fig = go.Figure()
     size = SPHERE_BINS["size"]
-    edges = np.arange(0.0, 2.0 + size / 2, size)  # (bins + 1,), as live.sphere_density_max
+    edges = np.arange(0.0, 2.0 + size / 2, size)  # (bins + 1,), as sphere.sphere_density_max
     centres = (edges[:-1] + edges[1:]) / 2  # (bins,)
     flags = [True] * len(embs) if normalized is None else list(normalized)
     runs_of_dim: dict[int, list[int]] = {}

@@ -29,6 +29,9 @@ from e2e_util import (
 )
 from playwright.sync_api import Page, expect
 
+from dml_core.analysis import compare
+from dml_core.runs import RunStore
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,10 +175,11 @@ def test_compare_two_runs(shot_page: Page, server: str, two_runs: list[str]) -> 
         r"Retrieval on the probe set",
         r"Pairwise distances on the unit sphere",
     )
+    names = compare.run_names(RunStore(server.runs_dir), two_runs)  # "loss = contrastive", ...
     for run_id in two_runs:  # each run has its panel (subplot titles name the runs)
-        panels = page.locator(".js-plotly-plot", has_text=run_id)
+        panels = page.locator(".js-plotly-plot", has_text=names[run_id])
         expect(panels.first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
-        assert panels.count() >= 2, f"{run_id}: {panels.count()} figures name it"
+        assert panels.count() >= 2, f"{names[run_id]}: {panels.count()} figures name it"
     expect(page.get_by_role("heading", name="Results")).to_be_visible(timeout=FIGURE_TIMEOUT_MS)
     expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible()
     expect(page.get_by_role("button", name=re.compile("Download CSV"))).to_be_visible()
