@@ -10,8 +10,7 @@ spin, flip or jump between consecutive frames.
   another in least squares, \min_{s, R, t} ||s X R + t - Y||_F with R^T R = I.
 - ``Projector``: chains layouts along a run. Each UMAP update starts from the previous layout
   (``init=prev``, 50 epochs instead of 200-500) and is then aligned to it.
-- ``ProjectionWorker``: a daemon thread that computes layouts off the UI thread, newest first;
-  stale requests are dropped, not queued.
+- ``services.projection_worker.ProjectionWorker`` computes these layouts off the UI thread.
 
 umap-learn compiles its kernels with numba on the first fit of a process (timed by ``bench``).
 Importing this module sets ``NUMBA_CACHE_DIR`` (unless already set) to a persistent folder so
@@ -21,13 +20,9 @@ The setting only takes effect if numba has not been imported yet.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -42,14 +37,6 @@ N_NEIGHBORS = 15
 MIN_DIST = 0.1
 WARM_EPOCHS = 50
 EXACT_KNN_MAX = 10_000  # exact neighbours up to here (~1 s at 10k), pynndescent above
-COMPILING = "compiling UMAP (first fit of this server)"
-WORKING = "working"
-IDLE = "idle"
-
-
-def status_text(status: str) -> str:
-    """What the page says while it shows PCA instead of UMAP, for a ``ProjectionWorker.status``."""
-    return "UMAP compiles (once per server)" if status == COMPILING else "UMAP is computing"
 
 
 def _pca(emb: np.ndarray) -> np.ndarray:
@@ -305,171 +292,3 @@ class Projector:
             layout = procrustes_align(layout, prev)
         self.previous = layout
         return layout
-
-
-class ProjectionWorker:
-    """A daemon thread that computes layouts for the UI, newest snapshot first.
-
-    Requests are keyed by (run key, method). A submitted index replaces every older index of
-    the same key that has not started yet, so a slow UMAP skips stale snapshots instead of
-    queueing them. One ``Projector`` per (key, method) chains warm starts along a run. The last
-    ``max_results`` layouts per (key, method) are kept (LRU). All shared state sits behind one
-    condition variable; the thread sleeps on it when there is nothing to do.
-
-    A failed computation does not stop the thread: its message is kept in ``last_error``.
-    """
-
-    def __init__(self, seed: int = 0, max_results: int = 200, in_subprocess: bool = False):
-        self.seed = seed
-        # UMAP (numba) holds the GIL for long stretches, above all while it compiles: in a
-        # server it would stall the training threads. In a subprocess it only shares the CPU.
-        self._pool = (
-            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            if in_subprocess
-            else None
-        )
-        self.max_results = max_results
-        self.last_error: str | None = None
-        self._cond = threading.Condition()
-        self._pending: dict[tuple[str, str], dict[int, np.ndarray]] = {}
-        self._results: dict[tuple[str, str], OrderedDict[int, np.ndarray]] = {}
-        self._projectors: dict[tuple[str, str], Projector] = {}
-        self._busy: tuple[str, int, str] | None = None
-        self._warm_up_requested = False
-        self._umap_ready = False
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="projection-worker", daemon=True)
-        self._thread.start()
-
-    def submit(self, key: str, index: int, emb: np.ndarray, method: Method) -> None:
-        """Ask for the layout of snapshot ``index`` of run ``key``; returns at once.
-
-        Older pending indices of the same (key, method) are dropped. Already computed or
-        already pending requests are ignored.
-        """
-        if method not in METHODS:
-            raise ValueError(f"The 'method' parameter must be one of {METHODS}. Got {method!r}.")
-        slot = (key, method)
-        with self._cond:
-            if self._stopped or index in self._results.get(slot, {}):
-                return
-            pending = self._pending.setdefault(slot, {})
-            for old in [i for i in pending if i < index]:
-                del pending[old]
-            pending[index] = np.array(emb, dtype=np.float32, copy=True)
-            self._cond.notify_all()
-
-    def get(self, key: str, index: int, method: Method, timeout: float = 0.0) -> np.ndarray | None:
-        """The layout of snapshot ``index`` if computed, else None; waits up to ``timeout`` s."""
-        slot = (key, method)
-        with self._cond:
-            self._cond.wait_for(lambda: index in self._results.get(slot, {}), timeout=timeout)
-            results = self._results.get(slot)
-            if results is None or index not in results:
-                return None
-            results.move_to_end(index)
-            return results[index]
-
-    def latest(self, key: str, method: Method) -> tuple[int, np.ndarray] | None:
-        """The newest computed (index, layout) of run ``key``, or None if there is none yet."""
-        with self._cond:
-            results = self._results.get((key, method))
-            if not results:
-                return None
-            index = max(results)
-            return index, results[index]
-
-    def status(self) -> str:
-        """One of ``COMPILING``, ``WORKING`` or ``IDLE``."""
-        with self._cond:
-            if self._busy is not None and self._busy[2] == "umap" and not self._umap_ready:
-                return COMPILING
-            if self._busy is not None or self._pending or self._warm_up_requested:
-                return WORKING
-            return IDLE
-
-    def warm_up(self) -> None:
-        """Start a tiny UMAP fit in the background so numba compiles before the first request."""
-        with self._cond:
-            if not self._umap_ready:
-                self._warm_up_requested = True
-                self._cond.notify_all()
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is pending or running; True unless the timeout passed."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: self._busy is None and not self._pending and not self._warm_up_requested,
-                timeout=timeout,
-            )
-
-    def stop(self, timeout: float | None = 5.0) -> None:
-        """Drop pending work and end the thread (after the layout it is computing, if any)."""
-        with self._cond:
-            self._stopped = True
-            self._pending.clear()
-            self._warm_up_requested = False
-            self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _project(self, *args: object, **kwargs: object) -> np.ndarray:
-        """``project`` here, or UMAP in the worker's subprocess when it has one."""
-        if self._pool is not None and args[1] == "umap":
-            return self._pool.submit(project, *args, **kwargs).result()
-        return project(*args, **kwargs)  # type: ignore[arg-type]
-
-    def _next_job(self) -> tuple[str, int, str, np.ndarray | None] | None:
-        """Pop the next job under the lock: warm-up first, then round-robin over keys."""
-        if self._warm_up_requested:
-            self._warm_up_requested = False
-            return ("", -1, "umap", None)
-        slot = next(iter(self._pending))
-        pending = self._pending.pop(slot)
-        index = max(pending)
-        emb = pending.pop(index)
-        if pending:
-            self._pending[slot] = pending  # re-inserted last: other keys go first
-        return (slot[0], index, slot[1], emb)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: self._stopped or self._pending or self._warm_up_requested
-                )
-                if self._stopped:
-                    self._busy = None
-                    self._cond.notify_all()
-                    return
-                key, index, method, emb = self._next_job()
-                self._busy = (key, index, method)
-            layout = self._compute(key, method, emb)
-            with self._cond:
-                if method == "umap" and not (layout is None and emb is not None):
-                    self._umap_ready = True
-                if layout is not None and emb is not None:
-                    results = self._results.setdefault((key, method), OrderedDict())
-                    results[index] = layout
-                    while len(results) > self.max_results:
-                        results.popitem(last=False)
-                self._busy = None
-                self._cond.notify_all()
-
-    def _compute(self, key: str, method: str, emb: np.ndarray | None) -> np.ndarray | None:
-        """Run one job outside the lock; None (and ``last_error`` set) when it fails."""
-        try:
-            if emb is None:  # warm-up: compiles the cold and the warm path on a tiny problem
-                tiny = np.random.default_rng(0).normal(size=(64, 8))
-                layout = self._project(tiny, "umap", seed=self.seed, n_epochs=10)
-                return self._project(tiny, "umap", init=layout, seed=self.seed, n_epochs=5)
-            projector = self._projectors.get((key, method))
-            if projector is None:
-                projector = Projector(method, seed=self.seed, project_fn=self._project)  # type: ignore[arg-type]
-                self._projectors[(key, method)] = projector
-            return projector.update(emb)
-        except Exception as error:  # the thread must survive a bad request
-            self.last_error = f"{type(error).__name__}: {error}"
-            return None

@@ -22,9 +22,10 @@ from dml_core.errors import ConfigError
 from dml_core.figures import live as figures
 from dml_core.figures import sphere as sphere_figures
 from dml_core.metrics import METRIC_LABELS
-from dml_core.projection import project, status_text
+from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services import export
+from dml_core.services.projection_worker import status_text
 from dml_core.services.run_view import RunView, run_view
 from dml_core.train import collapse_advice, resolve_device
 from pages.ui import (

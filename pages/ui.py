@@ -20,10 +20,10 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from dml_core.errors import field_bounds
 from dml_core.figures.style import split_symbol
-from dml_core.projection import ProjectionWorker
 from dml_core.registry import Entry
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager
+from dml_core.services.projection_worker import ProjectionWorker
 from dml_core.snapshot import Snapshot
 
 RUNS_DIR = os.environ.get("DML_RUNS_DIR", "runs")

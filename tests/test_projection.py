@@ -5,14 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from dml_core.projection import (
-    COMPILING,
-    ProjectionWorker,
-    Projector,
-    exact_knn,
-    procrustes_align,
-    project,
-)
+from dml_core.projection import Projector, exact_knn, procrustes_align, project
+from dml_core.services.projection_worker import COMPILING, IDLE, WORKING, ProjectionWorker
 
 
 def blobs(n=200, dim=16, classes=5, seed=0):
@@ -150,7 +144,7 @@ def test_worker_computes_newest_and_skips_stale(worker):
     assert newest is not None
     assert newest.shape == (100, 2)
     assert worker.wait_idle(timeout=10.0)
-    assert worker.status() == "idle"
+    assert worker.status() == IDLE
     assert worker.latest("run", "pca")[0] == 2
     for index in (0, 1):  # stale: computed only if the worker got to it first
         layout = worker.get("run", index, "pca")
@@ -203,13 +197,13 @@ def test_worker_lru_bound():
 @pytest.mark.slow
 def test_worker_umap_warm_up_and_status(worker):
     worker.warm_up()
-    assert worker.status() in (COMPILING, "working", "idle")
+    assert worker.status() in (COMPILING, WORKING, IDLE)
     worker.submit("run", 0, blobs(n=80), "umap")
     layout = worker.get("run", 0, "umap", timeout=120.0)
     assert layout is not None
     assert layout.shape == (80, 2)
     assert worker.wait_idle(timeout=60.0)
-    assert worker.status() == "idle"
+    assert worker.status() == IDLE
 
 
 def test_worker_stop_ends_thread_and_ignores_later_submits():
