@@ -405,7 +405,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """A copy, in host memory, of everything needed to resume.
 
-        Weights, loss, optimiser, step, and the sampler's RNG state with its device type.
+        Weights, loss, optimiser, step, the sampler's RNG state with its device type, and the
+        generator of the pairs each snapshot samples (so a resumed run's histograms match).
         """
         sampler = self.sampler.state()
         return host_copy(
@@ -418,6 +419,7 @@ class Trainer:
                 "sampler_rng": sampler["state"],
                 "sampler_device": sampler["device"],
                 "initial_mean_distance": self.initial_mean_distance,
+                "pair_rng": self._pair_gen.get_state(),  # which pairs snapshots sample
             }
         )
 
@@ -438,3 +440,5 @@ class Trainer:
             saved = {"device": state["sampler_device"], "state": saved}
         self.resume_note = self.sampler.restore(saved, self.step)
         self.initial_mean_distance = state.get("initial_mean_distance")
+        if "pair_rng" in state:  # checkpoints from before 2026-11-29 lack it
+            self._pair_gen.set_state(state["pair_rng"])

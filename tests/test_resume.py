@@ -125,12 +125,6 @@ def test_resume_leaves_what_was_written_before_the_checkpoint_untouched(
     assert temp_files(resumed.store, resumed.run_id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Trainer.state_dict does not save the snapshot pair sampler (Trainer._pair_gen): "
-    "after a resume, snapshots sample other distance pairs, so pair_overlap and the distance "
-    "histograms differ from the uninterrupted run's",
-)
 def test_resumed_snapshots_sample_the_same_pairs(resumed: Resumed, reference_run: Outcome) -> None:
     got = Outcome.read(resumed.store, resumed.run_id)
     assert_same_training(got, reference_run, exact_snapshots=True)
