@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dml_core import budgets
 from dml_core.analysis import compare
 from dml_core.config import RunConfig, make_config
 from dml_core.data import load_dataset
@@ -101,6 +102,8 @@ def sweep_panel() -> None:
                 cfgs = compare.sweep_configs(
                     base.model_copy(update={"steps": int(steps)}), parameter, values
                 )
+                sizes = {"P": base.classes_per_batch, "K": base.samples_per_class}
+                budgets.check("sweep", runs=len(cfgs), steps=int(steps), **sizes)
             except ConfigError as err:
                 st.error(str(err), icon="🚫")
                 return

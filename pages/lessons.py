@@ -62,8 +62,10 @@ def describe_config(cfg: RunConfig) -> str:
 
 def launch(lesson: Lesson) -> None:
     """Submit the lesson's runs as background jobs (normal saved runs)."""
-    for cfg, run_id in zip(lesson_configs(lesson), lesson_run_ids(lesson), strict=True):
+    runs = zip(lesson_configs(lesson), lesson_run_ids(lesson), lesson.labels, strict=True)
+    for cfg, run_id, label in runs:
         manager.submit(cfg, run_id)
+        store.set_label(run_id, f"{lesson.key}: {label}")  # how Compare and the pickers name it
 
 
 def open_in_compare(run_ids: list[str]) -> None:

@@ -323,3 +323,19 @@ def test_a_sweep_launched_from_the_page_is_named_by_its_values(
     assert not page.exception
     hist = figures(page)["Positive and negative pair distances"]
     assert [lines_of(t)[0] for t in panel_titles(hist)] == ["margin = 0.2", "margin = 0.3"]
+
+
+def test_a_sweep_beyond_its_budget_is_refused_in_one_sentence(
+    page: AppTest, store: RunStore
+) -> None:
+    """Catches: a sweep of any size queued at once (issue 19: budgets for the sweep size)."""
+    before = set(store.list())
+    page.selectbox(key="sweep.base").set_value("defaults").run()  # 6 x 16 batches
+    page.selectbox(key="sweep.param").set_value("margin").run()
+    values = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6"  # 6 runs x 1e6 steps x 96 images > 5e8
+    page.text_input(key="sweep.values.margin").set_value(values).run()
+    page.number_input(key="sweep.steps").set_value(1_000_000).run()
+    page.button(key="sweep.launch").click().run()
+    assert not page.exception
+    assert any("would take about" in e.value and "lower" in e.value for e in page.error)
+    assert set(store.list()) == before  # nothing queued
