@@ -21,7 +21,7 @@ from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services import export
-from dml_core.services.projection_worker import status_text
+from dml_core.services.projection_worker import IDLE, status_text
 from dml_core.services.run_view import RunView, run_view
 from dml_core.train import collapse_advice
 from pages.train_settings import load_settings, sidebar_config
@@ -187,7 +187,8 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
     worker.submit(run_id, snap.step, snap.probe_emb, name)
     layout = worker.get(run_id, snap.step, name, timeout=0.3)
     note = f"{method} of the probe set at step {snap.step} ({len(snap.probe_labels)} test images)"
-    pending = layout is None
+    # still coming only while the worker has something to do (a failed layout never arrives)
+    pending = layout is None and worker.status() != IDLE
     if layout is None:
         latest = worker.latest(run_id, name)
         if latest is not None:

@@ -40,7 +40,16 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 def test_a_large_batch_answers_quickly_in_bounded_memory(browser, server) -> None:
-    trainer = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1600}) for _ in range(2)]
+    try:
+        check_a_large_batch(server, *(context.new_page() for context in contexts))
+    finally:  # a page left open keeps polling the server for the rest of the session
+        for context in contexts:
+            context.close()
+
+
+def check_a_large_batch(server, trainer, page) -> None:
+    """Train in one session while another asks Sphere & sampling for P = K = 32."""
     open_app(trainer, f"{server}/train")
     expect_title(trainer, "Train an embedding")
     set_number(trainer, "Steps", 400)
@@ -49,7 +58,6 @@ def test_a_large_batch_answers_quickly_in_bounded_memory(browser, server) -> Non
     trainer.wait_for_url(RUN_IN_URL, timeout=LOAD_TIMEOUT_MS)
     run_id = RUN_IN_URL.search(trainer.url).group(1)
 
-    page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
     open_app(page, f"{server}/sphere")
     expect_title(page, "Sphere")
     expect(page.get_by_text("What each sampling method picks")).to_be_visible(
