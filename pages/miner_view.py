@@ -14,6 +14,7 @@ from dml_core.analysis.batch_view import (
     mine_all,
     saved_run_margin,
 )
+from dml_core.config import EMBEDDING_DIMS
 from dml_core.data import DATASETS, dataset_availability
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
@@ -24,7 +25,7 @@ from pages.ui import RUNS_DIR, param_widgets, use_app_navigation
 use_app_navigation()
 store = RunStore(RUNS_DIR)  # read-only here: listing runs and reading checkpoints
 UNTRAINED = "untrained net"
-DIMS = [2, 3, 4, 8, 16, 32, 64, 128, 256, 512]
+DIMS = list(EMBEDDING_DIMS)
 DEFAULT_MARGIN = 0.2
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from dml_core.analysis.sphere import sample_sphere_distances, sampling_comparison
+from dml_core.config import EMBEDDING_DIMS
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
 from dml_core.figures import sphere as sphere_figures
 from pages.ui import use_app_navigation
 
 use_app_navigation()
-DIMS = [2, 3, 4, 8, 16, 32, 64, 128, 256, 512]
+DIMS = list(EMBEDDING_DIMS)
 OVERLAY_DIMS = [2, 3, 8, 32, 128, 512]
 
 st.title("Sphere & sampling")

