@@ -17,7 +17,7 @@ from dml_core.figures import compare as compare_figures
 from dml_core.figures.sphere import sphere_density_max
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import FINAL, RunStore
-from pages.ui import load_snapshot, run_label, services, use_app_navigation
+from pages.ui import POLL_OTHERS_S, load_snapshot, run_label, services, use_app_navigation
 
 use_app_navigation()
 store, manager, _ = services()
@@ -279,4 +279,4 @@ if len(chosen) < 2:
 else:
     rename_panel(chosen)
     live = any(store.status(r).get("state") not in FINAL for r in chosen)
-    st.fragment(run_every=2.0 if live else None)(comparison)(chosen, live)
+    st.fragment(run_every=POLL_OTHERS_S if live else None)(comparison)(chosen, live)

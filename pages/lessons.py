@@ -17,7 +17,7 @@ from dml_core.services.lessons import (
     lesson_run_ids,
     load_results,
 )
-from pages.ui import STATE_ICONS, services, use_app_navigation
+from pages.ui import POLL_OTHERS_S, STATE_ICONS, services, use_app_navigation
 
 use_app_navigation()
 store, manager, _ = services()
@@ -123,7 +123,7 @@ def lesson_panel(lesson: Lesson) -> None:
         runs_panel(lesson)
 
 
-@st.fragment(run_every=3)
+@st.fragment(run_every=POLL_OTHERS_S)
 def lessons() -> None:
     """Every lesson in an expander; refreshed every few seconds while runs train."""
     for lesson in LESSONS.values():

@@ -15,7 +15,7 @@ from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project
 from dml_core.runs import RunStore
 from pages import ui
-from pages.ui import load_snapshot, run_label, services, use_app_navigation
+from pages.ui import POLL_LAYOUT_S, load_snapshot, run_label, services, use_app_navigation
 
 use_app_navigation()
 
@@ -93,7 +93,7 @@ def open_set_note(dataset) -> None:
     )
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=POLL_LAYOUT_S)
 def wait_for_umap(worker, key: str, step: int) -> None:
     """Poll the projection worker; rerun the page once the UMAP layout is ready."""
     if worker.get(key, step, "umap") is not None:

@@ -26,6 +26,8 @@ from dml_core.services.run_view import RunView, run_view
 from dml_core.train import collapse_advice
 from pages.train_settings import load_settings, sidebar_config
 from pages.ui import (
+    POLL_LAYOUT_S,
+    POLL_LIVE_S,
     describe,
     load_snapshot,
     run_label,
@@ -319,11 +321,11 @@ def desired_interval(view: RunView | None) -> float | None:
     if view is None:
         return None
     if view.active:
-        return 1.5
+        return POLL_LIVE_S
     if st.session_state.get("view.play") and not st.session_state.get("view.follow", True):
         return play_period()
     if st.session_state.get("view.pending"):
-        return 1.0
+        return POLL_LAYOUT_S
     return None
 
 

@@ -27,6 +27,10 @@ from dml_core.services.projection_worker import ProjectionWorker
 from dml_core.snapshot import Snapshot
 
 RUNS_DIR = os.environ.get("DML_RUNS_DIR", "runs")
+# How often timed fragments rerun, in seconds: one place for every page.
+POLL_LIVE_S = 1.5  # a run this page shows is training
+POLL_LAYOUT_S = 1.0  # a UMAP layout is being computed
+POLL_OTHERS_S = 2.0  # runs that other pages or sessions started (Compare, Lessons, Retrieval)
 STATE_ICONS = {
     RunState.QUEUED: "⏳",
     RunState.STARTING: "⏳",
