@@ -14,10 +14,16 @@ from dml_core.config import RunConfig, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import compare as compare_figures
-from dml_core.figures.sphere import sphere_density_max
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import FINAL, RunStore
-from pages.ui import POLL_OTHERS_S, load_snapshot, run_label, services, use_app_navigation
+from pages.ui import (
+    POLL_OTHERS_S,
+    load_snapshot,
+    run_label,
+    services,
+    steady_axes,
+    use_app_navigation,
+)
 
 use_app_navigation()
 store, manager, _ = services()
@@ -33,25 +39,6 @@ def aligned(
 ):
     """Aligned layouts of the runs at these steps (cached by runs, steps, method and frame)."""
     return compare.snapshot_layouts(RunStore(runs_dir), run_ids, steps, method, frame_step)
-
-
-@st.cache_data(max_entries=1024, show_spinner=False)
-def sphere_top(runs_dir: str, run_id: str, step: int) -> float:
-    """Highest bar of one snapshot's sphere histogram (cached: snapshots never change)."""
-    return sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
-
-
-@st.cache_data(max_entries=32, show_spinner="Fixing the axes over every snapshot…")
-def steady_axes(
-    runs_dir: str, steps: tuple[tuple[str, tuple[int, ...]], ...], on_sphere: bool
-) -> compare_figures.SteadyAxes:
-    """Histogram and sphere axes over every saved snapshot of the runs (recomputed on new ones)."""
-    shown = [(r, step) for r, run_steps in steps for step in run_steps]
-    return compare_figures.steady_axes(
-        [load_snapshot(runs_dir, r, step) for r, step in shown],
-        on_sphere,
-        [sphere_top(runs_dir, r, step) for r, step in shown],
-    )
 
 
 def base_config(choice: str) -> RunConfig:

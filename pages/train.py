@@ -17,6 +17,7 @@ from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import live as figures
 from dml_core.figures import sphere as sphere_figures
+from dml_core.figures.live import SteadyAxes
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
@@ -32,6 +33,7 @@ from pages.ui import (
     load_snapshot,
     run_label,
     services,
+    steady_axes,
     use_app_navigation,
 )
 
@@ -206,36 +208,19 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
     return pending
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def run_axes(runs_dir: str, run_id: str, steps: tuple[int, ...]) -> tuple:
-    """Fixed axes of a run's histograms over all its snapshots (recomputed on new snapshots)."""
-    snaps = [load_snapshot(runs_dir, run_id, step) for step in steps]
-    on_sphere = store.load(run_id).config.normalize
-    hist = figures.histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snaps], on_sphere)
-    sphere_top = max(sphere_density_max(runs_dir, run_id, step) for step in steps)
-    return hist, sphere_top
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def sphere_density_max(runs_dir: str, run_id: str, step: int) -> float:
-    """Highest bar of one snapshot's sphere histogram (cached: snapshots never change)."""
-    return sphere_figures.sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
-
-
 @st.cache_data(max_entries=256, show_spinner=False)
-def snapshot_figures(runs_dir: str, run_id: str, step: int, axes: tuple) -> tuple:
+def snapshot_figures(runs_dir: str, run_id: str, step: int, axes: SteadyAxes) -> tuple:
     """The distance histogram and the sphere figure of one snapshot, on the run's fixed axes."""
     snap = load_snapshot(runs_dir, run_id, step)
-    hist_axes, sphere_top = axes
     overlap = snap.metrics.get("pair_overlap")
     hist = figures.distance_histogram_figure(
         snap.pos_dist, snap.neg_dist, snap.lines, overlap, uirevision=f"hist-{run_id}",
-        axes=hist_axes,
+        axes=axes.histogram,
     )  # fmt: skip
     sphere = sphere_figures.sphere_distance_figure(
         snap.probe_emb,
         uirevision=f"sphere-{run_id}",
-        y_max=sphere_top,
+        y_max=axes.sphere_top,
         trained_on_sphere=store.load(run_id).config.normalize,
     )
     return hist, sphere
@@ -362,7 +347,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
     warning = st.empty()  # a fixed slot: the figures below never shift when it fills
     if snap.collapse.get("collapsing"):
         warning.warning(collapse_advice(record.config), icon="⚠️")
-    axes = run_axes(str(store.root), run_id, steps_saved)
+    axes = steady_axes(str(store.root), ((run_id, steps_saved),), record.config.normalize)
     hist, sphere = snapshot_figures(str(store.root), run_id, snap.step, axes)
     left, right = st.columns(2)
     with left:

@@ -19,6 +19,9 @@ from pydantic.fields import FieldInfo
 from streamlit.runtime.pages_manager import PagesManager
 
 from dml_core.errors import field_bounds
+from dml_core.figures import live as live_figures
+from dml_core.figures.live import SteadyAxes
+from dml_core.figures.sphere import sphere_density_max
 from dml_core.figures.style import split_symbol
 from dml_core.registry import Entry
 from dml_core.runs import RunState, RunStore
@@ -84,6 +87,29 @@ def _projection_worker() -> ProjectionWorker:
 def load_snapshot(runs_dir: str, run_id: str, step: int) -> Snapshot:
     """One snapshot from disk, cached by (run, step): a page refresh re-reads nothing."""
     return RunStore(runs_dir).load_snapshot(run_id, step)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def sphere_top(runs_dir: str, run_id: str, step: int) -> float:
+    """Highest bar of one snapshot's sphere histogram (cached: snapshots never change)."""
+    return sphere_density_max(load_snapshot(runs_dir, run_id, step).probe_emb)
+
+
+@st.cache_data(max_entries=64, show_spinner="Fixing the axes over every snapshot…")
+def steady_axes(
+    runs_dir: str, steps: tuple[tuple[str, tuple[int, ...]], ...], on_sphere: bool
+) -> SteadyAxes:
+    """Histogram and sphere axes over every saved snapshot of the runs.
+
+    Train passes its one run, Compare the shown ones; ``steps`` pairs each run with its
+    snapshot steps, so a new snapshot recomputes them.
+    """
+    shown = [(r, step) for r, run_steps in steps for step in run_steps]
+    return live_figures.steady_axes(
+        [load_snapshot(runs_dir, r, step) for r, step in shown],
+        on_sphere,
+        [sphere_top(runs_dir, r, step) for r, step in shown],
+    )
 
 
 def _nice_step(low: float, high: float) -> float:

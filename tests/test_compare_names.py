@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.figures import compare as compare_figures
+from dml_core.figures import live
 from dml_core.runs import FINAL, RunState, RunStore
 from tests.page_apps import page_on_runs
 from tests.saved_runs import train_and_save
@@ -166,7 +167,7 @@ def test_one_reference_curve_per_distinct_d_in_its_runs_colour(store: RunStore) 
 def test_histogram_and_sphere_axes_stay_put_from_first_to_last_snapshot(store: RunStore) -> None:
     ids = ["m01", "d2"]
     every = [store.load_snapshot(r, s) for r in ids for s in store.snapshot_steps(r)]
-    axes = compare_figures.steady_axes(every, on_sphere=True)
+    axes = live.steady_axes(every, on_sphere=True)
     assert axes.histogram.x_range == (0.0, 2.0)
     seen = []
     for step in (0, 30):

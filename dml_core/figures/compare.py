@@ -6,7 +6,7 @@ the class colours of ``style.CLASS_COLORS`` in the embedding panels. Runs are sh
 names (``analysis.compare.run_names``: what differs, or the user's label), wrapped by
 ``wrap_name`` so that four panel titles never run into each other.
 
-Steady axes: ``steady_axes`` fixes the histogram bins and ranges and the top of the sphere
+Steady axes: ``live.steady_axes`` fixes the histogram bins and ranges and the top of the sphere
 overlay over every snapshot of every shown run, so the scrubber moves the data, not the axes.
 
 - ``embedding_panels_figure``: aligned layouts (``compare.aligned_layouts``), one panel per run,
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,7 @@ from dml_core.figures.live import (
     embedding_figure,
     histogram_axes,
 )
-from dml_core.figures.sphere import SPHERE_BINS, sphere_density_max, sphere_distances
+from dml_core.figures.sphere import SPHERE_BINS, sphere_distances
 from dml_core.figures.style import _density_grid, _sqrt2_line, _style, math_text
 from dml_core.snapshot import Snapshot
 
@@ -96,31 +95,6 @@ def panel_titles(names: Sequence[str], snapshots: Sequence[Snapshot]) -> list[st
 
 def _title_lines(titles: Sequence[str]) -> int:
     return max((t.count("<br>") + 1 for t in titles), default=1)
-
-
-class SteadyAxes(NamedTuple):
-    """Axes that stay put while scrubbing: histogram bins and ranges, and the sphere's top."""
-
-    histogram: HistogramAxes
-    sphere_top: float
-
-
-def steady_axes(
-    snapshots: Sequence[Snapshot], on_sphere: bool, sphere_tops: Sequence[float] | None = None
-) -> SteadyAxes:
-    """Fixed axes over every snapshot of every shown run (``live.histogram_axes``).
-
-    Args:
-        snapshots: all snapshots that the scrubber can show, of all runs.
-        on_sphere: whether every run trains on the unit sphere (x in [0, 2]); otherwise the
-            x-axis spans the runs' global range.
-        sphere_tops: ``sphere.sphere_density_max`` of each snapshot's probe embeddings, when the
-            caller has them cached; computed here otherwise.
-    """
-    hist = histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snapshots], on_sphere)
-    if sphere_tops is None:
-        sphere_tops = [sphere_density_max(s.probe_emb) for s in snapshots]
-    return SteadyAxes(hist, max(sphere_tops, default=0.0))
 
 
 def embedding_panels_figure(
@@ -190,7 +164,7 @@ def histogram_panels_figure(
         title: figure title.
         uirevision: constant per view.
         axes: bins, x-range and top of the y-axis fixed over every snapshot of every shown run
-            (``steady_axes``); None fits them to these snapshots only.
+            (``live.steady_axes``); None fits them to these snapshots only.
     """
     count = len(snapshots)
     subtitles = [
@@ -257,7 +231,7 @@ def sphere_overlay_figure(
         title: figure title.
         uirevision: constant per view.
         y_max: the highest bar over every snapshot that the scrubber can show
-            (``steady_axes``), so the y-axis stays put; None fits it to these embeddings.
+            (``live.steady_axes``), so the y-axis stays put; None fits it to these embeddings.
         normalized: per run, whether it trains on the unit sphere; a run that does not is
             marked "normalised for this plot".
     """

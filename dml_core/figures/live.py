@@ -23,6 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dml_core.figures.sphere import sphere_density_max
 from dml_core.figures.style import (
     CURVE_COLORS,
     NEGATIVE_COLOR,
@@ -202,6 +203,31 @@ def histogram_axes(
                 y_max = max(y_max, float(density.max()))
     bins = {"start": 0.0, "end": top + size, "size": size}
     return HistogramAxes((0.0, top), y_max * 1.05 if y_max > 0 else 1.0, bins)
+
+
+class SteadyAxes(NamedTuple):
+    """Axes that stay put while scrubbing: histogram bins and ranges, and the sphere's top."""
+
+    histogram: HistogramAxes
+    sphere_top: float
+
+
+def steady_axes(
+    snapshots: Sequence[Snapshot], on_sphere: bool, sphere_tops: Sequence[float] | None = None
+) -> SteadyAxes:
+    """Fixed axes over every snapshot of every shown run (one run on Train) (``histogram_axes``).
+
+    Args:
+        snapshots: all snapshots that the scrubber can show, of all runs.
+        on_sphere: whether every run trains on the unit sphere (x in [0, 2]); otherwise the
+            x-axis spans the runs' global range.
+        sphere_tops: ``sphere.sphere_density_max`` of each snapshot's probe embeddings, when the
+            caller has them cached; computed here otherwise.
+    """
+    hist = histogram_axes([(s.pos_dist, s.neg_dist, s.lines) for s in snapshots], on_sphere)
+    if sphere_tops is None:
+        sphere_tops = [sphere_density_max(s.probe_emb) for s in snapshots]
+    return SteadyAxes(hist, max(sphere_tops, default=0.0))
 
 
 def distance_histogram_figure(
