@@ -32,7 +32,7 @@ from dml_core.nets import NETS, build_net
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.sampling import PKSampler
-from dml_core.train import embed
+from dml_core.evaluation import embed
 from dml_core.tuples import (
     TRIPLET_KINDS,
     Pairs,

@@ -34,7 +34,7 @@ from dml_core.data import Dataset, Split, load_dataset
 from dml_core.nets import Embedder, build_net
 from dml_core.runs import RunStore, atomic_write_bytes
 from dml_core.snapshot import make_probe_indices
-from dml_core.train import embed
+from dml_core.evaluation import embed
 
 CACHE_FILE = "embeddings.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
