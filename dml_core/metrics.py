@@ -20,10 +20,14 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
+from dml_core.representation import alignment_uniformity, effective_rank
+
 __all__ = [
     "METRIC_LABELS",
     "QueryScores",
+    "alignment_uniformity",
     "collapse_signals",
+    "effective_rank",
     "pair_overlap",
     "query_scores",
     "retrieval_metrics",
