@@ -6,6 +6,8 @@ splits and measures retrieval (``evaluate``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,7 @@ from dml_core import metrics
 from dml_core.data import Dataset
 from dml_core.nets import Embedder
 
-__all__ = ["EMBED_CHUNK", "embed", "evaluate"]
+__all__ = ["EMBED_CHUNK", "Evaluation", "embed", "evaluate"]
 
 EMBED_CHUNK = 2048
 
@@ -44,11 +46,26 @@ def embed(
     return torch.cat(out) if out else torch.empty(0, device=home)
 
 
-def evaluate(net: Embedder, data: Dataset, device: torch.device) -> dict[str, float]:
+class Evaluation(NamedTuple):
+    """The final evaluation of a run: its retrieval metrics and the embeddings they came from.
+
+    Attributes:
+        metrics: ``metrics.retrieval_metrics`` of every query against every reference.
+        query_emb: (Nq, D) float32 embeddings of the query (test) split, on the CPU.
+        reference_emb: (Nr, D) float32 embeddings of the reference (train) split, on the CPU.
+    """
+
+    metrics: dict[str, float]
+    query_emb: Tensor
+    reference_emb: Tensor
+
+
+def evaluate(net: Embedder, data: Dataset, device: torch.device) -> Evaluation:
     """Full retrieval: every query (test) image against every reference (train) image.
 
     The search (10k x 60k distances for MNIST) runs on ``device``.
     """
     query = embed(net, data.query.x, device, on_device=True)
     ref = embed(net, data.reference.x, device, on_device=True)
-    return metrics.retrieval_metrics(query, data.query.y, ref, data.reference.y)
+    result = metrics.retrieval_metrics(query, data.query.y, ref, data.reference.y)
+    return Evaluation(result, query.cpu(), ref.cpu())

@@ -45,13 +45,16 @@ def alignment_uniformity(
     n = x.shape[0]
     if n < 2:
         return {"alignment": float("nan"), "uniformity": float("nan")}
-    i, j = torch.triu_indices(n, n, offset=1)  # all pairs i < j
-    sq = (x[i] - x[j]).pow(2).sum(dim=1)  # (n (n-1) / 2,) squared distances
+    # squared distances of all pairs i < j from one (n, n) matrix: O(n^2) memory, not O(n^2 D)
+    sq_all = torch.cdist(x, x).pow(2)  # (n, n)
+    upper = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(diagonal=1)
     labels = torch.as_tensor(labels).to(x.device)
-    positive = labels[i] == labels[j]
-    alignment = (
-        sq[positive].sqrt().pow(alpha).mean() if positive.any() else sq.new_tensor(float("nan"))
-    )
+    positive = (labels[:, None] == labels[None, :]) & upper  # (n, n)
+    sq = sq_all[upper]  # (n (n-1) / 2,)
+    if positive.any():
+        alignment = sq_all[positive].sqrt().pow(alpha).mean()
+    else:
+        alignment = sq.new_tensor(float("nan"))
     # log-mean-exp, stable: log(sum exp(-t sq)) - log(count)
     uniformity = torch.logsumexp(-t * sq, dim=0) - torch.log(sq.new_tensor(float(len(sq))))
     return {"alignment": float(alignment), "uniformity": float(uniformity)}

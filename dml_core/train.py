@@ -19,7 +19,7 @@ import torch
 from dml_core.config import RunConfig, check_against_dataset
 from dml_core.data import Dataset, load_dataset
 from dml_core.devices import CudaHealth, host_copy, synchronize
-from dml_core.evaluation import embed, evaluate
+from dml_core.evaluation import Evaluation, embed, evaluate
 from dml_core.fast_paths import (
     BF16_MIN_MACS,
     EXACT_PATHS,
@@ -235,9 +235,15 @@ class Trainer:
                 yield self.snapshot(mean_stats(window))
                 window = []
 
-    def final_metrics(self) -> dict[str, float]:
-        """Full retrieval: every query (test) image against every reference (train) image."""
+    def final_evaluation(self) -> Evaluation:
+        """Full retrieval, every query (test) image against every reference (train) image,
+        with the embeddings it measured.
+        """
         return evaluate(self.net, self.data, self.device)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The metrics of :meth:`final_evaluation`."""
+        return self.final_evaluation().metrics
 
     def state_dict(self) -> dict[str, Any]:
         """A copy, in host memory, of everything needed to resume.
