@@ -236,9 +236,7 @@ class Trainer:
                 window = []
 
     def final_evaluation(self) -> Evaluation:
-        """Full retrieval, every query (test) image against every reference (train) image,
-        with the embeddings it measured.
-        """
+        """Full retrieval (every query image against every reference image), with embeddings."""
         return evaluate(self.net, self.data, self.device)
 
     def final_metrics(self) -> dict[str, float]:
