@@ -9,6 +9,9 @@ Layout of a run directory::
     metrics.csv         one row per snapshot (``Snapshot.scalars``), read with pandas
     snapshots/NNNNNNNN.npz   one file per snapshot (arrays + scalars as JSON)
     checkpoint.pt       the last good training state (weights, optimiser, step, RNG)
+    embeddings.npz      the query and reference embeddings of the final evaluation (or of
+                        the Retrieval page's "Compute full index"), with the checkpoint step
+                        they belong to (``RunStore.save_embeddings``)
 
 Every file is written to a temporary file in the same directory, flushed, fsynced and moved
 into place with ``os.replace``, so a process killed at any moment leaves each file either
@@ -42,6 +45,7 @@ from dml_core.snapshot import ARRAY_FIELDS, Snapshot
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 LABEL_MAX = 80
+EMBEDDINGS_FILE = "embeddings.npz"
 
 
 class RunState(StrEnum):
@@ -114,6 +118,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, value: Any) -> None:
     """Atomically write ``value`` as indented JSON."""
     atomic_write_bytes(path, json.dumps(value, indent=2, default=float).encode())
+
+
+@dataclass(frozen=True)
+class RunEmbeddings:
+    """Every query and reference image of a run embedded by the weights of one step.
+
+    Attributes:
+        step: the training step of the weights (the checkpoint's step).
+        query_emb: (n_query, D) float32 embeddings of the query (test) images.
+        query_labels: (n_query,) int64.
+        ref_emb: (n_ref, D) float32 embeddings of the reference (train) images.
+        ref_labels: (n_ref,) int64.
+    """
+
+    step: int
+    query_emb: np.ndarray
+    query_labels: np.ndarray
+    ref_emb: np.ndarray
+    ref_labels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -230,6 +253,40 @@ class RunStore:
         return torch.load(
             self.path(run_id) / "checkpoint.pt", map_location="cpu", weights_only=True
         )
+
+    def save_embeddings(self, run_id: str, emb: RunEmbeddings) -> None:
+        """Atomically write the query and reference embeddings (uncompressed float32 .npz).
+
+        70k FashionMNIST images at D = 32 take 9 MB: one read instead of a second
+        embedding pass (15 s on 2 cores) whenever a page needs every embedding.
+        """
+        arrays = {
+            "query_emb": np.asarray(emb.query_emb, dtype=np.float32),  # (n_query, D)
+            "query_labels": np.asarray(emb.query_labels, dtype=np.int64),  # (n_query,)
+            "ref_emb": np.asarray(emb.ref_emb, dtype=np.float32),  # (n_ref, D)
+            "ref_labels": np.asarray(emb.ref_labels, dtype=np.int64),  # (n_ref,)
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, step=np.int64(emb.step), **arrays)
+        atomic_write_bytes(self.path(run_id) / EMBEDDINGS_FILE, buffer.getvalue())
+
+    def embeddings_step(self, run_id: str) -> int | None:
+        """The step of the saved embeddings (None without them); reads only that number."""
+        file = self.path(run_id) / EMBEDDINGS_FILE
+        if not file.exists():
+            return None
+        with np.load(file) as f:
+            return int(f["step"])
+
+    def load_embeddings(self, run_id: str) -> RunEmbeddings | None:
+        """The saved embeddings (no pickle: ``allow_pickle=False``), or None without them."""
+        file = self.path(run_id) / EMBEDDINGS_FILE
+        if not file.exists():
+            return None
+        with np.load(file) as f:
+            return RunEmbeddings(
+                int(f["step"]), f["query_emb"], f["query_labels"], f["ref_emb"], f["ref_labels"]
+            )
 
     def history(self, run_id: str) -> pd.DataFrame:
         """The metrics table: one row per snapshot, sorted by step."""

@@ -3,7 +3,8 @@
 ``train_and_save`` is the only code that trains a run into the RunStore: the app's jobs, the
 CLI, the lessons and the tests all go through it. Every snapshot is saved together with a
 checkpoint before it becomes visible, so a crash at any point leaves the last good snapshot
-and checkpoint on disk. A job runs it in a thread with a stop event and a pause gate; it never
+and checkpoint on disk. The final evaluation's embeddings are saved with the run, before its
+final metrics, so no page embeds a finished run's images again. A job runs it in a thread with a stop event and a pause gate; it never
 calls the UI, and pages read copies of its state (``progress()``, ``latest``).
 """
 
@@ -30,7 +31,8 @@ from dml_core.devices import (
     release_memory,
 )
 from dml_core.errors import ConfigError
-from dml_core.runs import ACTIVE, FINAL, RESUMABLE, RunRecord, RunState, RunStore
+from dml_core.evaluation import Evaluation
+from dml_core.runs import ACTIVE, FINAL, RESUMABLE, RunEmbeddings, RunRecord, RunState, RunStore
 from dml_core.services.progress import Phase, Progress, StepRate
 from dml_core.snapshot import Snapshot
 from dml_core.train import Trainer, TrainingDivergedError
@@ -44,6 +46,20 @@ FINAL_EVALUATION_NOTE = "Final evaluation: every test image against every train 
 
 def _ignore(**_: Any) -> None:
     """An ``update`` that listens to nothing."""
+
+
+def final_embeddings(trainer: Trainer, evaluation: Evaluation) -> RunEmbeddings:
+    """The final evaluation's embeddings with their labels and step, as the run saves them.
+
+    The Retrieval page and export read them back instead of embedding every image again.
+    """
+    return RunEmbeddings(
+        trainer.step,
+        evaluation.query_emb.numpy(),
+        trainer.data.query.y.cpu().numpy(),
+        evaluation.reference_emb.numpy(),
+        trainer.data.reference.y.cpu().numpy(),
+    )
 
 
 def train_and_save(
@@ -146,7 +162,9 @@ def _train(
         return RunState.STOPPED
     if cfg.final_eval:
         record(phase=Phase.FINAL_EVALUATION, message=FINAL_EVALUATION_NOTE)
-        final = trainer.final_metrics()
+        evaluation = trainer.final_evaluation()
+        store.save_embeddings(run_id, final_embeddings(trainer, evaluation))
+        final = evaluation.metrics
         store.set_status(run_id, final_metrics=final)
         tell(final=final)
     record(state=RunState.FINISHED, message=note)
