@@ -1,4 +1,4 @@
-"""Command line: ``python -m dml_core train|list-runs|export|bench|gpu-check|...``.
+"""Command line: ``python -m dml_core train|list-runs|export|bench|pixel-baseline|...``.
 
 Results go to stdout (a summary, or one JSON object with ``--json``); progress and errors go
 to stderr. Exit status: 0 done; 1 a run that failed or diverged while training; 2 bad
@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dml_core import metrics
 from dml_core.config import RunConfig, apply_margin, check_against_dataset, make_config
-from dml_core.data import DATASETS, DatasetError, load_dataset
+from dml_core.data import DATASETS, SPLITS, DatasetError, load_dataset
 from dml_core.errors import ConfigError, allowed_values
 from dml_core.registry import LOSSES, MINERS, Registry
 from dml_core.runs import RunState, RunStore
@@ -46,6 +47,11 @@ FLAG_FIELDS = {
     "probe_size": "probe_size",
     "seed": "seed",
     "device": "device",
+    "supervision": "supervision",
+    "crop_scale": "crop_scale",
+    "rotation": "rotation",
+    "translate": "translate",
+    "noise": "noise",
 }
 
 
@@ -142,6 +148,13 @@ def build_parser() -> Parser:
     bench.add_argument(
         "--out", help="also write the JSON to this file (e.g. assets/bench-cpu.json)"
     )
+    pixels = sub.add_parser(
+        "pixel-baseline",
+        help="retrieval metrics of the raw pixels (the floor a learnt embedding must beat)",
+    )
+    pixels.add_argument("--dataset", default="digits", choices=DATASETS)
+    pixels.add_argument("--split", default="standard", choices=SPLITS)
+    pixels.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     gpu = sub.add_parser(
         "gpu-check",
         help="on a CUDA machine: the CUDA tests, cross-device resume, out of memory, bench",
@@ -271,6 +284,28 @@ def run_train(args: argparse.Namespace) -> int:
     return 1
 
 
+def pixel_baseline(dataset: str, split: str, as_json: bool) -> int:
+    """Print the retrieval metrics of raw pixels: each image flattened to floats in [0, 1].
+
+    The same query-vs-reference search and metric function as a run's final evaluation
+    (``metrics.retrieval_metrics``, Euclidean distance), with no net: what retrieval gets for
+    free, to set beside a trained and an untrained net.
+    """
+    data = load_dataset(dataset, split)
+    start = time.perf_counter()
+    query = data.query.x.flatten(1).float() / 255.0  # (Nq, H*W)
+    ref = data.reference.x.flatten(1).float() / 255.0  # (Nr, H*W)
+    result = metrics.retrieval_metrics(query, data.query.y, ref, data.reference.y)
+    seconds = round(time.perf_counter() - start, 2)
+    if as_json:
+        print(json.dumps({"dataset": dataset, "split": split, **result, "seconds": seconds}))
+        return 0
+    print(f"Raw pixels of {dataset} ({split}), {len(query)} queries vs {len(ref)} references:")
+    for key, value in result.items():
+        print(f"  {key:<15} {value:.4f}")
+    return 0
+
+
 def list_registry(registry: Registry, as_json: bool) -> int:
     """Print every entry with its parameters and paper."""
     rows = []
@@ -334,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out,
                 args.seeds,
             )
+        if args.command == "pixel-baseline":
+            return pixel_baseline(args.dataset, args.split, args.json)
         if args.command == "gpu-check":
             from dml_core.gpu_check import main as gpu_check_main
 

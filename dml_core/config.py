@@ -15,6 +15,12 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from dml_core import budgets
+from dml_core.config_text import describe_config as describe_config
+from dml_core.config_text import differing_labels as differing_labels
+from dml_core.config_text import flat_settings as flat_settings
+from dml_core.config_text import params_text as params_text
+from dml_core.config_text import views_text as views_text
+from dml_core.config_text import widget_values as widget_values
 from dml_core.data import DATASETS, OPEN_SET_TRAIN_CLASSES, Dataset
 from dml_core.errors import ConfigError, field_bounds, validate
 from dml_core.registry import LOSSES, MINERS, Entry
@@ -25,8 +31,9 @@ CLASSES_PER_DATASET = 10
 EMBEDDING_DIMS = (2, 3, 4, 8, 16, 32, 64, 128, 256, 512)
 """The embedding dimensions offered in the app (any D in [2, 512] is valid)."""
 
-SECTIONS = ("data", "batch", "more")
-"""Groups of run settings, in the order the Train sidebar shows them (loss and miner between)."""
+SECTIONS = ("data", "batch", "more", "views")
+"""Groups of run settings, in the order the Train sidebar shows them (loss and miner between;
+``views``, the augmentation strengths, only when ``supervision`` is ``views``)."""
 
 
 def _ui(section: str, **hints: Any) -> dict[str, Any]:
@@ -50,6 +57,13 @@ class RunConfig(BaseModel):
         "standard",
         title="Split",
         description="open-set: train on classes 0-5, retrieve unseen classes 6-9",
+        json_schema_extra=_ui("data", horizontal=True),
+    )
+    supervision: Literal["labels", "views"] = Field(
+        "labels",
+        title="Supervision",
+        description="labels: positives share a class; views (label-free, SimCLR): positives "
+        "are two augmented views of one image, and labels only colour and evaluate",
         json_schema_extra=_ui("data", horizontal=True),
     )
     net: Literal["mlp", "convnet"] = Field(
@@ -144,11 +158,50 @@ class RunConfig(BaseModel):
         description="where to train",
         json_schema_extra=_ui("more", horizontal=True),
     )
+    crop_scale: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        title="Crop area (min)",
+        description="random resized crop: each view keeps a random part of the image with an "
+        "area fraction in [this, 1], resized to full size (SimCLR: 0.08)",
+        json_schema_extra=_ui("views"),
+    )
+    rotation: float = Field(
+        15.0,
+        ge=0,
+        le=180,
+        title="Rotation (degrees)",
+        description="each view is rotated by a random angle in [-this, this] degrees",
+        json_schema_extra=_ui("views"),
+    )
+    translate: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        title="Shift (image fraction)",
+        description="each view is shifted by up to this fraction of the image side, each axis",
+        json_schema_extra=_ui("views"),
+    )
+    noise: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        title="Pixel noise",
+        description="standard deviation of the Gaussian noise added to each pixel, as a "
+        "fraction of the pixel range",
+        json_schema_extra=_ui("views"),
+    )
 
     @property
     def batch_size(self) -> int:
         """P * K."""
         return self.classes_per_batch * self.samples_per_class
+
+    @property
+    def images_per_batch(self) -> int:
+        """Training images a batch is made from: P * K, or P * K / 2 with two views of each."""
+        return self.batch_size // 2 if self.supervision == "views" else self.batch_size
 
     @property
     def loss_entry(self) -> Entry:
@@ -171,6 +224,9 @@ def make_config(**values: Any) -> RunConfig:
     cfg: RunConfig = validate(RunConfig, values, "the run config")
     loss_params = dict(cfg.loss_entry.validate(**cfg.loss_params).model_dump())
     miner_params = dict(cfg.miner_entry.validate(**cfg.miner_params).model_dump())
+    if cfg.supervision == "views":
+        check_views(cfg, loss_params)
+        return cfg.model_copy(update={"loss_params": loss_params, "miner_params": miner_params})
     classes = train_class_count(cfg.dataset, cfg.split)
     if cfg.classes_per_batch > classes:
         raise ConfigError(
@@ -183,6 +239,39 @@ def make_config(**values: Any) -> RunConfig:
             f"with K = 1 a batch has no positive pairs. Got {cfg.samples_per_class}."
         )
     return cfg.model_copy(update={"loss_params": loss_params, "miner_params": miner_params})
+
+
+CLASS_LEVEL_HINT = "per_class"
+"""A loss parameter whose field declares ``json_schema_extra={"per_class": True}`` makes the
+loss learn something per class when true (the margin loss's ``per_class_beta``)."""
+
+
+def check_views(cfg: RunConfig, loss_params: dict[str, Any]) -> None:
+    """Refuse, in one sentence, what label-free (``views``) training cannot do.
+
+    Each batch holds P * K / 2 images x 2 views, whose labels are image ids: a loss that
+    learns one weight per class (``Entry.kind == "classes"``, or a parameter declared
+    per-class and switched on) has no classes to learn, and the views must pair up.
+    """
+    entry = cfg.loss_entry
+    if entry.kind == "classes":
+        raise ConfigError(
+            f"The {cfg.loss} loss learns one weight per class, so it needs 'supervision' = "
+            "'labels'; with 'views' use a pair or triplet loss such as ntxent."
+        )
+    for name, field in entry.params.model_fields.items():
+        hints = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if hints.get(CLASS_LEVEL_HINT) and loss_params.get(name):
+            raise ConfigError(
+                f"The '{name}' parameter of {cfg.loss} learns a value per class, so it must be "
+                "off with 'supervision' = 'views' (no classes). Got True."
+            )
+    if cfg.batch_size % 2:
+        raise ConfigError(
+            "With 'supervision' = 'views' a batch is P x K / 2 images x 2 views, so "
+            "'classes_per_batch' (P) x 'samples_per_class' (K) must be even. "
+            f"Got {cfg.classes_per_batch} x {cfg.samples_per_class}."
+        )
 
 
 TRAINING_MEMORY = 4 * budgets.GB
@@ -207,8 +296,18 @@ def check_budget(cfg: RunConfig) -> None:
 def check_against_dataset(cfg: RunConfig, dataset: Dataset) -> None:
     """Checks that need the data, then the memory budget (``check_budget``).
 
-    The batch must be fillable without repeating samples, and its mining must fit in memory.
+    The batch must be fillable without repeating samples (with ``views``: P x K / 2 distinct
+    images), and its mining must fit in memory.
     """
+    if cfg.supervision == "views":
+        if cfg.images_per_batch > len(dataset.train):
+            raise ConfigError(
+                f"With 'supervision' = 'views' a batch draws P x K / 2 = "
+                f"{cfg.images_per_batch} distinct images, more than the {len(dataset.train)} "
+                f"training images of {dataset.name} ({cfg.split}): lower P or K."
+            )
+        check_budget(cfg)
+        return
     counts = dataset.train.y.bincount()
     counts = counts[counts > 0]
     if cfg.classes_per_batch > len(counts):
@@ -298,99 +397,3 @@ def apply_margin(cfg_values: dict[str, Any], margin: float) -> dict[str, Any]:
         miner_params.setdefault(MINER_MARGIN_FIELD, margin)
     values["miner_params"] = miner_params
     return values
-
-
-def params_text(params: dict[str, Any]) -> str:
-    """``{"margin": 0.1, "soft": False}`` -> ``"margin=0.1, soft=False"``."""
-    return ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
-
-
-def describe_config(cfg: RunConfig) -> str:
-    """A run's settings in one line: data, net, D, sphere, loss, miner, batch, optimiser, seed."""
-    sphere = "unit sphere" if cfg.normalize else "not normalised"
-    return " · ".join(
-        [
-            f"{cfg.dataset} ({cfg.split})",
-            f"{cfg.net}, D = {cfg.embedding_dim}, {sphere}",
-            f"loss {cfg.loss} ({params_text(cfg.loss_params) or 'no parameters'})",
-            f"miner {cfg.miner} ({params_text(cfg.miner_params) or 'no parameters'})",
-            f"P×K = {cfg.classes_per_batch}×{cfg.samples_per_class}",
-            f"lr {cfg.lr:g}",
-            f"{cfg.steps} steps",
-            f"seed {cfg.seed}",
-        ]
-    )
-
-
-def flat_settings(cfg: RunConfig) -> dict[str, Any]:
-    """Every setting as one flat mapping: fields, then ``loss.NAME`` and ``miner.NAME``."""
-    flat = cfg.model_dump(exclude={"loss_params", "miner_params"})
-    flat |= {f"loss.{k}": v for k, v in cfg.loss_params.items()}
-    return flat | {f"miner.{k}": v for k, v in cfg.miner_params.items()}
-
-
-def differing_labels(configs: dict[str, RunConfig]) -> dict[str, str]:
-    """Name each run by the settings in which the runs differ: ``{"run-a": "margin = 0.1"}``.
-
-    A setting a run does not have (another loss's parameter) is left out of its name; when the
-    loss itself differs, its parameters are named only where they leave the loss's default. A
-    miner margin equal to the loss margin is not named twice. Runs with identical settings keep
-    their id as their name.
-    """
-    flats = {run_id: flat_settings(cfg) for run_id, cfg in configs.items()}
-    keys = sorted({k for flat in flats.values() for k in flat}, key=_setting_order)
-    differing = [k for k in keys if len({repr(flat.get(k)) for flat in flats.values()}) > 1]
-    if "miner.margin" in differing and "loss.margin" in differing:
-        linked = all(f.get("miner.margin") == f.get("loss.margin") for f in flats.values())
-        if linked:
-            differing.remove("miner.margin")
-    labels = {}
-    for run_id, flat in flats.items():
-        defaults = {f"loss.{k}": v for k, v in configs[run_id].loss_entry.defaults().items()} | {
-            f"miner.{k}": v for k, v in configs[run_id].miner_entry.defaults().items()
-        }
-        parts = [
-            f"{_setting_name(k)} = {_value_text(flat[k])}"
-            for k in differing
-            if k in flat and not (_owner_differs(k, differing) and flat[k] == defaults.get(k))
-        ]
-        labels[run_id] = ", ".join(parts) if parts else run_id
-    return labels
-
-
-def _owner_differs(key: str, differing: list[str]) -> bool:
-    """Whether ``loss.X`` / ``miner.X`` belongs to a loss / miner that itself differs."""
-    owner = key.split(".", 1)[0]
-    return "." in key and owner in differing
-
-
-def _setting_order(key: str) -> tuple[int, str]:
-    fields = list(RunConfig.model_fields)
-    base = key.split(".", 1)[0]
-    return (fields.index(base) if base in fields else fields.index(f"{base}_params"), key)
-
-
-def _setting_name(key: str) -> str:
-    short = {"embedding_dim": "D", "classes_per_batch": "P", "samples_per_class": "K"}
-    if key.startswith("loss."):
-        return key.removeprefix("loss.")
-    if key.startswith("miner."):
-        return f"miner {key.removeprefix('miner.')}"
-    return short.get(key, key)
-
-
-def _value_text(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def widget_values(cfg: RunConfig) -> dict[str, Any]:
-    """The Train sidebar's widget keys and values that reproduce ``cfg`` ("Load these settings").
-
-    Keys follow the page's convention: ``cfg.FIELD`` for run fields, ``loss.LOSS.PARAM`` and
-    ``miner.MINER.PARAM`` for registry parameters.
-    """
-    values = {f"cfg.{k}": v for k, v in cfg.model_dump().items() if not k.endswith("_params")}
-    values |= {f"loss.{cfg.loss}.{k}": v for k, v in cfg.loss_params.items()}
-    return values | {f"miner.{cfg.miner}.{k}": v for k, v in cfg.miner_params.items()}

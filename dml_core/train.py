@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from dml_core.augment import Augmentation
 from dml_core.config import RunConfig, check_against_dataset
 from dml_core.data import Dataset, load_dataset
 from dml_core.devices import CudaHealth, host_copy, synchronize
@@ -31,7 +32,7 @@ from dml_core.fast_paths import (
 )
 from dml_core.nets import build_net, macs_per_sample
 from dml_core.probe import ProbeMeter, collapse_advice
-from dml_core.sampling import PKSampler
+from dml_core.sampling import PKSampler, SeededSampler, ViewSampler
 from dml_core.seeding import seeded
 from dml_core.snapshot import Snapshot
 from dml_core.step_stats import StepStats, mean_stats
@@ -137,9 +138,15 @@ class Trainer:
         params = list(self.net.parameters()) + list(self.loss.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused="fused_adam" in fast or None)
         self.fused = fused_path(self.loss, self.miner) if "fused_loss" in fast else None
-        self.sampler = PKSampler(
-            self.train_y, cfg.classes_per_batch, cfg.samples_per_class, cfg.seed
-        )
+        self.sampler: SeededSampler
+        if cfg.supervision == "views":  # label-free: two views of P*K/2 images, ids as labels
+            aug = Augmentation.from_config(cfg)
+            count = len(self.train_y)
+            self.sampler = ViewSampler(count, cfg.images_per_batch, aug, cfg.seed, self.device)
+        else:
+            self.sampler = PKSampler(
+                self.train_y, cfg.classes_per_batch, cfg.samples_per_class, cfg.seed
+            )
         self.probe = ProbeMeter(cfg, self.data.query)
         self.step = 0
         self.elapsed = 0.0
@@ -151,7 +158,10 @@ class Trainer:
         return torch.bfloat16 if self.autocast else None
 
     def train_step(self) -> StepStats:
-        """One optimiser step on a fresh P x K batch; returns the batch's loss statistics.
+        """One optimiser step on a fresh batch; returns the batch's loss statistics.
+
+        The batch is P x K labelled images, or (``views``) two views of P K / 2 images
+        labelled by image id (``sampling.ViewSampler``).
 
         On the fused path the step reads one number back from the device: a flag folding the
         finite checks of the embeddings, the loss and the gradients, read before the optimiser
@@ -159,8 +169,7 @@ class Trainer:
         the next snapshot). The plain path also checks the embeddings before mining, as its
         miners and losses may index with values derived from them.
         """
-        idx = self.sampler.sample()  # (P*K,)
-        x, y = self.train_x[idx], self.train_y[idx]
+        x, y = self.sampler.batch(self.train_x, self.train_y)  # (P*K, C, H, W), (P*K,)
         emb = self.net(x, low_precision=self.low_precision)  # (P*K, D)
         emb_ok = torch.isfinite(emb).all()
         if self.fused is not None:
