@@ -41,7 +41,7 @@ import torch
 
 from dml_core.config import RunConfig
 from dml_core.errors import ConfigError
-from dml_core.snapshot import ARRAY_FIELDS, Snapshot
+from dml_core.snapshot import ARRAY_FIELDS, OPTIONAL_ARRAY_FIELDS, Snapshot
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 LABEL_MAX = 80
@@ -221,11 +221,17 @@ class RunStore:
     def save_snapshot(self, run_id: str, snap: Snapshot) -> None:
         """Write one snapshot file and append its scalars to metrics.csv."""
         path = self.path(run_id)
-        meta = {k: v for k, v in snap.__dict__.items() if k not in ARRAY_FIELDS}
+        arrays = {k: getattr(snap, k) for k in ARRAY_FIELDS}
+        arrays |= {
+            k: getattr(snap, k) for k in OPTIONAL_ARRAY_FIELDS if getattr(snap, k) is not None
+        }
+        meta = {
+            k: v
+            for k, v in snap.__dict__.items()
+            if k not in ARRAY_FIELDS and k not in OPTIONAL_ARRAY_FIELDS
+        }
         buffer = io.BytesIO()
-        np.savez(
-            buffer, meta=np.array(json.dumps(meta)), **{k: getattr(snap, k) for k in ARRAY_FIELDS}
-        )
+        np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
         atomic_write_bytes(path / "snapshots" / f"{snap.step:08d}.npz", buffer.getvalue())
         history = self.history(run_id)
         row = pd.DataFrame([snap.scalars()])
@@ -301,10 +307,15 @@ class RunStore:
         return tuple(sorted(int(f.stem) for f in folder.glob("*.npz") if f.stem.isdigit()))
 
     def load_snapshot(self, run_id: str, step: int) -> Snapshot:
-        """Read one snapshot back (no pickle: ``allow_pickle=False``)."""
+        """Read one snapshot back (no pickle: ``allow_pickle=False``).
+
+        Files written before a field existed load with its default (no geometry, no class
+        weights).
+        """
         with np.load(self.path(run_id) / "snapshots" / f"{int(step):08d}.npz") as f:
             meta = json.loads(str(f["meta"]))
             arrays = {k: f[k] for k in ARRAY_FIELDS}
+            arrays |= {k: f[k] for k in OPTIONAL_ARRAY_FIELDS if k in f.files}
         return Snapshot(**meta, **arrays)
 
     def list(self) -> list[str]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ARRAY_FIELDS = ("probe_emb", "probe_labels", "pos_dist", "neg_dist")
+# Arrays only some snapshots have (None otherwise; files from before 2026-11-30 lack them).
+OPTIONAL_ARRAY_FIELDS = ("class_weights", "class_weight_labels")
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,20 @@ class Snapshot:
             ``r_precision``, ``map_at_r``) and ``pair_overlap``, the histogram-loss estimate
             of P(d_neg < d_pos) from the sampled distances.
         collapse: collapse signals of the probe embeddings (``mean_distance``,
-            ``collapsed_fraction``) and ``collapsing``: 1.0 when half the pairs sit on top of
-            each other or the mean distance fell below a quarter of the untrained net's.
+            ``collapsed_fraction``), ``point_collapse``: 1.0 when half the pairs sit on top
+            of each other or the mean distance fell below a quarter of the untrained net's,
+            ``dimensional_collapse``: 1.0 when the effective rank fell below ``rank_floor``
+            (``probe.rank_floor``), and ``collapsing``: either (the only key in runs saved
+            before 2026-11-30, where it meant point collapse).
         extras: learnable scalars worth plotting (e.g. ``beta`` of the margin loss).
         lines: the loss's margins as absolute distances at this step, drawn on the distance
             histograms (``distance_lines()`` of the loss; e.g. m_pos, m_neg, or beta +- alpha).
+        geometry: the probe embeddings' shape: ``alignment`` and ``uniformity`` (Wang & Isola
+            2020, positives = same class; lower is better for both) and ``effective_rank``
+            (Roy & Vetterli 2007). Empty in runs saved before 2026-11-30.
+        class_weights: a class-level loss's class weights or centres, L2-normalised as the
+            loss compares them, (rows, D) float32; None for other losses.
+        class_weight_labels: the class of each row of ``class_weights``, (rows,) int64.
         probe_emb: embeddings of the fixed, class-balanced probe set, (n, D) float32.
         probe_labels: their labels, (n,) int64.
         pos_dist: a sample of positive-pair distances on the probe set, float32.
@@ -58,9 +69,12 @@ class Snapshot:
     collapse: dict[str, float] = field(default_factory=dict)
     extras: dict[str, float] = field(default_factory=dict)
     lines: dict[str, float] = field(default_factory=dict)
+    geometry: dict[str, float] = field(default_factory=dict)
+    class_weights: np.ndarray | None = None
+    class_weight_labels: np.ndarray | None = None
 
     def scalars(self) -> dict[str, float]:
-        """One flat row for the metrics table: step, time, loss, shares, metrics, signals."""
+        """One flat row for the metrics table: step, time, loss, shares, metrics, geometry."""
         row: dict[str, float] = {
             "step": self.step,
             "samples_seen": self.samples_seen,
@@ -68,7 +82,14 @@ class Snapshot:
             "loss": self.loss,
             "active_fraction": self.active_fraction,
         }
-        groups = (self.kind_shares, self.mining, self.metrics, self.collapse, self.extras)
+        groups = (
+            self.kind_shares,
+            self.mining,
+            self.metrics,
+            self.collapse,
+            self.extras,
+            self.geometry,
+        )
         for group in groups:
             row.update(group)
         return row
