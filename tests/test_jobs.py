@@ -3,12 +3,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from dml_core import metrics
 from dml_core.config import make_config
+from dml_core.evaluation import Evaluation
 from dml_core.runs import RunState, RunStore
-from dml_core.services.jobs import JobManager, Phase, StepRate, TrainingJob
+from dml_core.services.jobs import JobManager, Phase, StepRate, TrainingJob, train_and_save
 from dml_core.train import Trainer
 
 FAST = {
@@ -43,6 +46,41 @@ def test_job_trains_in_background_and_saves_every_snapshot(tmp_path: Path) -> No
     assert status["state"] == "finished"
     assert status["final_metrics"]["precision_at_1"] > 0.5
     assert store.load_checkpoint(run_id)["step"] == 60
+
+
+def test_a_finished_run_saves_the_embeddings_of_its_final_metrics(tmp_path: Path) -> None:
+    """The saved embeddings are the final evaluation's: its metrics recomputed from them.
+
+    Catches: no embeddings saved; embeddings of another step (the snapshot before the last);
+    query and reference swapped or labels misaligned (the recomputed metrics differ).
+    """
+    store = RunStore(tmp_path)
+    cfg = make_config(**{**FAST, "final_eval": True})
+    run_id = store.create(cfg)
+    assert train_and_save(cfg, store, run_id) is RunState.FINISHED
+    saved = store.load_embeddings(run_id)
+    assert saved is not None
+    assert saved.step == store.load_checkpoint(run_id)["step"] == 60
+    assert saved.query_emb.shape == (540, 8)  # digits: 540 test images, 1,257 train images
+    assert saved.ref_emb.shape == (1257, 8)
+    assert saved.query_emb.dtype == saved.ref_emb.dtype == np.float32
+    again = metrics.retrieval_metrics(
+        torch.from_numpy(saved.query_emb),
+        torch.from_numpy(saved.query_labels),
+        torch.from_numpy(saved.ref_emb),
+        torch.from_numpy(saved.ref_labels),
+    )
+    assert again == store.status(run_id)["final_metrics"]
+
+
+def test_a_run_without_final_evaluation_saves_no_embeddings(tmp_path: Path) -> None:
+    """Catches: embeddings computed (a full pass) for a run that asked for no evaluation."""
+    store = RunStore(tmp_path)
+    cfg = make_config(**FAST)
+    run_id = store.create(cfg)
+    assert train_and_save(cfg, store, run_id) is RunState.FINISHED
+    assert store.load_embeddings(run_id) is None
+    assert store.embeddings_step(run_id) is None
 
 
 def test_pause_resume_stop(tmp_path: Path) -> None:
@@ -147,14 +185,14 @@ def test_final_evaluation_is_a_visible_phase(
 ) -> None:
     """The job says "final evaluation" (with its time) after the last step, not a silent ETA 0."""
     evaluating, release = threading.Event(), threading.Event()
-    original = Trainer.final_metrics
+    original = Trainer.final_evaluation
 
-    def slow_final_metrics(self: Trainer) -> dict:
+    def slow_final_evaluation(self: Trainer) -> Evaluation:
         evaluating.set()
         release.wait(60)
         return original(self)
 
-    monkeypatch.setattr(Trainer, "final_metrics", slow_final_metrics)
+    monkeypatch.setattr(Trainer, "final_evaluation", slow_final_evaluation)
     now = [100.0]
     store = RunStore(tmp_path)
     cfg = make_config(**{**FAST, "final_eval": True})

@@ -4,8 +4,9 @@
 CLI, the lessons and the tests all go through it. Every snapshot is saved together with a
 checkpoint before it becomes visible, so a crash at any point leaves the last good snapshot
 and checkpoint on disk. The final evaluation's embeddings are saved with the run, before its
-final metrics, so no page embeds a finished run's images again. A job runs it in a thread with a stop event and a pause gate; it never
-calls the UI, and pages read copies of its state (``progress()``, ``latest``).
+final metrics, so no page embeds a finished run's images again. A job runs it in a thread
+with a stop event and a pause gate; it never calls the UI, and pages read copies of its
+state (``progress()``, ``latest``).
 """
 
 from __future__ import annotations
