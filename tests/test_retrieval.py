@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from dml_core import metrics
 from dml_core.analysis import retrieval
-from dml_core.runs import RunStore
-from tests.saved_runs import make_tiny_run
+from dml_core.config import make_config
+from dml_core.runs import EMBEDDINGS_FILE, RunEmbeddings, RunStore
+from tests.saved_runs import make_tiny_run, train_and_save
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def test_probe_points_map_back_to_queries(store: RunStore, index) -> None:
 
 
 def test_the_cache_round_trips(store: RunStore, index) -> None:
-    assert (store.path("tiny-digits") / retrieval.CACHE_FILE).exists()
+    assert (store.path("tiny-digits") / EMBEDDINGS_FILE).exists()
     assert retrieval.has_cached_index(store, "tiny-digits")
     again = retrieval.build_index(store, "tiny-digits")
     np.testing.assert_array_equal(again.query_emb, index.query_emb)
@@ -136,3 +139,42 @@ def test_mark_query_outlines_the_query_point_and_skips_non_probe_queries() -> No
     assert (star.x[0], star.y[0]) == (1.0, 2.0)
     assert star.marker.symbol == "star-open"  # the point's own colour stays visible inside
     assert list(retrieval_figures.mark_query(go.Figure(), layout, probe_queries, 99).data) == []
+
+
+def no_embedding(*_: object, **__: object) -> None:
+    raise AssertionError("embedded the images again")
+
+
+def test_a_finished_run_is_read_not_embedded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index of a finished run is its final evaluation's embeddings, read from disk.
+
+    Catches: ``build_index`` embedding the images again although the run saved them (the
+    patched ``embed`` raises); an index whose MAP@R is not the run's final MAP@R.
+    """
+    store = RunStore(tmp_path)
+    cfg = make_config(
+        dataset="digits", embedding_dim=8, classes_per_batch=4, samples_per_class=8,
+        steps=20, snapshot_every=10, probe_size=100, final_eval=True, device="cpu",
+    )  # fmt: skip
+    run_id = train_and_save(store, cfg, "finished")
+    monkeypatch.setattr(retrieval, "embed", no_embedding)
+    assert retrieval.has_cached_index(store, run_id)
+    index = retrieval.build_index(store, run_id)
+    assert index.step == 20
+    final = store.status(run_id)["final_metrics"]
+    assert retrieval.mean_ap_at_r(index) == pytest.approx(final["map_at_r"], abs=1e-12)
+    assert float(index.precision_at_1.mean()) == pytest.approx(final["precision_at_1"])
+
+
+def test_embeddings_of_an_older_step_are_embedded_again(store: RunStore, index) -> None:
+    """Catches: saved embeddings used although they belong to another checkpoint step."""
+    stale = RunEmbeddings(
+        index.step - 1, index.query_emb + 1.0, index.query_labels, index.ref_emb, index.ref_labels
+    )
+    store.save_embeddings("tiny-digits", stale)
+    assert not retrieval.has_cached_index(store, "tiny-digits")
+    again = retrieval.build_index(store, "tiny-digits")
+    np.testing.assert_allclose(again.query_emb, index.query_emb, atol=1e-6)
+    assert store.embeddings_step("tiny-digits") == index.step  # saved again, current

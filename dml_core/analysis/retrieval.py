@@ -14,13 +14,14 @@ by Euclidean distance and let rel(i) = 1 when the i-th nearest shares q's label;
 
 and MAP@R is the mean of AP@R over the queries with R > 0.
 
-The embeddings of the query and reference splits are computed once per checkpoint and cached
-in ``runs/<id>/embeddings.npz`` (written atomically), so reopening a run is instant.
+The embeddings of the query and reference splits are the run's saved ones
+(``RunStore.load_embeddings``): a finished run saved its final evaluation's, so opening it
+embeds nothing. A run without them (stopped, or from before they were saved) is embedded once
+per checkpoint and saved the same way.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -31,12 +32,11 @@ import torch
 from dml_core import metrics
 from dml_core.config import RunConfig
 from dml_core.data import Dataset, Split, load_dataset
-from dml_core.nets import Embedder, build_net
-from dml_core.runs import RunStore, atomic_write_bytes
-from dml_core.snapshot import make_probe_indices
 from dml_core.evaluation import embed
+from dml_core.nets import Embedder, build_net
+from dml_core.runs import RunEmbeddings, RunStore
+from dml_core.snapshot import make_probe_indices
 
-CACHE_FILE = "embeddings.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHUNK = 1024  # queries whose distances to all references are held at once
 AUTO_INDEX_MAX = 10_000  # query + reference images embedded without asking (digits: 1,797)
@@ -130,59 +130,45 @@ def _distances(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return torch.cdist(torch.from_numpy(query), torch.from_numpy(ref)).numpy()
 
 
-def cached_index_step(store: RunStore, run_id: str) -> int | None:
-    """The checkpoint step of the cached embeddings, or None when there is no cache."""
-    file = store.path(run_id) / CACHE_FILE
-    if not file.exists():
-        return None
-    with np.load(file) as f:
-        return int(f["step"])
-
-
 def has_cached_index(store: RunStore, run_id: str) -> bool:
-    """Whether the cached embeddings exist and belong to the current checkpoint."""
-    step = cached_index_step(store, run_id)
+    """Whether the run's saved embeddings exist and belong to its current checkpoint."""
+    step = store.embeddings_step(run_id)
     return step is not None and step == checkpoint_step(store, run_id)
 
 
 def build_index(store: RunStore, run_id: str, *, use_cache: bool = True) -> RetrievalIndex:
-    """The run's retrieval index, from the cache or embedded on the CPU and cached.
+    """The run's retrieval index: its saved embeddings, or embedded on the CPU and saved.
 
-    The cache ``runs/<id>/embeddings.npz`` is used when its step is the checkpoint's; else the
-    query and reference splits are embedded and the cache is (re)written atomically.
+    The saved embeddings (the final evaluation's, or an earlier call's) are used when their
+    step is the checkpoint's; else the query and reference splits are embedded and saved
+    atomically (``RunStore.save_embeddings``) for the next time.
 
     Args:
         store: the run store.
         run_id: a run with a checkpoint.
-        use_cache: read the cache when valid (it is always (re)written after embedding).
+        use_cache: read the saved embeddings when valid (always (re)written after embedding).
     """
     step = checkpoint_step(store, run_id)
-    file = store.path(run_id) / CACHE_FILE
-    if use_cache and cached_index_step(store, run_id) == step:
-        with np.load(file) as f:
-            arrays = {k: f[k] for k in ("query_emb", "query_labels", "ref_emb", "ref_labels")}
-        return RetrievalIndex(run_id, step, **arrays)
-    _, net, dataset = load_run_model(store, run_id)
-    cpu = torch.device("cpu")
-    index = RetrievalIndex(
+    saved = store.load_embeddings(run_id) if use_cache else None
+    if saved is None or saved.step != step:
+        _, net, dataset = load_run_model(store, run_id)
+        cpu = torch.device("cpu")
+        saved = RunEmbeddings(
+            step,
+            query_emb=embed(net, dataset.query.x, cpu).numpy(),  # (n_q, D)
+            query_labels=dataset.query.y.numpy().astype(np.int64),
+            ref_emb=embed(net, dataset.reference.x, cpu).numpy(),  # (n_ref, D)
+            ref_labels=dataset.reference.y.numpy().astype(np.int64),
+        )
+        store.save_embeddings(run_id, saved)
+    return RetrievalIndex(
         run_id,
         step,
-        query_emb=embed(net, dataset.query.x, cpu).numpy().astype(np.float32),  # (n_q, D)
-        query_labels=dataset.query.y.numpy().astype(np.int64),
-        ref_emb=embed(net, dataset.reference.x, cpu).numpy().astype(np.float32),  # (n_ref, D)
-        ref_labels=dataset.reference.y.numpy().astype(np.int64),
+        np.asarray(saved.query_emb, dtype=np.float32),
+        np.asarray(saved.query_labels, dtype=np.int64),
+        np.asarray(saved.ref_emb, dtype=np.float32),
+        np.asarray(saved.ref_labels, dtype=np.int64),
     )
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        step=np.int64(step),
-        query_emb=index.query_emb,
-        query_labels=index.query_labels,
-        ref_emb=index.ref_emb,
-        ref_labels=index.ref_labels,
-    )
-    atomic_write_bytes(file, buffer.getvalue())
-    return index
 
 
 def average_precision_at_r(
