@@ -21,11 +21,13 @@ takes the ArcFace margin in degrees (28.6 = 0.5 rad); here m is in radians, as i
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from dml_core.losses.base import AngularBoundary
 from dml_core.losses.centres import CentreLoss, margin_softmax
 from dml_core.registry import LOSSES, Params
 
@@ -51,6 +53,21 @@ def arcface_target(cos: Tensor, m: float) -> Tensor:
     return torch.where(cos >= -math.cos(m), margin, cos - m * math.sin(m))
 
 
+class AngularMarginLoss(CentreLoss):
+    """A centre loss whose margin acts on the angle to the own class weight (or its cosine).
+
+    Declares its decision boundary in the (theta_own, theta_other) plane from ``own_logit``,
+    the handicap training applies: cos(theta_other) = own_logit(cos(theta_own)), as drawn in
+    Deng et al. 2019 (ArcFace), Fig. 5 and Wang et al. 2018 (CosFace), Fig. 2.
+    """
+
+    angle_label: ClassVar[str] = "margin(theta_own) = theta_other"
+
+    def angular_boundaries(self, num: int = 361) -> tuple[AngularBoundary, ...]:
+        """The own class's tie with another class, over theta_own in [0, pi], in radians."""
+        return (AngularBoundary.from_own_logit(self.angle_label, self.own_logit, num),)
+
+
 class ArcFaceParams(Params):
     """Parameters of the ArcFace loss."""
 
@@ -73,7 +90,7 @@ class ArcFaceParams(Params):
     equation=ARCFACE_EQUATION,
     kind="classes",
 )
-class ArcFaceLoss(CentreLoss):
+class ArcFaceLoss(AngularMarginLoss):
     r"""ArcFace: softmax over scaled cosines to class weights, with a margin m on the own angle.
 
     Deng et al. 2019, Eq. (3): L = -log(e^{s cos(theta_y + m)} / (e^{s cos(theta_y + m)} +
@@ -96,6 +113,7 @@ class ArcFaceLoss(CentreLoss):
         self.margin, self.scale = margin, scale
 
     boundary_label = "theta_own + m = theta_other"
+    angle_label = "theta_own + m = theta_other"
 
     def own_logit(self, sim: Tensor) -> Tensor:
         """cos(theta_y + m) (linear past theta_y = pi - m)."""
@@ -128,7 +146,7 @@ class CosFaceParams(Params):
     r"\sum_{j \neq y} e^{s \cos \theta_j}}",
     kind="classes",
 )
-class CosFaceLoss(CentreLoss):
+class CosFaceLoss(AngularMarginLoss):
     r"""CosFace (large margin cosine loss): softmax over scaled cosines, own cosine minus m.
 
     Wang et al. 2018, Eq. (4): L = -log(e^{s (cos theta_y - m)} / (e^{s (cos theta_y - m)} +
@@ -147,6 +165,7 @@ class CosFaceLoss(CentreLoss):
         self.margin, self.scale = margin, scale
 
     boundary_label = "cos(x, own) - m = cos(x, other)"
+    angle_label = "cos(theta_own) - m = cos(theta_other)"
 
     def own_logit(self, sim: Tensor) -> Tensor:
         """cos(theta_y) - m."""
@@ -173,7 +192,7 @@ class SubCenterArcFaceParams(ArcFaceParams):
     equation=ARCFACE_EQUATION + r",\quad \cos \theta_j = \max_{k \le K} \cos(x, w_{j,k})",
     kind="classes",
 )
-class SubCenterArcFaceLoss(CentreLoss):
+class SubCenterArcFaceLoss(AngularMarginLoss):
     r"""Sub-center ArcFace: ArcFace with K weights per class, each sample matched to the nearest.
 
     Deng et al. 2020, Sec. 3: the ArcFace loss (Deng et al. 2019, Eq. 3) on
@@ -200,6 +219,7 @@ class SubCenterArcFaceLoss(CentreLoss):
         self.margin, self.scale, self.sub_centers = margin, scale, sub_centers
 
     boundary_label = "theta_own + m = theta_other (nearest sub-centres)"
+    angle_label = "theta_own + m = theta_other (nearest sub-centres)"
 
     def own_logit(self, sim: Tensor) -> Tensor:
         """cos(theta_y + m) of the nearest own sub-centre (linear past theta_y = pi - m)."""

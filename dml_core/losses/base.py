@@ -12,7 +12,11 @@ Every loss is a :class:`Loss`: called as ``loss(emb, labels, tuples=None) -> Los
 - ``extras()``: learnable scalars worth plotting (the margin loss's beta);
 - ``class_weights()``: the (C, D) per-class weights of class-level losses (proxies);
 - ``decision_boundaries()``: where the loss separates satisfied from violated in the
-  (d(a,p), d(a,n)) plane, as :class:`Boundary` polylines (the explorer draws them).
+  (d(a,p), d(a,n)) plane, as :class:`Boundary` polylines (the explorer draws them);
+- ``angular_boundaries()``: for class-level losses on angles (ArcFace, CosFace, normalised
+  softmax), the boundary in the (theta_own, theta_other) plane, as :class:`AngularBoundary`;
+- ``hardness_parameter``: the parameter (a temperature) that sets how sharply the loss weighs
+  its hardest negatives; the explorer sweeps it (Wang & Liu, CVPR 2021).
 
 The pair family (:class:`PairLoss`) writes one function, ``pair_terms(d, positive)``, and the
 triplet family (:class:`TripletLossBase`) one, ``triplet_terms(d_ap, d_an)``: each family's
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -38,6 +43,7 @@ from dml_core.registry import Params
 from dml_core.tuples import Pairs, Triplets, Tuples, all_pairs, to_pairs, to_triplets, triplet_kinds
 
 __all__ = [
+    "AngularBoundary",
     "Boundary",
     "CurveUnavailableError",
     "Loss",
@@ -142,6 +148,37 @@ class Boundary:
         return 1.0 - self.d_ap**2 / 2.0, 1.0 - self.d_an**2 / 2.0
 
 
+@dataclass(frozen=True)
+class AngularBoundary:
+    """A decision boundary in the plane of the angles to two class weights, in radians.
+
+    theta_own is the angle between an embedding and its own class's weight, theta_other the
+    angle to another class's weight; the boundary is where the own class's logit (with the
+    margin) ties with the other's, the line of Deng et al. 2019 (ArcFace), Fig. 5 and Wang et
+    al. 2018 (CosFace), Fig. 2. ``theta_other`` is NaN where no angle ties (the own class
+    cannot win there).
+    """
+
+    label: str
+    theta_own: np.ndarray  # (k,) in [0, pi]
+    theta_other: np.ndarray  # (k,) in [0, pi], NaN where there is no tie
+
+    @classmethod
+    def from_own_logit(
+        cls, label: str, own_logit: Callable[[Tensor], Tensor], num: int = 361
+    ) -> AngularBoundary:
+        """cos(theta_other) = own_logit(cos(theta_own)) over theta_own in [0, pi], ``num`` points.
+
+        ``own_logit`` is the loss's own handicap of the own class's cosine (the function
+        training uses), so the boundary is the loss's, not a copy of its formula.
+        """
+        theta = torch.linspace(0.0, math.pi, num, dtype=torch.float64)  # (num,)
+        cos_other = own_logit(torch.cos(theta))  # (num,)
+        tie = cos_other.abs() <= 1.0 + 1e-12
+        other = torch.where(tie, torch.arccos(cos_other.clamp(-1.0, 1.0)), torch.nan)
+        return cls(label, theta.numpy(), other.numpy())
+
+
 def mean_active(terms: Tensor) -> Tensor:
     """Mean of the non-zero terms (0 with a gradient path when there are none)."""
     return terms.sum() / (terms > 0).sum().clamp_min(1)
@@ -153,6 +190,10 @@ class Loss(nn.Module, abc.ABC):
     Subclasses must write ``forward``; the other methods have defaults that mean "nothing to
     show": no lines, no extras, no class weights, and no curve (a clear error).
     """
+
+    # The parameter (a temperature) that sets how sharply the loss weighs its hardest
+    # negatives: the explorer sweeps it (Wang & Liu 2021). None: nothing to sweep.
+    hardness_parameter: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def forward(self, emb: Tensor, labels: Tensor, tuples: Tuples | None = None) -> LossOutput:
@@ -204,6 +245,14 @@ class Loss(nn.Module, abc.ABC):
 
         Each loss declares its own, in the notation of its paper (the Loss explorer draws them
         on its heat maps and marks where a profile crosses them); none by default.
+        """
+        return ()
+
+    def angular_boundaries(self, num: int = 361) -> tuple[AngularBoundary, ...]:
+        """The decision boundary in the (theta_own, theta_other) plane, ``num`` points per line.
+
+        Declared by class-level losses on angles (ArcFace, CosFace, normalised softmax); the
+        Loss explorer draws it as in the papers' figures. None by default.
         """
         return ()
 

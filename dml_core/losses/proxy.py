@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from dml_core.geometry import cosine_similarities, cosine_to_distance, distance_to_cosine
-from dml_core.losses.base import Boundary, Loss, LossOutput
+from dml_core.losses.base import AngularBoundary, Boundary, Loss, LossOutput
 from dml_core.registry import LOSSES, Params
 from dml_core.tuples import Tuples, all_pairs
 
@@ -141,6 +141,14 @@ class NormalizedSoftmaxLoss(ProxyLoss):
         """Cross-entropy of logits s / T per sample, and their mean."""
         terms = cross_entropy_terms(sim / self.temperature, own)  # (..., N)
         return terms.mean(dim=-1), terms
+
+    def angular_boundaries(self, num: int = 361) -> tuple[AngularBoundary, ...]:
+        """No margin: the own class wins when it is the nearer, theta_own = theta_other.
+
+        The plain softmax line of Deng et al. 2019 (ArcFace), Fig. 5; T sharpens the softmax
+        but does not move the boundary.
+        """
+        return (AngularBoundary.from_own_logit("theta_own = theta_other", lambda c: c, num),)
 
 
 class ProxyNCAParams(Params):

@@ -112,6 +112,8 @@ class NTXentLoss(Loss):
     One term per positive pair (0 when its anchor has no negative); the loss is their mean.
     """
 
+    hardness_parameter = "temperature"
+
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()
         self.temperature = temperature
@@ -157,6 +159,8 @@ class SupConLoss(Loss):
     of the non-zero terms, and 0 for a batch without negative pairs, as in
     pytorch-metric-learning.
     """
+
+    hardness_parameter = "temperature"
 
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()
