@@ -16,6 +16,7 @@ from dml_core.runs import (
     ACTIVE,
     FINAL,
     RESUMABLE,
+    RunEmbeddings,
     RunState,
     RunStore,
     atomic_write_bytes,
@@ -210,4 +211,61 @@ def test_label_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         store.set_label(run_id, "new name")
     monkeypatch.undo()
     assert store.label(run_id) == "old name"
+    assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == before
+
+
+def make_embeddings(step: int, n_query: int = 30, n_ref: int = 70, dim: int = 4) -> RunEmbeddings:
+    rng = np.random.default_rng(step)
+    return RunEmbeddings(
+        step,
+        rng.normal(size=(n_query, dim)),  # float64 in, float32 on disk
+        np.arange(n_query) % 3,
+        rng.normal(size=(n_ref, dim)),
+        np.arange(n_ref) % 3,
+    )
+
+
+def test_embeddings_round_trip_as_float32(tmp_path: Path) -> None:
+    """Catches: a file that loses the step, the labels, or keeps float64 (twice the bytes)."""
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    assert store.load_embeddings(run_id) is None
+    assert store.embeddings_step(run_id) is None
+    want = make_embeddings(40)
+    store.save_embeddings(run_id, want)
+    got = store.load_embeddings(run_id)
+    assert got is not None
+    assert got.step == store.embeddings_step(run_id) == 40
+    assert got.query_emb.dtype == got.ref_emb.dtype == np.float32
+    assert got.query_labels.dtype == got.ref_labels.dtype == np.int64
+    np.testing.assert_array_equal(got.query_emb, want.query_emb.astype(np.float32))
+    np.testing.assert_array_equal(got.ref_emb, want.ref_emb.astype(np.float32))
+    np.testing.assert_array_equal(got.query_labels, want.query_labels)
+    np.testing.assert_array_equal(got.ref_labels, want.ref_labels)
+
+
+def test_embeddings_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the disk fills during the write (half the bytes, then ENOSPC at fsync).
+
+    The earlier embeddings still load and no temporary file is left. Catches: writing the
+    final file in place (``np.savez(path, ...)``): it would be half a file.
+    """
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    store.save_embeddings(run_id, make_embeddings(10))
+    before = sorted(p.name for p in (tmp_path / run_id).iterdir())
+    fsync = os.fsync
+
+    def full_disk(fd: int) -> None:
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        store.save_embeddings(run_id, make_embeddings(20, n_query=300, n_ref=700))
+    monkeypatch.setattr(os, "fsync", fsync)
+    got = store.load_embeddings(run_id)
+    assert got is not None
+    assert got.step == 10
+    np.testing.assert_array_equal(got.ref_emb, make_embeddings(10).ref_emb.astype(np.float32))
     assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == before
