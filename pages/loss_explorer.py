@@ -6,8 +6,9 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core.analysis import loss_curves
+from dml_core.analysis import loss_curves, loss_geometry
 from dml_core.errors import ConfigError
+from dml_core.figures import loss_geometry as geometry_figures
 from dml_core.figures import losses as loss_figures
 from dml_core.figures.style import split_symbol
 from dml_core.registry import LOSSES, Entry
@@ -167,3 +168,48 @@ st.caption(
     "Lines: the decision boundaries the loss defines (from its parameters). In the distance "
     "plane, triplet-type losses are satisfied above their line, d(a,n) > d(a,p) + margin."
 )
+
+# The views a loss declares (a temperature to sweep, boundaries by angle), for each shown setting.
+settings = [(name, params)] + ([other] if other is not None and second else [])
+settings = [s for i, s in enumerate(settings) if s not in settings[:i]]
+weights = [w for s in settings if (w := loss_geometry.negative_weights(*s))]
+planes = [p for s in settings if (p := loss_geometry.angular_plane(*s))]
+if weights:
+    st.subheader("Which negatives the temperature listens to")
+    log_y = st.toggle("Logarithmic weight axis", key="explorer.hardness.log")
+    columns = st.columns(2)
+    for i, w in enumerate(weights):
+        fig = geometry_figures.hardness_figure(w, log_y, uirevision=f"hardness-{i}")
+        columns[i % 2].plotly_chart(fig, key=f"explorer.hardness.{i}")
+    if len(weights) == 1:
+        columns[1].markdown(
+            "One anchor, one positive and many negatives spread evenly from dissimilar "
+            "(s = −1) to nearly identical (s = 1) to the anchor. Each curve is the gradient "
+            "the loss puts on each negative, from the loss's own code, divided by the "
+            "average: 1 means every negative is pushed alike.\n\n"
+            "- A **low τ** gives nearly all the push to the few negatives closest to the "
+            "anchor, the hard ones, and ignores the rest: embeddings spread out, but hard "
+            "negatives that are really the same kind of thing get pushed away too.\n"
+            "- A **high τ** pushes all negatives almost equally and tolerates hard ones."
+        )
+    st.caption(
+        "Wang & Liu, Understanding the Behaviour of Contrastive Loss, CVPR 2021: the "
+        "hardness-aware property. The red curve follows your τ slider."
+    )
+if planes:
+    st.subheader("Decision boundary by angle")
+    left, right = st.columns(2)
+    left.plotly_chart(geometry_figures.angular_figure(planes), key="explorer.angles")
+    right.markdown(
+        "A sample is at angle θ_own from its own class weight and θ_other from another "
+        "class's. A plain softmax picks the nearer class: the dotted diagonal. A margin "
+        "loss moves the own class's boundary up, so a sample must be nearer its own "
+        "class **by the margin**: the shaded band holds samples already on the right "
+        "side, still pushed towards their class, which tightens classes on the sphere.\n\n"
+        "- **ArcFace** adds m to the angle: the band has the same height m everywhere.\n"
+        "- **CosFace** subtracts m from the cosine: the band is tallest near θ_own = 0 "
+        "and shrinks as the angle grows.\n"
+        "- **Normalised softmax** has no margin: no band; its temperature sharpens the "
+        "softmax but does not move the boundary.\n\n"
+        "Black bars: the angular margin the loss asks for at two angles."
+    )

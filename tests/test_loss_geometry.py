@@ -25,9 +25,11 @@ def test_negative_weights_are_the_softmax_over_negatives(name: str) -> None:
     weights = loss_geometry.negative_weights(name, {"temperature": 0.3})
     assert weights is not None
     assert weights.values == (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-    assert weights.chosen == 0.3 and weights.parameter == "temperature"
+    assert weights.chosen == 0.3
+    assert weights.parameter == "temperature"
     s = weights.similarity
-    assert len(s) == loss_geometry.NEGATIVES and np.all(np.abs(s) < 1)
+    assert len(s) == loss_geometry.NEGATIVES
+    assert np.all(np.abs(s) < 1)
     s_pos = loss_geometry.POSITIVE_SIMILARITY
     for tau, weight, grad in zip(weights.values, weights.weight, weights.grad, strict=True):
         e = np.exp(s / tau)
@@ -42,9 +44,11 @@ def test_lower_tau_puts_more_weight_on_the_hardest_negatives() -> None:
     assert weights is not None
     share = loss_geometry.hardest_share(weights, 0.1)  # (T,), tau increasing
     assert np.all(np.diff(share) < 0), share
-    assert share[0] > 0.95 and share[-1] < 0.3, share
+    assert share[0] > 0.95, share
+    assert share[-1] < 0.3, share
     hardest, easiest = weights.weight[:, -1], weights.weight[:, 0]
-    assert np.all(np.diff(hardest) < 0) and np.all(np.diff(easiest) > 0)
+    assert np.all(np.diff(hardest) < 0)
+    assert np.all(np.diff(easiest) > 0)
 
 
 def test_only_the_declaring_losses_get_the_views() -> None:
@@ -113,7 +117,8 @@ def test_margin_region_runs_from_the_diagonal_to_the_boundary_or_the_top() -> No
     np.testing.assert_array_equal(lower, own)
     tie = np.isfinite(boundary.theta_other)
     np.testing.assert_array_equal(upper[tie], boundary.theta_other[tie])
-    assert (~tie).any() and np.all(upper[~tie] == math.pi)
+    assert (~tie).any()
+    assert np.all(upper[~tie] == math.pi)
 
 
 def test_hardness_figure_plots_the_weights_and_highlights_the_chosen_tau() -> None:
@@ -124,7 +129,8 @@ def test_hardness_figure_plots_the_weights_and_highlights_the_chosen_tau() -> No
         np.testing.assert_array_equal(trace.y, row)
         np.testing.assert_array_equal(trace.x, weights.similarity)
     chosen = [t for t in curves if "(yours)" in t.name]
-    assert len(chosen) == 1 and chosen[0].name.startswith("τ = 0.3 (yours)")
+    assert len(chosen) == 1
+    assert chosen[0].name.startswith("τ = 0.3 (yours)")
     assert chosen[0].line.width > max(t.line.width for t in curves if t is not chosen[0])
     assert fig.layout.yaxis.type == "linear"
     assert geometry_figures.hardness_figure(weights, log_y=True).layout.yaxis.type == "log"

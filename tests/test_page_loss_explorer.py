@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dml_core.analysis import loss_curves
+from dml_core.analysis import loss_curves, loss_geometry
 from dml_core.errors import ConfigError
 from dml_core.losses.triplet import TripletLoss
 from dml_core.registry import LOSSES
@@ -207,3 +207,87 @@ def test_plotted_profiles_at_non_default_parameters_are_loss_profile(
     assert not np.allclose(
         plotted(charts[0]["data"][0], "y"), loss_curves.loss_profile(name).value
     ), "the setting does not change the plotted curve: the check would be vacuous"
+
+
+def set_params(at: AppTest, name: str, values: dict) -> None:
+    """Pick ``name`` and set its parameters through their registry widgets."""
+    at.selectbox(key="explorer.loss").set_value(name).run()
+    for field, value in values.items():
+        key = f"explorer.{name}.{field}"
+        (widget,) = [w for kind in ("slider", "number_input") for w in at.get(kind) if w.key == key]
+        widget.set_value(value).run()
+    assert not at.exception
+
+
+def titled(at: AppTest, start: str) -> list[dict]:
+    return [s for s in specs(at) if s["layout"]["title"]["text"].startswith(start)]
+
+
+@pytest.mark.parametrize("name", ["ntxent", "supcon"])
+def test_plotted_negative_weights_at_a_non_default_tau_are_the_analysis(
+    explorer: AppTest, name: str
+) -> None:
+    """The hardness view plots ``negative_weights`` at the slider's tau, highlighted.
+
+    Catches: the page ignoring the slider (the default tau 0.1 would be the thick curve and the
+    0.3 curve missing), or plotting anything but the analysis's weights.
+    """
+    set_params(explorer, name, {"temperature": 0.3})
+    (chart,) = titled(explorer, f"{name}: how much each negative pushes back")
+    expected = loss_geometry.negative_weights(name, {"temperature": 0.3})
+    curves = chart["data"][: len(expected.values)]
+    for trace, row in zip(curves, expected.weight, strict=True):
+        np.testing.assert_allclose(plotted(trace, "x"), expected.similarity)
+        np.testing.assert_allclose(plotted(trace, "y"), row, rtol=1e-12)
+    (chosen,) = [t for t in curves if "(yours)" in t["name"]]
+    assert chosen["name"].startswith("τ = 0.3 (yours)")
+    explorer.toggle(key="explorer.hardness.log").set_value(True).run()
+    assert titled(explorer, f"{name}: how much")[0]["layout"]["yaxis"]["type"] == "log"
+    assert not titled(explorer, "Decision boundary")
+
+
+# (loss, non-default values) of the losses that declare angular boundaries
+ANGULAR = [
+    ("arcface", {"margin": 0.3}),
+    ("cosface", {"margin": 0.2}),
+    ("sub_center_arcface", {"margin": 0.7}),
+    ("normalized_softmax", {"temperature": 0.3}),
+]
+
+
+@pytest.mark.parametrize(("name", "values"), ANGULAR, ids=[a[0] for a in ANGULAR])
+def test_plotted_angular_boundaries_at_non_default_parameters_are_the_analysis(
+    explorer: AppTest, name: str, values: dict
+) -> None:
+    """The angle view plots ``angular_plane`` (degrees) at the sliders' margin.
+
+    Catches a page that draws the default margin or a retyped boundary.
+    """
+    set_params(explorer, name, values)
+    (chart,) = titled(explorer, "Decision boundary between two classes")
+    params = LOSSES[name].defaults() | values
+    (boundary,) = loss_geometry.angular_plane(name, params).boundaries
+    (line,) = [t for t in chart["data"] if t["name"].startswith(name) and "fill" not in t]
+    np.testing.assert_allclose(plotted(line, "x"), np.degrees(boundary.theta_own))
+    np.testing.assert_allclose(plotted(line, "y"), np.degrees(boundary.theta_other), rtol=1e-12)
+    (default,) = loss_geometry.angular_plane(name).boundaries
+    if name != "normalized_softmax":  # its T does not move the boundary
+        assert not np.allclose(
+            np.nan_to_num(plotted(line, "y")), np.nan_to_num(np.degrees(default.theta_other))
+        ), "the setting does not change the plotted boundary: the check would be vacuous"
+    assert not titled(explorer, f"{name}: how much")
+
+
+def test_compare_overlays_a_second_angular_loss(explorer: AppTest) -> None:
+    set_params(explorer, "arcface", {})
+    explorer.toggle(key="explorer.compare").set_value(True).run()
+    explorer.selectbox(key="explorer2.loss").set_value("cosface").run()
+    (chart,) = titled(explorer, "Decision boundary between two classes")
+    names = [t["name"] for t in chart["data"]]
+    assert any(n.startswith("arcface (") for n in names)
+    assert any(n.startswith("cosface (") for n in names)
+
+
+def test_losses_without_these_views_show_neither(explorer: AppTest) -> None:
+    assert not titled(explorer, "Decision boundary between two classes")
+    assert not [s for s in specs(explorer) if "pushes back" in s["layout"]["title"]["text"]]
