@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.fault_runs import (
     EVERY,
     KINDS,
     MIDWAY,
+    STEPS,
     Outcome,
     assert_same_training,
     assert_store_loads,
@@ -30,6 +32,9 @@ from tests.fault_runs import (
     tiny_config,
     train,
 )
+
+# written once, after the last step: the final evaluation's embeddings (RunStore.save_embeddings)
+FINAL_KINDS = {"embeddings": re.compile(r"embeddings\.npz")}
 
 
 class FullDisk:
@@ -48,7 +53,7 @@ class FullDisk:
     def fsync(self, fd: int) -> None:
         """Fail once the disk is full; fill it at the first ``kind`` write once armed."""
         name = final_name(os.readlink(f"/proc/self/fd/{fd}"))
-        if self.armed and KINDS[self.kind].fullmatch(name):
+        if self.armed and {**KINDS, **FINAL_KINDS}[self.kind].fullmatch(name):
             self.full = True
         if self.full:
             self.failed.append(name)
@@ -94,3 +99,37 @@ def test_disk_full_at_each_kind_of_write(
     resumed = train(store, run_id, resume=True, check=False)  # failed runs are not offered
     assert resumed.progress().state == "finished", resumed.progress().message
     assert_same_training(Outcome.read(store, run_id), reference_run, exact_snapshots=False)
+
+
+def test_disk_full_at_the_final_embeddings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference_run: Outcome
+) -> None:
+    """The disk fills when the final evaluation saves its embeddings, after every step.
+
+    The run fails saying so, leaves no temporary file and no half embeddings file, keeps its
+    last checkpoint, and resumed once space is free it ends as the uninterrupted run, with
+    its embeddings. Catches: the embeddings written in place (a half file under the final
+    name), an OSError there escaping the job (the job thread dies, the state never final).
+    """
+    store = RunStore(tmp_path)
+    run_id = store.create(tiny_config(), "full")
+    disk = FullDisk("embeddings", after_step=STEPS)
+    disk.install(monkeypatch)
+    job = train(store, run_id)
+    monkeypatch.undo()  # space is free again
+
+    assert disk.failed[:1] == ["embeddings.npz"], disk.failed
+    progress = job.progress()
+    assert progress.state == "failed"
+    assert os.strerror(errno.ENOSPC) in progress.message
+    assert temp_files(store, run_id) == []
+    assert_store_loads(store)
+    assert store.load_embeddings(run_id) is None
+    assert store.load_checkpoint(run_id)["step"] == STEPS
+
+    resumed = train(store, run_id, resume=True, check=False)  # failed runs are not offered
+    assert resumed.progress().state == "finished", resumed.progress().message
+    assert_same_training(Outcome.read(store, run_id), reference_run, exact_snapshots=False)
+    saved = store.load_embeddings(run_id)
+    assert saved is not None
+    assert saved.step == STEPS
