@@ -13,12 +13,13 @@ coordinates to input coordinates (both in [-1, 1], ``align_corners=False``):
 
 with the crop's half-extents ``(w, h)`` (area fraction ``s = w h`` drawn from
 ``[crop_scale, 1]``, aspect ratio ``w / h`` log-uniform in ``[3/4, 4/3]`` as torchvision's
-``RandomResizedCrop``), its centre ``c`` uniform where the crop fits, the rotation
-:math:`\varphi` uniform in ``±rotation`` degrees and the shift ``t`` uniform in
-``±translate`` image sides. All views of a batch are resampled by one ``affine_grid`` +
-``grid_sample`` call (bilinear, zeros outside: the datasets' black background), then noise
-of standard deviation ``noise`` x 255 is added and pixels are clipped to [0, 255]. Pixels
-stay on the 0-255 scale of the uint8 data, which ``nets.Embedder`` normalises itself.
+``RandomResizedCrop``, narrowed where a side would leave the image), its centre ``c``
+uniform where the crop fits, the rotation :math:`\varphi` uniform in ``±rotation`` degrees
+and the shift ``t`` uniform in ``±translate`` image sides. All views of a batch are
+resampled by one ``affine_grid`` + ``grid_sample`` call (bilinear, zeros outside: the
+datasets' black background), then noise of standard deviation ``noise`` x 255 is added and
+pixels are clipped to [0, 255]. Pixels stay on the 0-255 scale of the uint8 data, which
+``nets.Embedder`` normalises itself.
 
 All randomness comes from one ``torch.Generator`` on the images' device (the batch
 sampler's, which checkpoints save), so runs are reproducible and resumable.
@@ -76,8 +77,11 @@ def view_affines(n: int, aug: Augmentation, generator: torch.Generator) -> Tenso
     area = aug.crop_scale + (1.0 - aug.crop_scale) * u[:, 0]  # (n,) s in [crop_scale, 1]
     low, high = (math.log(r) for r in ASPECT_RANGE)
     ratio = torch.exp(low + (high - low) * u[:, 1])  # (n,) w / h
-    w = torch.sqrt(area * ratio).clamp(max=1.0)  # (n,) half-extents, 1 = the whole image
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    # Half-extents (1 = the whole image); a side that would overflow is cut to the image and
+    # the other grows to keep the area (so crop_scale = 1 keeps the whole image).
+    w = torch.sqrt(area * ratio).clamp(max=1.0)  # (n,)
+    h = (area / w).clamp(max=1.0)  # (n,)
+    w = area / h
     cx = (1.0 - w) * (2.0 * u[:, 2] - 1.0)  # (n,) crop centre, inside the image
     cy = (1.0 - h) * (2.0 * u[:, 3] - 1.0)
     phi = math.radians(aug.rotation) * (2.0 * u[:, 4] - 1.0)  # (n,)
