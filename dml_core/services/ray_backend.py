@@ -1,0 +1,373 @@
+"""The Ray executor: each run a Ray task with declared resources; only the driver writes runs.
+
+A run is one call of ``train_remote``, a Ray task declaring ``num_cpus`` (and, on GPU
+clusters, a fractional ``num_gpus``, so several small runs share one GPU). On the worker it
+runs ``jobs.train_and_save``, the one train-and-save path, against a ``StreamingStore``: its
+reads come from what the driver sent (the checkpoint to resume from), and every write
+(``set_status``, ``save_snapshot``, ``save_checkpoint``, ``save_embeddings``, any
+``RunStore.save_*``) is sent, in order, to a ``Channel`` actor. The driver (``RayExecutor``)
+takes the records from the channel and replays them on its ``RunStore``, whose writes are
+atomic as always. No shared filesystem is needed.
+
+Control goes the other way: the driver sets a run's order (run, pause, stop) in the channel;
+the worker reads it before training steps (at most every ``ORDER_EVERY_S``). A run not started
+yet is cancelled (``ray.cancel``). Tasks are not retried (``max_retries=0``): a worker that
+dies (killed, out of memory, node lost) leaves its run ``interrupted``, resumable from the
+last checkpoint that reached the driver.
+
+The driver's pid is the run's ``pid`` in status.json (if the driver dies, nothing more lands
+and the run reads interrupted); the worker's host and pid are its ``worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+import dml_core
+from dml_core.config import RunConfig
+from dml_core.runs import RunState, RunStore
+from dml_core.services.jobs import train_and_save
+from dml_core.services.sweep_runner import RunTask, worker_info
+
+RAY_ADDRESS_ENV = "DML_RAY_ADDRESS"
+GPU_SHARE = 0.25
+"""GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
+ORDER_EVERY_S = 0.05
+"""How often (at most) a worker asks the channel for its run's order."""
+PAUSE_POLL_S = 0.1
+WRITES = frozenset(n for n in vars(RunStore) if n.startswith("save_")) | {"set_status"}
+"""The RunStore methods a worker's records may replay on the driver."""
+Record = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # run id, method, args, kwargs
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Attach this process to Ray; returns True when it started a local instance for itself.
+
+    Args:
+        address: a Ray address (``"auto"``, ``"10.0.0.5:6379"``, ``"ray://host:10001"``);
+            None: ``DML_RAY_ADDRESS`` if set, else start a local instance with ``num_cpus``.
+            Workers of an existing cluster get this ``dml_core`` as a ``py_modules``
+            runtime environment, so the cluster needs no copy of the code.
+        num_cpus: CPUs of a local instance (None: all of this machine's).
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+    quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+        return True
+    package = str(Path(dml_core.__file__).parent)
+    runtime = {"py_modules": [package], "excludes": ["__pycache__"]}
+    ray.init(address=address, runtime_env=runtime, **quiet)
+    return False
+
+
+@ray.remote(num_cpus=0)
+class Channel:
+    """Records from workers to the driver, and each run's order from the driver to workers."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.orders: dict[str, str] = {}
+
+    def put(self, record: Record) -> None:
+        """Append one record (a worker's write)."""
+        self.records.append(record)
+
+    def take(self) -> list[Record]:
+        """Every record since the last call, in arrival order."""
+        records, self.records = self.records, []
+        return records
+
+    def set_order(self, run_id: str, order: str) -> None:
+        """``run``, ``pause`` or ``stop``."""
+        self.orders[run_id] = order
+
+    def order(self, run_id: str) -> str:
+        """The run's current order (``run`` unless told otherwise)."""
+        return self.orders.get(run_id, "run")
+
+
+class StreamingStore:
+    """The RunStore a worker sees: reads what the driver sent, sends every write back.
+
+    Args:
+        channel: the driver's ``Channel``.
+        checkpoint: the state to resume from (None: a new run).
+    """
+
+    def __init__(self, channel: Any, checkpoint: dict[str, Any] | None) -> None:
+        self.channel = channel
+        self.checkpoint = checkpoint
+        self._last: Any = None  # the newest put, to wait for at the end
+
+    def send(self, run_id: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """Queue one write for the driver (in order)."""
+        self._last = self.channel.put.remote((run_id, method, args, kwargs))
+
+    def flush(self) -> None:
+        """Wait until every write reached the channel (a future: see ``RemoteControl``)."""
+        if self._last is not None:
+            self._last.future().result()
+
+    def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """Send a status change; the driver's pid stays the run's ``pid`` (see module doc)."""
+        fields.pop("pid", None)
+        self.send(run_id, "set_status", **fields)
+        return fields
+
+    def save_snapshot(self, run_id: str, *args: Any, **kwargs: Any) -> None:
+        """Send a snapshot."""
+        self.send(run_id, "save_snapshot", *args, **kwargs)
+
+    def save_checkpoint(self, run_id: str, *args: Any, **kwargs: Any) -> None:
+        """Send a checkpoint (the driver writes only the newest of a batch)."""
+        self.send(run_id, "save_checkpoint", *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other ``RunStore.save_*`` (e.g. ``save_embeddings``) is sent the same way."""
+        if name not in WRITES:
+            raise AttributeError(f"A Ray worker's store cannot {name}: only writes are sent.")
+        return lambda run_id, *args, **kwargs: self.send(run_id, name, *args, **kwargs)
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        """Whether the driver sent a state to resume from."""
+        return self.checkpoint is not None
+
+    def load_checkpoint(self, run_id: str) -> dict[str, Any]:
+        """The state the driver sent."""
+        if self.checkpoint is None:
+            raise FileNotFoundError(f"No checkpoint was sent for {run_id}.")
+        return self.checkpoint
+
+
+class RemoteControl:
+    """The ``control`` of ``train_and_save`` on a worker: the driver's order, from the channel.
+
+    A worker never calls ``ray.get`` or ``ray.wait``: a task blocked in them hands its CPU
+    back to Ray, which then starts another run beside it (measured: 3 tasks at once on 2
+    CPUs). Answers arrive as futures instead, and a new question is asked once the last was
+    answered, at most every ``ORDER_EVERY_S``.
+    """
+
+    def __init__(self, channel: Any, store: StreamingStore, run_id: str) -> None:
+        self.channel, self.store, self.run_id = channel, store, run_id
+        self.order = "run"
+        self._answer = channel.order.remote(run_id).future()
+        self._asked_at = time.perf_counter()
+
+    def _read(self) -> None:
+        if self._answer.done():
+            self.order = self._answer.result()
+            self._answer = self.channel.order.remote(self.run_id).future()
+            self._asked_at = time.perf_counter()
+
+    def __call__(self, step: int = 0) -> bool:
+        """Before a step: hold while paused; False once told to stop."""
+        if time.perf_counter() - self._asked_at >= ORDER_EVERY_S:
+            self._read()
+        if self.order == "pause":
+            self.store.set_status(self.run_id, state=RunState.PAUSED)
+            while self.order == "pause":
+                time.sleep(PAUSE_POLL_S)
+                self._read()
+            if self.order != "stop":
+                self.store.set_status(self.run_id, state=RunState.RUNNING)
+        return self.order != "stop"
+
+    def first(self) -> bool:
+        """Before training: the first answer; False if the run was stopped while queued."""
+        self.order = self._answer.result()
+        self._answer = self.channel.order.remote(self.run_id).future()
+        return self.order != "stop"
+
+
+@ray.remote(max_retries=0)
+def train_remote(
+    cfg_json: str, run_id: str, checkpoint: dict[str, Any] | None, channel: Any, threads: int
+) -> str:
+    """Train one run on a Ray worker; every write goes back to the driver through ``channel``.
+
+    Returns:
+        The run's final state (its records say the same and reached the channel first).
+    """
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    store = StreamingStore(channel, checkpoint)
+    control = RemoteControl(channel, store, run_id)
+    store.set_status(run_id, worker=worker_info())
+    if control.first():
+        cfg = RunConfig.model_validate_json(cfg_json)
+        state = train_and_save(  # type: ignore[arg-type]  # StreamingStore: RunStore's writes
+            cfg, store, run_id, resume=checkpoint is not None, control=control
+        )
+    else:
+        state = RunState.STOPPED
+        store.set_status(run_id, state=state, message="Cancelled before it started.")
+    store.set_status(run_id, seconds=round(time.perf_counter() - start, 3))
+    store.flush()
+    return state.value
+
+
+def newest_checkpoints(records: list[Record]) -> list[Record]:
+    """The records without checkpoints that a later checkpoint of the same run replaces."""
+    later: set[str] = set()
+    kept = []
+    for record in reversed(records):
+        run_id, method = record[0], record[1]
+        if method == "save_checkpoint":
+            if run_id in later:
+                continue
+            later.add(run_id)
+        kept.append(record)
+    return kept[::-1]
+
+
+class RayExecutor:
+    """Runs on a Ray cluster: one task per run, records replayed on this process's store.
+
+    Args:
+        store: where runs are saved (only this process writes it).
+        address: see ``connect``.
+        num_cpus: CPUs each run declares (its torch threads too).
+        num_gpus: GPUs each run declares; None: ``GPU_SHARE`` when the cluster has GPUs,
+            else 0 (Ray then hides the GPUs from the run).
+        local_cpus: CPUs of a local instance started here (None: all).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        store: RunStore,
+        address: str | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float | None = None,
+        local_cpus: int | None = None,
+    ) -> None:
+        self.store = store
+        self._owns_ray = connect(address, local_cpus)
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.num_cpus = num_cpus
+        self.num_gpus = (GPU_SHARE if has_gpus else 0.0) if num_gpus is None else num_gpus
+        self.channel = Channel.remote()  # type: ignore[attr-defined]
+        self._refs: dict[Any, str] = {}
+        self._by_run: dict[str, Any] = {}
+        self._waiting: list[str] = []  # submitted, no worker yet
+        self._failed: dict[str, str] = {}  # runs whose records could not be written
+        self.workers: dict[str, dict[str, Any]] = {}
+
+    def submit(self, task: RunTask) -> None:
+        """Start the run's task (it waits for resources in Ray's queue)."""
+        checkpoint = self.store.load_checkpoint(task.run_id) if task.resume else None
+        options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        ref = train_remote.options(**options).remote(
+            task.config.model_dump_json(),
+            task.run_id,
+            checkpoint,
+            self.channel,
+            max(1, int(self.num_cpus)),
+        )
+        self._refs[ref] = task.run_id
+        self._by_run[task.run_id] = ref
+        self._waiting.append(task.run_id)
+
+    def pause(self, run_id: str) -> None:
+        """Hold the run before its next step."""
+        ray.get(self.channel.set_order.remote(run_id, "pause"))
+
+    def resume(self, run_id: str) -> None:
+        """Continue a paused run."""
+        ray.get(self.channel.set_order.remote(run_id, "run"))
+
+    def stop(self, run_id: str) -> None:
+        """Stop the run after a last snapshot; cancel it if no worker took it yet."""
+        ray.get(self.channel.set_order.remote(run_id, "stop"))
+        if run_id in self._waiting and run_id in self._by_run:
+            ray.cancel(self._by_run[run_id])
+
+    def queue_position(self, run_id: str) -> int | None:
+        """1-based place among this driver's runs that no worker took yet, or None."""
+        return self._waiting.index(run_id) + 1 if run_id in self._waiting else None
+
+    def wait(self, timeout: float) -> list[str]:
+        """Replay the records that arrived; return the runs whose tasks ended.
+
+        Tasks are looked at before the records are taken: a task flushes its records before
+        it returns, so an ended run's records are all replayed before it is reported.
+        """
+        refs = list(self._refs)
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=timeout)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        else:
+            time.sleep(timeout)
+            ready = []
+        self._replay(ray.get(self.channel.take.remote()))
+        ended = []
+        for ref in ready:
+            run_id = self._refs.pop(ref)
+            self._by_run.pop(run_id, None)
+            self._end(run_id, ref)
+            ended.append(run_id)
+        return ended
+
+    def _replay(self, records: list[Record]) -> None:
+        for run_id, method, args, kwargs in newest_checkpoints(records):
+            if method not in WRITES or run_id in self._failed:
+                continue
+            if "worker" in kwargs:
+                self.workers[run_id] = kwargs["worker"]
+                if run_id in self._waiting:
+                    self._waiting.remove(run_id)
+            try:
+                getattr(self.store, method)(run_id, *args, **kwargs)
+            except OSError as err:  # the driver's disk: stop the run, say why at its end
+                self._failed[run_id] = f"Could not save the run: {err}. Training stopped."
+                self.channel.set_order.remote(run_id, "stop")
+
+    def _end(self, run_id: str, ref: Any) -> None:
+        """Record how a run's task ended, unless its own records said so."""
+        if run_id in self._waiting:
+            self._waiting.remove(run_id)
+        try:
+            ray.get(ref)
+        except TaskCancelledError:
+            self.store.set_status(
+                run_id, state=RunState.STOPPED, message="Cancelled before it started."
+            )
+        except RayTaskError as err:  # an error outside train_and_save (which catches its own)
+            cause = getattr(err, "cause", None) or err
+            message = f"The Ray worker failed: {type(cause).__name__}: {cause}".splitlines()[0]
+            self.store.set_status(run_id, state=RunState.FAILED, message=message)
+        except RayError as err:  # the worker or its node died
+            worker = self.workers.get(run_id, {})
+            step = self.store.status(run_id).get("step", 0)
+            self.store.set_status(
+                run_id,
+                state=RunState.INTERRUPTED,
+                message=(
+                    f"The Ray worker {worker.get('host', '?')} pid {worker.get('pid', '?')} "
+                    f"died at step {step} ({type(err).__name__}). Resume the run from its "
+                    "last checkpoint."
+                ),
+            )
+        if run_id in self._failed:
+            self.store.set_status(run_id, state=RunState.FAILED, message=self._failed[run_id])
+
+    def close(self) -> None:
+        """Stop runs still going, drop the channel, and end a Ray instance started here."""
+        for run_id in list(self._by_run):
+            self.stop(run_id)
+        ray.kill(self.channel)
+        if self._owns_ray:
+            ray.shutdown()
