@@ -31,7 +31,7 @@ def cached_run(runs_dir: str, run_id: str):
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def cached_index(runs_dir: str, run_id: str, step: int) -> retrieval.RetrievalIndex:
-    """The run's retrieval index at a checkpoint step (from the run's cache file if present)."""
+    """The run's retrieval index at a checkpoint step (its saved embeddings when it has them)."""
     return retrieval.build_index(RunStore(runs_dir), run_id)
 
 
@@ -253,22 +253,24 @@ st.caption(
 if cfg.split == "open-set":
     open_set_note(dataset)
 
+saved = retrieval.has_cached_index(store, run_id)  # a finished run saved its final ones
 ready = (
-    retrieval.index_is_cheap(dataset)
-    or retrieval.has_cached_index(store, run_id)
-    or st.session_state.get(f"retrieval.full.{run_id}")
+    saved or retrieval.index_is_cheap(dataset) or st.session_state.get(f"retrieval.full.{run_id}")
 )
+total = len(dataset.query) + len(dataset.reference)
 if not ready:
-    total = len(dataset.query) + len(dataset.reference)
     st.info(
-        f"Neighbours need the embeddings of all {total:,} query and reference images. "
-        "They are computed once and cached in the run's folder."
+        f"Neighbours need the embeddings of all {total:,} query and reference images. This "
+        "run has none saved for its weights (it did not finish its final evaluation, or was "
+        "trained before runs kept them): they are computed once and saved in the run's folder."
     )
     if st.button("Compute full index", type="primary", key="retrieval.compute"):
         st.session_state[f"retrieval.full.{run_id}"] = True
         st.rerun()
     st.stop()
-with st.spinner(f"Embedding {len(dataset.query) + len(dataset.reference):,} images…"):
+with st.spinner(
+    f"Reading the saved {total:,} embeddings…" if saved else f"Embedding {total:,} images…"
+):
     index = cached_index(ui.RUNS_DIR, run_id, step)
     map_at_r = retrieval.mean_ap_at_r(index)  # every query's AP@R, computed once
 
