@@ -263,6 +263,7 @@ def test_history_frame_rows_and_columns():
         ("soft-plus instead of the hinge [x]_+", "soft-plus instead of the hinge [x]₊"),
         ("cos(x, own) = delta", "cos(x, own) = δ"),
         ("alphabet betas m_neg", "alphabet betas m_neg"),  # whole words only
+        ("theta_own + m = theta_other", "θ_own + m = θ_other"),  # a named subscript follows
     ],
 )
 def test_math_text_rewrites_ascii_maths(plain: str, shown: str) -> None:

@@ -97,9 +97,10 @@ GREEK = {
     "lambda": "λ",
     "nu": "ν",
     "tau": "τ",
+    "theta": "θ",
 }
 SUBSCRIPT_DIGITS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
-_GREEK_WORD = re.compile(r"\b(" + "|".join(GREEK) + r")(\d*)\b")
+_GREEK_WORD = re.compile(r"\b(" + "|".join(GREEK) + r")(\d*)(?=\b|_)")  # theta_own -> θ_own
 
 
 def math_text(text: str) -> str:
