@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
+from dml_core.analysis import retrieval
 from dml_core.config import make_config
 from dml_core.data import load_dataset
 from dml_core.runs import RunStore
@@ -20,6 +21,7 @@ from dml_core.services.export import (
     animation_gif,
     animation_html,
     chromium_path,
+    export_embeddings,
     export_main,
     export_metrics_csv,
     export_projector,
@@ -133,3 +135,38 @@ def test_figure_html_and_png() -> None:
     png = figure_png(fig, width=300, height=200)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(io.BytesIO(png)).size == (300, 200)
+
+
+def no_embedding(*_: object, **__: object) -> None:
+    raise AssertionError("embedded the images again")
+
+
+def test_a_finished_run_exports_the_embeddings_it_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: export embedding a finished run again (``embed`` raises), or writing other
+    arrays than the final evaluation's."""
+    store = RunStore(tmp_path / "runs")
+    cfg = make_config(steps=20, snapshot_every=10, probe_size=PROBE, embedding_dim=8)
+    run_id = train_and_save(store, cfg, "finished")
+    monkeypatch.setattr(retrieval, "embed", no_embedding)
+    assert export_main(run_id, "embeddings", str(tmp_path / "out"), str(store.root)) == 0
+    saved = store.load_embeddings(run_id)
+    assert saved is not None
+    with np.load(tmp_path / "out" / "embeddings.npz") as f:
+        assert int(f["step"]) == saved.step == 20
+        np.testing.assert_array_equal(f["query_emb"], saved.query_emb)
+        np.testing.assert_array_equal(f["ref_emb"], saved.ref_emb)
+        np.testing.assert_array_equal(f["query_labels"], load_dataset("digits").query.y.numpy())
+
+
+def test_a_run_without_saved_embeddings_is_embedded_once(
+    run: tuple[RunStore, str], tmp_path: Path
+) -> None:
+    """Catches: a run without final evaluation refused, or its embeddings not kept."""
+    store, run_id = run
+    path = export_embeddings(store, run_id, tmp_path / "e.npz")
+    assert store.embeddings_step(run_id) == store.load_checkpoint(run_id)["step"] == 20
+    with np.load(path) as f:
+        assert f["query_emb"].shape == (540, 8)
+        assert f["ref_emb"].shape == (1257, 8)

@@ -8,6 +8,10 @@
   ``projector_config.pbtxt`` tying them together. Load the folder with
   ``tensorboard --logdir DIR`` or upload the TSVs to projector.tensorflow.org.
 - ``export_metrics_csv``: the run's history, one row per snapshot.
+- ``export_embeddings``: every query and reference embedding of the run's weights in one
+  ``embeddings.npz`` (``step``, ``query_emb`` (n_query, D) float32, ``query_labels``,
+  ``ref_emb`` (n_ref, D) float32, ``ref_labels``): the ones its final evaluation saved, so
+  a finished run is not embedded again.
 - ``animation_figure`` / ``animation_html``: the probe layout over snapshots as plotly frames
   (layouts chained with ``projection.Projector``: warm-started and Procrustes-aligned, so the
   view does not spin between frames).
@@ -34,15 +38,16 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
+from dml_core.analysis.retrieval import build_index
 from dml_core.data import DIGIT_NAMES, FASHION_NAMES, load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures.style import class_color
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import Method, Projector
-from dml_core.runs import RunStore, atomic_write_bytes
+from dml_core.runs import EMBEDDINGS_FILE, RunStore, atomic_write_bytes
 from dml_core.snapshot import Snapshot, make_probe_indices
 
-FORMATS = ("projector", "csv", "html", "gif")
+FORMATS = ("projector", "csv", "html", "gif", "embeddings")
 MIN_SPRITE_CELL = 24  # px: tiny images (digits are 8x8) are enlarged to at least this
 GIF_SIZE = 480
 
@@ -172,6 +177,20 @@ def export_metrics_csv(store: RunStore, run_id: str, path: str | os.PathLike) ->
     store, run_id = resolve_run(store, run_id)
     history = store.load(run_id).history
     atomic_write_bytes(Path(path), history.to_csv(index=False).encode())
+    return Path(path)
+
+
+def export_embeddings(store: RunStore, run_id: str, path: str | os.PathLike) -> Path:
+    """Write the run's query and reference embeddings (see the module docstring) to ``path``.
+
+    A finished run's are the ones its final evaluation saved; a run without embeddings of its
+    last checkpoint (stopped, or older) is embedded once and they are saved with it too.
+    """
+    store, run_id = resolve_run(store, run_id)
+    if not store.has_checkpoint(run_id):
+        raise ConfigError(f"The run {run_id!r} has no saved weights yet: nothing to embed.")
+    build_index(store, run_id)  # reads the saved embeddings, or embeds and saves them
+    atomic_write_bytes(Path(path), (store.path(run_id) / EMBEDDINGS_FILE).read_bytes())
     return Path(path)
 
 
@@ -359,7 +378,8 @@ def export_main(run: str, fmt: str, out: str, runs_dir: str) -> int:
     """``python -m dml_core export RUN --format F --out DIR``; returns the exit status.
 
     Writes into DIR: the Projector files (projector), ``metrics.csv`` (csv),
-    ``animation.html`` (html) or ``animation.gif`` (gif). Errors print one line; status 2.
+    ``animation.html`` (html), ``animation.gif`` (gif) or ``embeddings.npz`` (embeddings).
+    Errors print one line; status 2.
     """
     if fmt not in FORMATS:
         print(f"error: --format must be one of {', '.join(FORMATS)}. Got {fmt!r}.", file=sys.stderr)
@@ -373,6 +393,8 @@ def export_main(run: str, fmt: str, out: str, runs_dir: str) -> int:
             paths = list(export_projector(store, run_id, folder).values())
         elif fmt == "csv":
             paths = [export_metrics_csv(store, run_id, folder / "metrics.csv")]
+        elif fmt == "embeddings":
+            paths = [export_embeddings(store, run_id, folder / EMBEDDINGS_FILE)]
         elif fmt == "html":
             paths = [animation_html(store, run_id, folder / "animation.html")]
         else:
