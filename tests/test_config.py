@@ -2,10 +2,16 @@ import pytest
 import torch
 
 from dml_core import budgets
-from dml_core.config import apply_margin, check_against_dataset, differing_labels, make_config
+from dml_core.config import (
+    apply_margin,
+    check_against_dataset,
+    describe_config,
+    differing_labels,
+    make_config,
+)
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
-from dml_core.registry import MINERS
+from dml_core.registry import LOSSES, MINERS
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -120,3 +126,77 @@ def test_runs_are_named_by_the_settings_that_differ() -> None:
     assert "pos_margin" not in names["c"]  # contrastive's default
     assert "neg_margin = 0.8" in names["c"]
     assert differing_labels({"x": make_config(), "y": make_config()}) == {"x": "x", "y": "y"}
+
+
+CLASS_LEVEL_LOSSES = [name for name, entry in LOSSES.items() if entry.kind == "classes"]
+
+
+@pytest.mark.parametrize("loss", CLASS_LEVEL_LOSSES)
+def test_a_class_level_loss_is_refused_without_labels(loss: str) -> None:
+    """Catches a proxy / ArcFace / SoftTriple loss accepted with views (its class weights would
+    be indexed by image ids: an index error mid-run, or a device assert on CUDA)."""
+    with pytest.raises(ConfigError) as err:
+        make_config(supervision="views", loss=loss)
+    message = str(err.value)
+    assert f"The {loss} loss learns one weight per class" in message
+    assert "'supervision' = 'labels'" in message
+    assert message.count(". ") == 0  # one sentence
+    make_config(supervision="labels", loss=loss)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="losses/pair.py must declare per_class_beta with json_schema_extra={'per_class': True}",
+)
+def test_a_per_class_parameter_is_refused_without_labels() -> None:
+    """The margin loss's per_class_beta indexes beta by label: with views it must be refused."""
+    with pytest.raises(ConfigError, match="'per_class_beta' parameter of margin"):
+        make_config(supervision="views", loss="margin", loss_params={"per_class_beta": True})
+
+
+VIEWS_BAD = [
+    ({"crop_scale": 0}, "The 'crop_scale' parameter of the run config must be in (0, 1]. Got 0."),
+    ({"rotation": 181}, "The 'rotation' parameter of the run config must be in [0, 180]. Got 181"),
+    ({"translate": 0.6}, "'translate' parameter of the run config must be in [0, 0.5]. Got 0.6"),
+    ({"noise": -0.1}, "The 'noise' parameter of the run config must be in [0, 1]. Got -0.1."),
+    ({"supervision": "none"}, "'supervision' parameter of the run config must be one of"),
+    (
+        {"classes_per_batch": 3, "samples_per_class": 5},
+        "'classes_per_batch' (P) x 'samples_per_class' (K) must be even. Got 3 x 5.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), VIEWS_BAD)
+def test_bad_views_settings_name_the_field(values: dict, message: str) -> None:
+    """Catches an odd batch accepted (one view without its pair) and undeclared limits."""
+    with pytest.raises(ConfigError) as err:
+        make_config(**{"supervision": "views", "loss": "ntxent", **values})
+    assert message in str(err.value)
+
+
+def test_views_batches_need_no_classes_but_enough_distinct_images() -> None:
+    """With views P and K only size the batch: K = 1 and P = 10 on the open-set split (6
+    training classes) are fine, an odd P K is not, and P K / 2 images must exist. Catches the
+    label-mode class checks applied to views, and a batch drawing more images than exist."""
+    cfg = make_config(supervision="views", loss="ntxent", classes_per_batch=10, split="open-set",
+                      samples_per_class=2)  # fmt: skip
+    assert (cfg.batch_size, cfg.images_per_batch) == (20, 10)
+    check_against_dataset(cfg, load_dataset("digits", "open-set"))
+    make_config(supervision="views", loss="contrastive", classes_per_batch=2, samples_per_class=1)
+    data = load_dataset("digits")
+    many = make_config(supervision="views", loss="ntxent", miner="all", classes_per_batch=10,
+                       samples_per_class=300)  # fmt: skip
+    with pytest.raises(ConfigError, match=f"more than the {len(data.train)} training images"):
+        check_against_dataset(many, data)
+
+
+def test_a_views_run_says_so_in_its_description_and_name() -> None:
+    """Catches a label-free run described like a labelled one (Compare and lessons names)."""
+    views = make_config(supervision="views", loss="ntxent", rotation=5)
+    assert "label-free: 2 views" in describe_config(views)
+    assert "rotation <= 5°" in describe_config(views)
+    assert "label-free" not in describe_config(make_config(loss="ntxent"))
+    names = differing_labels({"v": views, "l": make_config(loss="ntxent")})
+    assert names["v"].startswith("supervision = views")
+    assert names["l"].startswith("supervision = labels")
