@@ -128,3 +128,31 @@ def test_resume_leaves_what_was_written_before_the_checkpoint_untouched(
 def test_resumed_snapshots_sample_the_same_pairs(resumed: Resumed, reference_run: Outcome) -> None:
     got = Outcome.read(resumed.store, resumed.run_id)
     assert_same_training(got, reference_run, exact_snapshots=True)
+
+
+LABEL_FREE = {"supervision": "views", "loss": "ntxent", "miner": "all"}
+
+
+@pytest.fixture(scope="module")
+def views_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Outcome, Outcome]:
+    """A label-free run stopped after its checkpoint at MIDWAY and resumed, and the same run
+    trained without interruption."""
+    store = RunStore(tmp_path_factory.mktemp("resume-views"))
+    cfg = tiny_config(**LABEL_FREE)
+    reference_id = store.create(cfg, "views-reference")
+    train(store, reference_id)
+    run_id = store.create(cfg, "views-resumed")
+    with pytest.MonkeyPatch.context() as mp:
+        assert stop_after_checkpoint(store, run_id, MIDWAY, mp) == "stopped"
+    train(store, run_id, resume=True)
+    return Outcome.read(store, run_id), Outcome.read(store, reference_id)
+
+
+def test_a_resumed_views_run_ends_as_the_uninterrupted_one(
+    views_runs: tuple[Outcome, Outcome],
+) -> None:
+    """The checkpoint holds the generator that draws the images and their augmentations.
+    Catches it not restored (or the augmentation drawn from another generator): the resumed
+    steps would see other views and end with other weights."""
+    resumed_run, reference = views_runs
+    assert_same_training(resumed_run, reference, exact_snapshots=True)
