@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dml_core import data
-from dml_core.cli import main
+from dml_core.cli import build_parser, config_from_args, main
 from dml_core.config import make_config
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
@@ -100,6 +100,15 @@ BAD_ARGS = [
     (["train", "--device", "tpu"], "'device'", "'auto', 'cpu', 'cuda'"),
     (["train", "--loss", "contrastive", "--margin", "5"], "'neg_margin'", "(0, 4]"),
     (["frobnicate"], "invalid choice", "train"),
+    (["train", "--supervision", "views", "--loss", "arcface"], "'supervision'", "'labels'"),
+    (["train", "--supervision", "none"], "'supervision'", "'labels', 'views'"),
+    (
+        ["train", "--supervision", "views", "--samples-per-class", "5", "--classes-per-batch", "3"],
+        "'classes_per_batch' (P) x 'samples_per_class' (K)",
+        "even",
+    ),
+    (["train", "--crop-scale", "0"], "'crop_scale'", "(0, 1]"),
+    (["train", "--rotation", "-5"], "'rotation'", "[0, 180]"),
 ]
 
 
@@ -353,3 +362,33 @@ def test_gpu_check_without_a_gpu_is_one_line_with_status_2(
     assert err.strip() == (
         "python -m dml_core: error: gpu-check needs a CUDA GPU, and none is available here."
     )
+
+
+def test_views_flags_set_the_supervision_and_each_augmentation_strength() -> None:
+    """Catches a strength flag that is parsed but never reaches the config."""
+    flags = ["--supervision", "views", "--loss", "ntxent", "--crop-scale", "0.3"]
+    flags += ["--rotation", "5", "--translate", "0.05", "--noise", "0"]
+    cfg = config_from_args(build_parser().parse_args(["train", *flags]))
+    assert cfg.supervision == "views"
+    assert (cfg.crop_scale, cfg.rotation, cfg.translate, cfg.noise) == (0.3, 5.0, 0.05, 0.0)
+    assert config_from_args(build_parser().parse_args(["train"])).supervision == "labels"
+
+
+def test_pixel_baseline_is_nearest_neighbour_retrieval_on_raw_pixels(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """P@1 of raw pixels is the 1-nearest-neighbour accuracy of the test images among the
+    training images (scikit-learn, independent of dml_core.metrics). Catches the queries
+    searched among themselves (leave-one-out on the test split) instead of the references."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    assert main(["pixel-baseline", "--dataset", "digits", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    digits = data.load_dataset("digits")
+    ref = digits.reference.x.flatten(1).numpy().astype(np.float64)
+    query = digits.query.x.flatten(1).numpy().astype(np.float64)
+    knn = KNeighborsClassifier(n_neighbors=1).fit(ref, digits.reference.y.numpy())
+    accuracy = float((knn.predict(query) == digits.query.y.numpy()).mean())
+    assert result["precision_at_1"] == pytest.approx(accuracy, abs=1 / len(query))
+    assert 0 < result["map_at_r"] <= result["r_precision"] <= 1
+    assert result["dataset"] == "digits"
