@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dml_core.data import Dataset, DatasetError
+from dml_core.data import Dataset
 from dml_core.user_data.archive import DEFAULT_MAX_BYTES, check_file_size, extract_zip
 from dml_core.user_data.errors import (
     BadImage,
@@ -81,9 +81,9 @@ class UserDataset(Dataset):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image; a feature table has none (:class:`DatasetError`)."""
+        """``(C, H, W)`` of one image; a feature table has none (:class:`UserDataError`)."""
         if self.kind == "table":
-            raise DatasetError(
+            raise UserDataError(
                 f"{self.name} is a feature table of {self.feature_dim} columns, not images; "
                 f"use an MLP on its feature vectors."
             )

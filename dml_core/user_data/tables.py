@@ -105,7 +105,8 @@ def load_npz(path: Path) -> TableArrays:
         )
     if len(arrays["y"]) != len(x):
         raise BadTable(f"{path} has {len(x)} rows in 'x' but {len(arrays['y'])} labels in 'y'.")
-    x = x.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, reported just below
+        x = x.astype(np.float32)
     _check_finite(x, [f"{j} of 'x'" for j in range(x.shape[1])], str(path), None)
     y, names = _encode_labels(arrays["y"], f"array 'y' of {path}")
     is_test = None
@@ -155,7 +156,8 @@ def load_frame(path: Path) -> TableArrays:
             f"Column '{name}' of {path} is not numeric (row {row}{line} holds "
             f"{column.iloc[row]!r}); feature columns must hold numbers only, so drop or encode it."
         )
-    x = frame[features].to_numpy(dtype=np.float32)  # (N, d)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, reported just below
+        x = frame[features].to_numpy(dtype=np.float64).astype(np.float32)  # (N, d)
     _check_finite(x, [repr(c) for c in features], str(path), line_offset)
     labels = frame[LABEL_COLUMN]
     if (missing := np.flatnonzero(labels.isna().to_numpy())).size:
