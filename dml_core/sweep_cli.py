@@ -11,6 +11,7 @@ diverged or was interrupted; 2 bad arguments, one line naming the problem.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -178,10 +179,8 @@ def _report_ended(store: RunStore, sweep: Sweep, run_ids: list[str], counter: li
         )
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    """Build or load the sweep, train its missing runs, print the results."""
-    store = RunStore(args.runs)
-    sweep = prepare(args, store)
+def train(args: argparse.Namespace, store: RunStore, sweep: Sweep) -> tuple[SweepRunner, float]:
+    """Train the sweep's missing runs on ``args.backend``; the runner and the seconds taken."""
     try:
         executor = make_executor(
             args.backend,
@@ -212,7 +211,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         runner.stop()
         runner.join()
-    seconds = time.perf_counter() - start
+    return runner, time.perf_counter() - start
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Build or load the sweep, train its missing runs, print the results."""
+    store = RunStore(args.runs)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its raylet's errors on stdout
+        sweep = prepare(args, store)
+        runner, seconds = train(args, store, sweep)
     out = result(store, sweep, args.backend, seconds)
     if args.json:
         print(json.dumps(out))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ GPU_SHARE = 0.25
 ORDER_EVERY_S = 0.05
 """How often (at most) a worker asks the channel for its run's order."""
 PAUSE_POLL_S = 0.1
+MAX_BACKLOG = 12
+"""Records a worker may have waiting in the channel before it waits for the driver (about
+four snapshots with their checkpoints and status): the driver writes each snapshot with
+fsyncs, so a tiny run snapshotting every few steps would otherwise run far ahead of what is
+on disk, and a stop would take as long as writing that backlog."""
 WRITES = frozenset(n for n in vars(RunStore) if n.startswith("save_")) | {"set_status"}
 """The RunStore methods a worker's records may replay on the driver."""
 Record = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # run id, method, args, kwargs
@@ -78,14 +84,22 @@ class Channel:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.orders: dict[str, str] = {}
+        self.waiting: dict[str, int] = {}  # records per run not taken yet
 
-    def put(self, record: Record) -> None:
-        """Append one record (a worker's write)."""
+    def put(self, record: Record) -> int:
+        """Append one record (a worker's write); returns the run's records not taken yet."""
         self.records.append(record)
+        self.waiting[record[0]] = self.waiting.get(record[0], 0) + 1
+        return self.waiting[record[0]]
+
+    def backlog(self, run_id: str) -> int:
+        """The run's records not taken yet."""
+        return self.waiting.get(run_id, 0)
 
     def take(self) -> list[Record]:
         """Every record since the last call, in arrival order."""
         records, self.records = self.records, []
+        self.waiting.clear()
         return records
 
     def set_order(self, run_id: str, order: str) -> None:
@@ -126,8 +140,12 @@ class StreamingStore:
         return fields
 
     def save_snapshot(self, run_id: str, *args: Any, **kwargs: Any) -> None:
-        """Send a snapshot."""
+        """Send a snapshot; then wait while more than ``MAX_BACKLOG`` records wait."""
         self.send(run_id, "save_snapshot", *args, **kwargs)
+        backlog = self._last.future().result()
+        while backlog > MAX_BACKLOG:
+            time.sleep(PAUSE_POLL_S)
+            backlog = self.channel.backlog.remote(run_id).future().result()
 
     def save_checkpoint(self, run_id: str, *args: Any, **kwargs: Any) -> None:
         """Send a checkpoint (the driver writes only the newest of a batch)."""
@@ -260,6 +278,7 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.num_gpus = (GPU_SHARE if has_gpus else 0.0) if num_gpus is None else num_gpus
         self.channel = Channel.remote()  # type: ignore[attr-defined]
+        self._lock = threading.Lock()  # stop() may come from another thread than wait()
         self._refs: dict[Any, str] = {}
         self._by_run: dict[str, Any] = {}
         self._waiting: list[str] = []  # submitted, no worker yet
@@ -277,9 +296,10 @@ class RayExecutor:
             self.channel,
             max(1, int(self.num_cpus)),
         )
-        self._refs[ref] = task.run_id
-        self._by_run[task.run_id] = ref
-        self._waiting.append(task.run_id)
+        with self._lock:
+            self._refs[ref] = task.run_id
+            self._by_run[task.run_id] = ref
+            self._waiting.append(task.run_id)
 
     def pause(self, run_id: str) -> None:
         """Hold the run before its next step."""
@@ -292,12 +312,15 @@ class RayExecutor:
     def stop(self, run_id: str) -> None:
         """Stop the run after a last snapshot; cancel it if no worker took it yet."""
         ray.get(self.channel.set_order.remote(run_id, "stop"))
-        if run_id in self._waiting and run_id in self._by_run:
-            ray.cancel(self._by_run[run_id])
+        with self._lock:
+            queued = self._by_run.get(run_id) if run_id in self._waiting else None
+        if queued is not None:
+            ray.cancel(queued)
 
     def queue_position(self, run_id: str) -> int | None:
         """1-based place among this driver's runs that no worker took yet, or None."""
-        return self._waiting.index(run_id) + 1 if run_id in self._waiting else None
+        with self._lock:
+            return self._waiting.index(run_id) + 1 if run_id in self._waiting else None
 
     def wait(self, timeout: float) -> list[str]:
         """Replay the records that arrived; return the runs whose tasks ended.
@@ -305,7 +328,8 @@ class RayExecutor:
         Tasks are looked at before the records are taken: a task flushes its records before
         it returns, so an ended run's records are all replayed before it is reported.
         """
-        refs = list(self._refs)
+        with self._lock:
+            refs = list(self._refs)
         if refs:
             ray.wait(refs, num_returns=1, timeout=timeout)
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -315,8 +339,11 @@ class RayExecutor:
         self._replay(ray.get(self.channel.take.remote()))
         ended = []
         for ref in ready:
-            run_id = self._refs.pop(ref)
-            self._by_run.pop(run_id, None)
+            with self._lock:
+                run_id = self._refs.pop(ref)
+                self._by_run.pop(run_id, None)
+                if run_id in self._waiting:
+                    self._waiting.remove(run_id)
             self._end(run_id, ref)
             ended.append(run_id)
         return ended
@@ -327,8 +354,9 @@ class RayExecutor:
                 continue
             if "worker" in kwargs:
                 self.workers[run_id] = kwargs["worker"]
-                if run_id in self._waiting:
-                    self._waiting.remove(run_id)
+                with self._lock:
+                    if run_id in self._waiting:
+                        self._waiting.remove(run_id)
             try:
                 getattr(self.store, method)(run_id, *args, **kwargs)
             except OSError as err:  # the driver's disk: stop the run, say why at its end
@@ -337,8 +365,6 @@ class RayExecutor:
 
     def _end(self, run_id: str, ref: Any) -> None:
         """Record how a run's task ended, unless its own records said so."""
-        if run_id in self._waiting:
-            self._waiting.remove(run_id)
         try:
             ray.get(ref)
         except TaskCancelledError:
@@ -366,7 +392,9 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop runs still going, drop the channel, and end a Ray instance started here."""
-        for run_id in list(self._by_run):
+        with self._lock:
+            going = list(self._by_run)
+        for run_id in going:
             self.stop(run_id)
         ray.kill(self.channel)
         if self._owns_ray:

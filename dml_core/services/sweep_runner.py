@@ -227,6 +227,8 @@ class SweepRunner:
         self.poll_s = poll_s
         self.on_change = on_change
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # submitted runs that did not end yet
         self._thread: threading.Thread | None = None
         self.state: SweepState | None = None
         self.error: str = ""
@@ -260,8 +262,15 @@ class SweepRunner:
         self.executor.resume(run_id)
 
     def stop(self) -> None:
-        """Stop every run of the sweep (training ones after a last snapshot; queued ones now)."""
+        """Stop every run of the sweep (training ones after a last snapshot; queued ones now).
+
+        The orders go out from the caller's thread at once, not after the runner's next look.
+        """
         self._stop.set()
+        with self._lock:
+            pending = sorted(self._pending)
+        for run_id in pending:
+            self.executor.stop(run_id)
 
     def _prepare(self) -> list[RunTask]:
         """Create or re-queue each missing run; return what to submit."""
@@ -287,15 +296,14 @@ class SweepRunner:
             tasks = self._prepare()
             for task in tasks:
                 self.executor.submit(task)
-            pending = {t.run_id for t in tasks}
-            stopping = False
-            while pending:
-                if self._stop.is_set() and not stopping:
-                    stopping = True
-                    for run_id in sorted(pending):
-                        self.executor.stop(run_id)
+            with self._lock:
+                self._pending = {t.run_id for t in tasks}
+            if self._stop.is_set():  # stopped while the runs were being submitted
+                self.stop()
+            while self._pending:
                 ended = self.executor.wait(self.poll_s)
-                pending -= set(ended)
+                with self._lock:
+                    self._pending -= set(ended)
                 if ended and self.on_change is not None:
                     self.on_change(ended)
         except Exception as err:  # the sweep's status must not stay "running"

@@ -1,0 +1,197 @@
+"""The Ray executor on a real local Ray instance (``ray.init(num_cpus=2)``, once per module).
+
+No mocks: runs train in Ray worker processes, stream their records back, and this process
+(the driver) writes the run store. Waits are on markers written by the runs (a step reached,
+a state), with a generous deadline only so that a broken propagation fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dml_core.config import RunConfig, make_config
+from dml_core.runs import RunState, RunStore
+from dml_core.services import jobs
+from dml_core.services.sweep_runner import SweepRunner, make_executor
+from dml_core.sweep_cli import main
+from dml_core.sweeps import SweepState, SweepStore, build_sweep
+
+ray = pytest.importorskip("ray")
+
+DEADLINE_S = 180.0  # only reached when a stop, pause or kill does not propagate
+TINY = [  # the flags of tests/test_sweeps.py's tiny runs
+    "--probe-size", "50", "--embedding-dim", "8", "--classes-per-batch", "4",
+    "--samples-per-class", "8", "--device", "cpu", "--num-cpus", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance() -> Iterator[None]:
+    """One real local Ray instance with 2 CPUs for the module."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+def tiny(steps: int, every: int) -> RunConfig:
+    """A tiny digits run (D = 8, 4 x 8 batches, 50 probe points)."""
+    return make_config(
+        steps=steps,
+        snapshot_every=every,
+        probe_size=50,
+        embedding_dim=8,
+        classes_per_batch=4,
+        samples_per_class=8,
+        device="cpu",
+    )
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    """Poll ``condition`` until it is truthy; fail (not hang) after ``DEADLINE_S``."""
+    end = time.monotonic() + DEADLINE_S
+    while not (value := condition()):
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def launch(store: RunStore, base: RunConfig, seeds: int) -> tuple[SweepRunner, list[str]]:
+    """Save a sweep of ``seeds`` runs of ``base`` and start it on Ray in the background."""
+    sweep = build_sweep(base, [], seeds)
+    SweepStore(store).save(sweep)
+    runner = SweepRunner(store, sweep, make_executor("ray", store))
+    runner.start()
+    return runner, [r.run_id for r in sweep.runs]
+
+
+def test_ray_sweep_matches_local(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The same grid on both backends: identical MAP@R per cell and seed, every Ray run trained
+    by a worker process other than this one, and every run's files written here.
+
+    Catches: a Ray run that trains another config or seed than the local one (scores would
+    differ), a worker recorded as the driver (pid), records lost on the way back (snapshots
+    or the checkpoint missing), the worker's pid left as the run's pid (the run would read
+    interrupted once that worker process is gone).
+    """
+    results = {}
+    for backend in ("local", "ray"):
+        args = [*TINY, "--steps", "20", "--snapshot-every", "10", "--grid", "margin=0.1,0.3"]
+        args += ["--seeds", "2", "--backend", backend, "--runs", str(tmp_path / backend), "--json"]
+        assert main(args) == 0
+        results[backend] = json.loads(capsys.readouterr().out)
+    ray_out = results["ray"]
+    assert ray_out["backend"] == "ray"
+    assert ray_out["state"] == SweepState.FINISHED
+    scores = {
+        b: [(json.dumps(r["cell"]), r["seed"], r["map_at_r"]) for r in out["runs"]]
+        for b, out in results.items()
+    }
+    assert scores["ray"] == scores["local"]
+    assert len({s for *_, s in scores["ray"]}) == 4  # the grid and the seeds matter
+    store = RunStore(tmp_path / "ray")
+    for run in ray_out["runs"]:
+        assert run["state"] == RunState.FINISHED
+        assert run["worker"]["pid"] != os.getpid()
+        assert store.snapshot_steps(run["run_id"]) == (0, 10, 20)
+        assert store.has_checkpoint(run["run_id"])
+        assert store.load_checkpoint(run["run_id"])["step"] == 20
+        assert store.status(run["run_id"])["pid"] == os.getpid()
+    workers = {r["worker"]["pid"] for r in ray_out["runs"]}
+    assert 1 <= len(workers) <= 2  # two CPUs, one per run: at most two worker processes
+
+
+def test_pause_stop_and_cancel_reach_the_workers(tmp_path: Path) -> None:
+    """Three endless runs on two CPUs: two train, one waits in Ray's queue. Pausing one is
+    seen in its status (written by the worker); stopping the sweep ends the two at their
+    current step with a last snapshot, and cancels the queued one before it starts.
+
+    Catches: an order the worker never reads (the runs would train on to 100,000 steps and
+    the deadline fail the test), a pause that does not hold, a stop that kills instead of
+    stopping (no last snapshot at the final step), a queued run that still trains.
+    """
+    store = RunStore(tmp_path)
+    runner, run_ids = launch(store, tiny(steps=100_000, every=5), seeds=3)
+
+    def training() -> list[str]:
+        going = [r for r in run_ids if store.status(r).get("step", 0) >= 5]
+        return going if len(going) == 2 else []
+
+    first, second = wait_for(training, "two runs to train 5 steps")
+    (queued,) = set(run_ids) - {first, second}
+    runner.pause(first)
+    wait_for(lambda: store.status(first)["state"] == RunState.PAUSED, "the pause")
+    held = store.snapshot_steps(first)
+    wait_for(lambda: store.status(second).get("step", 0) >= 15, "the other run to go on")
+    assert store.snapshot_steps(first) == held  # paused: no new snapshot
+    runner.stop()
+    wait_for(lambda: runner.done, "the sweep to stop")
+    assert runner.state == SweepState.STOPPED
+    for run_id in (first, second):
+        status = store.status(run_id)
+        assert status["state"] == RunState.STOPPED
+        assert status["worker"]["pid"] != os.getpid()
+        assert 5 <= status["step"] < 100_000
+        assert store.snapshot_steps(run_id)[-1] == status["step"]
+    assert store.snapshot_steps(first)[-1] >= held[-1]
+    cancelled = store.status(queued)
+    assert cancelled["state"] == RunState.STOPPED
+    assert "Cancelled" in cancelled["message"]
+    assert "worker" not in cancelled
+    assert store.snapshot_steps(queued) == ()
+
+
+def test_killed_worker_leaves_run_resumable_and_sweep_resumes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A worker killed (SIGKILL, by the pid it reported, while its run is held paused at a
+    step) leaves the run interrupted with its checkpoint; resuming the sweep continues it
+    from there and it ends exactly as an uninterrupted run.
+
+    Catches: a dead worker recorded as failed or left "running", a run that cannot be
+    resumed (no checkpoint on the driver), a resume that restarts from step 0 (snapshot 0
+    would be rewritten) or restores less than the whole state (a different MAP@R).
+    """
+    store = RunStore(tmp_path / "runs")
+    cfg = tiny(steps=1000, every=20)  # a worker runs at most ~4 snapshots ahead of the store
+    runner, (victim, other) = launch(store, cfg, seeds=2)
+    wait_for(lambda: store.status(victim).get("step", 0) >= 20, "the run to reach step 20")
+    runner.pause(victim)
+    wait_for(lambda: store.status(victim)["state"] == RunState.PAUSED, "the pause")
+    pid = store.status(victim)["worker"]["pid"]
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: runner.done, "the sweep to end")
+    status = store.status(victim)
+    assert status["state"] == RunState.INTERRUPTED
+    assert "died" in status["message"]
+    assert jobs.resumable(store, victim).status["state"] == RunState.INTERRUPTED
+    assert runner.state == SweepState.INCOMPLETE
+    assert store.status(other)["state"] == RunState.FINISHED
+    snapshot_0 = store.path(victim) / "snapshots" / "00000000.npz"
+    written = snapshot_0.stat().st_mtime_ns
+
+    args = ["--resume", runner.sweep.sweep_id, "--backend", "ray", "--runs", str(store.root)]
+    capsys.readouterr()  # Ray's own note of the death, if it came already
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["state"] == SweepState.FINISHED
+    resumed = next(r for r in out["runs"] if r["run_id"] == victim)
+    assert resumed["state"] == RunState.FINISHED
+    assert resumed["worker"]["pid"] != pid
+    assert snapshot_0.stat().st_mtime_ns == written
+    reference = RunStore(tmp_path / "reference")
+    reference.create(cfg, "uninterrupted")
+    assert jobs.train_and_save(cfg, reference, "uninterrupted") is RunState.FINISHED
+    final = reference.status("uninterrupted")["final_metrics"]
+    assert resumed["map_at_r"] == final["map_at_r"]
+    assert resumed["precision_at_1"] == final["precision_at_1"]

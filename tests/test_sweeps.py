@@ -1,0 +1,211 @@
+"""Sweeps without Ray: grid checks, the saved sweep, the local backend, resuming (sweeps.py,
+services/sweep_runner.py, sweep_cli.py). The Ray backend is tested in test_ray_backend.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dml_core.config import make_config
+from dml_core.errors import ConfigError
+from dml_core.runs import RunState, RunStore
+from dml_core.services import jobs
+from dml_core.sweep_cli import main
+from dml_core.sweeps import (
+    MAX_RUNS,
+    SweepState,
+    SweepStore,
+    build_sweep,
+    cell_config,
+    cell_results,
+    missing_runs,
+    parse_axis,
+)
+
+TINY = [  # flags of a run that takes about a second on digits (one torch thread)
+    "--steps", "6", "--snapshot-every", "3", "--probe-size", "50", "--embedding-dim", "8",
+    "--classes-per-batch", "4", "--samples-per-class", "8", "--device", "cpu", "--num-cpus", "1",
+]  # fmt: skip
+
+
+def sweep_json(capsys: pytest.CaptureFixture[str], *args: str, tiny: bool = True) -> dict[str, Any]:
+    """Run ``sweep [TINY] ... --json`` in this process; the parsed stdout (exit status 0)."""
+    assert main([*(TINY if tiny else []), *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run a sweep that must be refused: exit status 2 and one line on stderr; that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY, *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_axes_parse_typed_values() -> None:
+    """Catches values kept as text (``"0.1"`` would then fail the float field check later)."""
+    assert parse_axis("margin=0.1, 0.3").values == (0.1, 0.3)
+    assert parse_axis("embedding_dim=8,16").values == (8, 16)
+    assert parse_axis("loss=triplet,contrastive").values == ("triplet", "contrastive")
+    with pytest.raises(ConfigError, match="NAME=V1,V2"):
+        parse_axis("margin")
+    with pytest.raises(ConfigError, match="repeats"):
+        parse_axis("margin=0.1,0.1")
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--grid", "wobble=1,2"], ["'wobble' is unknown", "margin", "embedding_dim"]),
+        (["--grid", "margin=0.1,3"], ["margin=3", "'margin'", "(0, 2]", "Got 3"]),
+        (["--grid", "embedding_dim=8,1024"], ["embedding_dim=1024", "[2, 512]"]),
+        (["--grid", "seed=1,2"], ["--seeds"]),
+        (["--grid", "lr=0.1", "--grid", "lr=0.2"], ["once"]),
+        (["--seeds", "0"], ["'seeds'", "[1, 1000]"]),
+    ],
+)
+def test_bad_grids_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], names: list[str]
+) -> None:
+    """Catches a check that is missing (a traceback, or a run directory for a bad value) and a
+    message that does not name the parameter and its range (reused from RunConfig/registry)."""
+    err = refused(capsys, *args, "--runs", str(tmp_path))
+    for name in names:
+        assert name in err
+    assert not any(tmp_path.iterdir())  # nothing saved
+
+
+def test_more_than_max_runs_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches a grid over ``MAX_RUNS`` launched without confirmation (and --yes ignored)."""
+    grid = ["--grid", f"lr={','.join(str(0.001 + i * 1e-5) for i in range(MAX_RUNS // 2 + 1))}"]
+    err = refused(capsys, *grid, "--seeds", "2")
+    assert f"{MAX_RUNS + 2} runs" in err
+    assert "--yes" in err
+    base = make_config(steps=6)
+    sweep = build_sweep(base, [parse_axis(grid[1])], 2, yes=True)
+    assert len(sweep.runs) == MAX_RUNS + 2
+
+
+def test_one_margin_drives_loss_and_miner_unless_a_side_is_named() -> None:
+    """Catches a grid margin that moves the loss's margin but leaves the semi-hard miner's at
+    its default (pytorch-metric-learning issue #466), and ``loss.``/``miner.`` ignored."""
+    base = make_config()  # triplet + semi-hard, both with a margin
+    both = cell_config(base, {"margin": 0.3}, 0)
+    assert both.loss_params["margin"] == both.miner_params["margin"] == 0.3
+    loss_only = cell_config(base, {"loss.margin": 0.3}, 0)
+    assert (loss_only.loss_params["margin"], loss_only.miner_params["margin"]) == (0.3, 0.2)
+    miner_only = cell_config(base, {"miner.margin": 0.3}, 5)
+    assert (miner_only.loss_params["margin"], miner_only.miner_params["margin"]) == (0.2, 0.3)
+    assert miner_only.seed == 5
+    swapped = cell_config(make_config(loss_params={"margin": 0.5}), {"loss": "contrastive"}, 0)
+    assert swapped.loss == "contrastive"
+    assert "margin" not in swapped.loss_params
+
+
+def test_local_sweep_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A 2 x 2 grid with 2 seeds on the local backend: every run lands in the store, the JSON
+    has what the issue lists, and each cell's mean and sd are those of its seeds.
+
+    Catches: runs missing from the store or the JSON, a worker that is not this process (the
+    local backend trains here), seeds not varied (the two seeds would score alike), the sd
+    computed with ddof = 0 or over the wrong runs.
+    """
+    out = sweep_json(
+        capsys, "--grid", "margin=0.1,0.3", "--grid", "lr=0.001,0.003", "--seeds", "2",
+        "--runs", str(tmp_path),
+    )  # fmt: skip
+    assert out["backend"] == "local"
+    assert out["state"] == SweepState.FINISHED
+    store = RunStore(tmp_path)
+    assert len(out["runs"]) == 8
+    assert sorted(store.list()) == sorted(r["run_id"] for r in out["runs"])
+    for run in out["runs"]:
+        assert run["state"] == RunState.FINISHED
+        assert {"run_id", "config", "precision_at_1", "r_precision", "map_at_r", "seconds"} <= set(
+            run
+        )
+        assert run["worker"]["pid"] == os.getpid()
+        assert run["seconds"] > 0
+        assert run["config"]["seed"] == run["seed"]
+        assert run["config"]["lr"] == run["cell"]["lr"]
+    for cell in out["cells"]:
+        scores = [
+            r["map_at_r"]
+            for r in out["runs"]
+            if r["cell"] == {"margin": cell["margin"], "lr": cell["lr"]}
+        ]
+        assert len(scores) == 2
+        assert scores[0] != scores[1]
+        assert cell["map_at_r_mean"] == pytest.approx(sum(scores) / 2)
+        assert cell["map_at_r_sd"] == pytest.approx(abs(scores[0] - scores[1]) / math.sqrt(2))
+
+
+def test_resume_trains_only_missing_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A sweep with one run deleted and one stopped half way: --resume trains those two only.
+
+    Catches a resume that retrains finished runs (their status would be rewritten), that
+    restarts a stopped run instead of continuing it from its checkpoint (snapshot 0 would be
+    rewritten), or that forgets a run that was never created.
+    """
+    out = sweep_json(capsys, "--grid", "margin=0.1,0.3", "--seeds", "2", "--runs", str(tmp_path))
+    store = RunStore(tmp_path)
+    sweep = SweepStore(store).load(out["sweep_id"])
+    gone, stopped, *kept = [r.run_id for r in sweep.runs]
+    store.delete(gone)
+    store.delete(stopped)  # trained again, stopped by its control at step 3
+    store.create(sweep.config(sweep.runs[1]), stopped)
+    halted = jobs.train_and_save(
+        sweep.config(sweep.runs[1]), store, stopped, control=lambda s: s < 3
+    )
+    assert halted is RunState.STOPPED
+    assert store.status(stopped)["step"] == 3
+    snapshot_0 = store.path(stopped) / "snapshots" / "00000000.npz"
+    before = {r: (store.path(r) / "status.json").stat().st_mtime_ns for r in kept}
+    written = snapshot_0.stat().st_mtime_ns
+    assert [(r.run_id, resume) for r, resume in missing_runs(store, sweep)] == [
+        (gone, False),
+        (stopped, True),
+    ]
+    again = sweep_json(capsys, "--resume", out["sweep_id"], "--runs", str(tmp_path), tiny=False)
+    assert again["state"] == SweepState.FINISHED
+    assert all(r["state"] == RunState.FINISHED for r in again["runs"])
+    assert {r: (store.path(r) / "status.json").stat().st_mtime_ns for r in kept} == before
+    assert snapshot_0.stat().st_mtime_ns == written
+    first = {r["run_id"]: r["map_at_r"] for r in out["runs"]}
+    assert {r["run_id"]: r["map_at_r"] for r in again["runs"]} == first  # deterministic
+    assert cell_results(store, sweep)["finished"].tolist() == [2, 2]
+
+
+def test_resume_refuses_new_settings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Catches --resume silently ignoring a changed grid (the saved one is what resumes)."""
+    out = sweep_json(capsys, "--runs", str(tmp_path))
+    err = refused(capsys, "--resume", out["sweep_id"], "--runs", str(tmp_path))
+    assert "--resume continues a sweep with its saved grid; drop --" in err
+
+
+def test_dead_driver_reads_incomplete(tmp_path: Path) -> None:
+    """Catches a sweep that reads "running" forever after its driver process was killed."""
+    sweeps = SweepStore(RunStore(tmp_path))
+    sweep = build_sweep(make_config(steps=6), [], 1)
+    sweeps.save(sweep)
+    sweeps.mark_running(sweep.sweep_id, "local")
+    assert sweeps.status(sweep.sweep_id)["state"] == SweepState.RUNNING
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    sweeps.set_status(sweep.sweep_id, pid=int(dead.stdout))
+    assert sweeps.status(sweep.sweep_id)["state"] == SweepState.INCOMPLETE
+    assert sweeps.load(sweep.sweep_id) == sweep
+    assert sweeps.list() == [sweep.sweep_id]
