@@ -5,7 +5,9 @@ noise, each a distinct PNG written by a small zlib encoder (Pillow's encoder is 
 and would dominate the set-up). Three opens are timed, each with a fresh cache directory
 except the last: decoding in one process, decoding in the pool (the default), and the
 cached open. The PNG files are in the page cache for all of them (they were just written),
-so the figures measure decoding, not the disk.
+so the figures measure decoding, not the disk. Each open reports wall-clock seconds and CPU
+seconds (this process and the pool's processes): on a machine shared with other work the
+wall clock mixes in their load, the CPU time does not.
 
 Run: ``python -m dml_core.bench.user_data_speed [--images N] [--workers W] [--json]``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import struct
 import sys
 import tempfile
@@ -68,14 +71,31 @@ def write_folder(root: Path, n_images: int, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def _timed_open(root: Path, cache: Path, workers: int | None) -> tuple[float, str, int]:
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its reaped children (the pool)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed_open(root: Path, cache: Path, workers: int | None) -> dict:
+    """Wall and CPU seconds of one ``load_image_folder`` call (CPU time is load-independent)."""
     os.environ["DML_CACHE_DIR"] = str(cache)
-    start = time.perf_counter()
+    cpu, start = _cpu_seconds(), time.perf_counter()
     arrays = load_image_folder(root, workers=workers)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if arrays.bad:
         raise RuntimeError(f"benchmark images failed to decode: {arrays.bad[:3]}")
-    return seconds, arrays.cache_note, len(arrays.y)
+    n = len(arrays.y)
+    return {
+        "seconds": round(seconds, 3),
+        "images_per_s": round(n / seconds),
+        "cpu_seconds": round(cpu, 3),
+        "images_per_cpu_s": round(n / max(cpu, 1e-9)),
+        "note": arrays.cache_note,
+    }
 
 
 def run_user_data_bench(n_images: int = 60_000, workers: int | None = None) -> dict:
@@ -92,13 +112,9 @@ def run_user_data_bench(n_images: int = 60_000, workers: int | None = None) -> d
                 ("parallel", "cache", workers),
                 ("cached", "cache", workers),
             ):
-                seconds, note, n = _timed_open(root, Path(tmp) / cache, w)
-                assert n == n_images
-                result[label] = {
-                    "seconds": round(seconds, 3),
-                    "images_per_s": round(n / seconds),
-                    "note": note,
-                }
+                result[label] = _timed_open(root, Path(tmp) / cache, w)
+            cleanup = time.perf_counter()
+        result["cleanup_s"] = round(time.perf_counter() - cleanup, 2)
     finally:
         if saved is None:
             os.environ.pop("DML_CACHE_DIR", None)
@@ -122,7 +138,8 @@ def report(result: dict) -> str:
         w = 1 if label == "serial" else result["workers"]
         lines.append(
             f"  {label:<8} ({w} worker{'s' if w > 1 else ''}): {r['seconds']:.2f} s, "
-            f"{r['images_per_s']:,} images/s ({r['note']})"
+            f"{r['images_per_s']:,} images/s; CPU {r['cpu_seconds']:.2f} s, "
+            f"{r['images_per_cpu_s']:,} images per CPU-second ({r['note']})"
         )
     lines.append(
         f"  pool vs one process: {result['parallel_speedup']}x; cache vs decoding: "
