@@ -170,7 +170,7 @@ class RunConfig(BaseModel):
     rotation: float = Field(
         15.0,
         ge=0,
-        le=180,
+        le=90,
         title="Rotation (degrees)",
         description="each view is rotated by a random angle in [-this, this] degrees",
         json_schema_extra=_ui("views"),

@@ -89,6 +89,9 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
         else:
             st.warning(source)
             problem = f"The {values['dataset']} dataset is not available here."
+        if values["supervision"] == "views":
+            with st.expander("Views (augmentation strengths)", expanded=True):
+                values |= section_widgets(SECTIONS[3])
         st.subheader("Loss and miner")
         loss = field_widget_registry("loss", LOSSES)
         st.caption(LOSSES[loss].summary)

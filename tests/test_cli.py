@@ -108,7 +108,7 @@ BAD_ARGS = [
         "even",
     ),
     (["train", "--crop-scale", "0"], "'crop_scale'", "(0, 1]"),
-    (["train", "--rotation", "-5"], "'rotation'", "[0, 180]"),
+    (["train", "--rotation", "-5"], "'rotation'", "[0, 90]"),
 ]
 
 

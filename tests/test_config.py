@@ -156,7 +156,7 @@ def test_a_per_class_parameter_is_refused_without_labels() -> None:
 
 VIEWS_BAD = [
     ({"crop_scale": 0}, "The 'crop_scale' parameter of the run config must be in (0, 1]. Got 0."),
-    ({"rotation": 181}, "The 'rotation' parameter of the run config must be in [0, 180]. Got 181"),
+    ({"rotation": 91}, "The 'rotation' parameter of the run config must be in [0, 90]. Got 91."),
     ({"translate": 0.6}, "'translate' parameter of the run config must be in [0, 0.5]. Got 0.6"),
     ({"noise": -0.1}, "The 'noise' parameter of the run config must be in [0, 1]. Got -0.1."),
     ({"supervision": "none"}, "'supervision' parameter of the run config must be one of"),
