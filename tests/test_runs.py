@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -269,3 +270,49 @@ def test_embeddings_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert got.step == 10
     np.testing.assert_array_equal(got.ref_emb, make_embeddings(10).ref_emb.astype(np.float32))
     assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == before
+
+
+def test_geometry_and_class_weights_round_trip(tmp_path: Path) -> None:
+    """Catches: class weights written into the JSON meta (or dropped), geometry left out of
+    the metrics table."""
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config(loss="arcface", miner="all"))
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(6, 4)).astype(np.float32)
+    snap = dataclasses.replace(
+        make_snapshot(10),
+        geometry={"alignment": 0.4, "uniformity": -2.5, "effective_rank": 3.2},
+        class_weights=weights,
+        class_weight_labels=np.repeat(np.arange(3), 2),
+    )
+    store.save_snapshot(run_id, snap)
+    store.save_snapshot(run_id, make_snapshot(20))  # a loss without class weights
+    back = store.load_snapshot(run_id, 10)
+    assert back.geometry == snap.geometry
+    np.testing.assert_array_equal(back.class_weights, weights)
+    np.testing.assert_array_equal(back.class_weight_labels, [0, 0, 1, 1, 2, 2])
+    assert store.load_snapshot(run_id, 20).class_weights is None
+    history = store.history(run_id)
+    assert history["effective_rank"].tolist()[0] == 3.2
+    assert history["uniformity"].tolist()[0] == -2.5
+
+
+def test_snapshots_saved_before_geometry_and_class_weights_still_load(tmp_path: Path) -> None:
+    """A snapshot file as save_snapshot wrote it before 2026-11-30: four arrays, no geometry."""
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    old = make_snapshot(5)
+    arrays = ("probe_emb", "probe_labels", "pos_dist", "neg_dist")
+    meta = {
+        k: getattr(old, k)
+        for k in ("step", "samples_seen", "elapsed", "loss", "active_fraction", "kind_shares",
+                  "mining", "metrics", "collapse", "extras", "lines")
+    }  # fmt: skip
+    path = store.path(run_id) / "snapshots" / "00000005.npz"
+    np.savez(path, meta=np.array(json.dumps(meta)), **{k: getattr(old, k) for k in arrays})
+    back = store.load_snapshot(run_id, 5)
+    assert back.geometry == {}
+    assert back.class_weights is None
+    assert back.class_weight_labels is None
+    np.testing.assert_array_equal(back.probe_emb, old.probe_emb)
+    assert back.collapse == {"mean_distance": 1.2}
