@@ -18,6 +18,7 @@ from dml_core.config import EMBEDDING_DIMS
 from dml_core.data import DATASETS, dataset_availability
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
+from dml_core.figures import thumbnails
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
 from pages.ui import RUNS_DIR, param_widgets, use_app_navigation
@@ -161,7 +162,12 @@ if batch is not None and result is not None:
         help="The margin rings are drawn at d(a,p) and d(a,p) + α for this positive, and each "
         "negative's kind is judged against it. Listed farthest first (the default).",
     )
-    focus = c3.selectbox("Lines in the PCA view", list(miners), key="mv.focus")
+    focus = c3.selectbox(
+        "Miner in the PCA view and the images",
+        list(miners),
+        key="mv.focus",
+        help="Whose selections the lines and the image strip show",
+    )
     c4.caption(
         f"{size} images embedded by the {batch.source}. Anchor #{anchor}: class "
         f"{batch.class_names[batch.labels[anchor]]}."
@@ -172,6 +178,12 @@ if batch is not None and result is not None:
         key="mv.chart.pca",
         on_select="rerun",
         selection_mode="points",
+    )
+    st.plotly_chart(
+        thumbnails.anchor_strip_figure(
+            batch, result.anchor_view(focus, anchor, positive), focus, margin
+        ),
+        key="mv.chart.strip",
     )
     st.dataframe(
         result.summary(),

@@ -16,6 +16,7 @@ from dml_core.analysis.batch_view import (
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
+from dml_core.figures import thumbnails
 from dml_core.figures.style import CLASS_COLORS, NEGATIVE_COLOR, POSITIVE_COLOR
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
@@ -219,3 +220,63 @@ def test_drawing_a_batch_leaves_the_global_generator_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
     again = draw_batch("digits", 4, 5, 7, UntrainedNet("mlp", 16))
     assert np.array_equal(first.emb, again.emb)  # the seed alone still decides the weights
+
+
+def tile_pixels(fig, tile: dict, shape: tuple[int, int]) -> np.ndarray:
+    """The image drawn in one tile of a thumbnail strip, back at the dataset's size (H, W)."""
+    z = np.asarray(fig.data[0].z)  # (height, width, 3)
+    h, w = shape
+    factor = max(1, thumbnails.TILE // max(h, w))
+    pad = thumbnails.FRAME + thumbnails.INSET
+    top = int(tile["y"]) + pad + (thumbnails.TILE - h * factor) // 2
+    left = int(tile["x"]) + pad + (thumbnails.TILE - w * factor) // 2
+    return z[top : top + h * factor : factor, left : left + w * factor : factor, 0]
+
+
+@pytest.mark.parametrize("miner", ["all", "semi_hard", "batch_hard", "multi_similarity"])
+def test_anchor_strip_shows_the_selection_as_images_nearest_first(batch, miner: str) -> None:
+    """Catches: tiles in another order than distance (tried: farthest first), a kind worked out
+    anew instead of the view's (tried: against the farthest positive instead of the chosen
+    one), a tile showing another image than its index (tried: images[j] for the j-th tile)."""
+    result = mine_all(batch.emb, batch.labels, ALL, margin=0.3)
+    anchor = 6
+    positive = int(result.positives_of(anchor)[-1])  # the nearest: kinds differ from the default
+    view = result.anchor_view(miner, anchor, positive)
+    fig = thumbnails.anchor_strip_figure(batch, view, miner, 0.3)
+    tiles = fig.layout.meta["tiles"]
+    assert tiles[0] == tiles[0] | {"role": "anchor", "index": anchor}
+    for role, indices, dists in (
+        ("positive", view.positives, view.pos_dist),
+        ("negative", view.negatives, view.neg_dist),
+    ):
+        shown = [t for t in tiles if t["role"] == role]
+        assert sorted(t["index"] for t in shown) == sorted(indices.tolist())
+        d = [t["distance"] for t in shown]
+        assert d == sorted(d)
+        np.testing.assert_allclose(d, np.sort(dists), rtol=1e-6)
+        np.testing.assert_allclose(d, result.dist[anchor, [t["index"] for t in shown]], rtol=1e-6)
+    kinds = dict(zip(view.negatives.tolist(), view.neg_kind.tolist(), strict=True))
+    for t in tiles:
+        if t["role"] == "negative":
+            assert t["kind"] == kinds[t["index"]]
+        np.testing.assert_array_equal(tile_pixels(fig, t, (8, 8)), batch.images[t["index"]])
+    captions = [a.text for a in fig.layout.annotations]
+    if positive in view.positives:
+        assert any("(rings)" in c and f"#{positive}" in c for c in captions)
+    else:  # batch_hard keeps only the farthest positive: no negative goes with this one
+        assert not len(view.negatives)
+        assert any(f"did not select positive #{positive}" in c for c in captions)
+
+
+def test_anchor_strip_caps_the_negatives_and_says_how_many_are_left() -> None:
+    big = draw_batch("digits", 8, 6, 1, UntrainedNet("mlp", 16))
+    result = mine_all(big.emb, big.labels, {"all": {}}, margin=0.2)
+    view = result.anchor_view("all", 0)
+    fig = thumbnails.anchor_strip_figure(big, view, "all", 0.2)
+    limit = thumbnails.PER_ROW * thumbnails.MAX_NEGATIVE_ROWS
+    negatives = [t for t in fig.layout.meta["tiles"] if t["role"] == "negative"]
+    assert len(view.negatives) == 42
+    assert [t["index"] for t in negatives] == view.negatives[np.argsort(view.neg_dist)][
+        :limit
+    ].tolist()
+    assert any(f"{42 - limit} farther ones not shown" in a.text for a in fig.layout.annotations)

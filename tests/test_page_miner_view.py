@@ -30,6 +30,12 @@ def specs(at: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
+def chart(at: AppTest, key: str) -> dict:
+    """The figure spec of the chart with widget key ``key``."""
+    (found,) = [el for el in at.get("plotly_chart") if el.proto.id.endswith(f"-{key}")]
+    return json.loads(found.proto.spec)
+
+
 def values(array: list | dict) -> np.ndarray:
     """A plotly array from the figure spec: a list, or typed base64 ``{dtype, bdata}``."""
     if isinstance(array, dict):
@@ -40,9 +46,8 @@ def values(array: list | dict) -> np.ndarray:
 def test_default_page_shows_the_batch_the_polar_view_and_the_table(page: AppTest) -> None:
     assert page.title[0].value == "Miner view"
     assert not page.error
-    charts = specs(page)
-    assert len(charts) == 2
-    polar = charts[1]
+    assert len(specs(page)) == 3  # PCA, the image strip, polar
+    polar = chart(page, "mv.chart.polar")
     polar_axes = [k for k in polar["layout"] if k.startswith("polar")]
     assert len(polar_axes) == len(MINERS)
     table = page.dataframe[0].value
@@ -56,13 +61,17 @@ def test_renders_for_every_registered_miner(page: AppTest, miner: str) -> None:
     assert not page.error
     assert page.selectbox(key="mv.focus").value == miner
     assert list(page.dataframe[0].value.miner) == [miner]
-    assert len(specs(page)) == 2
+    assert len(specs(page)) == 3
+    assert f"the {miner} miner" in chart(page, "mv.chart.strip")["layout"]["title"]["text"]
 
 
 def test_changing_the_anchor_redraws(page: AppTest) -> None:
     page.number_input(key="mv.anchor").set_value(7).run()
     assert not page.exception
-    assert "anchor #7" in specs(page)[1]["layout"]["title"]["text"]
+    assert "anchor #7" in chart(page, "mv.chart.polar")["layout"]["title"]["text"]
+    strip = chart(page, "mv.chart.strip")
+    assert "anchor #7" in strip["layout"]["title"]["text"]
+    assert strip["layout"]["meta"]["tiles"][0]["index"] == 7
 
 
 @pytest.mark.parametrize(
@@ -105,7 +114,7 @@ def test_rings_follow_the_chosen_positive_and_every_mark_agrees(page: AppTest) -
     chosen = choices[-1]  # the nearest positive
     page.selectbox(key="mv.positive").set_value(chosen).run()
     assert not page.exception
-    polar = specs(page)[1]
+    polar = chart(page, "mv.chart.polar")
     assert f"rings for positive #{chosen}" in polar["layout"]["title"]["text"]
     margin = page.slider(key="mv.margin").value
     traces = [t for t in polar["data"] if t.get("meta")]
@@ -160,3 +169,31 @@ def test_a_batch_beyond_the_mining_budget_is_one_sentence(page: AppTest) -> None
     assert len(page.error) == 1
     assert "lower P or K" in page.error[0].value
     assert ". " not in page.error[0].value
+
+
+def test_the_image_strip_agrees_with_the_polar_view(page: AppTest) -> None:
+    """The strip shows the focus miner's negatives for the chosen positive, nearest first, each
+    with the distance and kind the polar panel of that miner draws (one classification).
+    Catches: the strip following another miner or positive than the polar rings, or tiles
+    out of distance order."""
+    page.selectbox(key="mv.focus").set_value("all").run()  # kinds depend on the positive
+    choices = [int(o[1:].split(",")[0]) for o in page.selectbox(key="mv.positive").options]
+    page.selectbox(key="mv.positive").set_value(choices[1]).run()  # not the default farthest
+    assert not page.exception
+    polar = chart(page, "mv.chart.polar")
+    drawn = {}  # negative index -> (distance, kind) in the panel of the all miner
+    for t in polar["data"]:
+        meta = t.get("meta") or {}
+        if meta.get("miner") == "all" and meta.get("role") == "negative":
+            for idx, r in zip(values(t["customdata"]), values(t["r"]), strict=True):
+                drawn[int(idx)] = (r, meta["kind"])
+    assert len({kind for _, kind in drawn.values()}) > 1  # several kinds to agree on
+    tiles = chart(page, "mv.chart.strip")["layout"]["meta"]["tiles"]
+    negatives = [t for t in tiles if t["role"] == "negative"]
+    nearest = sorted(drawn, key=lambda i: drawn[i][0])[: len(negatives)]  # the strip is capped
+    assert len(negatives) == min(len(drawn), 30)
+    assert {t["index"] for t in negatives} == set(nearest)
+    assert [t["distance"] for t in negatives] == sorted(t["distance"] for t in negatives)
+    for t in negatives:
+        assert t["distance"] == pytest.approx(drawn[t["index"]][0], rel=1e-6)
+        assert t["kind"] == drawn[t["index"]][1]
