@@ -131,7 +131,7 @@ def report(result: dict) -> str:
     """The figures as a few lines of text."""
     lines = [
         f"{result['images']} PNGs of {SIDE}x{SIDE}, {result['usable_cores']} usable cores "
-        f"(generated in {result['generate_s']} s)"
+        f"(generated in {result['generate_s']} s, removed in {result['cleanup_s']} s)"
     ]
     for label in ("serial", "parallel", "cached"):
         r = result[label]
