@@ -201,3 +201,41 @@ def test_an_anchor_far_from_all_its_positives_fills_the_list() -> None:
     assert (out.anchor == 0).all()
     assert (out.negative == 15).all()
     np.testing.assert_array_equal(out.positive, [r[2] for r in rows[:12]])
+
+
+def test_triplet_strip_shows_each_triplet_as_its_images_with_its_numbers() -> None:
+    """Catches: a tile showing another image than its row (tried: the anchor's image in every
+    row), numbers of another column, or triplets out of the list's order."""
+    from dml_core.figures import thumbnails
+
+    emb, labels = probe(n=24)
+    pictures = np.random.default_rng(9).integers(0, 256, (24, 8, 8)).astype(np.uint8)
+    hard = hardest_triplets(emb, labels, 5, lambda d: d + 0.2)
+    fig = thumbnails.triplet_strip_figure(hard, pictures, labels, ["zero", "one", "two"])
+    tiles = fig.layout.meta["tiles"]
+    assert [t["role"] for t in tiles] == ["anchor", "positive", "negative"] * 5
+    z = np.asarray(fig.data[0].z)  # (height, width, 3)
+    pad = thumbnails.FRAME + thumbnails.INSET
+    factor = thumbnails.TILE // 8
+    for t in tiles:
+        top, left = int(t["y"]) + pad, int(t["x"]) + pad
+        shown = z[top : top + 8 * factor : factor, left : left + 8 * factor : factor, 0]
+        np.testing.assert_array_equal(shown, pictures[t["index"]])
+        col = t["triplet"]
+        row = {"anchor": hard.anchor, "positive": hard.positive, "negative": hard.negative}
+        assert t["index"] == row[t["role"]][col]
+        if t["role"] == "negative":
+            assert t["d_ap"] == pytest.approx(hard.d_ap[col])
+            assert t["violation"] == pytest.approx(hard.violation[col])
+    assert f"{hard.violating:,} of {hard.total:,} triplets" in fig.layout.title.text
+
+
+def test_triplet_strip_says_when_nothing_violates() -> None:
+    from dml_core.figures import thumbnails
+
+    emb = np.array([[0, 0], [0.01, 0], [5, 5], [5.01, 5]], np.float32)
+    labels = np.array([0, 0, 1, 1])
+    hard = hardest_triplets(emb, labels, 5, lambda d: d + 0.2, "rule text")
+    fig = thumbnails.triplet_strip_figure(hard, np.zeros((4, 8, 8), np.uint8), labels, ["a", "b"])
+    assert fig.layout.title.text.startswith("No triplet of the probe set violates")
+    assert fig.layout.meta["tiles"] == []

@@ -101,3 +101,24 @@ def test_true_neighbours_are_the_nearest_in_the_embedding_nearest_first() -> Non
         np.testing.assert_array_equal(true_neighbours(X, i, 6), np.argsort(d)[:6])
     with pytest.raises(ValueError, match="'index'"):
         true_neighbours(X, 50, 3)
+
+
+def test_true_neighbours_overlay_marks_kept_and_torn_neighbours() -> None:
+    """Catches: neighbours taken from the layout instead of the embedding, or 'kept' judged
+    against the embedding's own list (everything kept)."""
+    import plotly.graph_objects as go
+
+    from dml_core.figures.neighbours import add_true_neighbours
+
+    X = embedding(n=80)
+    Y = np.random.default_rng(5).normal(size=(80, 2))  # a picture that keeps little
+    fig = add_true_neighbours(go.Figure(), Y, X, 7, k=6)
+    roles = {t.meta["role"]: t for t in fig.data}
+    d_x = np.linalg.norm(X - X[7], axis=1)
+    d_y = np.linalg.norm(Y - Y[7], axis=1)
+    d_x[7] = d_y[7] = np.inf
+    near_x, near_y = set(np.argsort(d_x)[:6].tolist()), set(np.argsort(d_y)[:6].tolist())
+    assert set(roles["kept"].customdata) | set(roles["torn"].customdata) == near_x
+    assert set(roles["kept"].customdata) == near_x & near_y
+    assert len(roles["torn"].customdata) > 0
+    assert f"{len(near_x & near_y)} of its 6 nearest" in fig.layout.title.text

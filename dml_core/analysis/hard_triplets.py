@@ -144,9 +144,11 @@ def hardest_triplets(
         pos = same & (rows[:, None] != torch.arange(n)[None, :])  # (c, n) positives, not self
         neg = ~same  # (c, n)
         total += int((pos.sum(1) * neg.sum(1)).sum())
-        violating += _count_violations(dist, pos, neg, boundary)
-        d_p, p = _top(dist.masked_fill(~pos, -torch.inf), k, largest=True)  # (c, kp) farthest
-        d_n, m = _top(dist.masked_fill(~neg, torch.inf), k, largest=False)  # (c, kn) nearest
+        far = dist.masked_fill(~pos, -torch.inf)  # (c, n) positives' distances, else -inf
+        near = dist.masked_fill(~neg, torch.inf)  # (c, n) negatives' distances, else +inf
+        violating += _count_violations(far, near, pos, boundary)
+        d_p, p = _top(far, k, largest=True)  # (c, kp) farthest positives
+        d_n, m = _top(near, k, largest=False)  # (c, kn) nearest negatives
         b = boundary(d_p.clamp_min(0.0))  # (c, kp); the clamp keeps sqrt finite on padding
         v = b[:, :, None] - d_n[:, None, :]  # (c, kp, kn)
         ok = d_p.isfinite()[:, :, None] & d_n.isfinite()[:, None, :] & (v > 0)  # (c, kp, kn)
@@ -170,15 +172,16 @@ def hardest_triplets(
     )  # fmt: skip
 
 
-def _count_violations(dist: Tensor, pos: Tensor, neg: Tensor, boundary: Boundary) -> int:
+def _count_violations(far: Tensor, near: Tensor, pos: Tensor, boundary: Boundary) -> int:
     """How many (a, p, n) of these anchor rows have d(a,n) < b(d(a,p)), exactly.
 
-    Each row's negative distances are sorted once (numpy's sort: several times torch's on
-    CPU); the number of negatives closer than a positive's boundary is its left insertion
-    point among them (one ``searchsorted`` per anchor).
+    ``far`` holds each row's positive distances (-inf elsewhere), ``near`` its negative ones
+    (+inf elsewhere), both (c, n). Each row's negative distances are sorted once (numpy's
+    sort: several times torch's on CPU); the number of negatives closer than a positive's
+    boundary is its left insertion point among them (one ``searchsorted`` per anchor).
     """
-    d_neg = np.sort(dist.masked_fill(~neg, torch.inf).numpy(), axis=1)  # (c, n), +inf last
-    b = boundary(dist).numpy()  # (c, n), read at the positives only
+    d_neg = np.sort(near.numpy(), axis=1)  # (c, n), +inf last
+    b = boundary(far.clamp_min(0.0)).numpy()  # (c, n), read at the positives only
     is_pos = pos.numpy()
     return sum(
         int(np.searchsorted(row, b[r, is_pos[r]], side="left").sum()) for r, row in enumerate(d_neg)

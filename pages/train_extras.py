@@ -1,0 +1,132 @@
+"""Train page extras (issue 16): the hardest triplets, trust in the picture, true neighbours.
+
+No maths here: ``dml_core`` computes and draws.
+
+Used by ``pages/train.py``:
+
+- ``render_hardest_triplets(runs_dir, run_id, step)``: behind a toggle (it costs seconds on
+  a 2000-point probe set), the k most violating triplets of the snapshot as images.
+- ``layout_quality_caption(run_id, step, method, emb, points)``: trustworthiness and
+  preserved neighbours of the layout shown, one line for ``st.caption``.
+- ``show_true_neighbours(fig, points, emb, chart_key)``: a click on the layout (the chart's
+  selection) marks that point's k nearest neighbours in the embedding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from dml_core.analysis.hard_triplets import snapshot_hardest_triplets
+from dml_core.analysis.layout_quality import layout_quality
+from dml_core.analysis.retrieval import images, probe_query_indices
+from dml_core.data import load_dataset
+from dml_core.errors import ConfigError
+from dml_core.figures import neighbours, thumbnails
+from dml_core.runs import RunStore
+from pages.ui import load_snapshot
+
+HARD_TRIPLETS_K = 8
+NEIGHBOURS_K = 10  # one k for the caption's numbers and the clicked point's neighbours
+
+
+@st.cache_data(max_entries=64, show_spinner="Finding the hardest triplets of the probe set…")
+def hardest_triplets_figure(
+    runs_dir: str, run_id: str, step: int, k: int, one_per_anchor: bool
+) -> go.Figure:
+    """The strip of one snapshot's hardest triplets (cached: snapshots never change).
+
+    Raises:
+        ConfigError: the probe images cannot be recovered (the dataset changed since the run).
+    """
+    snap = load_snapshot(runs_dir, run_id, step)
+    cfg = RunStore(runs_dir).load(run_id).config
+    data = load_dataset(cfg.dataset, cfg.split)
+    idx = probe_query_indices(cfg, data)  # (n,) the Trainer's probe rows of the query split
+    if not np.array_equal(data.query.y.numpy()[idx], snap.probe_labels):
+        raise ConfigError(
+            f"The probe images of {run_id!r} cannot be recovered: the dataset's labels differ "
+            "from the snapshot's (was the dataset changed since the run?)."
+        )
+    hard = snapshot_hardest_triplets(
+        snap.probe_emb, snap.probe_labels, cfg, k, one_per_anchor=one_per_anchor
+    )
+    return thumbnails.triplet_strip_figure(
+        hard, images(data.query, idx), snap.probe_labels, data.class_names
+    )
+
+
+def render_hardest_triplets(runs_dir: str, run_id: str, step: int) -> None:
+    """A toggle, and when on, the snapshot's hardest triplets as images with a caption."""
+    c1, c2 = st.columns([2, 3])
+    shown = c1.toggle(
+        "Show the hardest triplets now",
+        key="view.hard_triplets",
+        help="The triplets of the probe set the loss most wants fixed, as images",
+    )
+    spread = c2.toggle(
+        "One per anchor",
+        key="view.hard_triplets_spread",
+        disabled=not shown,
+        help="Keep each anchor's worst triplet only, so one odd image cannot fill the strip",
+    )
+    if not shown:
+        return
+    try:
+        fig = hardest_triplets_figure(runs_dir, run_id, step, HARD_TRIPLETS_K, spread)
+    except ConfigError as err:
+        st.error(str(err), icon="🚫")
+        return
+    st.plotly_chart(fig, key="chart.hard_triplets")
+    st.caption(
+        "Each column is one (anchor, positive, negative) of the probe set at this snapshot: "
+        "the negative (red) sits closer to the anchor than the loss allows. Violation = how "
+        "far inside the margin it is, b(d(a,p)) − d(a,n); hard (×): closer than the "
+        "positive (green) itself. Mislabelled or ambiguous images often show up here."
+    )
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _quality(run_id: str, step: int, method: str, _emb: np.ndarray, points: np.ndarray) -> dict:
+    """``layout_quality`` of one layout (keyed by run, step, method and the layout itself)."""
+    return layout_quality(_emb, points, NEIGHBOURS_K)
+
+
+def layout_quality_caption(
+    run_id: str, step: int, method: str, emb: np.ndarray, points: np.ndarray
+) -> str:
+    """One line: how far to trust the layout ``points`` of ``emb`` (k = ``NEIGHBOURS_K``)."""
+    if len(points) < 2 * NEIGHBOURS_K + 1:
+        return ""
+    q = _quality(run_id, step, method, emb, np.asarray(points))
+    return (
+        f"How far to trust this picture ({NEIGHBOURS_K} neighbours): trustworthiness "
+        f"**{q['trustworthiness']:.3f}** (1: it invents no neighbour; about 0.5: random), "
+        f"**{q['knn_preserved']:.0%}** of each point's {NEIGHBOURS_K} nearest in the embedding "
+        "are among its nearest here. Click a point to see its true neighbours."
+    )
+
+
+def clicked_point(chart_key: str, n: int) -> int | None:
+    """The probe point last clicked on the chart ``chart_key`` (its selection), if any."""
+    event = st.session_state.get(chart_key) or {}
+    points = (event.get("selection") or {}).get("points") or []
+    if not points:
+        return None
+    data = points[0].get("customdata")
+    data = data[0] if isinstance(data, list) and data else data
+    if isinstance(data, (int, float)) and 0 <= int(data) < n:
+        return int(data)
+    return None  # a class weight or an overlay, not a probe point
+
+
+def show_true_neighbours(
+    fig: go.Figure, points: np.ndarray, emb: np.ndarray, chart_key: str
+) -> int | None:
+    """Draw the clicked point's true neighbours on ``fig`` (2-D layouts); returns the point."""
+    index = clicked_point(chart_key, len(emb))
+    if index is None or np.asarray(points).shape[1] != 2:
+        return None
+    neighbours.add_true_neighbours(fig, points, emb, index, NEIGHBOURS_K)
+    return index
