@@ -20,6 +20,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
+from dml_core import ranking
 from dml_core.representation import alignment_uniformity, effective_rank
 
 __all__ = [
@@ -96,9 +97,10 @@ def query_scores(
 
     Queries with R = 0 (label absent from the references, or a singleton class when
     ``same_set``) get NaN in all three, as PML's ``AccuracyCalculator`` skips its "lone"
-    queries. The k nearest references (k = the largest R) are found with ``torch.topk`` in
-    chunks of ``chunk_size`` queries, so at most ``chunk_size * len(ref_emb)`` distances exist
-    at a time; ties in distance may order differently from other libraries.
+    queries. Neighbours are ranked as PML's ``AccuracyCalculator`` ranks them, tied distances
+    included (``dml_core.ranking``): on the CPU in float32 by a threshold and a sort of about R
+    keys per query, elsewhere by ``torch.topk`` of the k = max R nearest. At most
+    ``chunk_size * len(ref_emb)`` distances per worker exist at a time.
 
     Args:
         query_emb: Query embeddings, shape (n_query, dim).
@@ -128,44 +130,27 @@ def query_scores(
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     ref_emb = ref_emb.to(device, query_emb.dtype)
-
-    # R per query: count of references with the query's label (minus itself for same_set).
-    uniq, counts = torch.unique(ref_labels, return_counts=True)
-    if uniq.numel() == 0:
-        r_all = torch.zeros_like(query_labels)
+    r_all = ranking.per_query_r(query_labels, ref_labels, same_set)
+    rows = torch.nonzero(r_all > 0).squeeze(1)
+    fast = (
+        device.type == "cpu"
+        and query_emb.dtype == torch.float32
+        and bool(query_emb.isfinite().all())
+        and bool(ref_emb.isfinite().all())
+    )
+    if rows.numel() == 0:
+        scores = torch.full((3, n_query), float("nan"), dtype=torch.float64, device=device)
+    elif fast:
+        scores = ranking.fast_scores(
+            query_emb, query_labels, ref_emb, ref_labels, r_all,
+            same_set=same_set, chunk_size=chunk_size,
+        )  # fmt: skip
     else:
-        pos = torch.searchsorted(uniq, query_labels).clamp_max(uniq.numel() - 1)
-        r_all = torch.where(uniq[pos] == query_labels, counts[pos], 0)
-    if same_set:
-        r_all = r_all - 1
-    valid = r_all > 0
-    scores = torch.full((3, n_query), float("nan"), dtype=torch.float64, device=device)
-    if bool(valid.any()):
-        k = int(r_all.max())
-        ranks = torch.arange(1, k + 1, device=device, dtype=torch.float64)  # (k,)
-        for start in range(0, n_query, chunk_size):
-            stop = min(start + chunk_size, n_query)
-            keep = valid[start:stop]
-            if not bool(keep.any()):
-                continue
-            dist = torch.cdist(query_emb[start:stop], ref_emb)  # (c, n_ref)
-            if same_set:
-                diag = torch.arange(stop - start, device=device)
-                dist[diag, diag + start] = float("inf")
-            if not bool(keep.all()):
-                dist = dist[keep]  # copies only when some queries are skipped
-            idx = torch.topk(dist, k, dim=1, largest=False, sorted=True).indices  # (c', k)
-            del dist
-            r = r_all[start:stop][keep]  # (c',)
-            hit = ref_labels[idx] == query_labels[start:stop][keep].unsqueeze(1)  # (c', k)
-            hit &= ranks.unsqueeze(0) <= r.unsqueeze(1)  # only the first R neighbours count
-            hit_f = hit.to(torch.float64)
-            r_f = r.to(torch.float64)
-            precision = hit_f.cumsum(1) / ranks  # (c', k) P(i)
-            rows = torch.arange(start, stop, device=device)[keep]  # (c',)
-            scores[0, rows] = hit_f[:, 0]
-            scores[1, rows] = hit_f.sum(1) / r_f
-            scores[2, rows] = (precision * hit_f).sum(1) / r_f
+        scores = torch.full((3, n_query), float("nan"), dtype=torch.float64, device=device)
+        scores[:, rows] = ranking.exact_scores(
+            query_emb, query_labels, ref_emb, ref_labels, rows, r_all,
+            same_set=same_set, chunk_size=chunk_size,
+        )  # fmt: skip
     return QueryScores(scores[0], scores[1], scores[2])
 
 

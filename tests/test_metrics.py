@@ -190,6 +190,35 @@ def test_agrees_with_pml_queries_prefix_of_references() -> None:
     _assert_matches_pml(ours, _pml(q, ql, ref, ref_labels, True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("same_set", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_agrees_with_pml_on_tied_distances(seed: int, same_set: bool, dtype) -> None:
+    """Points on a 4 x 4 grid: every distance is shared by many references of every class.
+
+    PML ranks tied references in the order its ``topk`` leaves them; float32 takes the fast
+    path (whose sort would order them otherwise, so tied queries are recomputed with
+    ``topk``), float64 the ``topk`` path. Catches skipping that recomputation (P@1 then
+    differs by about 0.8) and removing the query itself otherwise than PML (diagonal set to
+    inf instead of k + 1 neighbours less the query: MAP@R differs).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.randint(0, 4, (400, 2), generator=gen).to(dtype)
+    ref_labels = torch.randint(0, 5, (400,), generator=gen)
+    if same_set:
+        query, query_labels = ref, ref_labels
+    else:
+        query = torch.randint(0, 4, (150, 2), generator=gen).to(dtype)
+        query_labels = torch.randint(0, 5, (150,), generator=gen)
+    ours = retrieval_metrics(
+        query, query_labels, ref, ref_labels, same_set=same_set, with_nmi=False, chunk_size=37
+    )
+    pml = _pml(query, query_labels, ref, ref_labels, same_set)
+    assert ours["precision_at_1"] == pytest.approx(pml["precision_at_1"], abs=1e-12)
+    assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-12)
+    assert ours["map_at_r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-12)
+
+
 @pytest.mark.parametrize("same_set", [False, True])
 def test_perfect_embedding(same_set: bool) -> None:
     gen = torch.Generator().manual_seed(0)
