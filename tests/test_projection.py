@@ -1,12 +1,26 @@
 """Tests for dml_core.projection: layouts, Procrustes alignment, warm starts, the worker."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dml_core.projection import Projector, exact_knn, procrustes_align, project
-from dml_core.services.projection_worker import COMPILING, IDLE, WORKING, ProjectionWorker
+from dml_core.services.projection_worker import (
+    COMPILING,
+    IDLE,
+    UMAP_NICE,
+    WORKING,
+    ProjectionWorker,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def blobs(n=200, dim=16, classes=5, seed=0):
@@ -229,3 +243,75 @@ def test_worker_can_run_umap_in_a_subprocess() -> None:
         np.testing.assert_allclose(layout, project(emb, "umap", seed=0), atol=1e-4)
     finally:
         worker.stop()
+
+
+UMAP_CHILD = '''
+import json, os, signal, sys
+
+sys.path.insert(0, {root!r})
+
+
+def thread_nices():
+    """Nice value of every thread of this process (field 19 of /proc/self/task/*/stat)."""
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{{tid}}/stat") as f:
+            out.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+if __name__ == "__main__":
+    import threadpoolctl
+    from dml_core.services.projection_worker import umap_pool
+
+    pool = umap_pool()
+    info = {{
+        "pid": pool.submit(os.getpid).result(),
+        "nices": pool.submit(thread_nices).result(),
+        "numba": pool.submit(os.getenv, "NUMBA_NUM_THREADS").result(),
+        "pools": pool.submit(threadpoolctl.threadpool_info).result(),
+    }}
+    with open(sys.argv[1], "w") as f:
+        json.dump(info, f)
+    os.kill(os.getpid(), signal.SIGKILL)  # the server dies without shutting the pool down
+'''
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, Z, ...), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+@pytest.mark.slow
+def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) -> None:
+    """The server's UMAP subprocess: lower priority on every thread, one thread, no orphan.
+
+    Catches: no ``os.nice`` (nice 0); only the calling thread reniced (BLAS threads started
+    at numpy's import stay at 0); numba or BLAS left at the core count; a worker that
+    outlives a killed server (a pool worker waits on its queue forever).
+    """
+    script, out, log = tmp_path / "umap_child.py", tmp_path / "info.json", tmp_path / "log"
+    script.write_text(UMAP_CHILD.format(root=str(ROOT)))
+    with log.open("w") as err:  # a file, not a pipe: an orphan holding it cannot block the test
+        done = subprocess.run(
+            [sys.executable, str(script), str(out)], stdout=err, stderr=err, timeout=300
+        )
+    assert done.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    info = json.loads(out.read_text())
+    assert info["nices"]
+    assert set(info["nices"]) == {UMAP_NICE}, info["nices"]
+    assert info["numba"] == "1"
+    assert info["pools"]
+    assert {p["num_threads"] for p in info["pools"]} == {1}, info["pools"]
+    deadline = time.monotonic() + 60  # a bound on the wait, not a timing check
+    while process_state(info["pid"]) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = process_state(info["pid"])
+    if state not in (None, "Z"):
+        os.kill(info["pid"], signal.SIGKILL)
+    assert state in (None, "Z"), f"the UMAP process outlived its parent (state {state})"

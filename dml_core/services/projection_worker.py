@@ -3,22 +3,80 @@
 A daemon thread (with UMAP in a spawned subprocess inside a server) takes the newest snapshot of
 each run and drops stale ones, so the pages never compute UMAP themselves and a slow layout
 never queues up behind the live view.
+
+The UMAP subprocess yields to training (``umap_pool``): it runs at a lower priority with one
+thread, so on 2 cores a layout takes what training leaves instead of half the machine, and it
+ends with the server that started it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 
 from dml_core.projection import METHODS, Method, Projector, project
 
 COMPILING = "compiling UMAP (first fit of this server)"
 WORKING = "working"
 IDLE = "idle"
+UMAP_NICE = 10  # CFS weight 110 against 1024 at nice 0: training gets ~90% of a shared core
+THREAD_VARIABLES = (
+    "NUMBA_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """Wait until the parent process is gone, then end this one."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
+
+
+def yield_to_training() -> None:
+    """Set up the UMAP subprocess (its pool's initializer) to take only what training leaves.
+
+    - Priority: ``os.nice(UMAP_NICE)`` for every thread of the process (Linux keeps a nice
+      value per thread; threads started later inherit the caller's).
+    - One thread: numba reads ``NUMBA_NUM_THREADS`` when it is first imported, which happens
+      later, in the first UMAP fit; BLAS and OpenMP, loaded with numpy already, are capped
+      through threadpoolctl.
+    - An orphan never stays: a daemon thread waits on the parent's sentinel and ends the
+      process when the server dies (a pool worker blocked on its queue would wait forever,
+      holding about 1 GB).
+    """
+    with contextlib.suppress(OSError):
+        os.nice(UMAP_NICE)
+    tasks = Path("/proc/self/task")
+    for tid in os.listdir(tasks) if tasks.is_dir() else ():
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), os.getpriority(os.PRIO_PROCESS, 0))
+    for name in THREAD_VARIABLES:
+        os.environ[name] = "1"
+    threadpoolctl.threadpool_limits(1)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        watch = threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True)
+        watch.start()
+
+
+def umap_pool() -> ProcessPoolExecutor:
+    """One spawned worker process for UMAP fits, set up by ``yield_to_training``."""
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=yield_to_training,
+    )
 
 
 def status_text(status: str) -> str:
@@ -41,12 +99,9 @@ class ProjectionWorker:
     def __init__(self, seed: int = 0, max_results: int = 200, in_subprocess: bool = False):
         self.seed = seed
         # UMAP (numba) holds the GIL for long stretches, above all while it compiles: in a
-        # server it would stall the training threads. In a subprocess it only shares the CPU.
-        self._pool = (
-            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            if in_subprocess
-            else None
-        )
+        # server it would stall the training threads. In a subprocess it only shares the CPU,
+        # and yields it to training (``yield_to_training``).
+        self._pool = umap_pool() if in_subprocess else None
         self.max_results = max_results
         self.last_error: str | None = None
         self._cond = threading.Condition()
