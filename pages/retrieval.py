@@ -253,7 +253,7 @@ st.caption(
 if cfg.split == "open-set":
     open_set_note(dataset)
 
-saved = retrieval.has_cached_index(store, run_id)  # a finished run saved its final ones
+saved = retrieval.has_cached_index(store, run_id, step)  # a finished run saved its final ones
 ready = (
     saved or retrieval.index_is_cheap(dataset) or st.session_state.get(f"retrieval.full.{run_id}")
 )

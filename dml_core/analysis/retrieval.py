@@ -130,10 +130,16 @@ def _distances(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return torch.cdist(torch.from_numpy(query), torch.from_numpy(ref)).numpy()
 
 
-def has_cached_index(store: RunStore, run_id: str) -> bool:
-    """Whether the run's saved embeddings exist and belong to its current checkpoint."""
-    step = store.embeddings_step(run_id)
-    return step is not None and step == checkpoint_step(store, run_id)
+def has_cached_index(store: RunStore, run_id: str, step: int | None = None) -> bool:
+    """Whether the run's saved embeddings exist and belong to its current checkpoint.
+
+    ``step``: the checkpoint's step when the caller has read it already (saves a second
+    read of the whole checkpoint).
+    """
+    saved = store.embeddings_step(run_id)
+    if saved is None:
+        return False
+    return saved == (checkpoint_step(store, run_id) if step is None else step)
 
 
 def build_index(store: RunStore, run_id: str, *, use_cache: bool = True) -> RetrievalIndex:
