@@ -15,6 +15,7 @@ from dml_core.config import (
 )
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
+from dml_core.figures import diagnostics
 from dml_core.figures import live as figures
 from dml_core.figures import sphere as sphere_figures
 from dml_core.figures.live import SteadyAxes
@@ -188,9 +189,14 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
         index=methods.index("Direct") if dim <= 3 else 0,
     )
     name = method.lower()
-    worker.submit(run_id, snap.step, snap.probe_emb, name)
-    layout = worker.get(run_id, snap.step, name, timeout=0.3)
+    # a class-level loss's weights are laid out with the probe points (stacked below them)
+    emb = diagnostics.with_class_weights(snap.probe_emb, snap.class_weights)
     note = f"{method} of the probe set at step {snap.step} ({len(snap.probe_labels)} test images)"
+    if name == "direct":  # the coordinates themselves: nothing to wait for (UMAP may compile)
+        layout = project(emb, "direct")
+    else:
+        worker.submit(run_id, snap.step, emb, name)
+        layout = worker.get(run_id, snap.step, name, timeout=0.3)
     # still coming only while the worker has something to do (a failed layout never arrives)
     pending = layout is None and worker.status() != IDLE
     if layout is None:
@@ -199,11 +205,14 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
             layout = latest[1]
             note = f"{method} of step {latest[0]}; step {snap.step} is being computed"
         else:
-            layout = project(snap.probe_emb, "pca")
+            layout = project(emb, "pca")
             note = f"PCA shown while {status_text(worker.status())}"
+    points, weights = diagnostics.split_layout(layout, len(snap.probe_labels))
     fig = figures.embedding_figure(
-        layout, snap.probe_labels, class_names, note, uirevision=f"emb-{run_id}-{name}"
+        points, snap.probe_labels, class_names, note, uirevision=f"emb-{run_id}-{name}"
     )
+    if weights is not None and snap.class_weight_labels is not None:
+        diagnostics.add_class_weights(fig, weights, snap.class_weight_labels, class_names)
     st.plotly_chart(fig, key="chart.embedding")
     return pending
 
@@ -232,6 +241,19 @@ def curves(runs_dir: str, run_id: str, step: int, rows: int) -> object:
     return figures.curves_figure(
         store.history(run_id), uirevision=f"curves-{run_id}", marker_x=step
     )
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def geometry_figures(runs_dir: str, run_id: str, step: int, rows: int) -> tuple:
+    """The (uniformity, alignment) path and the effective rank, on axes fixed over the run."""
+    history = store.history(run_id)
+    dim = store.load(run_id).config.embedding_dim
+    axes = diagnostics.geometry_axes(history, dim)
+    path = diagnostics.alignment_uniformity_figure(
+        history, step, axes, uirevision=f"align-{run_id}"
+    )
+    rank = diagnostics.effective_rank_figure(history, dim, step, axes, uirevision=f"rank-{run_id}")
+    return path, rank
 
 
 @st.cache_data(show_spinner=False)
@@ -346,7 +368,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
     )
     warning = st.empty()  # a fixed slot: the figures below never shift when it fills
     if snap.collapse.get("collapsing"):
-        warning.warning(collapse_advice(record.config), icon="⚠️")
+        warning.warning(collapse_advice(record.config, snap.scalars()), icon="⚠️")
     axes = steady_axes(str(store.root), ((run_id, steps_saved),), record.config.normalize)
     hist, sphere = snapshot_figures(str(store.root), run_id, snap.step, axes)
     left, right = st.columns(2)
@@ -361,6 +383,17 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
     with right:
         fig = curves(str(store.root), run_id, snap.step, len(steps_saved))
         st.plotly_chart(fig, key="chart.curves")
+    path, rank = geometry_figures(str(store.root), run_id, snap.step, len(steps_saved))
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(path, key="chart.align_uniform")
+    with right:
+        st.plotly_chart(rank, key="chart.rank")
+    st.caption(
+        "Alignment: how close same-class points sit; uniformity: how evenly all points cover "
+        "the sphere (Wang & Isola 2020). Effective rank: how many directions the points really "
+        "use, out of D; falling towards 1 is dimensional collapse."
+    )
     return pending
 
 

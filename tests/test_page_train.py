@@ -118,6 +118,8 @@ def test_train_starts_a_background_run_and_shows_live_figures(train: AppTest) ->
             break
     assert any("pair distances" in t for t in titles), titles
     assert any("unit sphere" in t for t in titles), titles
+    assert any(t.startswith("Alignment and uniformity") for t in titles), titles
+    assert any(t.startswith("Effective rank") for t in titles), titles
     assert any("step 60" in c.value for c in train.caption)
 
 

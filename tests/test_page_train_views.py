@@ -247,3 +247,76 @@ def test_a_batch_that_would_not_fit_in_memory_is_refused_before_training(page: A
     assert not page.exception
     assert any("would need about" in e.value and "lower P or K" in e.value for e in page.error)
     assert page.button(key="btn.train").disabled
+
+
+def titled(at: AppTest, start: str) -> dict:
+    return next(s for s in charts(at) if s["layout"]["title"]["text"].startswith(start))
+
+
+def test_geometry_figures_follow_the_scrubbed_snapshot_on_fixed_axes(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: the (uniformity, alignment) path or the rank missing from the page, values
+    recomputed instead of read from the run, axes that move while scrubbing."""
+    root, run_id = saved
+    history = RunStore(root).history(run_id)
+    at = open_saved(page, saved, monkeypatch)
+    ranges = []
+    for step in (20, 60):
+        scrub_to(at, step)
+        path = titled(at, "Alignment and uniformity")
+        traces = {t["name"]: t for t in path["data"]}
+        row = history[history.step == step].iloc[0]
+        star = traces[f"step {step}"]
+        assert (star["x"][0], star["y"][0]) == (row["uniformity"], row["alignment"])
+        assert (
+            values(traces["path so far"]["x"]) == history.uniformity[history.step <= step].tolist()
+        )
+        rank = titled(at, "Effective rank")
+        line = next(t for t in rank["data"] if t["name"] == "effective rank")
+        assert values(line["y"]) == history.effective_rank.tolist()
+        assert any(s.get("y0") == 8 for s in rank["layout"]["shapes"])  # the ceiling D = 8
+        ranges.append(
+            (path["layout"]["xaxis"]["range"], path["layout"]["yaxis"]["range"],
+             rank["layout"]["yaxis"]["range"])
+        )  # fmt: skip
+    assert ranges[0] == ranges[1]
+
+
+@pytest.fixture(scope="module")
+def arcface_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, str]]:
+    """Two tiny ArcFace runs, D = 3 (direct view on the sphere) and D = 8 (projected)."""
+    root = tmp_path_factory.mktemp("arcface") / "runs"
+    store, ids = RunStore(root), {}
+    for dim in (3, 8):
+        cfg = make_config(
+            loss="arcface", miner="all", embedding_dim=dim, classes_per_batch=4,
+            samples_per_class=8, steps=20, snapshot_every=20, probe_size=100,
+            final_eval=False, device="cpu",
+        )  # fmt: skip
+        ids[dim] = train_and_save(store, cfg, f"arcface-{dim}")
+    return root, ids
+
+
+@pytest.mark.parametrize("dim", [3, 8])
+def test_class_weights_are_drawn_with_the_probe_points(
+    page: AppTest, arcface_runs: tuple[Path, dict[int, str]], dim: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Catches: class weights not drawn, drawn unnormalised in the direct view, or projected
+    apart from the probe set (their layout rows taken as probe points)."""
+    root, ids = arcface_runs
+    at = open_saved(page, (root, ids[dim]), monkeypatch)
+    if dim > 3:
+        at.radio(key="view.method").set_value("PCA").run()
+    snap = RunStore(root).load_snapshot(ids[dim], 20)
+    emb = next(s for s in charts(at) if s["layout"].get("uirevision", "").startswith("emb-"))
+    weights = next(t for t in emb["data"] if t.get("name") == "class weights")
+    assert len(values(weights["x"])) == len(snap.class_weights) == 10
+    points = [t for t in emb["data"] if t["type"] != "surface" and t is not weights]
+    assert sum(len(values(t["x"])) for t in points) == len(snap.probe_labels)  # no weight rows
+    if dim == 3:  # direct view: the stored unit vectors themselves, on the sphere
+        assert weights["type"] == "scatter3d"
+        np.testing.assert_allclose(values(weights["z"]), snap.class_weights[:, 2], atol=1e-6)
+    else:
+        assert weights["type"] == "scattergl"
