@@ -103,10 +103,10 @@ def _given_run_flags(args: argparse.Namespace) -> list[str]:
 
 
 def prepare(args: argparse.Namespace, store: RunStore) -> Sweep:
-    """The sweep to run: a new one from the flags (saved), or ``--resume``'s saved one.
+    """The sweep to run: a new one from the flags (not saved yet), or ``--resume``'s.
 
-    Every distinct config is checked against its dataset first, so a bad grid leaves nothing
-    on disk.
+    Every distinct config is checked against its dataset, so a bad grid is refused before
+    anything is on disk.
     """
     sweeps = SweepStore(store)
     if args.resume is not None:
@@ -118,8 +118,6 @@ def prepare(args: argparse.Namespace, store: RunStore) -> Sweep:
         sweep = build_sweep(config_from_args(args), axes, args.seeds, yes=args.yes)
     for cfg in {sweep.config(run).model_dump_json(): sweep.config(run) for run in sweep.runs}:
         check_data(RunConfig.model_validate_json(cfg))
-    if args.resume is None:
-        sweeps.save(sweep)
     return sweep
 
 
@@ -193,6 +191,8 @@ def train(args: argparse.Namespace, store: RunStore, sweep: Sweep) -> tuple[Swee
         )
     except ImportError:
         raise ConfigError(RAY_MISSING) from None
+    if args.resume is None:  # saved once the backend is reachable
+        SweepStore(store).save(sweep)
     counter = [0]
     runner = SweepRunner(
         store, sweep, executor, on_change=lambda ids: _report_ended(store, sweep, ids, counter)

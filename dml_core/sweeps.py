@@ -356,6 +356,7 @@ def progress(store: RunStore, sweep: Sweep) -> pd.DataFrame:
     ``PENDING``), step, steps, the final metrics, worker (host and pid) and seconds.
     """
     cells = sweep.cells
+    steps = [cell_config(sweep.base, cell, sweep.base.seed).steps for cell in cells]
     rows = []
     for run in sweep.runs:
         status = store.status(run.run_id) if store.exists(run.run_id) else {}
@@ -368,7 +369,7 @@ def progress(store: RunStore, sweep: Sweep) -> pd.DataFrame:
                 **cells[run.cell],
                 "state": str(status.get("state", PENDING)),
                 "step": int(status.get("step", 0)),
-                "steps": sweep.config(run).steps,
+                "steps": steps[run.cell],
                 **{m: float(final.get(m, math.nan)) for m in METRICS},
                 "worker": status.get("worker"),
                 "seconds": float(status.get("seconds", math.nan)),

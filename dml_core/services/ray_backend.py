@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 import dml_core
 from dml_core.config import RunConfig
+from dml_core.errors import ConfigError
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import train_and_save
 from dml_core.services.sweep_runner import RunTask, worker_info
@@ -71,10 +73,36 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
         return True
+    check_reachable(address)
     package = str(Path(dml_core.__file__).parent)
     runtime = {"py_modules": [package], "excludes": ["__pycache__"]}
-    ray.init(address=address, runtime_env=runtime, **quiet)
+    try:
+        ray.init(address=address, runtime_env=runtime, **quiet)
+    except ConnectionError as err:  # Ray sends its token to a named address only if told to
+        raise ConfigError(
+            f"Could not connect to the Ray cluster at {address} ({err}). A cluster with token "
+            "authentication (Ray 2.60's default) needs RAY_AUTH_MODE=token here, with its "
+            "token in ~/.ray/auth_token or RAY_AUTH_TOKEN."
+        ) from None
     return False
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line, at once, when nothing listens at a ``HOST:PORT`` address.
+
+    Ray itself retries an unreachable head for minutes. Other forms (``auto``,
+    ``ray://...``) are left to Ray.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"Nothing answers at the Ray address {address} ({err.strerror or err}): start the "
+            "head with `ray start --head` and use the address it prints."
+        ) from None
 
 
 @ray.remote(num_cpus=0)
@@ -258,7 +286,7 @@ class RayExecutor:
         address: see ``connect``.
         num_cpus: CPUs each run declares (its torch threads too).
         num_gpus: GPUs each run declares; None: ``GPU_SHARE`` when the cluster has GPUs,
-            else 0 (Ray then hides the GPUs from the run).
+            else 0 (Ray then hides the GPUs from the run). Runs on ``device="cpu"`` declare 0.
         local_cpus: CPUs of a local instance started here (None: all).
     """
 
@@ -288,7 +316,8 @@ class RayExecutor:
     def submit(self, task: RunTask) -> None:
         """Start the run's task (it waits for resources in Ray's queue)."""
         checkpoint = self.store.load_checkpoint(task.run_id) if task.resume else None
-        options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        gpus = 0.0 if task.config.device == "cpu" else self.num_gpus
+        options = {"num_cpus": self.num_cpus, "num_gpus": gpus}
         ref = train_remote.options(**options).remote(
             task.config.model_dump_json(),
             task.run_id,
