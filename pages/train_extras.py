@@ -20,11 +20,10 @@ import streamlit as st
 
 from dml_core.analysis.hard_triplets import snapshot_hardest_triplets
 from dml_core.analysis.layout_quality import layout_quality
-from dml_core.analysis.retrieval import images, probe_query_indices
-from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import neighbours, thumbnails
 from dml_core.runs import RunStore
+from dml_core.services import export
 from pages.ui import load_snapshot
 
 HARD_TRIPLETS_K = 8
@@ -41,19 +40,14 @@ def hardest_triplets_figure(
         ConfigError: the probe images cannot be recovered (the dataset changed since the run).
     """
     snap = load_snapshot(runs_dir, run_id, step)
-    cfg = RunStore(runs_dir).load(run_id).config
-    data = load_dataset(cfg.dataset, cfg.split)
-    idx = probe_query_indices(cfg, data)  # (n,) the Trainer's probe rows of the query split
-    if not np.array_equal(data.query.y.numpy()[idx], snap.probe_labels):
-        raise ConfigError(
-            f"The probe images of {run_id!r} cannot be recovered: the dataset's labels differ "
-            "from the snapshot's (was the dataset changed since the run?)."
-        )
+    store = RunStore(runs_dir)
+    cfg = store.load(run_id).config
+    pictures = export.probe_images(store, run_id, snap)  # (n, H, W), checked against labels
     hard = snapshot_hardest_triplets(
         snap.probe_emb, snap.probe_labels, cfg, k, one_per_anchor=one_per_anchor
     )
     return thumbnails.triplet_strip_figure(
-        hard, images(data.query, idx), snap.probe_labels, data.class_names
+        hard, pictures, snap.probe_labels, export.class_names_of(cfg.dataset)
     )
 
 
@@ -67,9 +61,11 @@ def render_hardest_triplets(runs_dir: str, run_id: str, step: int) -> None:
     )
     spread = c2.toggle(
         "One per anchor",
+        value=True,
         key="view.hard_triplets_spread",
         disabled=not shown,
-        help="Keep each anchor's worst triplet only, so one odd image cannot fill the strip",
+        help="Each anchor's worst triplet only, so one odd image cannot fill the strip; off: "
+        "the k worst triplets, often one mislabelled image with many partners",
     )
     if not shown:
         return

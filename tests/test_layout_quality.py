@@ -121,4 +121,4 @@ def test_true_neighbours_overlay_marks_kept_and_torn_neighbours() -> None:
     assert set(roles["kept"].customdata) | set(roles["torn"].customdata) == near_x
     assert set(roles["kept"].customdata) == near_x & near_y
     assert len(roles["torn"].customdata) > 0
-    assert f"{len(near_x & near_y)} of its 6 nearest" in fig.layout.title.text
+    assert f"{len(near_x & near_y)} of its 6 true neighbours" in fig.layout.title.text

@@ -87,7 +87,7 @@ def test_the_strip_is_off_until_asked_then_shows_the_snapshot_hardest_triplets(r
 
     store = RunStore(runs)
     snap, cfg = store.load_snapshot(RUN, step), store.load(RUN).config
-    hard = snapshot_hardest_triplets(snap.probe_emb, snap.probe_labels, cfg, 8)
+    hard = snapshot_hardest_triplets(snap.probe_emb, snap.probe_labels, cfg, 8, one_per_anchor=True)
     tiles = strip["layout"]["meta"]["tiles"]
     assert [t["index"] for t in tiles if t["role"] == "negative"] == hard.negative.tolist()
     assert [t["index"] for t in tiles if t["role"] == "anchor"] == hard.anchor.tolist()
@@ -102,10 +102,12 @@ def test_the_strip_is_off_until_asked_then_shows_the_snapshot_hardest_triplets(r
     assert (
         "triplet loss is satisfied when d(a,n) ≥ d(a,p) + 0.2" in strip["layout"]["title"]["text"]
     )
-    at.toggle(key="view.hard_triplets_spread").set_value(True).run()
-    anchors = [t["index"] for t in chart(at, "chart.hard_triplets")["layout"]["meta"]["tiles"]
-               if t["role"] == "anchor"]  # fmt: skip
-    assert len(anchors) == len(set(anchors))
+    anchors = [t["index"] for t in tiles if t["role"] == "anchor"]
+    assert len(anchors) == len(set(anchors))  # one per anchor, by default
+    at.toggle(key="view.hard_triplets_spread").set_value(False).run()
+    every = snapshot_hardest_triplets(snap.probe_emb, snap.probe_labels, cfg, 8)
+    tiles = chart(at, "chart.hard_triplets")["layout"]["meta"]["tiles"]
+    assert [t["index"] for t in tiles if t["role"] == "negative"] == every.negative.tolist()
 
 
 def test_the_caption_states_the_layout_quality_of_the_picture_shown(runs) -> None:
@@ -138,3 +140,24 @@ def test_a_click_marks_the_true_neighbours_of_that_point(runs) -> None:
     at.run()  # a click on something that is not a probe point draws nothing
     assert not at.exception
     assert not [t for t in chart(at, "chart.embedding")["data"] if t.get("meta")]
+
+
+def test_unrecoverable_probe_images_give_one_message(runs, monkeypatch) -> None:
+    """A run whose dataset changed since: the strip says so in one message, no traceback."""
+    import streamlit as st
+
+    from dml_core.errors import ConfigError
+    from dml_core.services import export
+
+    def changed(*_args):
+        raise ConfigError("The probe images of 'x' cannot be recovered: labels differ.")
+
+    monkeypatch.setattr(export, "probe_images", changed)
+    st.cache_data.clear()
+    at, _ = open_extras(runs)
+    at.toggle(key="view.hard_triplets").set_value(True).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The probe images of 'x' cannot be recovered: labels differ."
+    ]
+    st.cache_data.clear()

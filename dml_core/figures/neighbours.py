@@ -4,7 +4,8 @@ A UMAP or PCA layout keeps some neighbourhoods and breaks others. ``add_true_nei
 marks a clicked point and its k nearest neighbours measured in the embedding itself
 (``analysis.layout_quality.true_neighbours``), with a line to each: short lines mean the
 picture kept the neighbourhood, long ones that it tore it apart. Those that are also among the
-point's k nearest in the picture get a filled ring, the others an open one.
+point's k nearest in the picture get a ring, the others a diamond. The traces are WebGL, as the
+probe points are: SVG traces would be drawn beneath them.
 """
 
 from __future__ import annotations
@@ -45,30 +46,28 @@ def add_true_neighbours(
         lines_y += [y0, y, None]
     meta = {"index": int(index), "neighbours": near.tolist(), "kept": kept.tolist()}
     fig.add_trace(
-        go.Scatter(x=lines_x, y=lines_y, mode="lines", line={"color": INK, "width": 1},
+        go.Scattergl(x=lines_x, y=lines_y, mode="lines", line={"color": INK, "width": 1},
                    opacity=0.6, hoverinfo="skip", showlegend=False, meta=meta | {"role": "lines"})
     )  # fmt: skip
-    for role, mask, symbol in (("kept", kept, "circle"), ("torn", ~kept, "circle-open")):
+    for role, mask, symbol in (("kept", kept, "circle-open"), ("torn", ~kept, "diamond-open")):
         fig.add_trace(
-            go.Scatter(
+            go.Scattergl(  # WebGL like the probe points: an SVG trace would be drawn beneath
                 x=points[near[mask], 0], y=points[near[mask], 1], mode="markers",
                 name=f"true neighbours {'kept' if role == 'kept' else 'torn away'}",
-                marker={"symbol": symbol, "size": 11, "color": "rgba(0,0,0,0)",
-                        "line": {"color": INK, "width": 2}},
+                marker={"symbol": symbol, "size": 12, "color": INK, "line": {"width": 2}},
                 customdata=near[mask], meta=meta | {"role": role},
                 hovertemplate="true neighbour: point %{customdata}<extra></extra>",
             )
         )  # fmt: skip
     fig.add_trace(
-        go.Scatter(x=[x0], y=[y0], mode="markers", name=f"point {index}",
+        go.Scattergl(x=[x0], y=[y0], mode="markers", name=f"point {index}",
                    marker={"symbol": "star", "size": 16, "color": INK}, customdata=[index],
                    meta=meta | {"role": "point"},
                    hovertemplate="point %{customdata}<extra></extra>")
     )  # fmt: skip
     title = fig.layout.title.text or ""
     fig.update_layout(
-        title_text=f"{title}<br><sup>point {index}: {int(kept.sum())} of its {k} nearest "
-        f"neighbours in the embedding are among its {k} nearest here (rings; lines join them)"
-        "</sup>"
+        title_text=f"{title}<br><sup>point {index}: {int(kept.sum())} of its {k} true "
+        "neighbours are also near here</sup>"
     )
     return fig

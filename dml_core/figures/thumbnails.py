@@ -28,11 +28,12 @@ from dml_core.figures.batch import KIND_MARKS
 from dml_core.figures.style import NEGATIVE_COLOR, POSITIVE_COLOR, TEMPLATE, TITLE_POSITION
 from dml_core.tuples import TRIPLET_KINDS
 
+INK = "#222222"  # caption text: dark on any page background
 ANCHOR_FRAME = "#8a8a8a"  # grey: a dark frame would vanish against the black backgrounds
 TILE = 64  # enlarged image size (data pixels)
 FRAME = 4  # frame width
 INSET = 2  # white line between frame and image, so frames stand out on dark images
-PITCH_X = 92  # horizontal distance between tiles (room for captions)
+PITCH_X = 100  # horizontal distance between tiles (room for captions)
 CAPTION_LINE = 14  # data pixels per caption line
 HEADER = 26  # room for a row's heading
 PER_ROW = 10  # tiles per row in the anchor strip
@@ -92,10 +93,10 @@ def _figure(
         {"x": t.x + side / 2, "y": t.y + side + 2, "text": t.caption, "yanchor": "top"}
         for t in tiles
     ] + [{"x": x, "y": y, "text": f"<b>{text}</b>", "xanchor": "left", "yanchor": "bottom",
-          "font": {"size": 13}} for x, y, text in headings]  # fmt: skip
+          "font": {"size": 13, "color": INK}} for x, y, text in headings]  # fmt: skip
     for note in notes:
-        fig.add_annotation(**({"showarrow": False, "font": {"size": 11}} | note))
-    top = 80 if "<br>" in title else 55
+        fig.add_annotation(**({"showarrow": False, "font": {"size": 11, "color": INK}} | note))
+    top = 64 if "<br>" in title else 45
     fig.update_layout(
         template=TEMPLATE,
         title={"text": title, "pad": {"t": 12}, "font": {"size": 15}, **TITLE_POSITION},
@@ -103,13 +104,21 @@ def _figure(
         height=int(height) + top + 20,
         meta={"tiles": [t.meta | {"x": t.x, "y": t.y} for t in tiles]},
     )
-    fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
-    fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x", constrain="domain")
+    # a narrower chart shrinks the image: keep it at the top left, the spare room below
+    fig.update_xaxes(visible=False, range=[0, width], constrain="domain", constraintoward="left")
+    fig.update_yaxes(
+        visible=False, range=[height, 0], scaleanchor="x", constrain="domain", constraintoward="top"
+    )
     return fig
 
 
 def _row_height(lines: int) -> float:
     return TILE + 2 * (FRAME + INSET) + lines * CAPTION_LINE + 10
+
+
+def _class_text(name: str) -> str:
+    """A class name for a caption: "class 7" for the digits' bare numbers, else the name."""
+    return f"class {name}" if name.isdigit() else name
 
 
 def _kind_text(code: int) -> str:
@@ -124,10 +133,10 @@ def anchor_strip_figure(batch: Batch, view: AnchorView, miner: str, margin: floa
     polar view: hard inside d(a,p), semi-hard up to d(a,p) + margin, easy beyond).
     """
     names = batch.class_names
+    anchor_class = _class_text(names[batch.labels[view.anchor]])
     tiles = [
-        Tile(batch.images[view.anchor], ANCHOR_FRAME,
-             f"anchor #{view.anchor}<br>{names[batch.labels[view.anchor]]}", 0.0, HEADER,
-             {"role": "anchor", "index": int(view.anchor)})
+        Tile(batch.images[view.anchor], ANCHOR_FRAME, f"anchor #{view.anchor}<br>{anchor_class}",
+             0.0, HEADER, {"role": "anchor", "index": int(view.anchor)})
     ]  # fmt: skip
     order = np.argsort(view.pos_dist, kind="stable")  # nearest first
     per_row = PER_ROW - 1
@@ -148,8 +157,9 @@ def anchor_strip_figure(batch: Batch, view: AnchorView, miner: str, margin: floa
         idx, d, code = int(view.negatives[j]), float(view.neg_dist[j]), int(view.neg_kind[j])
         tiles.append(
             Tile(batch.images[idx], NEGATIVE_COLOR,
-                 f"#{idx} {names[batch.labels[idx]]}<br>d = {d:.3f}<br>{_kind_text(code)}",
-                 (i % PER_ROW) * PITCH_X, top + (i // PER_ROW) * _row_height(3),
+                 f"#{idx}<br>{_class_text(names[batch.labels[idx]])}<br>d = {d:.3f}"
+                 f"<br>{_kind_text(code)}",
+                 (i % PER_ROW) * PITCH_X, top + (i // PER_ROW) * _row_height(4),
                  {"role": "negative", "index": idx, "distance": d, "kind": code})
         )  # fmt: skip
     neg_rows = max(1, -(-len(shown) // PER_ROW))
@@ -168,7 +178,7 @@ def anchor_strip_figure(batch: Batch, view: AnchorView, miner: str, margin: floa
         f"{view.radius + margin:.3f} (α = {margin:g}), easy beyond</sup>"
     )
     width = PER_ROW * PITCH_X
-    height = top + neg_rows * _row_height(3)
+    height = top + neg_rows * _row_height(4)
     return _figure(tiles, headings, title, (width, height))
 
 
@@ -186,7 +196,7 @@ def triplet_strip_figure(
     label_width = 80.0
     tiles = []
     roles = (("anchor", ANCHOR_FRAME), ("positive", POSITIVE_COLOR), ("negative", NEGATIVE_COLOR))
-    step = _row_height(1)
+    step = _row_height(2)
     for col in range(len(hard)):
         x = label_width + col * PITCH_X
         trio = (hard.anchor[col], hard.positive[col], hard.negative[col])
@@ -200,7 +210,7 @@ def triplet_strip_figure(
                     "violation": float(hard.violation[col]),
                     "kind": int(hard.kind[col]),
                 }
-            caption = f"#{int(idx)} {class_names[labels[idx]]}"
+            caption = f"#{int(idx)}<br>{_class_text(class_names[labels[idx]])}"
             if role == "negative":
                 caption += (
                     f"<br>d(a,p) {hard.d_ap[col]:.3f}<br>d(a,n) {hard.d_an[col]:.3f}"
@@ -219,5 +229,5 @@ def triplet_strip_figure(
     if not len(hard):
         title = f"No triplet of the probe set violates the margin<br><sup>{hard.rule}</sup>"
     width = label_width + max(len(hard), 1) * PITCH_X
-    height = HEADER + 2 * step + _row_height(6)
+    height = HEADER + 2 * step + _row_height(7)
     return _figure(tiles, headings, title, (width, height))
