@@ -264,6 +264,7 @@ def run_train(args: argparse.Namespace) -> int:
         "device": p.device,
         "seconds": round(seconds, 2),
         "train_seconds": round(job.elapsed, 2),
+        "eval_seconds": job.eval_seconds,
         "steps": p.step,
         "samples_per_s": round(p.samples_per_s, 1),
         **job.final,

@@ -392,3 +392,21 @@ def test_pixel_baseline_is_nearest_neighbour_retrieval_on_raw_pixels(
     assert result["precision_at_1"] == pytest.approx(accuracy, abs=1 / len(query))
     assert 0 < result["map_at_r"] <= result["r_precision"] <= 1
     assert result["dataset"] == "digits"
+
+
+def test_train_json_reports_the_final_evaluation_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eval_seconds`` sits beside ``train_seconds`` (and in status.json); None without one.
+
+    Catches the field missing or never filled in by the job (it would read None).
+    """
+    flags = ["--steps", "4", "--snapshot-every", "2", "--probe-size", "50", "--json"]
+    assert main(["train", *flags, "--runs", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["eval_seconds"] > 0
+    assert result["train_seconds"] > 0
+    status = RunStore(tmp_path).status(result["run_id"])
+    assert status["eval_seconds"] == result["eval_seconds"]
+    assert main(["train", *flags, "--no-final-eval", "--runs", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["eval_seconds"] is None

@@ -89,7 +89,8 @@ def train_and_save(
             returns False to stop after one last snapshot.
         update: called with the changed fields as keywords: ``state``, ``phase``,
             ``message``, ``device``, ``step`` with ``elapsed`` (training seconds), ``latest``
-            (a saved Snapshot) and ``final`` (final metrics).
+            (a saved Snapshot), ``final`` (final metrics) with ``eval_seconds`` (the final
+            evaluation's wall time).
 
     Returns:
         The final state: finished, stopped, diverged or failed.
@@ -163,11 +164,13 @@ def _train(
         return RunState.STOPPED
     if cfg.final_eval:
         record(phase=Phase.FINAL_EVALUATION, message=FINAL_EVALUATION_NOTE)
+        started = time.perf_counter()
         evaluation = trainer.final_evaluation()
+        eval_seconds = round(time.perf_counter() - started, 2)  # embedding + metrics
         store.save_embeddings(run_id, final_embeddings(trainer, evaluation))
         final = evaluation.metrics
-        store.set_status(run_id, final_metrics=final)
-        tell(final=final)
+        store.set_status(run_id, final_metrics=final, eval_seconds=eval_seconds)
+        tell(final=final, eval_seconds=eval_seconds)
     record(state=RunState.FINISHED, message=note)
     return RunState.FINISHED
 
@@ -210,6 +213,7 @@ class TrainingJob:
         self.latest: Snapshot | None = None
         self.snapshots = 0
         self.final: dict[str, float] = {}
+        self.eval_seconds: float | None = None  # the final evaluation's wall time
 
     def start(self) -> None:
         """Start training in a daemon thread."""
