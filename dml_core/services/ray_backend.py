@@ -43,7 +43,7 @@ from dml_core.services.sweep_runner import RunTask, worker_info
 RAY_ADDRESS_ENV = "DML_RAY_ADDRESS"
 GPU_SHARE = 0.25
 """GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
-ORDER_EVERY_S = 0.05
+ORDER_EVERY_S = 0.2
 """How often (at most) a worker asks the channel for its run's order."""
 PAUSE_POLL_S = 0.1
 MAX_BACKLOG = 12
@@ -265,7 +265,7 @@ def train_remote(
 
 
 def newest_checkpoints(records: list[Record]) -> list[Record]:
-    """The records without checkpoints that a later checkpoint of the same run replaces."""
+    """``records`` less each checkpoint that a later one of the same run replaces."""
     later: set[str] = set()
     kept = []
     for record in reversed(records):
