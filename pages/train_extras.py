@@ -7,7 +7,8 @@ Used by ``pages/train.py``:
 - ``render_hardest_triplets(runs_dir, run_id, step)``: behind a toggle (it costs seconds on
   a 2000-point probe set), the k most violating triplets of the snapshot as images.
 - ``layout_quality_caption(run_id, step, method, emb, points)``: trustworthiness and
-  preserved neighbours of the layout shown, one line for ``st.caption``.
+  preserved neighbours of the layout shown, one line for ``st.caption`` (``quality_text`` for
+  a result computed elsewhere, e.g. by the projection worker).
 - ``show_true_neighbours(fig, points, emb, chart_key)``: a click on the layout (the chart's
   selection) marks that point's k nearest neighbours in the embedding.
 """
@@ -95,7 +96,11 @@ def layout_quality_caption(
     """One line: how far to trust the layout ``points`` of ``emb`` (k = ``NEIGHBOURS_K``)."""
     if len(points) < 2 * NEIGHBOURS_K + 1:
         return ""
-    q = _quality(run_id, step, method, emb, np.asarray(points))
+    return quality_text(_quality(run_id, step, method, emb, np.asarray(points)))
+
+
+def quality_text(q: dict[str, float]) -> str:
+    """The caption line for a ``layout_quality`` result (k = ``NEIGHBOURS_K``)."""
     return (
         f"How far to trust this picture ({NEIGHBOURS_K} neighbours): trustworthiness "
         f"**{q['trustworthiness']:.3f}** (1: it invents no neighbour; about 0.5: random), "
