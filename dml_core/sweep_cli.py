@@ -189,7 +189,9 @@ def train(args: argparse.Namespace, store: RunStore, sweep: Sweep) -> tuple[Swee
             num_cpus=1.0 if args.num_cpus is None else args.num_cpus,
             num_gpus=args.num_gpus,
         )
-    except ImportError:
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
         raise ConfigError(RAY_MISSING) from None
     if args.resume is None:  # saved once the backend is reachable
         SweepStore(store).save(sweep)
@@ -243,7 +245,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dml_core.sweep_cli [sweep flags]``: the subcommand on its own."""
-    parser = Parser(prog="python -m dml_core sweep")
+    parser = Parser(prog="python -m dml_core")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_sweep_parser(sub)
     args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
