@@ -1,0 +1,274 @@
+"""Does training in the app keep the CLI's speed? Both measured in one script run.
+
+``python -m dml_core.bench.app_speed [--dataset fashion-mnist] [--net convnet] [--json]``:
+
+1. **CLI**: ``python -m dml_core train --json`` with the settings given (the Train page's
+   defaults otherwise); its ``samples_per_s`` and its whole time, the time to a verdict.
+2. **App**: a real ``streamlit run app.py`` (runs in a temporary folder) driven by Debian's
+   Chromium through Playwright, as a user would: open Train, pick the same settings, press
+   Train, and keep watching, so the live view reruns and the UMAP worker lays out every
+   snapshot while the run trains. Its samples/s is read from the run on disk (the last row of
+   its metrics table: steps x batch / training seconds, the CLI's own definition); its time to
+   a verdict runs from the click to the page showing the final metrics.
+3. **CLI again**, so a change of load between the two shows as a spread of the CLI figures.
+
+The figure is ``ratio`` = app samples/s / mean CLI samples/s (the issue asks >= 0.8 on 2
+cores). Beside it, the CPU seconds each process group used while the app trained: the
+server (training and page reruns share it), its UMAP subprocess, and the browser. The
+machine is not isolated: other processes' load shows in ``loadavg`` before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dml_core.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+TICKS = os.sysconf("SC_CLK_TCK")
+TIMEOUT_S = 900.0  # a bound on each wait, not a measurement
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().decode().strip() == "ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(predicate: Any, what: str, timeout_s: float = TIMEOUT_S, every_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def _children() -> dict[int, list[int]]:
+    """Child pids of every process, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
+    found, todo = [], list(tree.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(tree.get(child, []))
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def cpu_by_group(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far: the server, the server's children (UMAP), this process's browser."""
+    tree = _children()
+    browser = [p for p in _descendants(os.getpid(), tree) if p != server_pid]
+    browser = [p for p in browser if p not in _descendants(server_pid, tree)]
+    return {
+        "server": _cpu_s(server_pid),
+        "umap_worker": sum(_cpu_s(p) for p in _descendants(server_pid, tree)),
+        "browser": sum(_cpu_s(p) for p in browser),
+    }
+
+
+def cli_run(cfg: RunConfig, runs: Path) -> dict[str, Any]:
+    """``python -m dml_core train --json`` with ``cfg``'s settings; its JSON and wall time."""
+    cmd = [
+        sys.executable, "-m", "dml_core", "train", "--json", "--runs", str(runs),
+        "--dataset", cfg.dataset, "--net", cfg.net, "--steps", str(cfg.steps),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800)
+    result = json.loads(out.stdout)
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+@contextlib.contextmanager
+def streamlit_server(runs: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """``streamlit run app.py`` on a free port with its runs in ``runs``; (url, pid)."""
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    env = {**os.environ, "DML_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: proc.poll() is not None or _healthy(url), "the server", 120, 0.25)
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited: {log.read_text()[-2000:]}")
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _choose(page: Any, label: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox ``label``."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    box.press_sequentially(option)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _set_number(page: Any, label: str, value: int) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.click()
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str, Any]:
+    """Train ``cfg`` from the Train page of a real server, watched live (see the docstring).
+
+    Waits at most ``timeout_s`` for the verdict; then the samples/s of the steps done so far
+    are reported and ``time_to_verdict_s`` is None.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    runs.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(runs, log) as (url, server_pid), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1900})
+        page.goto(f"{url}/train", timeout=120_000)
+        train = page.get_by_role("button", name=re.compile(r"^\W*Train$"))
+        expect(train).to_be_enabled(timeout=120_000)
+        _choose(page, "Dataset", cfg.dataset)
+        page.locator("[data-testid='stRadio']", has_text="Net").get_by_text(
+            cfg.net, exact=True
+        ).click()
+        _set_number(page, "Steps", cfg.steps)
+        expect(page.get_by_label("Steps", exact=True)).to_have_value(str(cfg.steps))
+        expect(train).to_be_enabled(timeout=120_000)
+        page.wait_for_timeout(1000)  # the last widget change has rerun the script
+        cpu_before = cpu_by_group(server_pid)
+        clicked = time.perf_counter()
+        train.click()
+        _wait(lambda: any(runs.iterdir()), "the run's folder")
+        run_dir = next(runs.iterdir())
+        final = page.get_by_text("MAP@R final", exact=True).first
+        try:
+            expect(final).to_be_visible(timeout=int(timeout_s * 1000))
+            verdict_s: float | None = time.perf_counter() - clicked
+        except AssertionError:  # too slow to wait for: report the steps trained so far
+            verdict_s = None
+        cpu_after = cpu_by_group(server_pid)
+        browser.close()
+    status = json.loads((run_dir / "status.json").read_text())
+    last = pd.read_csv(run_dir / "metrics.csv").sort_values("step").iloc[-1]
+    saved = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    if (saved.dataset, saved.net, saved.steps) != (cfg.dataset, cfg.net, cfg.steps):
+        raise RuntimeError(f"the app trained {saved.dataset}/{saved.net}/{saved.steps} steps")
+    return {
+        "state": status.get("state"),
+        "samples_per_s": float(last["step"]) * cfg.batch_size / float(last["elapsed"]),
+        "train_seconds": float(last["elapsed"]),
+        "steps_done": int(last["step"]),
+        "time_to_verdict_s": verdict_s,
+        "cpu_s": {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+        "map_at_r": (status.get("final_metrics") or {}).get("map_at_r"),
+    }
+
+
+def run_app_speed(cfg: RunConfig, workdir: Path, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """CLI, app, CLI; the JSON of the module docstring."""
+    load_before = os.getloadavg()
+    first = cli_run(cfg, workdir / "cli1")
+    app = app_run(cfg, workdir / "app", workdir / "streamlit.log", timeout_s)
+    second = cli_run(cfg, workdir / "cli2")
+    cli_rates = [first["samples_per_s"], second["samples_per_s"]]
+    cli_mean = sum(cli_rates) / 2
+    return {
+        "config": {"dataset": cfg.dataset, "net": cfg.net, "steps": cfg.steps},
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cli_samples_per_s": [round(r, 1) for r in cli_rates],
+        "cli_time_to_verdict_s": [round(r["wall_s"], 2) for r in (first, second)],
+        "app_samples_per_s": round(app["samples_per_s"], 1),
+        "app_time_to_verdict_s": app["time_to_verdict_s"] and round(app["time_to_verdict_s"], 2),
+        "app_steps_done": app["steps_done"],
+        "app_train_seconds": round(app["train_seconds"], 2),
+        "app_cpu_s_click_to_verdict": {k: round(v, 1) for k, v in app["cpu_s"].items()},
+        "ratio": round(app["samples_per_s"] / cli_mean, 3),
+        "map_at_r": {"cli": first.get("map_at_r"), "app": app["map_at_r"]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (see the module docstring); prints the JSON, returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m dml_core.bench.app_speed")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--net", default="convnet")
+    parser.add_argument("--steps", type=int, default=RunConfig.model_fields["steps"].default)
+    parser.add_argument(
+        "--timeout", type=float, default=TIMEOUT_S, help="longest wait for the app's verdict (s)"
+    )
+    parser.add_argument("--out", help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    cfg = RunConfig(dataset=args.dataset, net=args.net, steps=args.steps)
+    with tempfile.TemporaryDirectory(prefix="dml-app-speed-") as tmp:
+        result = run_app_speed(cfg, Path(tmp), args.timeout)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
