@@ -11,6 +11,7 @@ PAGES = [
     st.Page("pages/miner_view.py", title="Miner view", icon="⛏️", url_path="miners"),
     st.Page("pages/sphere.py", title="Sphere & sampling", icon="🌐", url_path="sphere"),
     st.Page("pages/compare.py", title="Compare runs", icon="⚖️", url_path="compare"),
+    st.Page("pages/sweep.py", title="Sweep", icon="🧮", url_path="sweep"),
     st.Page("pages/retrieval.py", title="Retrieval", icon="🔎", url_path="retrieval"),
     st.Page("pages/lessons.py", title="Lessons", icon="🎓", url_path="lessons"),
 ]
