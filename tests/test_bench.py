@@ -45,6 +45,60 @@ def test_quick_bench_prints_one_json_object_with_the_promised_keys(capsys, tmp_p
     assert {"cpu_count", "torch_threads", "device", "device_name"} <= result["machine"].keys()
     assert result["date"]
     assert result["command"].startswith("python -m dml_core")
+    cli = result["time_to_verdict"]["cli"]  # a real `train --json` process, 30 steps
+    assert cli["command"].startswith("python -m dml_core train --dataset digits")
+    assert sum(cli["parts_s"].values()) == pytest.approx(cli["total_s"], abs=0.05)
+    assert cli["parts_s"]["eval"] > 0
+    assert cli["parts_s"]["train"] > 0
+
+
+@pytest.fixture
+def no_verdict(monkeypatch):
+    """Benchmarks in tests that look at other figures skip the CLI run (a process each)."""
+    from dml_core.bench.verdict import verdict_entry
+
+    stub = verdict_entry("not run in this test", 1.0, {"train": 1.0})
+    monkeypatch.setattr("dml_core.bench.run.cli_time_to_verdict", lambda *a, **k: stub)
+
+
+def test_cli_time_splits_into_setup_train_eval_and_the_rest() -> None:
+    """Catches a part taken from the wrong figure (e.g. setup = wall - train - eval)."""
+    from dml_core.bench.verdict import cli_parts, verdict_entry
+
+    printed = {"seconds": 30.0, "train_seconds": 10.0, "eval_seconds": 8.0}
+    parts = cli_parts(40.0, printed)
+    assert parts == {"setup": 10.0, "train": 10.0, "eval": 8.0, "other": 12.0}
+    entry = verdict_entry("python -m dml_core train --json", 40.0, parts, map_at_r=0.5)
+    assert entry["shares"] == {"setup": 0.25, "train": 0.25, "eval": 0.2, "other": 0.3}
+    assert entry["map_at_r"] == 0.5
+    assert cli_parts(40.0, {**printed, "eval_seconds": None})["eval"] == 0.0  # no final eval
+
+
+def test_time_to_verdict_lines_render_where_measured() -> None:
+    """The CLI's and an app's lines appear in the table and the README block; a file
+    without them renders as before (the committed README stays valid)."""
+    from pathlib import Path
+
+    from dml_core.bench.report import format_markdown, format_table
+    from dml_core.bench.verdict import verdict_entry
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "assets" / "bench-cpu.json").read_text())
+    result.pop("time_to_verdict", None)
+    before = format_markdown(result)
+    parts = {"setup": 2.0, "train": 5.5, "eval": 2.5, "other": 1.0}
+    result["time_to_verdict"] = {
+        "cli": verdict_entry("python -m dml_core train --json", 11.0, parts),
+        "app": verdict_entry("Train pressed in the app", 22.0, {**parts, "other": 12.0}),
+    }
+    after = format_markdown(result)
+    assert after.startswith(before)
+    added = after[len(before) :].strip().splitlines()
+    assert added[0].startswith("- Train pressed to final metrics, CLI")
+    assert "11.0 s = setup 2.0 s (18%), training 5.5 s (50%), final evaluation 2.5 s" in added[0]
+    assert added[1].startswith("- Train pressed to final metrics, app")
+    assert "22.0 s" in added[1]
+    assert "Train pressed to final metrics, CLI" in format_table(result)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +144,7 @@ def test_bench_report_of_a_missing_file_is_one_line(capsys) -> None:
     assert len(err.splitlines()) == 1
 
 
-def test_bench_reports_b_in_float32_beside_b_where_b_uses_bf16(monkeypatch) -> None:
+def test_bench_reports_b_in_float32_beside_b_where_b_uses_bf16(monkeypatch, no_verdict) -> None:
     from dml_core.bench import report, run_bench
 
     # emulated bfloat16 runs on any CPU: pretend it is native and the small net big enough
@@ -122,7 +176,7 @@ def test_bench_on_cuda_without_a_gpu_is_one_line_with_status_2(capsys) -> None:
     assert len(err.splitlines()) == 1
 
 
-def test_each_variant_warms_up_on_a_throwaway_copy_before_timing(monkeypatch) -> None:
+def test_each_variant_warms_up_on_a_throwaway_copy_before_timing(monkeypatch, no_verdict) -> None:
     """First-call costs (CUDA: lazy kernels, cuDNN's search) must not fall in timed steps."""
     import torch
 

@@ -3,7 +3,8 @@
 ``format_markdown`` renders the README's "Performance" block from a benchmark JSON file
 (``python -m dml_core bench-report FILE``); a test checks the README holds exactly that text,
 so no figure there is typed by hand. Columns: A (the pytorch-metric-learning loop), B
-(``dml_core``'s ``Trainer``) and, where B uses bf16, B float32.
+(``dml_core``'s ``Trainer``) and, where B uses bf16, B float32; below them the timings, the
+time from Train pressed to the final metrics among them (``bench.verdict``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,30 @@ RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r")
 
 COLUMNS = {"pml": "A: PML loop", "dml_core": "B: dml_core", "dml_core_float32": "B float32"}
 DELTA_KEYS = {"dml_core": "map_at_r_delta", "dml_core_float32": "map_at_r_delta_float32"}
+
+
+PART_NAMES = {
+    "setup": "setup",
+    "train": "training",
+    "eval": "final evaluation",
+    "other": "snapshots and saving",
+}
+VERDICT_NAMES = {"cli": "CLI", "app": "app"}
+
+
+def verdict_lines(result: dict[str, Any]) -> list[str]:
+    """Train pressed to final metrics, one line per entry (CLI, app): total and its parts."""
+    lines = []
+    for key, entry in result.get("time_to_verdict", {}).items():
+        parts = ", ".join(
+            f"{PART_NAMES[name]} {seconds} s ({100 * entry['shares'][name]:.0f}%)"
+            for name, seconds in entry["parts_s"].items()
+        )
+        lines.append(
+            f"Train pressed to final metrics, {VERDICT_NAMES.get(key, key)} "
+            f"(`{entry['command']}`): {entry['total_s']} s = {parts}"
+        )
+    return lines
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -80,6 +105,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
     if result["layouts"]:
         lines.append("layouts, s: " + ", ".join(f"{k} {v}" for k, v in result["layouts"].items()))
+    lines += verdict_lines(result)
     lines.append(f"ratio B / A (samples/s): {result['ratio']}")
     if result["ratio_float32"] is not None:
         lines.append(f"ratio B float32 / A (samples/s): {result['ratio_float32']}")
@@ -162,6 +188,7 @@ def format_markdown(result: dict[str, Any]) -> str:
             f"{layouts['umap_warm_10000_s']} s. PCA: {layouts['pca_2000_s']} s / "
             f"{layouts['pca_10000_s']} s."
         )
+    lines += [f"- {line}." for line in verdict_lines(result)]
     return "\n".join(lines)
 
 

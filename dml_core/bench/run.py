@@ -24,9 +24,9 @@ that matters is the ratio B / A of samples per second. All are then evaluated th
 (``metrics.retrieval_metrics``: test queries against train references). With ``--seeds N``
 training and evaluation are repeated for N seeds: one seed's MAP@R varies by a few
 thousandths, as much as the differences being measured, so quality is compared as a mean over
-seeds, B - A paired by seed. Also timed: mining + loss per batch, one
-snapshot, UMAP (cold and warm-started) and PCA layouts, and B with its speed-ups switched on one
-at a time.
+seeds, B - A paired by seed. Also timed: mining + loss per batch, one snapshot, UMAP (cold and
+warm-started) and PCA layouts, B with its speed-ups switched on one at a time, and the CLI from
+Train pressed to its final metrics (``bench.verdict``).
 
 Here: the race and ``run_bench``. A lives in ``bench.pml_loop``; the clocks and the timings
 that do not race A against B in ``bench.timing``; the printed table and the README's Markdown
@@ -60,6 +60,7 @@ from dml_core.bench.timing import (
     timed,
     train_interleaved,
 )
+from dml_core.bench.verdict import cli_time_to_verdict
 from dml_core.config import make_config
 from dml_core.data import Dataset, load_dataset
 from dml_core.errors import ConfigError
@@ -375,6 +376,7 @@ def run_bench(
         )
         layouts = layout_times(probe, (2000, 10_000), seed)
 
+    say("timing the CLI from Train pressed to its final metrics")
     a, b = variants["pml"], variants["dml_core"]
     float32 = variants.get("dml_core_float32")
     return {
@@ -392,6 +394,7 @@ def run_bench(
         "snapshot_share_at_defaults": defaults,
         "ablation_ms_per_step": ablation,
         "layouts": layouts,
+        "time_to_verdict": {"cli": cli_time_to_verdict(dataset, quick=quick)},  # "app" beside
         "settings": {
             "dataset": dataset,
             "batch": batch,
