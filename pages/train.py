@@ -391,8 +391,9 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
         st.plotly_chart(rank, key="chart.rank")
     st.caption(
         "Alignment: how close same-class points sit; uniformity: how evenly all points cover "
-        "the sphere (Wang & Isola 2020). Effective rank: how many directions the points really "
-        "use, out of D; falling towards 1 is dimensional collapse."
+        "the sphere (Wang & Isola, ICML 2020, Fig. 1). Effective rank (Roy & Vetterli 2007): "
+        "how many directions the points really use, out of D; falling towards 1 is "
+        "dimensional collapse."
     )
     return pending
 

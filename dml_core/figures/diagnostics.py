@@ -42,6 +42,7 @@ __all__ = [
 PATH_COLOR = "#1f77b4"
 RANK_COLOR = "#9467bd"
 FLOOR_COLOR = "#d64545"
+MANY_WEIGHTS = 30  # more class weights than this are drawn smaller
 NOT_RECORDED = "not recorded in this run (saved before the geometry diagnostics)"
 
 
@@ -107,7 +108,7 @@ def alignment_uniformity_figure(
     marker_step: float | None = None,
     axes: GeometryAxes | None = None,
     uirevision: str = "align-uniform",
-    title: str = "Alignment and uniformity (Wang & Isola 2020)",
+    title: str = "Alignment and uniformity, lower left is better",
 ) -> go.Figure:
     """The run's path in the (uniformity, alignment) plane, the current snapshot marked.
 
@@ -159,10 +160,6 @@ def alignment_uniformity_figure(
         title_text="uniformity  (lower: spread more evenly)", range=list(axes.uniformity)
     )
     fig.update_yaxes(title_text="alignment  (lower: positives closer)", range=list(axes.alignment))
-    fig.add_annotation(
-        text="better ↙", x=0.01, y=0.02, xref="paper", yref="paper", xanchor="left",
-        yanchor="bottom", showarrow=False, font={"size": 12, "color": "#2e9e44"},
-    )  # fmt: skip
     return _style(fig, title, uirevision)
 
 
@@ -201,7 +198,7 @@ def effective_rank_figure(
     fig.add_hline(
         y=float(dim), line={"dash": "dash", "color": "#333333", "width": 1.5},
         annotation={"text": f"ceiling: D = {dim}", "font": {"size": 12}},
-        annotation_position="bottom right",
+        annotation_position="top left",  # the right end carries the step marker
     )  # fmt: skip
     floor = _column(history, "rank_floor")
     if np.isfinite(floor).any():
@@ -244,7 +241,9 @@ def add_class_weights(
     """Draw class weights or centres on an ``embedding_figure``: one legend entry "class weights".
 
     Each weight is a diamond in its class's colour with a dark outline, larger than the probe
-    points; 3-D points go on the figure's scene (the direct view at D = 3, on the sphere).
+    points (a little smaller when there are many, e.g. SoftTriple's 10 centres per class, so
+    they do not hide the points); 3-D points go on the figure's scene (the direct view at
+    D = 3, on the sphere).
 
     Args:
         fig: the embedding figure (2-D or 3-D, as ``points``).
@@ -267,13 +266,19 @@ def add_class_weights(
         "text": names,
         "hovertemplate": "class weight of %{text}<extra></extra>",
     }
+    many = len(points) > MANY_WEIGHTS
     if points.shape[1] == 3:
-        marker = {"size": 7, "color": colors, "symbol": "diamond", "line": {"width": 2}}
+        marker = {
+            "size": 5 if many else 7,
+            "color": colors,
+            "symbol": "diamond",
+            "line": {"width": 2},
+        }
         marker["line"]["color"] = "#222222"
         x, y, z = points.T
         fig.add_trace(go.Scatter3d(x=x, y=y, z=z, marker=marker, **common))
     else:
-        marker = {"size": 13, "color": colors, "symbol": "diamond"}
+        marker = {"size": 9 if many else 13, "color": colors, "symbol": "diamond"}
         marker["line"] = {"width": 1.5, "color": "#222222"}
         x, y = points.T
         fig.add_trace(go.Scattergl(x=x, y=y, marker=marker, **common))
