@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dml_core.runs import RunStore
-from dml_core.services.lesson_checks import RunResult
+from dml_core.services.lesson_checks import RunResult, class_angles, hard_triplet_share
 from dml_core.services.lessons import (
     LESSONS,
     LessonResult,
@@ -18,6 +21,7 @@ from dml_core.services.lessons import (
     load_results,
     run_lesson,
 )
+from dml_core.snapshot import Snapshot
 
 SCALE = 0.3  # 30-60 steps per run: every claim was measured to hold at 0.3 and 1.0
 _CACHE: dict[str, tuple[LessonResult, RunStore]] = {}
@@ -110,3 +114,64 @@ def test_lesson_text_shows_maths_not_latex_source(key: str) -> None:
     shown = " ".join(str(v) for v in dataclasses.asdict(lesson).values() if isinstance(v, str))
     for raw in ("S^{", "sqrt(", "\\sqrt", "^{"):
         assert raw not in shown, (raw, shown)
+
+
+def _unit_row(v: np.ndarray) -> np.ndarray:
+    return v / math.sqrt(float(v @ v))
+
+
+def test_class_angles_match_a_direct_formula() -> None:
+    """class_angles against arccos of cosines computed point by point.
+
+    Catches (each tried): the class mean not renormalised (cosines shrink by its length < 1),
+    the embeddings not normalised before the mean, one mean for all classes, the first
+    centre of the class instead of the nearest, the farthest instead of the nearest.
+    """
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 5)) * rng.uniform(0.2, 5.0, size=(60, 1))  # unequal lengths
+    emb[:, 0] += 1.5  # classes share a direction, so a global mean differs from class means
+    labels = rng.integers(0, 4, size=60)
+    expected = []
+    for x, y in zip(emb, labels, strict=True):
+        total = sum(_unit_row(v) for v in emb[labels == y])
+        expected.append(math.acos(max(-1.0, min(1.0, float(_unit_row(x) @ _unit_row(total))))))
+    np.testing.assert_allclose(class_angles(emb, labels), expected, atol=1e-12)
+
+    centres = rng.normal(size=(8, 5)) * 3.0  # two sub-centres per class, rows 2c and 2c + 1
+    centre_labels = np.repeat(np.arange(4), 2)
+    nearest = [
+        min(
+            math.acos(max(-1.0, min(1.0, float(_unit_row(x) @ _unit_row(w)))))
+            for w, c in zip(centres, centre_labels, strict=True)
+            if c == y
+        )
+        for x, y in zip(emb, labels, strict=True)
+    ]
+    got = class_angles(emb, labels, centres, centre_labels)
+    np.testing.assert_allclose(got, nearest, atol=1e-12)
+    with pytest.raises(ValueError, match="no centre"):
+        class_angles(emb, labels, centres[:6], centre_labels[:6])  # class 3 has none
+
+
+def _snapshot(emb: np.ndarray, labels: np.ndarray) -> Snapshot:
+    empty = np.zeros(0, dtype=np.float32)
+    return Snapshot(0, 0, 0.0, 0.0, 0.0, emb.astype(np.float32), labels, empty, empty)
+
+
+def test_hard_triplet_share_counts_every_triplet() -> None:
+    """The share of (a, p, n) with d(a,n) < d(a,p), against a loop over all triplets.
+
+    Catches (each tried): a share of anchors instead of triplets, a total over all ordered
+    triples instead of those with p in a's class and n outside it. The grid has exact ties,
+    which must not count as hard.
+    """
+    rng = np.random.default_rng(1)
+    emb = rng.integers(-2, 3, size=(24, 2)).astype(np.float64)  # a grid: many exact ties
+    labels = np.repeat(np.arange(3), 8)
+    hard = total = 0
+    for a, p, n in itertools.permutations(range(len(emb)), 3):
+        if labels[a] == labels[p] and labels[a] != labels[n]:
+            total += 1
+            hard += np.linalg.norm(emb[a] - emb[n]) < np.linalg.norm(emb[a] - emb[p])
+    assert 0 < hard < total
+    assert hard_triplet_share(_snapshot(emb, labels)) == pytest.approx(hard / total, abs=1e-12)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dml_core.analysis.hard_triplets import hardest_triplets
 from dml_core.config import RunConfig
 from dml_core.geometry import SQRT2
 from dml_core.snapshot import Snapshot
@@ -61,6 +62,65 @@ def _cos(d: np.ndarray) -> np.ndarray:
 
 def _map(run: RunResult) -> float:
     return float(run.last.metrics["map_at_r"])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float64 (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def class_angles(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    centres: np.ndarray | None = None,
+    centre_labels: np.ndarray | None = None,
+) -> np.ndarray:
+    r"""Each point's angle on the sphere to its own class: its spread around the class, radians.
+
+    With ``centres`` (a class-level loss's weights, rows labelled by ``centre_labels``),
+    \theta_i = \arccos \max_{k: c_k = y_i} \cos(x_i, w_k), the angle to the nearest centre of
+    its class: \theta_{y_i} of Deng et al., ArcFace, CVPR 2019, Eq. 3 (the angle the margin m
+    is added to), with the nearest sub-centre as in sub-center ArcFace (Deng et al., ECCV 2020).
+    Without, the angle to the class's mean direction
+    \mu_c = \sum_{y_j = c} \hat x_j / \lVert \sum_{y_j = c} \hat x_j \rVert with
+    \hat x = x / \lVert x \rVert: the class's own spread, whatever the loss. Everything is
+    compared normalised, in float64.
+
+    Args:
+        emb: (n, D) embeddings.
+        labels: (n,) classes.
+        centres: (rows, D) class weights or centres, or None for the class means.
+        centre_labels: (rows,) the class of each row of ``centres``.
+
+    Returns:
+        (n,) angles in [0, pi].
+    """
+    x = _unit(emb)  # (n, D)
+    labels = np.asarray(labels)
+    if centres is None:
+        classes, own = np.unique(labels, return_inverse=True)  # (C,), (n,)
+        sums = np.zeros((len(classes), x.shape[1]))  # (C, D)
+        np.add.at(sums, own, x)
+        cos = np.einsum("nd,nd->n", x, _unit(sums)[own])  # (n,)
+    else:
+        if centre_labels is None:
+            raise ValueError("class_angles needs 'centre_labels' with 'centres'.")
+        mine = labels[:, None] == np.asarray(centre_labels)[None, :]  # (n, rows)
+        if not mine.any(axis=1).all():
+            raise ValueError("class_angles: some points' class has no centre in 'centres'.")
+        cos = np.where(mine, x @ _unit(centres).T, -np.inf).max(axis=1)  # (n,)
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def hard_triplet_share(snap: Snapshot) -> float:
+    """Share of the probe set's triplets (a, p, n) whose negative is nearer than the positive.
+
+    d(a, n) < d(a, p): FaceNet's hard triplets (Schroff et al. 2015, Sec. 3.2), counted exactly
+    over all n (K - 1)(n - K) triplets by ``analysis.hard_triplets.hardest_triplets``.
+    """
+    hard = hardest_triplets(snap.probe_emb, snap.probe_labels, k=1)
+    return hard.violating / max(hard.total, 1)
 
 
 # ------------------------------------------------------------------ the checks
