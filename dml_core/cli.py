@@ -162,6 +162,9 @@ def build_parser() -> Parser:
     gpu.add_argument(
         "--out-dir", default="assets", help="where bench-cuda.json and gpu-check.json go"
     )
+    from dml_core.sweep_cli import add_sweep_parser  # here: sweep_cli imports this module
+
+    add_sweep_parser(sub)
     return parser
 
 
@@ -380,6 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dml_core.bench import report_main
 
             return report_main(args.file)
+        if args.command == "sweep":
+            from dml_core.sweep_cli import run_sweep
+
+            return run_sweep(args)
         return list_runs(args.runs)
     except BrokenPipeError:  # stdout closed early (e.g. ``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
