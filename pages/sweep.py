@@ -7,6 +7,7 @@ No maths here: the grid is checked and named by ``dml_core.sweeps.build_sweep``,
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -137,6 +138,11 @@ def open_in_compare(run_ids: list[str]) -> None:
         st.info("The Compare page is not part of this app's navigation.")
 
 
+def _metric_text(value: float) -> str:
+    """``0.912`` -> "0.912"; not measured yet (NaN) -> "–"."""
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
 def state_table(table: pd.DataFrame, axes: list[str]) -> None:
     """Every run: its cell, seed, state and progress."""
     shown = pd.DataFrame(
@@ -145,8 +151,8 @@ def state_table(table: pd.DataFrame, axes: list[str]) -> None:
             "seed": table["seed"],
             "state": [f"{STATE_ICONS.get(s, '•')} {s}" for s in table["state"]],
             "progress": (table["step"] / table["steps"]).clip(0, 1),
-            "MAP@R": table["map_at_r"],
-            "P@1": table["precision_at_1"],
+            "MAP@R": [_metric_text(v) for v in table["map_at_r"]],
+            "P@1": [_metric_text(v) for v in table["precision_at_1"]],
             "run": table["run_id"],
         }
     )
@@ -156,8 +162,6 @@ def state_table(table: pd.DataFrame, axes: list[str]) -> None:
         width="stretch",
         column_config={
             "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0),
-            "MAP@R": st.column_config.NumberColumn(format="%.3f"),
-            "P@1": st.column_config.NumberColumn(format="%.3f"),
         },
     )
 
