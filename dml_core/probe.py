@@ -6,18 +6,20 @@ distances (seeded, so a resumed run samples the same pairs), collapse signals an
 own lines and extras, the representation's geometry (alignment, uniformity, effective rank)
 and the class weights of a class-level loss. This is the whole cost of a live update.
 
-Two kinds of collapse are signalled (``collapse["collapsing"]`` is either):
+Two kinds of collapse are signalled (the Train page warns on either; ``collapse_kind``):
 
-- **point collapse**: the probe points crowd together (half the pairs on top of each other, or
-  the mean distance below ``COLLAPSE_SHRINK`` of the untrained net's);
-- **dimensional collapse** (Jing et al., "Understanding Dimensional Collapse in Contrastive
-  Self-supervised Learning", ICLR 2022): the points may stay apart but fill only a few
-  directions, seen as the effective rank (Roy & Vetterli 2007; RankMe, Garrido et al. 2023)
-  falling towards 1. The rule is :func:`rank_floor`.
+- **point collapse**, ``collapse["collapsing"]`` (its meaning since the first runs): the probe
+  points crowd together (half the pairs on top of each other, or the mean distance below
+  ``COLLAPSE_SHRINK`` of the untrained net's);
+- **dimensional collapse**, ``collapse["dimensional_collapse"]`` (Jing et al., "Understanding
+  Dimensional Collapse in Contrastive Self-supervised Learning", ICLR 2022): the points may
+  stay apart but fill only a few directions, seen as the effective rank (Roy & Vetterli 2007;
+  RankMe, Garrido et al. 2023) falling towards 1. The rule is :func:`rank_floor`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "RANK_COLLAPSE_SHARE",
     "ProbeMeter",
     "collapse_advice",
+    "collapse_kind",
     "geometry",
     "geometry_subset",
     "normalized_class_weights",
@@ -127,18 +130,30 @@ def normalized_class_weights(
     return unit, (np.arange(len(unit)) // per_class).astype(np.int64)
 
 
-def collapse_advice(cfg: RunConfig, collapse: dict[str, float] | None = None) -> str:
+def collapse_kind(signals: Mapping[str, float]) -> str | None:
+    """``"point"``, ``"dimensional"`` or None: which collapse a snapshot's signals show.
+
+    Point collapse wins when both fire (merged points are also low-rank). Runs saved before
+    2026-11-30 have only ``collapsing`` (point collapse).
+    """
+    if signals.get("collapsing"):
+        return "point"
+    if signals.get("dimensional_collapse"):
+        return "dimensional"
+    return None
+
+
+def collapse_advice(cfg: RunConfig, collapse: Mapping[str, float] | None = None) -> str:
     """What the collapse warning says: which kind of collapse, for this run's loss and miner.
 
     Args:
         cfg: the run's config.
         collapse: the snapshot's signals (``Snapshot.scalars()``); with
-            ``dimensional_collapse`` set and ``point_collapse`` not, the advice is about
-            dimensional collapse (quoting ``effective_rank`` and ``rank_floor``). Without them
-            (runs saved before 2026-11-30 only recorded point collapse) it is about points.
+            ``collapse_kind`` "dimensional", the advice is about dimensional collapse
+            (quoting ``effective_rank`` and ``rank_floor``); otherwise about points.
     """
     signals = collapse or {}
-    if signals.get("dimensional_collapse") and not signals.get("point_collapse"):
+    if collapse_kind(signals) == "dimensional":
         rank, floor = signals.get("effective_rank"), signals.get("rank_floor")
         measured = (
             f" (effective rank {rank:.1f}, below {floor:.1f})"
@@ -212,14 +227,13 @@ class ProbeMeter:
             self.initial_mean_distance = collapse["mean_distance"]
         if self.initial_rank is None and step == 0:  # only the untrained net sets it
             self.initial_rank = shape["effective_rank"]
-        collapse["point_collapse"] = float(
+        collapse["collapsing"] = float(  # point collapse
             collapse["collapsed_fraction"] >= 0.5
             or collapse["mean_distance"] < COLLAPSE_SHRINK * self.initial_mean_distance
         )
         floor = rank_floor(self.initial_rank, emb.shape[1], len(torch.unique(labels)))
         collapse["rank_floor"] = floor
         collapse["dimensional_collapse"] = float(shape["effective_rank"] < floor)
-        collapse["collapsing"] = max(collapse["point_collapse"], collapse["dimensional_collapse"])
         weights = normalized_class_weights(loss, self.num_classes)
         retrieval["pair_overlap"] = metrics.pair_overlap(pos, neg)
         lines = loss.histogram_lines(pos)

@@ -34,11 +34,10 @@ class Snapshot:
             ``r_precision``, ``map_at_r``) and ``pair_overlap``, the histogram-loss estimate
             of P(d_neg < d_pos) from the sampled distances.
         collapse: collapse signals of the probe embeddings (``mean_distance``,
-            ``collapsed_fraction``), ``point_collapse``: 1.0 when half the pairs sit on top
-            of each other or the mean distance fell below a quarter of the untrained net's,
-            ``dimensional_collapse``: 1.0 when the effective rank fell below ``rank_floor``
-            (``probe.rank_floor``), and ``collapsing``: either (the only key in runs saved
-            before 2026-11-30, where it meant point collapse).
+            ``collapsed_fraction``), ``collapsing``: point collapse, 1.0 when half the pairs
+            sit on top of each other or the mean distance fell below a quarter of the
+            untrained net's, and ``dimensional_collapse``: 1.0 when the effective rank fell
+            below ``rank_floor`` (``probe.rank_floor``; both absent before 2026-11-30).
         extras: learnable scalars worth plotting (e.g. ``beta`` of the margin loss).
         lines: the loss's margins as absolute distances at this step, drawn on the distance
             histograms (``distance_lines()`` of the loss; e.g. m_pos, m_neg, or beta +- alpha).

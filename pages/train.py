@@ -20,12 +20,12 @@ from dml_core.figures import live as figures
 from dml_core.figures import sphere as sphere_figures
 from dml_core.figures.live import SteadyAxes
 from dml_core.metrics import METRIC_LABELS
+from dml_core.probe import collapse_advice, collapse_kind
 from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services import export
 from dml_core.services.projection_worker import IDLE, status_text
 from dml_core.services.run_view import RunView, run_view
-from dml_core.train import collapse_advice
 from pages.train_settings import load_settings, sidebar_config
 from pages.ui import (
     POLL_LAYOUT_S,
@@ -367,7 +367,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
         f"{snap.samples_seen:,} samples seen, {snap.elapsed:.1f} s of training"
     )
     warning = st.empty()  # a fixed slot: the figures below never shift when it fills
-    if snap.collapse.get("collapsing"):
+    if collapse_kind(snap.collapse):
         warning.warning(collapse_advice(record.config, snap.scalars()), icon="⚠️")
     axes = steady_axes(str(store.root), ((run_id, steps_saved),), record.config.normalize)
     hist, sphere = snapshot_figures(str(store.root), run_id, snap.step, axes)

@@ -7,6 +7,7 @@ Each test names the wrong page it catches (issue 19). AppTest runs the whole scr
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pages.ui
 from dml_core.config import make_config
 from dml_core.registry import LOSSES
 from dml_core.runs import RunStore
-from tests.saved_runs import train_and_save
+from tests.saved_runs import make_tiny_run, train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -320,3 +321,21 @@ def test_class_weights_are_drawn_with_the_probe_points(
         np.testing.assert_allclose(values(weights["z"]), snap.class_weights[:, 2], atol=1e-6)
     else:
         assert weights["type"] == "scattergl"
+
+
+def test_the_collapse_warning_names_dimensional_collapse(
+    page: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a page that warns only on point collapse, or calls a rank collapse by the
+    points' name."""
+    root = tmp_path / "collapsed"
+    store = make_tiny_run(root)
+    last = store.snapshot_steps("tiny-digits")[-1]
+    snap = store.load_snapshot("tiny-digits", last)
+    flags = {**snap.collapse, "collapsing": 0.0, "dimensional_collapse": 1.0, "rank_floor": 4.5}
+    store.save_snapshot("tiny-digits", dataclasses.replace(snap, collapse=flags))
+    at = open_saved(page, (root, "tiny-digits"), monkeypatch)
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("Dimensional collapse")
+    assert "below 4.5" in warnings[0]

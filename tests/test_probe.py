@@ -15,6 +15,7 @@ from dml_core.probe import (
     GEOMETRY_POINTS,
     ProbeMeter,
     collapse_advice,
+    collapse_kind,
     geometry,
     geometry_subset,
     rank_floor,
@@ -133,9 +134,9 @@ def test_a_rank_one_embedding_with_points_apart_is_dimensional_collapse() -> Non
     assert line.geometry["effective_rank"] == pytest.approx(1.0, abs=1e-6)
     assert line.collapse["collapsed_fraction"] < 0.2  # the points stay apart
     assert line.collapse["mean_distance"] > first.collapse["mean_distance"]
-    assert line.collapse["point_collapse"] == 0.0
+    assert line.collapse["collapsing"] == 0.0  # point collapse, as in every earlier run
     assert line.collapse["dimensional_collapse"] == 1.0
-    assert line.collapse["collapsing"] == 1.0
+    assert collapse_kind(line.collapse) == "dimensional"  # the page warns
     advice = collapse_advice(cfg, line.scalars())
     assert advice.startswith("Dimensional collapse")
     assert "effective rank 1.0" in advice
@@ -145,7 +146,7 @@ def test_healthy_training_never_signals_dimensional_collapse() -> None:
     """Catches: a rule that always fires (e.g. a floor relative to D alone at D > C)."""
     snaps = list(Trainer(make_config(**{**FAST, "steps": 60, "snapshot_every": 20})).run())
     assert [s.collapse["dimensional_collapse"] for s in snaps] == [0.0] * 4
-    assert all(s.collapse["collapsing"] == 0.0 for s in snaps)
+    assert all(collapse_kind(s.collapse) is None for s in snaps)
 
 
 def test_point_collapse_is_named_as_such() -> None:
@@ -154,7 +155,9 @@ def test_point_collapse_is_named_as_such() -> None:
     trainer = Trainer(cfg)
     trainer.snapshot({})
     snap = measure(trainer, LineNet(16, scale=1e-6), step=10)  # every point at the origin
-    assert snap.collapse["point_collapse"] == 1.0
+    assert snap.collapse["collapsing"] == 1.0
+    assert snap.collapse["dimensional_collapse"] == 1.0  # merged points are low-rank too
+    assert collapse_kind(snap.collapse) == "point"
     advice = collapse_advice(cfg, snap.scalars())
     assert advice.startswith("Point collapse")
     assert collapse_advice(cfg).startswith("Point collapse")  # runs saved before the split
