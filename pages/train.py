@@ -26,7 +26,13 @@ from dml_core.registry import LOSSES, MINERS
 from dml_core.services import export
 from dml_core.services.projection_worker import IDLE, status_text
 from dml_core.services.run_view import RunView, run_view
+from pages.train_extras import (
+    layout_quality_caption,
+    render_hardest_triplets,
+    show_true_neighbours,
+)
 from pages.train_settings import load_settings, sidebar_config
+from pages.train_views import render_views_strip
 from pages.ui import (
     POLL_LAYOUT_S,
     POLL_LIVE_S,
@@ -199,9 +205,11 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
         layout = worker.get(run_id, snap.step, name, timeout=0.3)
     # still coming only while the worker has something to do (a failed layout never arrives)
     pending = layout is None and worker.status() != IDLE
+    current = True  # the layout shown is this snapshot's own (not an older step's)
     if layout is None:
         latest = worker.latest(run_id, name)
         if latest is not None:
+            current = False
             layout = latest[1]
             note = f"{method} of step {latest[0]}; step {snap.step} is being computed"
         else:
@@ -213,7 +221,11 @@ def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
     )
     if weights is not None and snap.class_weight_labels is not None:
         diagnostics.add_class_weights(fig, weights, snap.class_weight_labels, class_names)
-    st.plotly_chart(fig, key="chart.embedding")
+    if current:  # a click marks that point's true neighbours in the embedding
+        show_true_neighbours(fig, points, snap.probe_emb, "chart.embedding")
+    st.plotly_chart(fig, key="chart.embedding", on_select="rerun", selection_mode="points")
+    if current and points.shape[1] == 2:
+        st.caption(layout_quality_caption(run_id, snap.step, name, snap.probe_emb, points))
     return pending
 
 
@@ -395,6 +407,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
         "how many directions the points really use, out of D; falling towards 1 is "
         "dimensional collapse."
     )
+    render_hardest_triplets(str(store.root), run_id, snap.step)
     return pending
 
 
@@ -412,7 +425,10 @@ train_button(cfg, error)
 run_picker(run_id)
 if run_id is not None:
     shown_settings(run_id)
+    render_views_strip(store.load(run_id).config)
 else:
+    if cfg is not None:
+        render_views_strip(cfg)
     left, right = st.columns(2)
     with left:
         describe(LOSSES[values["loss"]])

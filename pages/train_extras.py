@@ -15,7 +15,8 @@ Used by ``pages/train.py``:
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -26,6 +27,8 @@ from dml_core.figures import neighbours, thumbnails
 from dml_core.runs import RunStore
 from dml_core.services import export
 from pages.ui import load_snapshot
+
+Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
 
 HARD_TRIPLETS_K = 8
 NEIGHBOURS_K = 10  # one k for the caption's numbers and the clicked point's neighbours
@@ -85,18 +88,16 @@ def render_hardest_triplets(runs_dir: str, run_id: str, step: int) -> None:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _quality(run_id: str, step: int, method: str, _emb: np.ndarray, points: np.ndarray) -> dict:
+def _quality(run_id: str, step: int, method: str, _emb: Array, points: Array) -> dict:
     """``layout_quality`` of one layout (keyed by run, step, method and the layout itself)."""
     return layout_quality(_emb, points, NEIGHBOURS_K)
 
 
-def layout_quality_caption(
-    run_id: str, step: int, method: str, emb: np.ndarray, points: np.ndarray
-) -> str:
+def layout_quality_caption(run_id: str, step: int, method: str, emb: Array, points: Array) -> str:
     """One line: how far to trust the layout ``points`` of ``emb`` (k = ``NEIGHBOURS_K``)."""
     if len(points) < 2 * NEIGHBOURS_K + 1:
         return ""
-    return quality_text(_quality(run_id, step, method, emb, np.asarray(points)))
+    return quality_text(_quality(run_id, step, method, emb, points))
 
 
 def quality_text(q: dict[str, float]) -> str:
@@ -122,12 +123,10 @@ def clicked_point(chart_key: str, n: int) -> int | None:
     return None  # a class weight or an overlay, not a probe point
 
 
-def show_true_neighbours(
-    fig: go.Figure, points: np.ndarray, emb: np.ndarray, chart_key: str
-) -> int | None:
+def show_true_neighbours(fig: go.Figure, points: Array, emb: Array, chart_key: str) -> int | None:
     """Draw the clicked point's true neighbours on ``fig`` (2-D layouts); returns the point."""
     index = clicked_point(chart_key, len(emb))
-    if index is None or np.asarray(points).shape[1] != 2:
+    if index is None or points.shape[1] != 2:
         return None
     neighbours.add_true_neighbours(fig, points, emb, index, NEIGHBOURS_K)
     return index

@@ -6,13 +6,16 @@ No maths here: ``augment.example_views`` makes the views (seeded like the run's 
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import streamlit as st
 
 from dml_core.augment import example_views
 from dml_core.config import RunConfig
 from dml_core.data import DatasetError, load_dataset
 from dml_core.figures.views import views_strip_figure
+
+Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
 
 STRIP_IMAGES = 8
 CAPTION = (
@@ -23,7 +26,7 @@ CAPTION = (
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def strip_views(cfg_json: str, n: int) -> np.ndarray:
+def strip_views(cfg_json: str, n: int) -> Array:
     """``example_views`` of a config given as JSON (hashable), (n, 2, H, W) in [0, 1]."""
     cfg = RunConfig.model_validate_json(cfg_json)
     return example_views(cfg, load_dataset(cfg.dataset, cfg.split), n)
