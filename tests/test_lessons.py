@@ -40,9 +40,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lessons")
 
 
-def test_seven_lessons_in_order() -> None:
-    assert len(LESSONS) == 7
-    for lesson in LESSONS.values():
+def test_ten_lessons_in_order() -> None:
+    assert len(LESSONS) == 10
+    for number, lesson in enumerate(LESSONS.values(), start=1):
+        assert lesson.title.startswith(f"{number}. ")
         assert lesson.text
         assert lesson.paper
         assert lesson.claim
@@ -84,6 +85,18 @@ def test_checks_measure_the_runs(root: Path) -> None:
     dims = trained("dimension", root)[0]
     assert not evaluate(dims.lesson, dims.runs[::-1])[0]
     assert not evaluate(dims.lesson, dims.runs[:2])[0]  # a missing run is never a pass
+    (simclr,) = trained("label_free", root)[0].runs
+    with_labels = simclr.config.model_copy(update={"supervision": "labels"})
+    holds, message = LESSONS["label_free"].check([dataclasses.replace(simclr, config=with_labels)])
+    assert not holds  # the same rise in MAP@R, but labels were seen
+    assert "supervision: labels" in message
+    margin = trained("angular_margin", root)[0]
+    no_weights = dataclasses.replace(margin.runs[0].last, class_weights=None)
+    arcface = dataclasses.replace(margin.runs[0], snapshots=(margin.runs[0].first, no_weights))
+    assert LESSONS["angular_margin"].check([arcface, margin.runs[1]]) == (
+        False,
+        "A run saved no class weights, so the angle to them cannot be measured.",
+    )
 
 
 def swapped(runs: tuple[RunResult, ...]) -> list[RunResult]:

@@ -17,6 +17,12 @@ The thresholds were measured on digits with the MLP, seed 0 (see each check's me
 5. Ustinova, Lempitsky, Learning Deep Embeddings with Histogram Loss, NeurIPS 2016.
 6. Sun et al., Circle Loss, CVPR 2020 (Sec. 4.5: robust to m and \gamma).
 7. Wu et al. 2017, Eq. 3: on S^{D-1} distances concentrate near \sqrt{2} as D grows.
+8. Wang & Liu, Understanding the Behaviour of Contrastive Loss, CVPR 2021: the temperature
+   \tau of NT-Xent trades uniformity (Wang & Isola, ICML 2020) against tolerance of hard
+   negatives.
+9. Deng et al., ArcFace, CVPR 2019: an additive angular margin tightens each class around its
+   weight, against normalised softmax (Zhai & Wu, BMVC 2019) at the same scale.
+10. Chen et al., SimCLR, ICML 2020: two augmented views of each image, no labels.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from typing import Any
 from dml_core.services.lesson_checks import (
     Check,
     check_all_negatives,
+    check_angular_margin,
     check_circle,
     check_contrastive_vs_triplet,
     check_dimension,
     check_hard_mining_collapse,
     check_histogram_overlap,
+    check_label_free,
     check_sampling_matters,
+    check_temperature,
 )
 
 COMMON: dict[str, Any] = {"dataset": "digits", "net": "mlp", "lr": 0.01, "seed": 0}
@@ -242,6 +251,94 @@ _LESSON_LIST = (
         "> 0.15 below D=16.",
         check=check_dimension,
         pages=("pages/sphere.py", "pages/train.py", "pages/compare.py"),
+    ),
+    Lesson(
+        key="temperature",
+        title="8. Temperature: low τ spreads the embedding and punishes hard negatives",
+        text=(
+            "NT-Xent (InfoNCE) asks each anchor to pick its positive out of all others by a "
+            "softmax over similarities divided by the temperature τ. A negative is pushed with "
+            "its softmax weight exp(s/τ) / Σ: at low τ the hardest negatives take almost all of "
+            "it, at high τ every negative gets about the same. Both runs use labels (every "
+            "same-class pair is a positive), τ = 0.05 vs τ = 1. **Look for** the (uniformity, "
+            "alignment) path on the Train page: the low-τ run ends further left, spread more "
+            "evenly over the sphere, with fewer negatives nearer an anchor than its positives. "
+            "The high-τ run tolerates those hard negatives while it packs each class tighter "
+            "(lower alignment). The Loss explorer draws each negative's weight against its "
+            "similarity for several τ."
+        ),
+        paper="Wang, Liu, Understanding the Behaviour of Contrastive Loss, CVPR 2021; Wang, "
+        "Isola, Alignment and Uniformity on the Hypersphere, ICML 2020; Chen et al., SimCLR, "
+        "ICML 2020",
+        configs=tuple(
+            {"loss": "ntxent", "loss_params": {"temperature": tau}, "miner": "all", "steps": 200}
+            for tau in (0.05, 1.0)
+        ),
+        labels=("τ=0.05", "τ=1"),
+        claim="At the end, uniformity at τ = 0.05 is more than 0.15 below τ = 1's, and its "
+        "share of hard probe triplets (negative nearer than positive) is < 0.5x τ = 1's.",
+        check=check_temperature,
+        pages=("pages/train.py", "pages/loss_explorer.py", "pages/compare.py"),
+    ),
+    Lesson(
+        key="angular_margin",
+        title="9. Angular margins: ArcFace tightens each class around its weight",
+        text=(
+            "ArcFace and normalised softmax both score an embedding against one learned weight "
+            "per class by the cosine of the angle θ between them, at the same scale s = 1/T = "
+            "20. Normalised softmax is satisfied once the angle θ_y to the own class weight is "
+            "the smallest; ArcFace only once θ_y + m < θ_j for every other class j (m = 0.5 "
+            "rad), so it keeps pulling each image towards its class weight. **Look for** the "
+            "class weights drawn among the probe points on the Train page, and the decision "
+            "boundaries in the Loss explorer, where the margin moves ArcFace's boundary off the "
+            "diagonal θ_own = θ_other. CosFace (cos θ_y − m) does the same with a cosine margin."
+        ),
+        paper="Deng, Guo, Xue, Zafeiriou, ArcFace: Additive Angular Margin Loss for Deep Face "
+        "Recognition, CVPR 2019; Zhai, Wu, Classification is a Strong Baseline for Deep Metric "
+        "Learning, BMVC 2019",
+        configs=tuple(
+            {"loss": loss, "loss_params": params, "miner": "all", "steps": 350}
+            for loss, params in (
+                ("arcface", {"margin": 0.5, "scale": 20.0}),
+                ("normalized_softmax", {"temperature": 0.05}),
+            )
+        ),
+        labels=("ArcFace m=0.5", "normalised softmax"),
+        claim="At the end the mean angle θ_y between a probe image and its own class weight is "
+        "< 0.7x under ArcFace than under normalised softmax.",
+        check=check_angular_margin,
+        pages=("pages/train.py", "pages/loss_explorer.py", "pages/compare.py"),
+    ),
+    Lesson(
+        key="label_free",
+        title="10. Learning without labels: SimCLR",
+        text=(
+            "Each batch holds N images x 2 augmented views (a random crop, a small rotation "
+            "and shift, pixel noise); NT-Xent asks each view to pick its twin out of the 2N − 1 "
+            "others. Training never reads a label: labels only colour the points and score "
+            "retrieval. **Look for** the views strip on the Train page (what the net is asked "
+            "to match), MAP@R rising from the untrained net's, and digit classes forming "
+            "though the loss never saw one. On digits the untrained net's nearest neighbour is "
+            "already usually right, so P@1 can dip: what improves is the ranking of the whole "
+            "class (MAP@R)."
+        ),
+        paper="Chen, Kornblith, Norouzi, Hinton, A Simple Framework for Contrastive Learning of "
+        "Visual Representations (SimCLR), ICML 2020; Oord, Li, Vinyals, Representation "
+        "Learning with Contrastive Predictive Coding (InfoNCE), 2018",
+        configs=(
+            {
+                "supervision": "views",
+                "loss": "ntxent",
+                "loss_params": {"temperature": 0.5},
+                "miner": "all",
+                "steps": 300,
+            },
+        ),
+        labels=("SimCLR, no labels",),
+        claim="MAP@R on the probe set rises by more than 0.05 over the untrained net's (the "
+        "run's step-0 snapshot), trained with supervision = views.",
+        check=check_label_free,
+        pages=("pages/train.py",),
     ),
 )
 

@@ -113,6 +113,13 @@ def class_angles(
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
+def _angles_to_weights(snap: Snapshot) -> np.ndarray:
+    """Each probe point's angle to its class weight (``class_angles``), (n,) radians."""
+    return class_angles(
+        snap.probe_emb, snap.probe_labels, snap.class_weights, snap.class_weight_labels
+    )
+
+
 def hard_triplet_share(snap: Snapshot) -> float:
     """Share of the probe set's triplets (a, p, n) whose negative is nearer than the positive.
 
@@ -232,4 +239,77 @@ def check_dimension(results: Sequence[RunResult]) -> tuple[bool, str]:
         f"{per_dim} (claim: untrained std falls with D, to < 0.5x at D={dims[-1]}; trained mean "
         f"d_neg at D={dims[-1]} within 0.15 of √2 = {SQRT2:.3f}; MAP@R at D={dims[0]} "
         f"> 0.15 below D={dims[2]})"
+    )
+
+
+def check_temperature(results: Sequence[RunResult]) -> tuple[bool, str]:
+    r"""Low tau spreads the embedding and punishes hard negatives; high tau tolerates them.
+
+    Wang & Liu, Understanding the Behaviour of Contrastive Loss, CVPR 2021, Eq. (4): NT-Xent
+    pushes negative j of anchor i with a weight proportional to \exp(s_{ij} / \tau), so at low
+    tau the hardest negatives take nearly all of the gradient and are pushed out (the
+    embedding spreads: uniformity of Wang & Isola 2020, Eq. 2, falls), while at high tau all
+    negatives share it and a few can stay inside a class. Measured on the runs' own probe
+    embeddings at the end: ``Snapshot.geometry["uniformity"]`` and the share of probe
+    triplets whose negative is nearer than the positive (``hard_triplet_share``).
+    """
+    taus = [float(r.config.loss_params["temperature"]) for r in results]
+    unif = [float(r.last.geometry.get("uniformity", np.nan)) for r in results]
+    align = [float(r.last.geometry.get("alignment", np.nan)) for r in results]
+    hard = [hard_triplet_share(r.last) for r in results]
+    holds = unif[0] < unif[1] - 0.15 and hard[0] < 0.5 * hard[1]
+    desc = "; ".join(
+        f"τ={t:g}: uniformity {u:.3f}, hard triplets {h:.2%}, alignment {a:.3f}, "
+        f"MAP@R {_map(r):.3f}"
+        for r, t, u, h, a in zip(results, taus, unif, hard, align, strict=True)
+    )
+    return holds, (
+        f"{desc} (claim: uniformity at τ={taus[0]:g} > 0.15 below τ={taus[1]:g}'s, measured "
+        f"{unif[1] - unif[0]:.3f}; hard-triplet share < 0.5x, measured "
+        f"{hard[0] / max(hard[1], 1e-12):.2f}x)"
+    )
+
+
+def check_angular_margin(results: Sequence[RunResult]) -> tuple[bool, str]:
+    r"""The angular margin pulls each image nearer its class weight than plain softmax does.
+
+    Deng et al., ArcFace, CVPR 2019, Eq. 3: the own logit s \cos(\theta_y + m) wins only once
+    \theta_y + m < \theta_j for every other class j, so training keeps shrinking \theta_y, the
+    angle to the own class weight; normalised softmax (Zhai & Wu 2019; m = 0, same scale)
+    stops pulling once \theta_y is the smallest. Measured on the final snapshot: the mean
+    \theta_y over the probe set (``class_angles`` with the snapshot's class weights); the
+    spread around each class's mean direction is reported beside it.
+    """
+    if any(r.last.class_weights is None for r in results):
+        return False, "A run saved no class weights, so the angle to them cannot be measured."
+    theta = [float(np.mean(_angles_to_weights(r.last))) for r in results]
+    spread = [float(np.mean(class_angles(r.last.probe_emb, r.last.probe_labels))) for r in results]
+    holds = theta[0] < 0.7 * theta[1]
+    desc = "; ".join(
+        f"{r.config.loss}: mean θ_y {t:.3f} rad, spread around the class mean {s:.3f} rad, "
+        f"MAP@R {_map(r):.3f}"
+        for r, t, s in zip(results, theta, spread, strict=True)
+    )
+    return holds, (
+        f"{desc} (claim: mean θ_y with the margin < 0.7x without, measured "
+        f"{theta[0] / max(theta[1], 1e-12):.2f}x)"
+    )
+
+
+def check_label_free(results: Sequence[RunResult]) -> tuple[bool, str]:
+    """Training on two views of each image, without labels, improves retrieval (MAP@R).
+
+    Chen et al., SimCLR, ICML 2020: the untrained net is the same run's step-0 snapshot (same
+    weights, same probe set), so the rise is what label-free training added. The run must
+    have trained with ``supervision = "views"``: labels only scored it.
+    """
+    (run,) = results
+    start, end = (float(s.metrics["map_at_r"]) for s in (run.first, run.last))
+    p1_start, p1_end = (float(s.metrics["precision_at_1"]) for s in (run.first, run.last))
+    label_free = run.config.supervision == "views"
+    holds = label_free and end > start + 0.05
+    return holds, (
+        f"MAP@R on the probe set: untrained {start:.3f} -> {end:.3f} after {run.last.step} "
+        f"label-free steps (claim: > +0.05, measured {end - start:+.3f}); P@1 {p1_start:.3f} -> "
+        f"{p1_end:.3f}; supervision: {run.config.supervision}"
     )
