@@ -186,17 +186,19 @@ def _batch(P: int, K: int, dim: int = 0) -> Cost:
     lower=("probe_size",),
     operations_limit=2e10,
 )
-def _probe_size(probe_size: int, dim: int, chunk_size: int = 1024) -> Cost:
-    """``metrics.retrieval_metrics`` on N probe points, ``chunk_size`` queries at a time.
+def _probe_size(probe_size: int, dim: int, chunk_size: int = 64) -> Cost:
+    """``metrics.retrieval_metrics`` on N probe points (on the CPU: ``ranking``'s path).
 
-    Per chunk: (chunk, N) float32 distances, their sorted order (int64) and the boolean hits,
-    about 16 bytes per entry (measured: 6 to 9); plus the (N, D) embeddings and copies.
-    Operations: N^2 D for the distances and N^2 log2 N for the sorts. UMAP (``projection``)
-    is not counted.
+    The probe embeddings live on the CPU, where queries are ranked ``chunk_size`` at a time by
+    a sampled threshold and a sort of about R keys each: per chunk, (chunk, N) float32 distances
+    and masks, about 30 bytes per entry (measured 2026-11-29: 2.1 MB at N = 1000, 7.1 MB at
+    N = 3000, 12.6 MB at N = 6000, D = 32), plus the (N, D) embeddings and copies. Operations:
+    N^2 D for the distances and N^2 log2 N for the sorts (a bound). UMAP (``projection``) is not
+    counted.
     """
     N = probe_size
     log_n = max(1.0, math.log2(max(N, 2)))
-    return Cost(min(N, chunk_size) * N * 16 + N * dim * 8, N * N * (dim + log_n))
+    return Cost(min(N, chunk_size) * N * 30 + N * dim * 16, N * N * (dim + log_n))
 
 
 @cost_model(

@@ -76,7 +76,7 @@ def test_operations_limit_and_custom_limits() -> None:
         budgets.check("sweep", runs=1000, steps=5000, P=32, K=32)
     budgets.check("sweep", runs=1000, steps=5000, P=32, K=32, operations=1e10)
     with pytest.raises(budgets.BudgetError, match="the limit is 10 MB"):
-        budgets.check("probe_size", memory=1e7, probe_size=1000, dim=32)
+        budgets.check("probe_size", memory=1e7, probe_size=5000, dim=32)  # about 12 MB
 
 
 def test_unknown_and_duplicate_models_are_refused() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from dml_core import train
+from dml_core import evaluation
 from dml_core.config import make_config
 from dml_core.devices import CudaHealth, DeviceAssertError, out_of_memory
 from dml_core.runs import RunState, RunStore
@@ -129,13 +129,13 @@ def test_the_final_evaluation_searches_on_the_training_device(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[bool] = []
-    embed = train.embed
+    embed = evaluation.embed
 
     def recorded(*args, **kwargs):
         calls.append(kwargs.get("on_device", False))
         return embed(*args, **kwargs)
 
-    monkeypatch.setattr(train, "embed", recorded)
+    monkeypatch.setattr(evaluation, "embed", recorded)
     metrics = Trainer(make_config(**TINY)).final_metrics()
     assert calls == [True, True]  # queries and references stay where the net ran
     assert 0 <= metrics["map_at_r"] <= 1
