@@ -144,10 +144,6 @@ def test_a_class_level_loss_is_refused_without_labels(loss: str) -> None:
     make_config(supervision="labels", loss=loss)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="losses/pair.py must declare per_class_beta with json_schema_extra={'per_class': True}",
-)
 def test_a_per_class_parameter_is_refused_without_labels() -> None:
     """The margin loss's per_class_beta indexes beta by label: with views it must be refused."""
     with pytest.raises(ConfigError, match="'per_class_beta' parameter of margin"):

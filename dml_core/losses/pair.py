@@ -165,7 +165,9 @@ class MarginLossParams(Params):
         description="nu: weight of the regulariser nu * beta, which pushes beta down",
     )
     per_class_beta: bool = Field(
-        False, description="learn one beta per class (indexed by the anchor's class)"
+        False,
+        description="learn one beta per class (indexed by the anchor's class)",
+        json_schema_extra={"per_class": True},  # needs labels: refused with supervision=views
     )
 
 
