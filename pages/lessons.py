@@ -17,7 +17,7 @@ from dml_core.services.lessons import (
     lesson_run_ids,
     load_results,
 )
-from pages.ui import POLL_OTHERS_S, STATE_ICONS, services, use_app_navigation
+from pages.ui import POLL_OTHERS_S, STATE_ICONS, open_in_compare, services, use_app_navigation
 
 use_app_navigation()
 store, manager, _ = services()
@@ -29,7 +29,6 @@ PAGE_TITLES = {
     "pages/sphere.py": ("Sphere & sampling", "🌐", "sphere"),
     "pages/miner_view.py": ("Miner view", "⛏️", "miners"),
 }
-COMPARE_SELECTION = "cmp.runs"  # the Compare page's run picker
 
 
 @st.cache_data(max_entries=64, show_spinner="Checking the lesson's claim…")
@@ -66,15 +65,6 @@ def launch(lesson: Lesson) -> None:
     for cfg, run_id, label in runs:
         manager.submit(cfg, run_id)
         store.set_label(run_id, f"{lesson.key}: {label}")  # how Compare and the pickers name it
-
-
-def open_in_compare(run_ids: list[str]) -> None:
-    """Preselect the runs on the Compare page and go there."""
-    st.session_state[COMPARE_SELECTION] = run_ids[:4]
-    try:
-        st.switch_page("pages/compare.py")
-    except StreamlitAPIException:
-        st.info("The Compare page is not part of this app's navigation.")
 
 
 def runs_panel(lesson: Lesson) -> None:

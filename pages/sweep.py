@@ -12,7 +12,6 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 
 from dml_core.analysis import compare
 from dml_core.config import RunConfig, make_config
@@ -36,6 +35,7 @@ from pages.ui import (
     POLL_OTHERS_S,
     STATE_ICONS,
     field_widget,
+    open_in_compare,
     run_label,
     services,
     use_app_navigation,
@@ -44,7 +44,6 @@ from pages.ui import (
 use_app_navigation()
 store, manager, _ = services()
 CURRENT = "swp.current"
-COMPARE_SELECTION = "cmp.runs"  # the Compare page's run picker (pages/compare.py SELECTED)
 LENGTH_FIELDS = ("dataset", "steps", "snapshot_every", "probe_size")
 NO_AXIS = "(none)"
 
@@ -127,15 +126,6 @@ def grid_panel() -> None:
                 return
             st.session_state[CURRENT] = sweep.sweep_id
             st.rerun()
-
-
-def open_in_compare(run_ids: list[str]) -> None:
-    """Preselect the cell's runs on the Compare page and go there."""
-    st.session_state[COMPARE_SELECTION] = run_ids[:4]
-    try:
-        st.switch_page("pages/compare.py")
-    except StreamlitAPIException:
-        st.info("The Compare page is not part of this app's navigation.")
 
 
 def _metric_text(value: float) -> str:

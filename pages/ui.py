@@ -16,6 +16,7 @@ from typing import Any
 import streamlit as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
 
 from dml_core.errors import field_bounds
@@ -223,3 +224,15 @@ def run_label(store: RunStore, run_id: str) -> str:
     icon = STATE_ICONS.get(store.status(run_id).get("state", ""), "•")
     label = store.label(run_id)
     return f"{icon} {label} ({run_id})" if label else f"{icon} {run_id}"
+
+
+COMPARE_SELECTION = "cmp.runs"  # the Compare page's run picker (pages/compare.py SELECTED)
+
+
+def open_in_compare(run_ids: list[str]) -> None:
+    """Preselect up to four runs on the Compare page and go there."""
+    st.session_state[COMPARE_SELECTION] = run_ids[:4]
+    try:
+        st.switch_page("pages/compare.py")
+    except StreamlitAPIException:
+        st.info("The Compare page is not part of this app's navigation.")

@@ -27,8 +27,8 @@ from dml_core.analysis.loss_geometry import (
     hardest_share,
     margin_region,
 )
-from dml_core.figures.losses import LEGEND, TITLE, margins, series_color
-from dml_core.figures.style import TEMPLATE, math_text
+from dml_core.figures.losses import loss_layout, series_color
+from dml_core.figures.style import math_text
 
 CHOSEN_COLOR = "#d62728"
 SOFTMAX_COLOR = "#555555"
@@ -37,17 +37,10 @@ SOFTMAX_COLOR = "#555555"
 def _layout(
     fig: go.Figure, title: str, subtitle: str, uirevision: str, height: int, legend_rows: int
 ) -> go.Figure:
-    """Title (and subtitle) in the top margin, the legend below the axes (``figures.losses``)."""
-    fig.update_layout(
-        template=TEMPLATE,
-        title=TITLE | {"text": title, "subtitle": {"text": subtitle, "font": {"size": 12}}},
-        uirevision=uirevision,
-        height=height,
-        margin=margins(bool(subtitle), legend_rows),
-        legend=LEGEND,
-        showlegend=True,
+    """The Loss explorer's shared look (``losses.loss_layout``), legend always shown."""
+    return loss_layout(fig, title, subtitle, uirevision, height, legend_rows).update_layout(
+        showlegend=True
     )
-    return fig
 
 
 def symbol_text(text: str) -> str:

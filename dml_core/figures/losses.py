@@ -70,7 +70,7 @@ def margins(subtitle: bool, legend_rows: int) -> dict[str, int]:
     return MARGIN_LR | {"t": top, "b": AXIS_PX + LEGEND_ROW_PX * legend_rows + 10}
 
 
-def _layout(
+def loss_layout(
     fig: go.Figure,
     title: str,
     subtitle: str,
@@ -298,7 +298,7 @@ def profile_figure(
         )
         lines += [(x, label, color) for label, x in profile.crossings]
     full_title, subtitle, x_title, grad_title = axis_texts(profiles, title, normalize)
-    fig = _layout(fig, full_title, subtitle, uirevision, height, legend_rows=len(profiles))
+    fig = loss_layout(fig, full_title, subtitle, uirevision, height, legend_rows=len(profiles))
     margin = fig.layout.margin
     top_px = (height - margin.t - margin.b) * (1 - VERTICAL_SPACING) / 2
     labels = label_layout(lines, low, high)
@@ -393,7 +393,7 @@ def surface_figure(
     name, _, settings = surface.label.partition(" (")
     default = f"{name}: {what}"
     rows = len(surface.boundaries)
-    return _layout(fig, title or default, settings[:-1], uirevision, height, rows)
+    return loss_layout(fig, title or default, settings[:-1], uirevision, height, rows)
 
 
 def circle_figure(
@@ -430,4 +430,4 @@ def circle_figure(
     what = "loss" if show == "value" else "|grad loss|"
     title = f"{name} in the (s_n, s_p) plane (Sun et al. 2020, Fig. 1)"
     subtitle = f"{settings[:-1]}   ·   {what}" if settings else what
-    return _layout(fig, title, subtitle, uirevision, height, len(surface.boundaries) + 1)
+    return loss_layout(fig, title, subtitle, uirevision, height, len(surface.boundaries) + 1)
