@@ -27,12 +27,12 @@ from dml_core import budgets
 from dml_core.config import check_against_dataset, loss_margin_field, make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
+from dml_core.evaluation import embed
 from dml_core.geometry import l2_normalize, pairwise_distances
 from dml_core.nets import NETS, build_net
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.sampling import PKSampler
-from dml_core.evaluation import embed
 from dml_core.tuples import (
     TRIPLET_KINDS,
     Pairs,
