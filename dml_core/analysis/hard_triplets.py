@@ -30,7 +30,6 @@ from torch import Tensor
 
 from dml_core.config import RunConfig
 from dml_core.geometry import pairwise_distances
-from dml_core.losses.base import TripletLossBase
 from dml_core.tuples import triplet_kinds
 
 Boundary = Callable[[Tensor], Tensor]
@@ -79,21 +78,22 @@ def loss_boundary(cfg: RunConfig, num_classes: int) -> tuple[Boundary, str]:
     """The loss's own ``negative_boundary`` and a line describing it, for the run ``cfg``.
 
     The loss is built from the registry with the run's parameters (inside ``fork_rng``, so the
-    global random state is untouched); a wrapper's ``inner`` loss counts (cross-batch memory).
+    global random state is untouched); its declared ``triplet_boundary`` (cross-batch memory:
+    its inner loss's).
     Losses that are not triplet losses get b(d) = d.
     """
     context = {"num_classes": num_classes, "embedding_dim": cfg.embedding_dim}
     with torch.random.fork_rng():
         loss = cfg.loss_entry.create(context, **cfg.loss_params)
-    inner = getattr(loss, "inner", loss)
-    if isinstance(inner, TripletLossBase) and inner.margin > 0:
+    boundary = loss.triplet_boundary()  # declared by the loss (cross-batch memory: its inner)
+    if boundary is not None:
         probe = torch.tensor([0.0, 1.0], dtype=torch.float64)
-        widths = inner.negative_boundary(probe) - probe  # (2,) constant for an additive margin
+        widths = boundary(probe) - probe  # (2,) constant for an additive margin
         if torch.isclose(widths[0], widths[1]):
             text = f"the {cfg.loss} loss is satisfied when d(a,n) ≥ d(a,p) + {float(widths[0]):g}"
         else:
             text = f"the {cfg.loss} loss is satisfied beyond its boundary b(d(a,p)) > d(a,p)"
-        return inner.negative_boundary, text
+        return boundary, text
     return _identity, (
         f"the {cfg.loss} loss has no triplet margin: a triplet is violated when its negative "
         "is closer than its positive"

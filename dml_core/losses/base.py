@@ -248,6 +248,14 @@ class Loss(nn.Module, abc.ABC):
         """
         return ()
 
+    def triplet_boundary(self) -> Callable[[Tensor], Tensor] | None:
+        """B with a triplet (a, p, n) violated when d(a,n) < b(d(a,p)); None without a margin.
+
+        Triplet losses with a margin return their ``negative_boundary`` (e.g. d + alpha); the
+        hardest-triplets view ranks violations by it. None by default.
+        """
+        return None
+
     def angular_boundaries(self, num: int = 361) -> tuple[AngularBoundary, ...]:
         """The decision boundary in the (theta_own, theta_other) plane, ``num`` points per line.
 
@@ -319,6 +327,10 @@ class TripletLossBase(Loss):
     def negative_boundary(self, d_ap: Tensor) -> Tensor:
         """Distance d(a,n) beyond which a negative satisfies the margin: d(a,p) + margin."""
         return d_ap + self.margin
+
+    def triplet_boundary(self) -> Callable[[Tensor], Tensor] | None:
+        """``negative_boundary`` when the loss has a margin (> 0), else None."""
+        return self.negative_boundary if self.margin > 0 else None
 
     def decision_boundaries(self, num: int = 401) -> tuple[Boundary, ...]:
         """d(a,n) = ``negative_boundary(d(a,p))`` (Schroff et al. 2015, Eq. 1: d(a,p) + alpha).

@@ -10,6 +10,7 @@ the batch thousands of pairs instead of B - 1, with no extra forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -127,6 +128,10 @@ class CrossBatchMemory(Loss):
     def distance_lines(self) -> dict[str, float]:
         """The inner loss's margins."""
         return self.inner.distance_lines()
+
+    def triplet_boundary(self) -> Callable[[Tensor], Tensor] | None:
+        """The inner loss's triplet boundary (the memory changes which pairs are seen)."""
+        return self.inner.triplet_boundary()
 
     def histogram_lines(self, pos_dist: Tensor | np.ndarray) -> dict[str, float]:
         """The inner loss's histogram lines (its relative margin included)."""
