@@ -152,6 +152,38 @@ def test_manager_caps_concurrent_jobs_and_queues_the_rest(tmp_path: Path) -> Non
     assert manager.get(second).done
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs at least 2 torch threads")
+def test_manager_jobs_share_the_cpu_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two concurrent CPU jobs each train with half of torch's threads, not all of them.
+
+    Catches: a job that keeps torch's default threads in the app (OpenMP teams of 2 jobs,
+    the page reruns and the browser oversubscribe the cores), or threads set in the wrong
+    thread (the manager's, not the training thread).
+    """
+    default = torch.get_num_threads()
+    seen: list[int] = []
+    original = Trainer.train_step
+
+    def counting_step(self: Trainer):
+        seen.append(torch.get_num_threads())
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", counting_step)
+    manager = JobManager(RunStore(tmp_path), max_running=2)
+    try:
+        run_id = manager.submit(make_config(**FAST))
+        wait_for(lambda: manager.get(run_id).done, timeout=120)
+        assert manager.get(run_id).state == RunState.FINISHED
+        assert seen
+        assert set(seen) == {default // 2}
+        assert torch.get_num_threads() == default  # this thread's are untouched
+    finally:
+        manager.stop_all()
+        torch.set_num_threads(default)  # threads started later get the default again
+
+
 def feed(rate: StepRate, t0: float, t1: float, steps_per_s: float, step0: int) -> int:
     """Report steps at ``steps_per_s`` from t0 to t1, every 0.1 s (like a job's per-step
     calls); returns the step reached."""
