@@ -58,13 +58,15 @@ TICKS = os.sysconf("SC_CLK_TCK")
 TIMEOUT_S = 900.0  # a bound on each wait, not a measurement
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (also used by the end-to-end tests' server)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether the Streamlit server at ``url`` answers its health check with "ok"."""
     try:
         with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
             return response.read().decode().strip() == "ok"
@@ -140,7 +142,7 @@ def cli_run(cfg: RunConfig, runs: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def streamlit_server(runs: Path, log: Path) -> Iterator[tuple[str, int]]:
     """``streamlit run app.py`` on a free port with its runs in ``runs``; (url, pid)."""
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
         "--server.port", str(port), "--server.address", "127.0.0.1",
@@ -151,7 +153,7 @@ def streamlit_server(runs: Path, log: Path) -> Iterator[tuple[str, int]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait(lambda: proc.poll() is not None or _healthy(url), "the server", 120, 0.25)
+        _wait(lambda: proc.poll() is not None or healthy(url), "the server", 120, 0.25)
         if proc.poll() is not None:
             raise RuntimeError(f"streamlit exited: {log.read_text()[-2000:]}")
         yield url, proc.pid

@@ -7,16 +7,15 @@ instead, so a missing browser cannot silently turn the suite green.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dml_core.bench.app_speed import free_port, healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -51,20 +50,6 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read().decode().strip() == "ok"
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def sync_playwright_cls():
     """Playwright's sync entry point and the browser binary, or skip (fail in CI)."""
@@ -80,7 +65,7 @@ def sync_playwright_cls():
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Iterator[ServerUrl]:
     """``streamlit run app.py`` on a free localhost port, runs in a temporary directory."""
-    port = _free_port()
+    port = free_port()
     runs_dir = tmp_path_factory.mktemp("e2e-runs")
     log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
     env = {**os.environ, "DML_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
@@ -102,7 +87,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Ite
         url.pid = proc.pid
         try:
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
-            while not _healthy(url):
+            while not healthy(url):
                 if proc.poll() is not None:
                     pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()}")
                 if time.monotonic() > deadline:
