@@ -31,7 +31,7 @@ from dml_core.config import RunConfig
 from dml_core.runs import RunStore
 from dml_core.services.jobs import TrainingJob
 from dml_core.snapshot import Snapshot
-from tests.fault_runs import KINDS, final_name
+from tests.fault_runs import KINDS, TEST_THREADS, final_name
 
 armed = threading.Event()  # set once the run reaches --step
 fired = threading.Event()  # the phase was announced (once)
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--run-id")
     parser.add_argument("--cli", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    torch.set_num_threads(2)  # as the test process (conftest): the same sums, the same weights
+    torch.set_num_threads(TEST_THREADS)  # as fault_runs.train: the same sums, the same weights
     install(args.phase, args.file, args.step)
     if args.cli is not None:
         from dml_core import cli  # only here: it imports the export and figure modules

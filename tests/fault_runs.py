@@ -28,6 +28,8 @@ from dml_core.config import RunConfig, make_config
 from dml_core.runs import RunStore
 from dml_core.services.jobs import TrainingJob, resumable
 
+TEST_THREADS = 2  # torch threads of every fault-test training (fault_child sets the same)
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("fault_child.py")
 STEPS, EVERY, MIDWAY = 60, 15, 30  # the run, its snapshot interval, where faults strike
@@ -85,7 +87,9 @@ def train(store: RunStore, run_id: str, *, resume: bool = False, check: bool = T
     """
     record = resumable(store, run_id) if resume and check else store.load(run_id)
     cfg = record.config
-    job = TrainingJob(cfg, store, run_id, resume=resume)
+    # two threads, as the fault child and conftest: the same float sums in every process,
+    # whatever thread count an earlier test in this process left behind
+    job = TrainingJob(cfg, store, run_id, resume=resume, threads=TEST_THREADS)
     job.start()
     job.join()
     return job

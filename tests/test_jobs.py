@@ -179,6 +179,11 @@ def test_manager_jobs_share_the_cpu_threads(
         assert seen
         assert set(seen) == {default // 2}
         assert torch.get_num_threads() == default  # this thread's are untouched
+        later: list[int] = []  # a thread started after the job: torch's count is process-wide
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [default]  # the job gave its threads back when it ended
     finally:
         manager.stop_all()
         torch.set_num_threads(default)  # threads started later get the default again

@@ -313,16 +313,24 @@ class TrainingJob:
         return not self._stop.is_set()
 
     def _run(self) -> None:
+        # torch.set_num_threads is process-wide in effect: it also sets the count that every
+        # thread adopts at its first parallel op. So the job's count is undone when it ends;
+        # kept, it would slow (and change the float sums of) everything the process runs later.
+        previous = torch.get_num_threads()
         if self.threads is not None:
-            torch.set_num_threads(self.threads)  # this thread's, and those it starts
-        train_and_save(
-            self.cfg,
-            self.store,
-            self.run_id,
-            resume=self.resume_from_checkpoint,
-            control=self._control,
-            update=self._update,
-        )
+            torch.set_num_threads(self.threads)
+        try:
+            train_and_save(
+                self.cfg,
+                self.store,
+                self.run_id,
+                resume=self.resume_from_checkpoint,
+                control=self._control,
+                update=self._update,
+            )
+        finally:
+            if self.threads is not None:
+                torch.set_num_threads(previous)
 
 
 def resumable(store: RunStore, run_id: str) -> RunRecord:
