@@ -12,18 +12,28 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dml_core import budgets
+from dml_core.config_data import CLASS_LEVEL_HINT as CLASS_LEVEL_HINT
+from dml_core.config_data import (
+    check_data_settings,
+    check_user_dataset,
+    dataset_value,
+    fit_to_data,
+    is_builtin,
+)
+from dml_core.config_data import check_views as check_views
 from dml_core.config_text import describe_config as describe_config
 from dml_core.config_text import differing_labels as differing_labels
 from dml_core.config_text import flat_settings as flat_settings
 from dml_core.config_text import params_text as params_text
 from dml_core.config_text import views_text as views_text
 from dml_core.config_text import widget_values as widget_values
-from dml_core.data import DATASETS, OPEN_SET_TRAIN_CLASSES, Dataset
+from dml_core.data import DATASETS, OPEN_SET_TRAIN_CLASSES, Dataset, load_for_config
 from dml_core.errors import ConfigError, field_bounds, validate
 from dml_core.registry import LOSSES, MINERS, Entry
+from dml_core.user_data import COLORS, IMAGE_SIZES
 
 CLASSES_PER_DATASET = 10
 
@@ -31,9 +41,10 @@ CLASSES_PER_DATASET = 10
 EMBEDDING_DIMS = (2, 3, 4, 8, 16, 32, 64, 128, 256, 512)
 """The embedding dimensions offered in the app (any D in [2, 512] is valid)."""
 
-SECTIONS = ("data", "batch", "more", "views")
+SECTIONS = ("data", "batch", "more", "views", "your_data")
 """Groups of run settings, in the order the Train sidebar shows them (loss and miner between;
-``views``, the augmentation strengths, only when ``supervision`` is ``views``)."""
+``views``, the augmentation strengths, only when ``supervision`` is ``views``; ``your_data``,
+how a user's images are read, drawn by ``pages/your_data.py`` beside its path input)."""
 
 
 def _ui(section: str, **hints: Any) -> dict[str, Any]:
@@ -53,6 +64,8 @@ class RunConfig(BaseModel):
     dataset: Literal[DATASETS] = Field(  # type: ignore[valid-type]
         "digits", title="Dataset", description="the images to embed", json_schema_extra=_ui("data")
     )
+    """A built-in name (the Literal: the page's picker and the CLI help list them) or the path
+    of a user's image folder or feature table, admitted by :meth:`_dataset_or_path`."""
     split: Literal["standard", "open-set"] = Field(
         "standard",
         title="Split",
@@ -158,6 +171,24 @@ class RunConfig(BaseModel):
         description="where to train",
         json_schema_extra=_ui("more", horizontal=True),
     )
+    image_size: Literal[IMAGE_SIZES] = Field(  # type: ignore[valid-type]
+        28,
+        title="Image size",
+        description="your images are centre-cropped to a square and resized to this side",
+        json_schema_extra=_ui("your_data", horizontal=True),
+    )
+    color: Literal[COLORS] = Field(  # type: ignore[valid-type]
+        "gray",
+        title="Colour",
+        description="read your images as grayscale (1 channel) or RGB (3 channels)",
+        json_schema_extra=_ui("your_data", horizontal=True),
+    )
+    skip_bad_files: bool = Field(
+        False,
+        title="Skip unreadable images",
+        description="skip (and count) images that cannot be decoded instead of refusing the folder",
+        json_schema_extra=_ui("your_data"),
+    )
     crop_scale: float = Field(
         0.5,
         gt=0,
@@ -193,6 +224,15 @@ class RunConfig(BaseModel):
         json_schema_extra=_ui("views"),
     )
 
+    @field_validator("dataset", mode="plain")
+    @classmethod
+    def _dataset_or_path(cls, value: Any) -> str:
+        """A built-in name, or an existing folder / data file path (made absolute)."""
+        try:
+            return dataset_value(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
     @property
     def batch_size(self) -> int:
         """P * K."""
@@ -215,20 +255,27 @@ class RunConfig(BaseModel):
 
 
 def train_class_count(dataset: str, split: str) -> int:
-    """How many classes the training part of a split has (all datasets have 10)."""
+    """How many classes the training part of a split has (all built-in datasets have 10)."""
     return len(OPEN_SET_TRAIN_CLASSES) if split == "open-set" else CLASSES_PER_DATASET
 
 
 def make_config(**values: Any) -> RunConfig:
-    """Build a RunConfig from untrusted values; every problem is a one-sentence ConfigError."""
+    """Build a RunConfig from untrusted values; every problem is a one-sentence ConfigError.
+
+    A user's path is checked for existence and kind only; its data is read by
+    :func:`config_for_data`, which also adapts P and K that were not given.
+    """
+    if "dataset" in values:
+        values = {**values, "dataset": dataset_value(values["dataset"])}
     cfg: RunConfig = validate(RunConfig, values, "the run config")
+    check_data_settings(cfg)
     loss_params = dict(cfg.loss_entry.validate(**cfg.loss_params).model_dump())
     miner_params = dict(cfg.miner_entry.validate(**cfg.miner_params).model_dump())
     if cfg.supervision == "views":
         check_views(cfg, loss_params)
         return cfg.model_copy(update={"loss_params": loss_params, "miner_params": miner_params})
     classes = train_class_count(cfg.dataset, cfg.split)
-    if cfg.classes_per_batch > classes:
+    if is_builtin(cfg.dataset) and cfg.classes_per_batch > classes:
         raise ConfigError(
             f"The 'classes_per_batch' (P) parameter must be at most {classes}: the {cfg.split} "
             f"split of {cfg.dataset} trains on {classes} classes. Got {cfg.classes_per_batch}."
@@ -239,39 +286,6 @@ def make_config(**values: Any) -> RunConfig:
             f"with K = 1 a batch has no positive pairs. Got {cfg.samples_per_class}."
         )
     return cfg.model_copy(update={"loss_params": loss_params, "miner_params": miner_params})
-
-
-CLASS_LEVEL_HINT = "per_class"
-"""A loss parameter whose field declares ``json_schema_extra={"per_class": True}`` makes the
-loss learn something per class when true (the margin loss's ``per_class_beta``)."""
-
-
-def check_views(cfg: RunConfig, loss_params: dict[str, Any]) -> None:
-    """Refuse, in one sentence, what label-free (``views``) training cannot do.
-
-    Each batch holds P * K / 2 images x 2 views, whose labels are image ids: a loss that
-    learns one weight per class (``Entry.kind == "classes"``, or a parameter declared
-    per-class and switched on) has no classes to learn, and the views must pair up.
-    """
-    entry = cfg.loss_entry
-    if entry.kind == "classes":
-        raise ConfigError(
-            f"The {cfg.loss} loss learns one weight per class, so it needs 'supervision' = "
-            "'labels'; with 'views' use a pair or triplet loss such as ntxent."
-        )
-    for name, field in entry.params.model_fields.items():
-        hints = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if hints.get(CLASS_LEVEL_HINT) and loss_params.get(name):
-            raise ConfigError(
-                f"The '{name}' parameter of {cfg.loss} learns a value per class, so it must be "
-                "off with 'supervision' = 'views' (no classes). Got True."
-            )
-    if cfg.batch_size % 2:
-        raise ConfigError(
-            "With 'supervision' = 'views' a batch is P x K / 2 images x 2 views, so "
-            "'classes_per_batch' (P) x 'samples_per_class' (K) must be even. "
-            f"Got {cfg.classes_per_batch} x {cfg.samples_per_class}."
-        )
 
 
 TRAINING_MEMORY = 4 * budgets.GB
@@ -297,8 +311,11 @@ def check_against_dataset(cfg: RunConfig, dataset: Dataset) -> None:
     """Checks that need the data, then the memory budget (``check_budget``).
 
     The batch must be fillable without repeating samples (with ``views``: P x K / 2 distinct
-    images), and its mining must fit in memory.
+    images), and its mining must fit in memory. A user's data is checked first by
+    ``config_data.check_user_dataset`` (its messages name the class and a K that works).
     """
+    if not is_builtin(cfg.dataset):
+        check_user_dataset(cfg, dataset)
     if cfg.supervision == "views":
         if cfg.images_per_batch > len(dataset.train):
             raise ConfigError(
@@ -322,6 +339,24 @@ def check_against_dataset(cfg: RunConfig, dataset: Dataset) -> None:
             f"smallest class of {dataset.name} ({cfg.split}). Got {cfg.samples_per_class}."
         )
     check_budget(cfg)
+
+
+def config_for_data(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
+    """Load the run's data, adapt the P and K not given to it, and check the config against it.
+
+    What every new run goes through before its run directory exists (CLI and Train page).
+
+    Returns:
+        the config to run (``config_data.fit_to_data``) and the loaded dataset.
+
+    Raises:
+        DatasetError: the data cannot be loaded or cannot fill a batch (one sentence).
+        ConfigError: the settings do not fit the data.
+    """
+    dataset = load_for_config(cfg)
+    cfg = fit_to_data(cfg, dataset)
+    check_against_dataset(cfg, dataset)
+    return cfg, dataset
 
 
 LOSS_MARGIN_FIELDS = ("margin", "neg_margin")

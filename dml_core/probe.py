@@ -190,16 +190,20 @@ class ProbeMeter:
     Args:
         cfg: the run's config (probe size and seed).
         query: the split the probe is drawn from (the test split).
+        num_classes: rows of a class-level loss's weights (the trainer's); None: the
+            built-in dataset's training classes (``config.train_class_count``).
     """
 
-    def __init__(self, cfg: RunConfig, query: Split) -> None:
+    def __init__(self, cfg: RunConfig, query: Split, num_classes: int | None = None) -> None:
         probe = make_probe_indices(query.y.numpy(), cfg.probe_size, cfg.seed)
-        self.x = query.x[probe]  # (n, 1, H, W)
+        self.x = query.x[probe]  # (n, C, H, W) or (n, d)
         self.y = query.y[probe]  # (n,)
         self.geometry_rows = geometry_subset(self.y.numpy(), cfg.seed)  # None: every point
         self.initial_mean_distance: float | None = None
         self.initial_rank: float | None = None  # the untrained net's effective rank
-        self.num_classes = train_class_count(cfg.dataset, cfg.split)  # rows of class weights
+        if num_classes is None:
+            num_classes = train_class_count(cfg.dataset, cfg.split)
+        self.num_classes = num_classes  # rows of class weights
         self._pair_gen = torch.Generator().manual_seed(cfg.seed)
 
     def measure(

@@ -18,7 +18,7 @@ import torch
 
 from dml_core.augment import Augmentation
 from dml_core.config import RunConfig, check_against_dataset
-from dml_core.data import Dataset, load_dataset
+from dml_core.data import Dataset, load_for_config
 from dml_core.devices import CudaHealth, host_copy, synchronize
 from dml_core.evaluation import Evaluation, embed, evaluate
 from dml_core.fast_paths import (
@@ -102,10 +102,10 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.device, self.device_note = resolve_device(cfg.device)
-        self.data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.split)
+        self.data = dataset if dataset is not None else load_for_config(cfg)
         check_against_dataset(cfg, self.data)
         train_x = self.data.train.x
-        self.train_x = train_x.to(self.device)  # (N, 1, H, W) uint8, resident on the device
+        self.train_x = train_x.to(self.device)  # (N, C, H, W) uint8 or (N, d), on the device
         self.train_y = self.data.train.y.to(self.device)  # (N,)
         pixels = train_x.float()
         context = {
@@ -117,7 +117,7 @@ class Trainer:
         with seeded(cfg.seed):
             net = build_net(
                 cfg.net,
-                self.data.image_shape,
+                self.data.input_shape,
                 cfg.embedding_dim,
                 cfg.normalize,
                 float(pixels.mean()),
@@ -133,7 +133,7 @@ class Trainer:
         self.autocast = (
             "bf16" in fast
             and native_bf16(self.device)
-            and macs_per_sample(self.net, self.data.image_shape) >= BF16_MIN_MACS
+            and macs_per_sample(self.net, self.data.input_shape) >= BF16_MIN_MACS
         )
         params = list(self.net.parameters()) + list(self.loss.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused="fused_adam" in fast or None)
@@ -147,7 +147,7 @@ class Trainer:
             self.sampler = PKSampler(
                 self.train_y, cfg.classes_per_batch, cfg.samples_per_class, cfg.seed
             )
-        self.probe = ProbeMeter(cfg, self.data.query)
+        self.probe = ProbeMeter(cfg, self.data.query, context["num_classes"])
         self.step = 0
         self.elapsed = 0.0
         self.resume_note = ""

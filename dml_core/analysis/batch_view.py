@@ -25,7 +25,8 @@ from torch import Tensor
 
 from dml_core import budgets
 from dml_core.config import check_against_dataset, loss_margin_field, make_config
-from dml_core.data import load_dataset
+from dml_core.config_data import dataset_value
+from dml_core.data import load_for_config
 from dml_core.errors import ConfigError
 from dml_core.evaluation import embed
 from dml_core.geometry import l2_normalize, pairwise_distances
@@ -40,6 +41,7 @@ from dml_core.tuples import (
     to_triplets,
     triplet_kinds,
 )
+from dml_core.user_data.for_runs import thumbnails
 
 SAMPLING_METHODS = ("uniform", "semi_hard", "hard", "batch_hard", "distance_weighted")
 GRADIENT_NOISE = 0.1  # expected norm of the embedding noise in the gradient-variance estimate
@@ -104,7 +106,8 @@ def draw_batch(
     """Draw one P x K batch of ``dataset``'s training part and embed it.
 
     Args:
-        dataset: a name from ``data.DATASETS``. A saved run must have been trained on it.
+        dataset: a name from ``data.DATASETS`` or a user's data path (the standard split).
+            A saved run must have been trained on it.
         P: classes in the batch (2 .. number of classes).
         K: samples per class (2 .. the smallest class); K = 1 leaves no positive.
         seed: seeds the sampler and, for an untrained net, the weights.
@@ -116,17 +119,17 @@ def draw_batch(
     if isinstance(net_source, SavedRun):
         store = RunStore(net_source.runs_dir)
         cfg = store.load(net_source.run_id).config
-        if cfg.dataset != dataset:
+        if cfg.dataset != dataset_value(dataset):
             raise ConfigError(
                 f"The 'dataset' parameter must be {cfg.dataset!r}, the data run "
                 f"{net_source.run_id} was trained on. Got {dataset!r}."
             )
-        data = load_dataset(cfg.dataset, cfg.split)
+        data = load_for_config(cfg)
     else:
         if net_source.net not in NETS:
             raise ConfigError(f"The 'net' parameter must be one of {NETS}. Got {net_source.net!r}.")
         cfg = make_config(dataset=dataset, net=net_source.net, embedding_dim=net_source.dim)
-        data = load_dataset(dataset, "standard")
+        data = load_for_config(cfg)
     if K < 2:
         raise ConfigError(
             f"The 'K' parameter must be at least 2: with K = {K} no anchor has a positive, so "
@@ -146,7 +149,7 @@ def draw_batch(
     pixels = data.train.x.float()  # mean / std as Trainer uses (a checkpoint overwrites them)
     mean, std = float(pixels.mean()), float(pixels.std())
     net = build_net(
-        cfg.net, data.image_shape, cfg.embedding_dim, cfg.normalize, mean, std, seed=seed
+        cfg.net, data.input_shape, cfg.embedding_dim, cfg.normalize, mean, std, seed=seed
     )
     if isinstance(net_source, SavedRun):
         net.load_state_dict(store.load_checkpoint(net_source.run_id)["net"])
@@ -160,7 +163,7 @@ def draw_batch(
     return Batch(
         emb.numpy().astype(np.float32),
         data.train.y[idx].numpy(),
-        data.train.x[idx, 0].numpy(),
+        thumbnails(data.train.x[idx]),
         tuple(data.class_names),
         source,
     )

@@ -31,11 +31,12 @@ import torch
 
 from dml_core import metrics
 from dml_core.config import RunConfig
-from dml_core.data import Dataset, Split, load_dataset
+from dml_core.data import Dataset, Split, load_for_config
 from dml_core.evaluation import embed
 from dml_core.nets import Embedder, build_net
 from dml_core.runs import RunEmbeddings, RunStore
 from dml_core.snapshot import make_probe_indices
+from dml_core.user_data.for_runs import gray_pictures, is_table, sample_captions
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHUNK = 1024  # queries whose distances to all references are held at once
@@ -55,7 +56,7 @@ def runs_with_checkpoint(store: RunStore) -> list[str]:
 def load_run_data(store: RunStore, run_id: str) -> tuple[RunConfig, Dataset]:
     """The run's config and its dataset (no net: what the page needs to show images)."""
     cfg = store.load(run_id).config
-    return cfg, load_dataset(cfg.dataset, cfg.split)
+    return cfg, load_for_config(cfg)
 
 
 def index_is_cheap(dataset: Dataset) -> bool:
@@ -70,7 +71,7 @@ def load_run_model(store: RunStore, run_id: str) -> tuple[RunConfig, Embedder, D
     (``mean``, ``std``) are buffers and come back with the weights.
     """
     cfg, dataset = load_run_data(store, run_id)
-    net = build_net(cfg.net, dataset.image_shape, cfg.embedding_dim, cfg.normalize)
+    net = build_net(cfg.net, dataset.input_shape, cfg.embedding_dim, cfg.normalize)
     state = store.load_checkpoint(run_id)
     net.load_state_dict(state["net"])
     return cfg, net.eval(), dataset
@@ -265,6 +266,29 @@ def probe_query_indices(cfg: RunConfig, dataset: Dataset) -> np.ndarray:
 
 
 def images(split: Split, indices: np.ndarray | list[int]) -> np.ndarray:
-    """Images of ``split`` at ``indices`` as uint8 (n, H, W), for display."""
+    """Images of ``split`` at ``indices`` as uint8 (n, H, W), for display (RGB as luminance).
+
+    Raises:
+        ValueError: the split holds feature vectors (a table): show :func:`captions` instead.
+    """
     idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
-    return split.x[idx, 0].numpy().astype(np.uint8)  # (n, H, W)
+    return gray_pictures(split.x[idx])  # (n, H, W)
+
+
+def has_images(dataset: Dataset) -> bool:
+    """Whether the samples are images (thumbnails) rather than a table's rows (captions)."""
+    return not is_table(dataset)
+
+
+def captions(dataset: Dataset, part: str, indices: np.ndarray | list[int]) -> list[str]:
+    """A caption per sample, where it comes from and its class (``user_data.sample_captions``).
+
+    ``row 12: beta`` for a table, ``circle/003.png: circle`` for a user's image, the class
+    name for a built-in image.
+
+    Args:
+        dataset: the run's data.
+        part: ``query`` or ``reference`` (or ``train``).
+        indices: indices into that part.
+    """
+    return sample_captions(dataset, part, indices)

@@ -4,7 +4,7 @@
   Projector (Smilkov et al., Embedding Projector: Interactive Visualization and
   Interpretation of Embeddings, NIPS 2016 workshop): ``tensors.tsv`` (n rows of D
   tab-separated floats), ``metadata.tsv`` (a ``label<TAB>class_name`` header, then n rows),
-  ``sprite.png`` (the probe images in a square grid, row-major) and
+  ``sprite.png`` (the probe images in a square grid, row-major; none for a feature table) and
   ``projector_config.pbtxt`` tying them together. Load the folder with
   ``tensorboard --logdir DIR`` or upload the TSVs to projector.tensorflow.org.
 - ``export_metrics_csv``: the run's history, one row per snapshot.
@@ -36,16 +36,19 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from PIL import Image, ImageDraw
 
 from dml_core.analysis.retrieval import build_index
-from dml_core.data import DIGIT_NAMES, FASHION_NAMES, load_dataset
+from dml_core.config import RunConfig, make_config
+from dml_core.data import DATASETS, DIGIT_NAMES, FASHION_NAMES, load_for_config
 from dml_core.errors import ConfigError
 from dml_core.figures.style import class_color
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import Method, Projector
 from dml_core.runs import EMBEDDINGS_FILE, RunStore, atomic_write_bytes
 from dml_core.snapshot import Snapshot, make_probe_indices
+from dml_core.user_data.for_runs import is_table, thumbnails
 
 FORMATS = ("projector", "csv", "html", "gif", "embeddings")
 MIN_SPRITE_CELL = 24  # px: tiny images (digits are 8x8) are enlarged to at least this
@@ -60,9 +63,18 @@ def resolve_run(store: RunStore, run: str | os.PathLike) -> tuple[RunStore, str]
     return store, str(run)
 
 
-def class_names_of(dataset: str) -> tuple[str, ...]:
-    """Class names by label, without loading the data."""
-    return FASHION_NAMES if dataset == "fashion-mnist" else DIGIT_NAMES
+def class_names_of(dataset: str | RunConfig) -> tuple[str, ...]:
+    """Class names by label: a built-in dataset's without loading it, a user's from its data.
+
+    Args:
+        dataset: a run's config, or its ``dataset`` (a user's path is then read with the
+            default image settings: pass the config to reuse the run's cached arrays).
+    """
+    name = dataset.dataset if isinstance(dataset, RunConfig) else dataset
+    if name in DATASETS:
+        return FASHION_NAMES if name == "fashion-mnist" else DIGIT_NAMES
+    cfg = dataset if isinstance(dataset, RunConfig) else make_config(dataset=name)
+    return load_for_config(cfg).class_names
 
 
 def _snapshot(store: RunStore, run_id: str, step: int | None) -> Snapshot:
@@ -79,11 +91,14 @@ def _snapshot(store: RunStore, run_id: str, step: int | None) -> Snapshot:
 def probe_images(store: RunStore, run_id: str, snap: Snapshot) -> np.ndarray:
     """The probe images of a run, (n, H, W) uint8, in the order of ``snap.probe_emb``.
 
+    RGB images are shown as luminance; a feature table's rows as blank tiles
+    (``user_data.thumbnails``).
+
     The Trainer embeds ``query[make_probe_indices(query.y, probe_size, seed)]``; the same
     indices are recomputed here and their labels checked against the snapshot's.
     """
     cfg = store.load(run_id).config
-    query = load_dataset(cfg.dataset, cfg.split).query
+    query = load_for_config(cfg).query
     idx = make_probe_indices(query.y.numpy(), cfg.probe_size, cfg.seed)  # (n,)
     labels = query.y.numpy()[idx]
     if not np.array_equal(labels, snap.probe_labels):
@@ -91,7 +106,7 @@ def probe_images(store: RunStore, run_id: str, snap: Snapshot) -> np.ndarray:
             f"The probe images of {run_id!r} cannot be recovered: the dataset's labels differ "
             "from the snapshot's (was the dataset changed since the run?)."
         )
-    return query.x.numpy()[idx, 0]  # (n, H, W)
+    return thumbnails(query.x[torch.from_numpy(idx)])  # (n, H, W)
 
 
 def sprite_image(images: np.ndarray) -> tuple[Image.Image, int]:
@@ -121,12 +136,14 @@ def _png_bytes(image: Image.Image) -> bytes:
 def projector_files(store: RunStore, run_id: str, step: int | None = None) -> dict[str, bytes]:
     """The Projector files of one snapshot, by file name (see the module docstring)."""
     snap = _snapshot(store, run_id, step)
-    names = class_names_of(store.load(run_id).config.dataset)
+    cfg = store.load(run_id).config
+    names = class_names_of(cfg)
     emb = np.asarray(snap.probe_emb, dtype=np.float32)  # (n, D)
     tensors = "\n".join("\t".join(f"{v:.6g}" for v in row) for row in emb) + "\n"
     meta_rows = [f"{int(y)}\t{names[int(y)]}" for y in snap.probe_labels]
     metadata = "\n".join(["label\tclass_name", *meta_rows]) + "\n"
-    sprite, cell = sprite_image(probe_images(store, run_id, snap))
+    pictures = not is_table(load_for_config(cfg))  # a feature table's rows have no sprite
+    sprite, cell = sprite_image(probe_images(store, run_id, snap)) if pictures else (None, 0)
     config = (
         "embeddings {\n"
         f'  tensor_name: "{run_id}_step{snap.step}"\n'
@@ -134,19 +151,19 @@ def projector_files(store: RunStore, run_id: str, step: int | None = None) -> di
         f"  tensor_shape: {emb.shape[1]}\n"
         '  tensor_path: "tensors.tsv"\n'
         '  metadata_path: "metadata.tsv"\n'
-        "  sprite {\n"
-        '    image_path: "sprite.png"\n'
-        f"    single_image_dim: {cell}\n"
-        f"    single_image_dim: {cell}\n"
-        "  }\n"
-        "}\n"
     )
-    return {
-        "tensors.tsv": tensors.encode(),
-        "metadata.tsv": metadata.encode(),
-        "sprite.png": _png_bytes(sprite),
-        "projector_config.pbtxt": config.encode(),
-    }
+    if sprite is not None:
+        config += (
+            "  sprite {\n"
+            '    image_path: "sprite.png"\n'
+            f"    single_image_dim: {cell}\n"
+            f"    single_image_dim: {cell}\n"
+            "  }\n"
+        )
+    files = {"tensors.tsv": tensors.encode(), "metadata.tsv": metadata.encode()}
+    if sprite is not None:
+        files["sprite.png"] = _png_bytes(sprite)
+    return files | {"projector_config.pbtxt": (config + "}\n").encode()}
 
 
 def export_projector(
@@ -285,7 +302,7 @@ def _title(snap: Snapshot) -> str:
 def animation_html_bytes(store: RunStore, run_id: str, method: Method = "pca") -> bytes:
     """The training animation as a self-contained HTML page (plotly frames), as bytes."""
     store, run_id = resolve_run(store, run_id)
-    names = class_names_of(store.load(run_id).config.dataset)
+    names = class_names_of(store.load(run_id).config)
     return figure_html(animation_figure(_snapshots(store, run_id), names, method)).encode()
 
 

@@ -105,6 +105,20 @@ def gray_pictures(x: torch.Tensor) -> np.ndarray:
     return luma.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+BLANK_TILE = (8, 8)  # the thumbnail of a table's row, which has no picture
+
+
+def thumbnails(x: torch.Tensor) -> np.ndarray:
+    """Thumbnails ``(n, H, W)`` uint8 of images (:func:`gray_pictures`), or blank tiles.
+
+    A table's rows have no picture, so they get blank :data:`BLANK_TILE` tiles (captions say
+    which row they are).
+    """
+    if x.dim() == 4:
+        return gray_pictures(x)
+    return np.zeros((len(x), *BLANK_TILE), dtype=np.uint8)
+
+
 PARTS = ("train", "reference", "query")
 
 
