@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -277,3 +280,26 @@ def test_stop_all_cancels_queued_jobs(tmp_path: Path) -> None:
     manager.stop_all()
     assert manager.get(second).done
     assert store.status(second)["state"] is RunState.STOPPED
+
+
+def test_a_local_manager_imports_no_ray(tmp_path: Path) -> None:
+    """Without ``DML_RAY_ADDRESS`` the manager trains here and Ray stays an optional extra.
+
+    Catches: ``services.ray_jobs`` (hence ``ray``) imported by the job manager whatever the
+    address, which would make Ray a dependency of every app. Checked in a fresh process: the
+    test session may have imported Ray for the Ray tests.
+    """
+    code = (
+        "import sys; from dml_core.services.jobs import JobManager; "
+        "from dml_core.runs import RunStore; "
+        f"m = JobManager(RunStore({str(tmp_path)!r})); "
+        "print(m.cluster, m.max_running, 'ray' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DML_RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    cluster, slots, imported = out.stdout.split()
+    assert (cluster, imported) == ("None", "False")
+    assert int(slots) in (1, 2)

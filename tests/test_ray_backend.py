@@ -21,6 +21,7 @@ import pytest
 from dml_core.config import RunConfig, make_config
 from dml_core.runs import RunState, RunStore
 from dml_core.services import jobs
+from dml_core.services.job_manager import JobManager
 from dml_core.services.sweep_runner import SweepRunner, make_executor
 from dml_core.sweep_cli import main
 from dml_core.sweeps import SweepState, SweepStore, build_sweep
@@ -195,3 +196,114 @@ def test_killed_worker_leaves_run_resumable_and_sweep_resumes(
     final = reference.status("uninterrupted")["final_metrics"]
     assert resumed["map_at_r"] == final["map_at_r"]
     assert resumed["precision_at_1"] == final["precision_at_1"]
+
+
+@pytest.fixture
+def ray_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobManager]:
+    """The app's job manager with ``DML_RAY_ADDRESS`` set (this process's Ray instance)."""
+    monkeypatch.setenv("DML_RAY_ADDRESS", "auto")
+    manager = JobManager(RunStore(tmp_path))
+    yield manager
+    manager.close()
+
+
+def test_a_manager_with_a_ray_address_trains_a_single_run_on_a_worker(
+    ray_manager: JobManager,
+) -> None:
+    """A Train-page run submitted to a manager with ``DML_RAY_ADDRESS`` set trains to its end
+    on a Ray worker; its job shows what the worker sent, and the driver wrote every file.
+
+    Catches: the address ignored (the run trains in this process: worker pid = ours, and no
+    ``worker`` recorded), a job whose state never hears the replayed records (it would stay
+    queued and the wait fail), ``done`` before the files are written (final metrics or the
+    last snapshot missing when the job reads finished).
+    """
+    store = ray_manager.store
+    assert ray_manager.cluster is not None
+    assert ray_manager.max_running == 2  # the instance's 2 CPUs, one per run
+    cfg = tiny(steps=20, every=10).model_copy(update={"final_eval": True})
+    run_id = ray_manager.submit(cfg)
+    job = ray_manager.get(run_id)
+    assert job is not None
+    wait_for(lambda: job.done, "the run to end")
+    progress = job.progress()
+    assert (progress.state, progress.step, progress.snapshots) == (RunState.FINISHED, 20, 3)
+    assert job.latest is not None
+    assert job.latest.step == 20
+    status = store.status(run_id)
+    assert status["state"] == RunState.FINISHED
+    assert job.final == status["final_metrics"]
+    assert "map_at_r" in job.final
+    assert status["worker"]["pid"] != os.getpid()
+    assert job.worker == status["worker"]
+    assert status["pid"] == os.getpid()  # the driver: the run is interrupted if it dies
+    assert store.snapshot_steps(run_id) == (0, 10, 20)
+    assert store.load_checkpoint(run_id)["step"] == 20
+    job.join(DEADLINE_S)  # the task's end reported too
+    assert ray_manager.running() == []
+
+
+def test_pause_and_stop_from_the_manager_reach_the_ray_worker(ray_manager: JobManager) -> None:
+    """Pause, resume and stop of a single run go through the channel to its worker.
+
+    Catches: a pause that the worker never hears (state never paused) or that does not hold
+    (new snapshots while paused), a resume that does not release it, a stop that does not
+    reach the worker (the run would train on to 100,000 steps and the deadline fail), a stop
+    that kills instead of stopping (no last snapshot at the stopped step).
+    """
+    store = ray_manager.store
+    run_id = ray_manager.submit(tiny(steps=100_000, every=5))
+    job = ray_manager.get(run_id)
+    assert job is not None
+    wait_for(lambda: job.progress().step >= 5 and job.state is RunState.RUNNING, "5 steps")
+    ray_manager.pause(run_id)
+    wait_for(lambda: job.state is RunState.PAUSED, "the pause")
+    held = store.snapshot_steps(run_id)
+    time.sleep(1.0)  # several order polls (ORDER_EVERY_S = 0.2) of a worker that holds
+    assert store.snapshot_steps(run_id) == held
+    ray_manager.resume(run_id)
+    wait_for(lambda: store.snapshot_steps(run_id)[-1] > held[-1], "training after resume")
+    ray_manager.stop(run_id)
+    wait_for(lambda: job.done, "the stop")
+    job.join(DEADLINE_S)
+    status = store.status(run_id)
+    assert status["state"] == job.state == RunState.STOPPED
+    assert 5 <= status["step"] < 100_000
+    assert store.snapshot_steps(run_id)[-1] == status["step"]
+    assert status["worker"]["pid"] != os.getpid()
+
+
+def test_queue_positions_follow_the_cluster(ray_manager: JobManager) -> None:
+    """Four endless runs on a 2-CPU instance: two train, two wait in Ray's queue at places 1
+    and 2. Stopping a training run lets the first waiting one start (the last moves up);
+    stopping a waiting run cancels it before any worker takes it.
+
+    Catches: positions from the manager's own queue (it hands every run to Ray at once, so
+    all would read None), positions that ignore Ray (all four would train or be queued
+    behind max_running), a stop that does not free the slot, a cancel that still trains.
+    """
+    store = ray_manager.store
+    ids = [ray_manager.submit(tiny(steps=100_000, every=5)) for _ in range(4)]
+
+    def positions() -> list[int | None]:
+        return [ray_manager.queue_position(r) for r in ids]
+
+    def two_training() -> list[str]:
+        going = [r for r in ids if store.status(r).get("step", 0) >= 5]
+        return going if len(going) == 2 else []
+
+    training = wait_for(two_training, "two runs to train")
+    waiting = [r for r in ids if r not in training]
+    wait_for(lambda: sorted(positions(), key=str) == [1, 2, None, None], "the queue")
+    assert [ray_manager.queue_position(r) for r in waiting] == [1, 2]
+    assert {ray_manager.get(r).state for r in waiting} == {RunState.QUEUED}
+    ray_manager.stop(training[0])
+    wait_for(lambda: ray_manager.queue_position(waiting[0]) is None, "the first to start")
+    assert ray_manager.queue_position(waiting[1]) == 1
+    ray_manager.stop(waiting[1])
+    cancelled = ray_manager.get(waiting[1])
+    wait_for(lambda: cancelled.done, "the cancel")
+    assert store.status(waiting[1])["state"] == RunState.STOPPED
+    assert "Cancelled" in store.status(waiting[1])["message"]
+    assert store.snapshot_steps(waiting[1]) == ()
+    assert ray_manager.queue_position(waiting[1]) is None

@@ -1,4 +1,4 @@
-"""Background training: one train-and-save path, a TrainingJob per run, and a JobManager.
+"""Background training: one train-and-save path, and a TrainingJob per run.
 
 ``train_and_save`` is the only code that trains a run into the RunStore: the app's jobs, the
 CLI, the lessons and the tests all go through it. Every snapshot is saved together with a
@@ -6,7 +6,8 @@ checkpoint before it becomes visible, so a crash at any point leaves the last go
 and checkpoint on disk. The final evaluation's embeddings are saved with the run, before its
 final metrics, so no page embeds a finished run's images again. A job runs it in a thread
 with a stop event and a pause gate; it never calls the UI, and pages read copies of its
-state (``progress()``, ``latest``).
+state (``progress()``, ``latest``). The ``JobManager`` of the process lives in
+``services.job_manager`` (importable from here too).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from dml_core.services.progress import Phase, Progress, StepRate
 from dml_core.snapshot import Snapshot
 from dml_core.train import Trainer, TrainingDivergedError
 
-__all__ = ["JobManager", "Phase", "Progress", "StepRate", "TrainingJob", "train_and_save"]
+__all__ = ["Phase", "Progress", "StepRate", "TrainingJob", "train_and_save"]
 
+RAY_ADDRESS_ENV = "DML_RAY_ADDRESS"  # a Ray cluster for the app's runs (services.ray_jobs)
 BUSY = ACTIVE - {RunState.QUEUED}  # jobs that hold one of the manager's slots
 STATUS_FIELDS = ("state", "phase", "message", "device", "step")  # mirrored in status.json
 FINAL_EVALUATION_NOTE = "Final evaluation: every test image against every train image…"
@@ -346,107 +348,10 @@ def resumable(store: RunStore, run_id: str) -> RunRecord:
     return record
 
 
-class JobManager:
-    """All training jobs of the process, with at most ``max_running`` at once (others queue).
+def __getattr__(name: str) -> Any:
+    """``JobManager`` lives in ``services.job_manager`` (which imports this module)."""
+    if name == "JobManager":
+        from dml_core.services.job_manager import JobManager
 
-    Args:
-        store: where runs are saved.
-        max_running: concurrent jobs (default: 1 on a GPU, 2 on CPU).
-    """
-
-    def __init__(self, store: RunStore, max_running: int | None = None) -> None:
-        self.store = store
-        self.max_running = max_running or (1 if torch.cuda.is_available() else 2)
-        # Jobs share the CPU with each other, the page reruns, the UMAP process and often the
-        # browser: each job gets its part of torch's threads, never the whole CPU. An OpenMP
-        # team whose threads get preempted waits for them at every op: in the app on 2 cores
-        # training ran 4.6x faster with 1 thread than with 2 (bench/app_speed.py).
-        self.threads = max(1, torch.get_num_threads() // self.max_running)
-        self._jobs: dict[str, TrainingJob] = {}
-        self._queue: list[str] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._scheduler = threading.Thread(target=self._schedule, name="job-scheduler", daemon=True)
-        self._scheduler.start()
-
-    def submit(self, cfg: RunConfig, run_id: str | None = None) -> str:
-        """Create the run on disk and queue its job; returns the run id."""
-        run_id = self.store.create(cfg, run_id)
-        self._enqueue(TrainingJob(cfg, self.store, run_id, threads=self.threads))
-        return run_id
-
-    def pause(self, run_id: str) -> None:
-        """Pause the run's job, if it is training here."""
-        job = self.get(run_id)
-        if job is not None:
-            job.pause()
-
-    def resume(self, run_id: str) -> None:
-        """Continue a paused job, or queue an interrupted or stopped run from its checkpoint."""
-        job = self.get(run_id)
-        if job is not None and job.state is RunState.PAUSED:
-            job.resume()
-            return
-        record = resumable(self.store, run_id)
-        self.store.set_status(run_id, state=RunState.QUEUED, message="", pid=os.getpid())
-        job = TrainingJob(record.config, self.store, run_id, resume=True, threads=self.threads)
-        self._enqueue(job)
-
-    def _enqueue(self, job: TrainingJob) -> None:
-        with self._lock:
-            self._jobs[job.run_id] = job
-            self._queue.append(job.run_id)
-        self._wake.set()
-
-    def get(self, run_id: str) -> TrainingJob | None:
-        """The job of a run started in this process, if any."""
-        with self._lock:
-            return self._jobs.get(run_id)
-
-    def queue_position(self, run_id: str) -> int | None:
-        """1-based place in the queue, or None when not queued."""
-        with self._lock:
-            return self._queue.index(run_id) + 1 if run_id in self._queue else None
-
-    def running(self) -> list[str]:
-        """Ids of jobs currently starting, running or paused."""
-        with self._lock:
-            return [r for r, j in self._jobs.items() if j.state in BUSY]
-
-    def stop(self, run_id: str) -> None:
-        """Stop a running job, or take a queued one off the queue."""
-        with self._lock:
-            job = self._jobs.get(run_id)
-            queued = run_id in self._queue
-            if queued:
-                self._queue.remove(run_id)
-        if job is None:
-            return
-        if queued:
-            job.cancel()
-        else:
-            job.stop()
-
-    def stop_all(self, timeout: float = 10.0) -> None:
-        """Stop every job (at shutdown) and wait for them."""
-        with self._lock:
-            jobs = list(self._jobs.values())
-            queued = [self._jobs[r] for r in self._queue]
-            self._queue.clear()
-        for job in queued:
-            job.cancel()
-        for job in jobs:
-            job.stop()
-        for job in jobs:
-            job.join(timeout)
-
-    def _schedule(self) -> None:
-        while True:
-            self._wake.wait(timeout=0.5)
-            self._wake.clear()
-            with self._lock:
-                busy = sum(j.state in BUSY for j in self._jobs.values())
-                while self._queue and busy < self.max_running:
-                    self._jobs[self._queue.pop(0)].start()
-                    busy += 1
-            time.sleep(0.05)
+        return JobManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,10 +37,9 @@ import dml_core
 from dml_core.config import RunConfig
 from dml_core.errors import ConfigError
 from dml_core.runs import RunState, RunStore
-from dml_core.services.jobs import train_and_save
+from dml_core.services.jobs import RAY_ADDRESS_ENV, train_and_save
 from dml_core.services.sweep_runner import RunTask, worker_info
 
-RAY_ADDRESS_ENV = "DML_RAY_ADDRESS"
 GPU_SHARE = 0.25
 """GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
 ORDER_EVERY_S = 0.2
@@ -350,6 +349,11 @@ class RayExecutor:
         """1-based place among this driver's runs that no worker took yet, or None."""
         with self._lock:
             return self._waiting.index(run_id) + 1 if run_id in self._waiting else None
+
+    def waiting(self) -> int:
+        """How many of this driver's runs no worker took yet."""
+        with self._lock:
+            return len(self._waiting)
 
     def wait(self, timeout: float) -> list[str]:
         """Replay the records that arrived; return the runs whose tasks ended.
