@@ -15,71 +15,123 @@ import streamlit as st
 from dml_core.config import SECTIONS, RunConfig, margin_link, widget_values
 from dml_core.data import dataset_availability
 from dml_core.registry import LOSSES, MINERS
+from dml_core.services.share_links import TRAIN
 from dml_core.train import resolve_device
-from pages.ui import field_widget, float_slider, param_widgets
+from pages.train_links import (
+    apply_locks,
+    current_link,
+    fixed_params,
+    link_param,
+    read_url_once,
+    share_panel,
+)
+from pages.ui import LOCKED_NOTE, field_widget, float_slider, param_widgets
 
 FIELDS = RunConfig.model_fields
 SEPARATE_MARGIN = "cfg.separate_margin"
 
 
 def section_widgets(section: str) -> dict[str, Any]:
-    """Widgets generated from RunConfig's fields of one sidebar section (ranges declared there)."""
+    """Widgets generated from RunConfig's fields of one sidebar section (ranges declared there).
+
+    A setting the session's link hides is not drawn (the link's value is used); one it locks is
+    drawn disabled.
+    """
+    link = current_link()
     values = {}
     names = [n for n, f in FIELDS.items() if (f.json_schema_extra or {}).get("section") == section]
     columns = {}
     for name in names:
+        if name in link.hide:
+            values[name] = link.values[name]
+            continue
         column = (FIELDS[name].json_schema_extra or {}).get("column")
         if column is not None and not columns:
             columns = dict(enumerate(st.columns(2)))
         with columns.get(column, st.container()):
-            values[name] = field_widget(RunConfig, name, f"cfg.{name}")
+            values[name] = field_widget(RunConfig, name, f"cfg.{name}", disabled=name in link.lock)
     return values
 
 
 def margin_widgets(loss: str, miner: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One "Margin α" for the loss and the miner (unless unlinked), then each one's parameters."""
+    """One "Margin α" for the loss and the miner (unless unlinked), then each one's parameters.
+
+    Parameters the session's link hides take the link's values; locked ones are disabled (a
+    locked or hidden loss margin fixes the shared "Margin α" and its toggle).
+    """
     link = margin_link(loss, miner)
     loss_skip: set[str] = set()
     miner_skip: set[str] = set()
+    loss_locked, loss_hidden = fixed_params("loss", loss)
+    miner_locked, miner_hidden = fixed_params("miner", miner)
     margin = None
     if link is not None:
-        st.subheader("Margin")
-        margin = float_slider(
-            "Margin α",
-            (link.low, link.high),
-            link.low_open,
-            link.default,
-            f"cfg.margin.{loss}.{miner}",
-            f"Sets the {loss} loss's '{link.loss_field}' and the {miner} miner's 'margin'.",
-        )
-        separate = st.toggle(
-            "Separate miner margin",
-            key=SEPARATE_MARGIN,
-            help="Unlink only to study mining with a different margin than the loss (e.g. "
-            "semi-hard mining at 0.2 for a loss at 0.5). Two silently different margins are a "
-            "classic source of confusion (pytorch-metric-learning issue #466).",
-        )
-        loss_skip.add(link.loss_field)
-        if not separate:
-            miner_skip.add("margin")
+        field = link.loss_field
+        if field in loss_hidden:
+            margin = link_param("loss", loss, field)
+        else:
+            st.subheader("Margin")
+            margin = float_slider(
+                "Margin α",
+                (link.low, link.high),
+                link.low_open,
+                link.default,
+                f"cfg.margin.{loss}.{miner}",
+                f"Sets the {loss} loss's '{field}' and the {miner} miner's 'margin'.",
+                disabled=field in loss_locked,
+            )
+            separate = st.toggle(
+                "Separate miner margin",
+                key=SEPARATE_MARGIN,
+                help="Unlink only to study mining with a different margin than the loss (e.g. "
+                "semi-hard mining at 0.2 for a loss at 0.5). Two silently different margins are "
+                "a classic source of confusion (pytorch-metric-learning issue #466).",
+                disabled=field in loss_locked,
+            )
+            if field in loss_locked:
+                st.caption(LOCKED_NOTE)
+            if not separate:
+                miner_skip.add("margin")
+        loss_skip.add(field)
     params = []
-    for title, entry, prefix, skip in (
-        ("Loss parameters", LOSSES[loss], "loss", loss_skip),
-        ("Miner parameters", MINERS[miner], "miner", miner_skip),
+    for title, entry, prefix, skip, locked in (
+        ("Loss parameters", LOSSES[loss], "loss", loss_skip | loss_hidden, loss_locked),
+        ("Miner parameters", MINERS[miner], "miner", miner_skip | miner_hidden, miner_locked),
     ):
         if set(entry.params.model_fields) - skip:
             st.subheader(title)
-        params.append(param_widgets(entry, prefix, skip=skip))
+        drawn = param_widgets(entry, prefix, skip=skip, locked=locked)
+        hidden = loss_hidden if prefix == "loss" else miner_hidden
+        params.append({n: link_param(prefix, entry.name, n) for n in hidden} | drawn)
     loss_params, miner_params = params
     if link is not None:
         loss_params[link.loss_field] = margin
-        miner_params.setdefault("margin", margin)
+        if "margin" in miner_skip:
+            miner_params["margin"] = margin
     return loss_params, miner_params
 
 
+def open_link() -> None:
+    """The URL's settings into the widgets, once per session, before they draw.
+
+    The locked ones are set again on every run, and each bad value of the link is a warning.
+    """
+    first = read_url_once()
+    if first is not None and set(st.query_params) - set(TRAIN.keep):
+        load_settings(RunConfig(**first.values))
+    link = current_link()
+    apply_locks(link)
+    for problem in link.problems:
+        st.warning(f"This link: {problem}", icon="🔗")
+
+
 def sidebar_config() -> tuple[dict[str, Any], str | None]:
-    """The run settings, from widgets generated from RunConfig and the registries."""
+    """The run settings, from widgets generated from RunConfig and the registries.
+
+    On the session's first visit the URL's link fills them.
+    """
     problem = None
+    open_link()
     with st.sidebar:
         st.header("Settings")
         values = section_widgets(SECTIONS[0])
@@ -108,19 +160,30 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
             st.caption(f"Device: {resolve_device(values['device'])[1]}")
         except RuntimeError as err:
             problem = str(err)
+        share_panel(values)
     return values, problem
 
 
 def field_widget_registry(name: str, registry: typing.Mapping[str, Any]) -> str:
-    """A selectbox over a registry's names, defaulting to RunConfig's default."""
+    """A selectbox over a registry's names, defaulting to RunConfig's default.
+
+    Not drawn when the link hides it (the link's value is used), disabled when it locks it.
+    """
+    link = current_link()
+    if name in link.hide:
+        return link.values[name]
     options = list(registry)
-    return st.selectbox(
+    value = st.selectbox(
         FIELDS[name].title,
         options,
         index=options.index(FIELDS[name].default),
         key=f"cfg.{name}",
         help=FIELDS[name].description,
+        disabled=name in link.lock,
     )
+    if name in link.lock:
+        st.caption(LOCKED_NOTE)
+    return value
 
 
 def load_settings(cfg: RunConfig) -> None:

@@ -125,30 +125,43 @@ def _help(field: FieldInfo) -> str | None:
     return f"{symbol} in the equation: {text}" if symbol else text or None
 
 
-def field_widget(model: type[BaseModel], name: str, key: str, label: str | None = None) -> Any:
+LOCKED_NOTE = "🔒 fixed by this link"
+
+
+def field_widget(
+    model: type[BaseModel], name: str, key: str, label: str | None = None, disabled: bool = False
+) -> Any:
     """One widget for one declared field of a pydantic model; returns its value.
 
     bool -> checkbox; Literal -> radio (``horizontal`` hint) or selectbox; declared ``choices``
     -> select slider; int -> number input; float with a finite range of at most 100 -> slider
     (``widget="number"`` asks for a number input). Limits, default, label (``title``) and help
-    come from the model, so no bound is typed twice.
+    come from the model, so no bound is typed twice. ``disabled`` (a teacher's link locks it)
+    draws it greyed out with a short note.
     """
+    value = _field_widget(model, name, key, label, disabled)
+    if disabled:
+        st.caption(LOCKED_NOTE)
+    return value
+
+
+def _field_widget(
+    model: type[BaseModel], name: str, key: str, label: str | None, disabled: bool
+) -> Any:
     field = model.model_fields[name]
     hints = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     label = label or field.title or name
     annotation, default, help_text = field.annotation, field.default, _help(field)
+    common = {"key": key, "help": help_text, "disabled": disabled}
     if annotation is bool:
-        return st.checkbox(label, value=default, key=key, help=help_text)
+        return st.checkbox(label, value=default, **common)
     if typing.get_origin(annotation) is typing.Literal:
         options = list(typing.get_args(annotation))
         if hints.get("horizontal"):
-            return st.radio(
-                label, options, index=options.index(default), key=key, help=help_text,
-                horizontal=True,
-            )  # fmt: skip
-        return st.selectbox(label, options, index=options.index(default), key=key, help=help_text)
+            return st.radio(label, options, index=options.index(default), horizontal=True, **common)
+        return st.selectbox(label, options, index=options.index(default), **common)
     if "choices" in hints:
-        return st.select_slider(label, list(hints["choices"]), default, key=key, help=help_text)
+        return st.select_slider(label, list(hints["choices"]), default, **common)
     bounds = field_bounds(model, name)
     low = bounds.get("ge", bounds.get("gt"))
     high = bounds.get("le", bounds.get("lt"))
@@ -159,23 +172,21 @@ def field_widget(model: type[BaseModel], name: str, key: str, label: str | None 
             max_value=high if high is None else int(high) - ("lt" in bounds),
             value=int(default),
             step=int(hints.get("step", 1)),
-            key=key,
-            help=help_text,
+            **common,
         )
     finite = low is not None and high is not None
     if hints.get("widget") != "number" and finite and high - low <= 100:
         return float_slider(
-            label, (float(low), float(high)), "gt" in bounds, default, key, help_text
+            label, (float(low), float(high)), "gt" in bounds, default, key, help_text, disabled
         )
     return st.number_input(
         label,
         value=float(default),
         format="%g",
         step=hints.get("step"),
-        key=key,
-        help=help_text,
         min_value=None if low is None else float(low),
         max_value=None if high is None else float(high),
+        **common,
     )
 
 
@@ -186,26 +197,47 @@ def float_slider(
     default: float,
     key: str,
     help_text: str | None,
+    disabled: bool = False,
 ) -> float:
-    """A slider over [low, high] (or (low, high]) with a round step of about 1/200 of the range."""
+    """A slider over [low, high] (or (low, high]) with a round step of about 1/200 of the range.
+
+    An open range starts one step above ``low``; a valid value below that (a link's
+    ``loss.margin=0.001``) moves the start down to it rather than failing.
+    """
     low, high = limits
     step = _nice_step(low, high)
+    start = low + (step if low_open else 0.0)
+    preset = st.session_state.get(key)
+    if isinstance(preset, int | float) and low < preset < start:
+        start = float(preset)
     return st.slider(
         label,
-        min_value=low + (step if low_open else 0.0),
+        min_value=start,
         max_value=high,
         value=float(default),
         step=step,
         format="%g",
         key=key,
         help=help_text,
+        disabled=disabled,
     )
 
 
-def param_widgets(entry: Entry, prefix: str, skip: Collection[str] = ()) -> dict[str, Any]:
-    """One widget per declared parameter of ``entry`` (but ``skip``); returns {name: value}."""
+def param_widgets(
+    entry: Entry, prefix: str, skip: Collection[str] = (), locked: Collection[str] = ()
+) -> dict[str, Any]:
+    """One widget per declared parameter of ``entry`` but ``skip``; returns {name: value}.
+
+    ``locked`` ones (a teacher's link fixes them) are drawn disabled.
+    """
     return {
-        name: field_widget(entry.params, name, f"{prefix}.{entry.name}.{name}", label=name)
+        name: field_widget(
+            entry.params,
+            name,
+            f"{prefix}.{entry.name}.{name}",
+            label=name,
+            disabled=name in locked,
+        )
         for name in entry.params.model_fields
         if name not in skip
     }

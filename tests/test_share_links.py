@@ -57,8 +57,8 @@ FIELDS = {"steps": 123, "seed": 7, "lr": 0.0031415926, "embedding_dim": 16, "nor
 
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_loss_with_non_default_parameters_round_trips(loss: str) -> None:
-    """Catches a writer that drops parameters, rounds floats to 6 digits, or a reader that
-    parses ``false`` as True (bool("false")); the miner is one without parameters."""
+    """Catches a writer that rounds floats to 6 digits (``:g``) or writes parameters at their
+    default; the miner is one without parameters."""
     cfg = make_config(loss=loss, loss_params=params_of(LOSSES[loss]), miner="all", **FIELDS)
     values, problems = query_to_settings(through_url(settings_to_query(cfg)))
     assert problems == []
