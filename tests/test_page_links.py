@@ -55,8 +55,8 @@ def captions(at: AppTest) -> list[str]:
 def test_the_example_link_opens_exactly_its_settings_with_loss_and_miner_locked(
     open_train,
 ) -> None:
-    """The issue's Done-when. Catches a page that ignores the URL, or draws locked widgets
-    enabled (tried: ``disabled`` not passed on)."""
+    """The issue's Done-when. Catches a page that ignores the URL, or draws a locked loss or
+    miner enabled (tried: ``disabled`` not passed to their selectboxes)."""
     at = open_train(f"{EXAMPLE}&lock=loss,miner")
     assert not at.warning
     loss, miner = at.selectbox(key="cfg.loss"), at.selectbox(key="cfg.miner")
@@ -130,10 +130,14 @@ def test_a_valid_margin_below_the_sliders_first_step_opens(open_train) -> None:
     assert at.slider(key="cfg.margin.triplet.semi_hard").value == pytest.approx(0.001)
 
 
-def test_a_locked_loss_margin_locks_the_shared_margin(open_train) -> None:
-    at = open_train("loss.margin=0.4&lock=loss.margin")
+def test_locked_fields_and_the_shared_margin_are_disabled(open_train) -> None:
+    """Catches field_widget not passing ``disabled`` on (tried) and a free shared margin."""
+    at = open_train("loss.margin=0.4&seed=3&lock=loss.margin,seed")
     assert at.slider(key="cfg.margin.triplet.semi_hard").disabled
     assert at.toggle(key="cfg.separate_margin").disabled
+    assert at.number_input(key="cfg.seed").disabled
+    assert at.number_input(key="cfg.seed").value == 3
+    assert not at.number_input(key="cfg.steps").disabled
 
 
 def test_make_a_link_for_your_class_carries_the_ticked_locks_and_the_lesson(open_train) -> None:
