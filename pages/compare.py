@@ -1,4 +1,4 @@
-"""Compare: 2-4 saved runs side by side on the same probe points, or a sweep over one parameter.
+"""Compare: 2-4 saved runs side by side on the same probe points; a sweep links to Sweep.
 
 Runs are shown under their names (what differs between them, or a name the user gave) on axes
 that stay put while scrubbing.
@@ -6,15 +6,16 @@ that stay put while scrubbing.
 
 from __future__ import annotations
 
-import streamlit as st
+from urllib.parse import urlencode
 
-from dml_core import budgets
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
 from dml_core.analysis import compare
-from dml_core.config import RunConfig, make_config
+from dml_core.config import make_config
 from dml_core.data import load_dataset
 from dml_core.errors import ConfigError
 from dml_core.figures import compare as compare_figures
-from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import FINAL, RunStore
 from pages.ui import (
     POLL_OTHERS_S,
@@ -26,7 +27,7 @@ from pages.ui import (
 )
 
 use_app_navigation()
-store, manager, _ = services()
+store, _, _ = services()
 RUNS = str(store.root)
 SELECTED = "cmp.runs"
 METHODS = {"PCA": "pca", "UMAP": "umap"}
@@ -41,31 +42,11 @@ def aligned(
     return compare.snapshot_layouts(RunStore(runs_dir), run_ids, steps, method, frame_step)
 
 
-def base_config(choice: str) -> RunConfig:
-    """The sweep's starting point: the defaults or a saved run's config."""
-    return make_config() if choice == "defaults" else store.load(choice).config
-
-
-def sweep_values(base: RunConfig, parameter: str) -> list:
-    """The values to sweep, from a multiselect (losses, miners) or a comma-separated list."""
-    key = f"sweep.values.{parameter}"
-    if parameter in ("loss", "miner"):
-        names = list(LOSSES if parameter == "loss" else MINERS)
-        default = compare.suggested_values(base, parameter).split(", ")
-        return st.multiselect("Values", names, default=default, key=key)
-    text = st.text_input(
-        "Values (comma-separated)",
-        compare.suggested_values(base, parameter),
-        key=key,
-        help="One run per value; everything else stays as in the base config.",
-    )
-    return compare.parse_values(text)
-
-
-def sweep_panel() -> None:
-    """Launch one background run per value of one parameter; preselect them below."""
+def sweep_link_panel() -> None:
+    """A sweep over one parameter: a link to the Sweep page with that parameter filled in."""
     with st.expander("Sweep: one run per value of one parameter", expanded=False):
-        choice = st.selectbox(
+        left, right = st.columns(2)
+        choice = left.selectbox(
             "Base config",
             ["defaults", *store.list()],
             key="sweep.base",
@@ -73,32 +54,19 @@ def sweep_panel() -> None:
                 "defaults (digits, triplet, semi-hard)" if r == "defaults" else run_label(store, r)
             ),
         )
-        base = base_config(choice)
-        left, mid, right = st.columns([2, 3, 1])
-        parameter = left.selectbox("Parameter", compare.sweep_parameters(base), key="sweep.param")
-        with mid:
-            values = sweep_values(base, parameter)
-        steps = right.number_input("Steps", 1, 1_000_000, base.steps, key="sweep.steps")
+        base = make_config() if choice == "defaults" else store.load(choice).config
+        parameter = right.selectbox("Parameter", compare.sweep_parameters(base), key="sweep.param")
         st.caption(
-            f"Base: {base.loss} {compare.params_text(base.loss_params)} · miner {base.miner} · "
-            f"dim {base.embedding_dim} · {base.dataset} · seed {base.seed}. Runs queue and train "
-            f"{manager.max_running} at a time; each is a normal saved run."
+            "Sweeps live on the **Sweep** page: a grid of up to two parameters, each value "
+            "trained with several seeds, so the mean ± sd of every cell tells a real "
+            "difference from seed noise. Its runs open here, in Compare, from a cell."
         )
-        if st.button("Launch sweep", type="primary", key="sweep.launch", icon="🚀"):
-            try:
-                cfgs = compare.sweep_configs(
-                    base.model_copy(update={"steps": int(steps)}), parameter, values
-                )
-                sizes = {"P": base.classes_per_batch, "K": base.samples_per_class}
-                budgets.check("sweep", runs=len(cfgs), steps=int(steps), **sizes)
-            except ConfigError as err:
-                st.error(str(err), icon="🚫")
-                return
-            ids = [manager.submit(cfg) for cfg in cfgs]
-            st.session_state[SELECTED] = ids[:4]
-            if len(ids) > 4:
-                st.session_state["sweep.note"] = f"Launched {len(ids)} runs; the first 4 are shown."
-            st.rerun()
+        query = compare.sweep_link(None if choice == "defaults" else choice, parameter)
+        label = f"Sweep {parameter} on the Sweep page"
+        try:
+            st.page_link("pages/sweep.py", label=label, icon="🧮", query_params=query)
+        except StreamlitAPIException:  # the page alone, outside app.py's navigation
+            st.markdown(f"🧮 [{label}](/sweep?{urlencode(query)})")
 
 
 def pick_runs() -> list[str]:
@@ -254,13 +222,12 @@ def results(run_ids: list[str], names: dict[str, str]) -> None:
 
 
 st.title("Compare runs")
-sweep_panel()
-if note := st.session_state.pop("sweep.note", None):
-    st.info(note)
+sweep_link_panel()
 chosen = pick_runs()
 if len(chosen) < 2:
     st.info(
-        "Pick at least 2 saved runs to compare (train them on **Train**, or launch a sweep above).",
+        "Pick at least 2 saved runs to compare (train them on **Train**, or sweep one "
+        "parameter on **Sweep**).",
         icon="👆",
     )
 else:

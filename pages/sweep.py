@@ -71,7 +71,10 @@ def axis_input(base: RunConfig, index: int, default: str) -> Axis | None:
     options = [NO_AXIS, *names] if index else names
     left, right = st.columns([1, 2])
     name = left.selectbox(
-        f"Axis {index + 1}", options, index=options.index(default), key=f"swp.axis{index}"
+        f"Axis {index + 1}",
+        options,
+        index=options.index(default) if default in options else 0,
+        key=f"swp.axis{index}",
     )
     if name == NO_AXIS:
         return None
@@ -86,11 +89,18 @@ def axis_input(base: RunConfig, index: int, default: str) -> Axis | None:
 
 
 def grid_panel() -> None:
-    """Define the grid and launch it; a bad grid is one line of error."""
-    with st.expander("New sweep", expanded=not sweep_store.list()):
+    """Define the grid and launch it; a bad grid is one line of error.
+
+    Compare's link (``?axis=NAME&base=RUN``, ``compare.sweep_link``) opens it with that base
+    and first axis chosen.
+    """
+    linked_base, linked_axis = compare.sweep_prefill(st.query_params.to_dict(), store.list())
+    with st.expander("New sweep", expanded=linked_axis is not None or not sweep_store.list()):
+        bases = ["defaults", *store.list()]
         choice = st.selectbox(
             "Base config",
-            ["defaults", *store.list()],
+            bases,
+            index=bases.index(linked_base),
             key="swp.base",
             format_func=lambda r: (
                 "defaults (digits, triplet, semi-hard)" if r == "defaults" else run_label(store, r)
@@ -110,7 +120,7 @@ def grid_panel() -> None:
         except ConfigError as err:
             st.error(str(err), icon="🚫")
             return
-        axes = [axis_input(base, 0, "margin"), axis_input(base, 1, NO_AXIS)]
+        axes = [axis_input(base, 0, linked_axis or "margin"), axis_input(base, 1, NO_AXIS)]
         backend = default_backend()
         st.caption(
             f"Base: {base.loss} {compare.params_text(base.loss_params)} · miner {base.miner} · "

@@ -1,4 +1,5 @@
-"""Compare: aligned layouts, the shared scrubber, the results table, sweeps, the figures."""
+"""Compare: aligned layouts, the shared scrubber, the results table, the one-parameter sweep
+(built by the Sweep page from Compare's link), the figures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.errors import ConfigError
 from dml_core.figures import compare as compare_figures
+from dml_core.registry import LOSSES
 from dml_core.runs import RunStore
+from dml_core.sweeps import Axis, build_sweep
 from tests.saved_runs import train_and_save
 
 TINY = {"steps": 30, "snapshot_every": 10, "probe_size": 200, "final_eval": True, "device": "cpu"}
@@ -115,9 +118,18 @@ def test_results_table_reads_status_and_history(runs) -> None:
     assert table.sort_values("final P@1").shape == table.shape
 
 
+def one_parameter_sweep(base, parameter: str, values) -> list:
+    """The configs of Compare's one-parameter sweep, as the Sweep page now builds it (one
+    axis, one seed per value: the old panel's runs)."""
+    sweep = build_sweep(base, [Axis(name=parameter, values=tuple(values))], 1)
+    return [sweep.config(run) for run in sweep.runs]
+
+
 def test_sweep_over_a_margin_moves_the_miner_margin_too() -> None:
+    """Catches a margin axis that leaves semi-hard's margin at 0.2 (PML issue #466), or one
+    that changes the seed or the data of the runs."""
     base = make_config(seed=3)
-    cfgs = compare.sweep_configs(base, "margin", [0.05, 0.1, 0.2, 0.5])
+    cfgs = one_parameter_sweep(base, "margin", [0.05, 0.1, 0.2, 0.5])
     assert [c.loss_params["margin"] for c in cfgs] == [0.05, 0.1, 0.2, 0.5]
     assert [c.miner_params["margin"] for c in cfgs] == [0.05, 0.1, 0.2, 0.5]
     assert {c.seed for c in cfgs} == {3}
@@ -125,27 +137,53 @@ def test_sweep_over_a_margin_moves_the_miner_margin_too() -> None:
 
 
 def test_sweep_over_losses_uses_their_defaults() -> None:
+    """Catches a loss axis that carries the base's loss parameters over (triplet would keep
+    margin 0.4) or changes the miner."""
     base = make_config(loss_params={"margin": 0.4})
-    cfgs = compare.sweep_configs(base, "loss", list(compare.SWEEP_LOSSES))
+    cfgs = one_parameter_sweep(base, "loss", compare.SWEEP_LOSSES)
     assert [c.loss for c in cfgs] == list(compare.SWEEP_LOSSES)
     assert cfgs[1].loss_params["margin"] == 0.2
     assert {c.miner for c in cfgs} == {base.miner}
-    dims = compare.sweep_configs(base, "embedding_dim", compare.parse_values("2, 16"))
+    dims = one_parameter_sweep(base, "embedding_dim", compare.parse_values("2, 16"))
     assert [c.embedding_dim for c in dims] == [2, 16]
 
 
 @pytest.mark.parametrize(
     ("parameter", "values", "message"),
     [
-        ("gamma", [1.0, 2.0], "'gamma' cannot be swept"),
-        ("margin", [0.1, 5.0], "Sweep over 'margin', value 5.0: The 'margin' parameter"),
+        ("gamma", [1.0, 2.0], "'gamma' is unknown"),
+        ("margin", [0.1, 5.0], "margin=5: The 'margin' parameter"),
         ("loss", ["triplet", "nope"], "Unknown loss 'nope'"),
-        ("margin", [0.1], "at least 2 different values"),
     ],
 )
 def test_bad_sweeps_name_the_parameter(parameter, values, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        compare.sweep_configs(make_config(), parameter, values)
+        one_parameter_sweep(make_config(), parameter, values)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_parameter_compare_offers_makes_a_sweep_with_its_suggested_values(loss) -> None:
+    """Compare's panel links to the Sweep page with one of ``sweep_parameters``, whose text
+    box starts with ``suggested_values``: each pair must build a sweep (no error on a first
+    click). Catches a suggestion the parameter's bounds refuse, e.g. sub_centers = 1.5 (half
+    of an int parameter), or a parameter the Sweep page does not know."""
+    base = make_config(loss=loss)
+    for parameter in compare.sweep_parameters(base):
+        values = compare.parse_values(compare.suggested_values(base, parameter))
+        if not values:  # nothing to scale (a default of 0): the user types the values
+            continue
+        cfgs = one_parameter_sweep(base, parameter, values)
+        assert len(cfgs) == len(values) >= 2
+
+
+def test_the_sweep_link_reads_back_on_the_sweep_page() -> None:
+    """``sweep_link`` (Compare) and ``sweep_prefill`` (Sweep) agree; an unknown run reads
+    as the defaults. Catches a renamed query key on one side only."""
+    query = compare.sweep_link("run-1", "lr")
+    assert compare.sweep_prefill(query, ["run-0", "run-1"]) == ("run-1", "lr")
+    assert compare.sweep_prefill(query, ["run-0"]) == ("defaults", "lr")
+    assert compare.sweep_prefill(compare.sweep_link(None, "lr"), []) == ("defaults", "lr")
+    assert compare.sweep_prefill({}, ["run-0"]) == ("defaults", None)
 
 
 def test_comparison_problems_are_named() -> None:

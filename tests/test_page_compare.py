@@ -1,14 +1,20 @@
-"""AppTest of the Compare page: two tiny runs side by side, messages for bad picks, a sweep."""
+"""AppTest of the Compare page: two tiny runs side by side, messages for bad picks, the link
+to the Sweep page (and that page opened from it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.runs import RunStore
+from dml_core.services import sweep_session
+from dml_core.sweeps import SweepStore
 from tests.page_apps import page_on_runs
 from tests.saved_runs import train_and_save
 
@@ -68,23 +74,109 @@ def test_runs_on_different_data_are_refused(page: AppTest) -> None:
     assert not page.get("plotly_chart")
 
 
-def test_a_sweep_submits_one_run_per_value_and_selects_them(page: AppTest, runs_dir: Path) -> None:
-    page.selectbox(key="sweep.base").set_value("a-triplet").run()
-    page.selectbox(key="sweep.param").set_value("margin").run()
-    page.text_input(key="sweep.values.margin").set_value("0.1, 0.3").run()
-    page.number_input(key="sweep.steps").set_value(2).run()
-    page.button(key="sweep.launch").click().run()
-    assert not page.exception
-    chosen = page.multiselect(key="cmp.runs").value
-    assert len(chosen) == 2
-    store = RunStore(runs_dir)
-    margins = [store.load(r).config.loss_params["margin"] for r in chosen]
-    assert margins == [0.1, 0.3]
+@pytest.fixture
+def routed(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    """The whole app (app.py's navigation, where page links resolve), on Compare."""
+    import pages.ui
+
+    monkeypatch.setenv("DML_RUNS_DIR", str(runs_dir))
+    monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs_dir))
+    pages.ui._jobs.clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    yield at
+    pages.ui._jobs.clear()
 
 
-def test_a_bad_sweep_value_shows_the_parameter(page: AppTest) -> None:
-    page.selectbox(key="sweep.param").set_value("margin").run()
-    page.text_input(key="sweep.values.margin").set_value("0.1, 9").run()
-    page.button(key="sweep.launch").click().run()
-    assert not page.exception
-    assert any("'margin'" in e.value for e in page.error)
+def sweep_page(runs_dir: Path, monkeypatch: pytest.MonkeyPatch, query: dict) -> AppTest:
+    """The Sweep page alone, opened with ``query`` (as Compare's link opens it)."""
+    import pages.ui
+
+    monkeypatch.setenv("DML_RUNS_DIR", str(runs_dir))
+    monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs_dir))
+    pages.ui._jobs.clear()
+    at = AppTest.from_file(str(ROOT / "pages" / "sweep.py"), default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_the_sweep_panel_links_to_the_sweep_page_with_its_parameter(
+    routed: AppTest, runs_dir: Path
+) -> None:
+    """Compare no longer trains sweeps: its panel is one link to the Sweep page whose query
+    names the chosen parameter and base run.
+
+    Catches: a link to another page, a query that drops the base or the parameter (the
+    Sweep page would open on its defaults), a panel that still launches runs itself.
+    """
+    routed.selectbox(key="sweep.base").set_value("a-triplet").run()
+    routed.selectbox(key="sweep.param").set_value("embedding_dim").run()
+    assert not routed.exception
+    links = [link.proto for link in routed.get("page_link") if "Sweep" in link.proto.label]
+    assert len(links) == 1
+    assert links[0].page == "sweep"
+    assert parse_qs(links[0].query_string) == {"axis": ["embedding_dim"], "base": ["a-triplet"]}
+    assert not [b for b in routed.button if b.key == "sweep.launch"]
+    routed.selectbox(key="sweep.base").set_value("defaults").run()
+    (link,) = [link.proto for link in routed.get("page_link") if "Sweep" in link.proto.label]
+    assert parse_qs(link.query_string) == {"axis": ["embedding_dim"]}
+    assert sorted(RunStore(runs_dir).list()) == ["a-triplet", "b-contrastive", "c-open-set"]
+
+
+def test_the_link_opens_the_sweep_page_with_that_base_and_axis(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Followed, the link opens the grid on the linked base run and axis, with the values
+    Compare used to suggest; launched, it is one run per value of that parameter from that
+    base (the old panel's sweep, now with seeds).
+
+    Catches: a Sweep page that ignores the query (base "defaults", axis margin), values
+    not suggested from the base, a sweep from another base (the loss would be triplet).
+    """
+    try:
+        query = compare.sweep_link("b-contrastive", "embedding_dim")
+        at = sweep_page(runs_dir, monkeypatch, query)
+        assert at.selectbox(key="swp.base").value == "b-contrastive"
+        assert at.selectbox(key="swp.axis0").value == "embedding_dim"
+        base = RunStore(runs_dir).load("b-contrastive").config
+        suggested = compare.suggested_values(base, "embedding_dim")
+        assert at.text_input(key="swp.values0.embedding_dim").value == suggested
+        at.text_input(key="swp.values0.embedding_dim").set_value("4, 16").run()
+        at.number_input(key="swp.steps").set_value(2)
+        at.number_input(key="swp.seeds").set_value(1)
+        at.button(key="swp.launch").click().run()
+        assert not at.exception
+        assert not at.error, [e.value for e in at.error]
+        sweep = SweepStore(RunStore(runs_dir)).load(at.session_state["swp.current"])
+        configs = [sweep.config(run) for run in sweep.runs]
+        assert [c.embedding_dim for c in configs] == [4, 16]
+        assert {(c.loss, c.steps, c.seed) for c in configs} == {("contrastive", 2, base.seed)}
+    finally:
+        sweep_session.stop_all_shared()
+        for run_id in RunStore(runs_dir).list():  # the module's runs stay as they were
+            if run_id.startswith("sweep-"):
+                RunStore(runs_dir).delete(run_id)
+
+
+@pytest.mark.parametrize(
+    ("query", "base", "axis"),
+    [
+        ({"axis": "embedding_dim", "base": "deleted-run"}, "defaults", "embedding_dim"),
+        ({"axis": "no-such-parameter"}, "defaults", "margin"),
+        ({}, "defaults", "margin"),
+    ],
+)
+def test_a_stale_or_empty_link_opens_the_sweep_page_on_its_defaults(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch, query: dict, base: str, axis: str
+) -> None:
+    """A link to a deleted run or an unknown parameter opens the page on its defaults.
+
+    Catches: a ValueError from ``options.index`` for a base or axis that is not offered.
+    """
+    at = sweep_page(runs_dir, monkeypatch, query)
+    assert at.selectbox(key="swp.base").value == base
+    assert at.selectbox(key="swp.axis0").value == axis

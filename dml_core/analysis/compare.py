@@ -20,21 +20,22 @@ What the Compare page needs, as plain functions over the RunStore (no streamlit)
 - ``run_names``: what each run is called in every figure: the settings in which the shown runs
   differ ("margin = 0.1", "D = 128"), or the name a user gave it (``RunStore.set_label``).
 - ``results_table``: final and best metrics, time and throughput of each run.
-- ``sweep_configs``: checked configs that differ from a base in one parameter only.
+- ``sweep_parameters``, ``suggested_values``, ``parse_values``: a one-parameter sweep's axis
+  and values; ``sweep_link`` / ``sweep_prefill``: Compare's link to the Sweep page, which
+  trains it (``sweeps.build_sweep``) and reads the link back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dml_core.config import RunConfig, differing_labels, make_config, params_text
-from dml_core.errors import ConfigError
+from dml_core.config import RunConfig, differing_labels, params_text
 from dml_core.projection import procrustes_align, project
-from dml_core.registry import LOSSES, MINERS
+from dml_core.registry import LOSSES
 from dml_core.runs import RunStore
 
 LAYOUT_METHODS = ("pca", "umap")
@@ -294,7 +295,10 @@ def suggested_values(base: RunConfig, parameter: str) -> str:
         return SUGGESTED_VALUES[parameter]
     current = base.loss_params.get(parameter, getattr(base, parameter, None))
     if isinstance(current, (int, float)) and not isinstance(current, bool) and current:
-        return ", ".join(f"{current * f:g}" for f in (0.5, 1, 2))
+        values = [current * f for f in (0.5, 1, 2)]
+        if isinstance(current, int):  # an int parameter takes ints (3 -> 2, 3, 6, not 1.5)
+            values = list(dict.fromkeys(max(1, round(v)) for v in values))
+        return ", ".join(f"{v:g}" for v in values)
     return ""
 
 
@@ -314,48 +318,22 @@ def parse_values(text: str) -> list[Any]:
     return values
 
 
-def sweep_configs(base: RunConfig, parameter: str, values: Sequence[Any]) -> list[RunConfig]:
-    """Checked configs equal to ``base`` except for ``parameter`` (same seed and data).
+def sweep_link(base_run: str | None, parameter: str) -> dict[str, str]:
+    """The Sweep page's query for a sweep over ``parameter``: Compare's link to it.
 
     Args:
-        base: the config every run starts from.
-        parameter: a parameter of the base's loss (e.g. ``"margin"``; when the miner has a
-            parameter of the same name, e.g. semi-hard's margin, it moves with it, since the
-            miner's definition depends on the margin); ``"loss"`` (each loss with its default
-            parameters, the base's miner kept); ``"miner"`` (each with its defaults); or a
-            run-level field: ``embedding_dim``, ``lr``, ``samples_per_class``.
-        values: the values, one run each (at least 2, no duplicates).
-
-    Raises:
-        ConfigError: naming the parameter, when it cannot be swept or a value is invalid.
+        base_run: the saved run the grid starts from (None: the defaults).
+        parameter: the first axis, one of ``sweep_parameters`` of that base.
     """
-    allowed = sweep_parameters(base)
-    if parameter not in allowed:
-        raise ConfigError(
-            f"The sweep parameter {parameter!r} cannot be swept from a {base.loss} run; "
-            f"choose one of: {', '.join(allowed)}."
-        )
-    values = list(values)
-    if len(values) < 2 or len({repr(v) for v in values}) < len(values):
-        raise ConfigError(
-            f"A sweep over {parameter!r} needs at least 2 different values. Got {values}."
-        )
-    base_values = base.model_dump()
-    configs = []
-    for value in values:
-        update: dict[str, Any]
-        if parameter == "loss":
-            update = {"loss": value, "loss_params": {}}
-        elif parameter == "miner":
-            update = {"miner": value, "miner_params": {}}
-        elif parameter in SWEEP_FIELDS:
-            update = {parameter: value}
-        else:
-            update = {"loss_params": {**base.loss_params, parameter: value}}
-            if parameter in MINERS[base.miner].params.model_fields:
-                update["miner_params"] = {**base.miner_params, parameter: value}
-        try:
-            configs.append(make_config(**{**base_values, **update}))
-        except ConfigError as err:
-            raise ConfigError(f"Sweep over {parameter!r}, value {value!r}: {err}") from None
-    return configs
+    return {"axis": parameter} | ({"base": base_run} if base_run else {})
+
+
+def sweep_prefill(query: Mapping[str, str], saved: Sequence[str]) -> tuple[str, str | None]:
+    """What the Sweep page starts from, read from its query (``sweep_link``'s keys).
+
+    Returns:
+        The base choice (a saved run's id, else ``"defaults"``: an unknown or deleted run
+        must not break the page) and the first axis (None when the query names none).
+    """
+    base = query.get("base", "defaults")
+    return (base if base in saved else "defaults"), (query.get("axis") or None)
