@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dml_core.analysis import compare
 from dml_core.runs import RunStore
 from dml_core.services import sweep_session
 from dml_core.sweeps import SweepStore
@@ -99,6 +100,8 @@ def test_one_axis_sweep_runs_and_plots_the_mean_of_each_cell(app) -> None:
     assert _array(mean["y"]) == pytest.approx([finals[0.1], finals[0.3]])
     table = at.dataframe[0].value
     assert set(table["state"]) == {"✅ finished"}
+    names = compare.run_names(store, [run.run_id for run in sweep.runs])  # as Compare shows them
+    assert sorted(names.values()) == ["margin = 0.1", "margin = 0.3"]
 
 
 def test_bad_grid_is_one_line_of_error(app) -> None:
@@ -112,6 +115,25 @@ def test_bad_grid_is_one_line_of_error(app) -> None:
     assert "margin" in at.error[0].value
     assert "\n" not in at.error[0].value.strip()
     assert SweepStore(store).list() == []
+
+
+def test_a_sweep_beyond_its_budget_is_refused_in_one_sentence(app) -> None:
+    """Six runs of a million steps of 6 x 16 images exceed the sweep budget: one sentence
+    that says how long it would take and to lower it, nothing saved or queued (issue 19,
+    checked on Compare's panel before the panel became a link here).
+
+    Catches: a sweep of any size queued at once, or a budget error that escapes as a
+    traceback."""
+    at, store = app
+    _define(at, "0.1, 0.2, 0.3, 0.4, 0.5, 0.6")
+    at.number_input(key="swp.steps").set_value(1_000_000).run()
+    at.button(key="swp.launch").click().run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "would take about" in at.error[0].value
+    assert "lower" in at.error[0].value
+    assert SweepStore(store).list() == []
+    assert store.list() == []
 
 
 def test_open_cell_in_compare_preselects_its_runs(app) -> None:
