@@ -23,14 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from dml_core import metrics
-from dml_core.config import RunConfig, apply_margin, check_against_dataset, make_config
-from dml_core.data import DATASETS, SPLITS, DatasetError, load_dataset
+from dml_core.config import RunConfig, apply_margin, config_for_data, make_config
+from dml_core.data import DATASETS, SPLITS, DatasetError, load_for_config
 from dml_core.errors import ConfigError, allowed_values
 from dml_core.registry import LOSSES, MINERS, Registry
 from dml_core.runs import RunState, RunStore
 from dml_core.services.export import export_main, resolve_run
 from dml_core.services.jobs import TrainingJob, resumable
+from dml_core.user_data import COLORS, IMAGE_SIZES
 
 FLAG_FIELDS = {
     "dataset": "dataset",
@@ -52,7 +55,10 @@ FLAG_FIELDS = {
     "rotation": "rotation",
     "translate": "translate",
     "noise": "noise",
+    "image_size": "image_size",
+    "color": "color",
 }
+DATA_FLAGS = ("image_size", "color")  # declared by hand: typed choices, help names PATH
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,13 +93,29 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train one run and print its retrieval metrics")
     fields = RunConfig.model_fields
-    for flag in FLAG_FIELDS:
+    for flag in (f for f in FLAG_FIELDS if f not in DATA_FLAGS):
         field = fields[flag]
         kind = field.annotation if field.annotation in (int, float) else str
-        help_text = (
-            f"{field.description} ({allowed_values(RunConfig, flag)}; default {field.default})"
-        )
+        allowed = allowed_values(RunConfig, flag)
+        if flag == "dataset":
+            allowed += ", or PATH: an image folder <class>/<images>, a .npz/.csv/.parquet table"
+        help_text = f"{field.description} ({allowed}; default {field.default})"
         train.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=help_text)
+    train.add_argument(
+        "--image-size",
+        type=int,
+        choices=IMAGE_SIZES,
+        help=f"{fields['image_size'].description} (your image folder; default 28)",
+    )
+    train.add_argument(
+        "--color", choices=COLORS, help=f"{fields['color'].description} (default gray)"
+    )
+    train.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        default=None,
+        help="skip unreadable images of your folder (and say how many) instead of refusing it",
+    )
     train.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
@@ -152,7 +174,9 @@ def build_parser() -> Parser:
         "pixel-baseline",
         help="retrieval metrics of the raw pixels (the floor a learnt embedding must beat)",
     )
-    pixels.add_argument("--dataset", default="digits", choices=DATASETS)
+    pixels.add_argument(
+        "--dataset", default="digits", help=f"one of {', '.join(DATASETS)}, or your data's PATH"
+    )
     pixels.add_argument("--split", default="standard", choices=SPLITS)
     pixels.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     gpu = sub.add_parser(
@@ -177,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     }
     if args.normalize is not None:
         values["normalize"] = args.normalize
+    if args.skip_bad_files:
+        values["skip_bad_files"] = True
     values["loss_params"] = dict(args.loss_param)
     values["miner_params"] = dict(args.miner_param)
     if args.no_final_eval:
@@ -201,32 +227,36 @@ def _progress_line(job: TrainingJob) -> str:
     return f"[{bar:<20}] {p.step}/{p.steps} {loss} {p1} {p.samples_per_s:.0f} samples/s {eta}"
 
 
-def check_data(cfg: RunConfig) -> None:
+def check_data(cfg: RunConfig) -> RunConfig:
     """Load the run's dataset and check the config against it, before the job exists.
 
     A missing, truncated or corrupt file raises here, so no run directory is created for it
     (and a resumed run is not marked failed). ``data.load_dataset`` keeps the parsed files, so
     the trainer's own load reads nothing from disk again (it only cuts the tensors, ~40 ms for
-    FashionMNIST).
+    FashionMNIST); a user's image folder comes back from its cache.
+
+    Returns:
+        the config to run: P and K not given adapt to a user's data (``config_for_data``).
 
     Raises:
         DatasetError: the dataset cannot be loaded (the message names the file).
         ConfigError: P or K does not fit the dataset's classes.
     """
-    check_against_dataset(cfg, load_dataset(cfg.dataset, cfg.split))
+    return config_for_data(cfg)[0]
 
 
 def start_job(args: argparse.Namespace) -> tuple[RunStore, str, TrainingJob]:
     """A new run from the flags, or (``--resume``) the continuation of a saved one."""
     if args.resume is None:
-        cfg = config_from_args(args)
-        check_data(cfg)
+        cfg = check_data(config_from_args(args))
         store = RunStore(args.runs)
         run_id = store.create(cfg)
         return store, run_id, TrainingJob(cfg, store, run_id)
     given = [
         f"--{flag.replace('_', '-')}" for flag in FLAG_FIELDS if getattr(args, flag) is not None
     ]
+    if args.skip_bad_files:
+        given.append("--skip-bad-files")
     if given or args.margin is not None or args.loss_param or args.miner_param:
         extra = ", ".join(given) or "the other settings"
         raise ConfigError(f"--resume continues a run with its saved settings; drop {extra}.")
@@ -295,10 +325,11 @@ def pixel_baseline(dataset: str, split: str, as_json: bool) -> int:
     (``metrics.retrieval_metrics``, Euclidean distance), with no net: what retrieval gets for
     free, to set beside a trained and an untrained net.
     """
-    data = load_dataset(dataset, split)
+    data = load_for_config(make_config(dataset=dataset, split=split))
     start = time.perf_counter()
-    query = data.query.x.flatten(1).float() / 255.0  # (Nq, H*W)
-    ref = data.reference.x.flatten(1).float() / 255.0  # (Nr, H*W)
+    scale = 255.0 if data.query.x.dtype == torch.uint8 else 1.0  # a table's features as they are
+    query = data.query.x.flatten(1).float() / scale  # (Nq, C*H*W) or (Nq, d)
+    ref = data.reference.x.flatten(1).float() / scale  # (Nr, C*H*W) or (Nr, d)
     result = metrics.retrieval_metrics(query, data.query.y, ref, data.reference.y)
     seconds = round(time.perf_counter() - start, 2)
     if as_json:

@@ -1,13 +1,14 @@
-"""The run settings that depend on the data: a user's path, its image settings, P and K.
+"""Run settings that depend on the data: a user's path, its image settings, P, K, the net.
 
 ``RunConfig.dataset`` is a built-in name or the path of a user's image folder or feature
 table (issue 17). What can be said from the path alone is checked with the other settings
 (:func:`dataset_value`, :func:`check_data_settings`); what needs the data is checked once it
-is loaded, before a run directory exists (:func:`check_user_dataset`). P and K that the user
-did not give adapt to the data (:func:`fit_to_data`): P = min(6, classes), K = min(16,
-smallest class), so ``--dataset PATH`` alone works; an explicit P or K the data cannot fill
-is refused by ``user_data.check_user_data`` with a K that works. :func:`check_views` says
-what label-free training (``supervision = views``) refuses.
+is loaded, before a run directory exists (:func:`check_user_dataset`). P, K and the net that
+the user did not give adapt to the data (:func:`fit_to_data`): P = min(6, classes), K =
+min(16, smallest class), the ConvNet for images and the MLP for a table, so ``--dataset PATH``
+alone works; an explicit P or K the data cannot fill is refused by
+``user_data.check_user_data`` with a K that works. :func:`check_views` says what label-free
+training (``supervision = views``) refuses.
 """
 
 from __future__ import annotations
@@ -96,17 +97,22 @@ def check_table_settings(cfg: Any) -> None:
 
 
 def fit_to_data(cfg: Any, dataset: Dataset) -> Any:
-    """``cfg`` with the P and K the user did not give adapted to a user's data.
+    """``cfg`` with the settings the user did not give adapted to a user's data.
 
-    P = min(6, training classes), K = min(16, smallest training class)
-    (``user_data.default_batch``); a value the user gave (in ``cfg.model_fields_set``) is
-    kept, and checked by :func:`check_user_dataset`. Built-in data, and label-free views
-    (where P x K only sizes the batch), keep the config as it is.
+    - P = min(6, training classes), K = min(16, smallest training class)
+      (``user_data.default_batch``), with labels (with views P x K only sizes the batch);
+    - the net: the ConvNet for images (shapes anywhere in the picture: on the issue's noisy
+      shapes an MLP reaches P@1 0.85 in 300 steps, the ConvNet 0.94), the MLP for a table.
+
+    A value the user gave (in ``cfg.model_fields_set``) is kept, and checked by
+    :func:`check_user_dataset`. Built-in data keep the config as it is.
     """
-    if is_builtin(cfg.dataset) or cfg.supervision == "views":
+    if is_builtin(cfg.dataset):
         return cfg
+    fitted: dict[str, Any] = {"net": "mlp" if is_table(dataset) else "convnet"}
+    if cfg.supervision == "labels":
+        fitted |= dict(zip(BATCH_FIELDS, default_batch(dataset), strict=True))
     given = cfg.model_fields_set
-    fitted = dict(zip(BATCH_FIELDS, default_batch(dataset), strict=True))
     update = {k: v for k, v in fitted.items() if k not in given and getattr(cfg, k) != v}
     return cfg.model_copy(update=update) if update else cfg
 
