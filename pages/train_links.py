@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -17,6 +16,7 @@ from dml_core.config import SECTIONS, RunConfig, margin_link
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services.lesson_catalogue import LESSONS
 from dml_core.services.share_links import LESSON, TRAIN, Link, read_train_link, settings_to_query
+from pages.ui import copy_link, url_of
 
 LINK_STATE = "link.train"  # this session's Train link (a share_links.Link)
 PAGE_PATH = "train"  # app.py's url_path of the Train page
@@ -27,15 +27,6 @@ DEFAULT_LINK = read_train_link({})
 def current_link() -> Link:
     """The link this session opened the Train page with (the defaults when none)."""
     return st.session_state.get(LINK_STATE, DEFAULT_LINK)
-
-
-def read_url_once() -> Link | None:
-    """The URL's link on the session's first run of the page, else None (already read)."""
-    if LINK_STATE in st.session_state:
-        return None
-    link = read_train_link(st.query_params.to_dict())
-    st.session_state[LINK_STATE] = link
-    return link
 
 
 def fixed_params(prefix: str, entry: str) -> tuple[set[str], set[str]]:
@@ -89,33 +80,13 @@ def complete(values: Mapping[str, Any]) -> dict[str, Any]:
     return {**current_link().values, **values}
 
 
-def url_of(query: Mapping[str, str]) -> str:
-    """A full link: this page's address (``st.context.url``) or ``/train``, and the query."""
-    base = st.context.url or f"/{PAGE_PATH}"
-    text = urlencode(dict(query), safe=",")
-    return f"{base}?{text}" if text else base
-
-
-def sync_url(query: Mapping[str, str]) -> None:
-    """Make the browser's URL carry ``query`` (keeping the keys the page owns, ``run``)."""
-    current = st.query_params.to_dict()
-    for key in current:
-        if key not in query and key not in TRAIN.keep:
-            del st.query_params[key]
-    for key, value in query.items():
-        if current.get(key) != value:
-            st.query_params[key] = value
-
-
 def share_panel(values: Mapping[str, Any]) -> None:
     """Keep the URL in step, then "Copy link" and "Make a link for your class"."""
     link = current_link()
     settings = complete(values)
     query = settings_to_query(settings, link.lock, link.hide)
-    sync_url(query)
     st.subheader("Share")
-    st.caption("Copy link: opens this page with these settings (and the shown run).")
-    st.code(url_of(st.query_params.to_dict()), language=None, wrap_lines=True)
+    copy_link(query, PAGE_PATH, keep=TRAIN.keep)
     with st.expander("Make a link for your class"):
         class_link(settings)
 
@@ -177,4 +148,4 @@ def class_link(settings: Mapping[str, Any]) -> None:
             k: ",".join(v) for k, v in (("lock", lock), ("hide", hide)) if v
         }
     st.markdown("**Link for your class**")
-    st.code(url_of(query), language=None, wrap_lines=True)
+    st.code(url_of(query, PAGE_PATH), language=None, wrap_lines=True)

@@ -15,17 +15,24 @@ import streamlit as st
 from dml_core.config import SECTIONS, RunConfig, margin_link, widget_values
 from dml_core.data import dataset_availability
 from dml_core.registry import LOSSES, MINERS
-from dml_core.services.share_links import TRAIN
+from dml_core.services.share_links import TRAIN, read_train_link
 from dml_core.train import resolve_device
 from pages.train_links import (
+    LINK_STATE,
     apply_locks,
     current_link,
     fixed_params,
     link_param,
-    read_url_once,
     share_panel,
 )
-from pages.ui import LOCKED_NOTE, field_widget, float_slider, param_widgets
+from pages.ui import (
+    LOCKED_NOTE,
+    field_widget,
+    float_slider,
+    link_warnings,
+    param_widgets,
+    read_url_once,
+)
 
 FIELDS = RunConfig.model_fields
 SEPARATE_MARGIN = "cfg.separate_margin"
@@ -116,13 +123,11 @@ def open_link() -> None:
 
     The locked ones are set again on every run, and each bad value of the link is a warning.
     """
-    first = read_url_once()
+    first = read_url_once(LINK_STATE, read_train_link)
     if first is not None and set(st.query_params) - set(TRAIN.keep):
         load_settings(RunConfig(**first.values))
-    link = current_link()
-    apply_locks(link)
-    for problem in link.problems:
-        st.warning(f"This link: {problem}", icon="🔗")
+    apply_locks(current_link())
+    link_warnings(LINK_STATE)
 
 
 def sidebar_config() -> tuple[dict[str, Any], str | None]:

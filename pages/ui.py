@@ -10,8 +10,9 @@ import atexit
 import math
 import os
 import typing
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 from pydantic import BaseModel
@@ -28,6 +29,7 @@ from dml_core.registry import Entry
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager
 from dml_core.services.projection_worker import ProjectionWorker
+from dml_core.services.share_links import Link
 from dml_core.snapshot import Snapshot
 
 RUNS_DIR = os.environ.get("DML_RUNS_DIR", "runs")
@@ -268,3 +270,48 @@ def open_in_compare(run_ids: list[str]) -> None:
         st.switch_page("pages/compare.py")
     except StreamlitAPIException:
         st.info("The Compare page is not part of this app's navigation.")
+
+
+def read_url_once(state_key: str, read: Callable[[Mapping[str, str]], Link]) -> Link | None:
+    """The URL's link (``share_links``) on the session's first run of a page, else None.
+
+    The link is kept under ``state_key``; a page puts its values into its widgets' state before
+    they draw, and shows its problems with :func:`link_warnings`.
+    """
+    if state_key in st.session_state:
+        return None
+    link = read(st.query_params.to_dict())
+    st.session_state[state_key] = link
+    return link
+
+
+def link_warnings(state_key: str) -> None:
+    """One warning per bad value of the link the session opened the page with."""
+    link = st.session_state.get(state_key)
+    for problem in link.problems if link else ():
+        st.warning(f"This link: {problem}", icon="🔗")
+
+
+def url_of(query: Mapping[str, str], path: str) -> str:
+    """A full link: this page's address (``st.context.url``, else ``/path``) and the query."""
+    base = st.context.url or f"/{path}"
+    text = urlencode(dict(query), safe=",")
+    return f"{base}?{text}" if text else base
+
+
+def sync_url(query: Mapping[str, str], keep: Collection[str] = ()) -> None:
+    """Make the browser's URL carry ``query``, keeping the keys in ``keep`` (Train's ``run``)."""
+    current = st.query_params.to_dict()
+    for key in current:
+        if key not in query and key not in keep:
+            del st.query_params[key]
+    for key, value in query.items():
+        if current.get(key) != value:
+            st.query_params[key] = value
+
+
+def copy_link(query: Mapping[str, str], path: str, keep: Collection[str] = ()) -> None:
+    """Keep the URL in step with ``query``, then show it to copy (st.code has a copy button)."""
+    sync_url(query, keep)
+    st.caption("Copy link: opens this page with these settings.")
+    st.code(url_of(st.query_params.to_dict(), path), language=None, wrap_lines=True)

@@ -16,12 +16,13 @@ Floats are written to 12 significant digits (a slider's 0.7000000000000001 reads
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from dml_core.config import RunConfig, margin_link
+from dml_core.config import EMBEDDING_DIMS, RunConfig, margin_link
+from dml_core.data import DATASETS
 from dml_core.errors import ConfigError, validate
 from dml_core.registry import LOSSES, MINERS, Entry, Registry
 from dml_core.services.lesson_catalogue import LESSONS
@@ -160,7 +161,10 @@ def read_link(
             continue
         registry = form.registries.get(name)
         try:
-            if registry is not None:
+            if registry is not None and isinstance(defaults[name], tuple):  # a comma list
+                names = [n.strip() for n in query[name].split(",") if n.strip()]
+                values[name] = tuple(registry[n].name for n in names)
+            elif registry is not None:
                 values[name] = registry[query[name]].name  # ConfigError names the known ones
             else:
                 values[name] = parse_value(form.model, name, query[name], form.owner)
@@ -332,3 +336,107 @@ def settings_to_query(
         miner_defaults = MINERS[values["miner"]].defaults()
         param_defaults["miner"] = miner_defaults | {"margin": read.params["loss"][link.loss_field]}
     return write_query(TRAIN, read.values, read.params, lock, hide, param_defaults)
+
+
+# ------------------------------------------------------------------ Loss explorer and Miner view
+
+HELD = {
+    "distance": {"negative": (0.0, 2.0, 1.0), "positive": (0.0, 2.0, 0.5)},
+    "similarity": {"negative": (-1.0, 1.0, 0.5), "positive": (-1.0, 1.0, 0.875)},
+}
+"""The Loss explorer's held coordinate per axis: (low, high, default)."""
+
+
+class ExplorerControls(BaseModel):
+    """The Loss explorer's controls a link carries; ``None`` held values: the axis's default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loss: str = "triplet"
+    compare: bool = False
+    loss2: str = "triplet"
+    axis: Literal["distance", "similarity"] = "distance"
+    held_negative: float | None = Field(None, ge=-1, le=2)
+    held_positive: float | None = Field(None, ge=-1, le=2)
+    show: Literal["value", "gradient"] = "value"
+    normalize: bool = False
+
+
+EXPLORER = LinkForm(
+    model=ExplorerControls,
+    names=tuple(ExplorerControls.model_fields),
+    registries={"loss": LOSSES, "loss2": LOSSES},
+    entries=lambda v: {"loss": LOSSES[v["loss"]], "loss2": LOSSES[v["loss2"]]},
+    param_keys=_param_keys({"loss": LOSSES, "loss2": LOSSES}),
+    owner="the Loss explorer",
+    always=("loss",),
+    param_hint="loss.NAME or loss2.NAME for a parameter",
+)
+
+
+def read_explorer_link(query: Mapping[str, str]) -> Link:
+    """The Loss explorer's link; the second loss is the first unless named.
+
+    Each held coordinate must lie in its axis's range (``HELD``).
+    """
+    if "loss2" not in query and "loss" in query:
+        query = {**query, "loss2": query["loss"]}
+    read = read_link(EXPLORER, query)
+    values, problems = dict(read.values), list(dict.fromkeys(read.problems))
+    for which in ("negative", "positive"):
+        held = values[f"held_{which}"]
+        low, high, _ = HELD[values["axis"]][which]
+        if held is not None and not low <= held <= high:
+            problems.append(
+                f"The 'held_{which}' parameter of the Loss explorer must be in [{low:g}, "
+                f"{high:g}] on the {values['axis']} axis. Got {held:g}; the default is used."
+            )
+            values[f"held_{which}"] = None
+    return Link(values, read.params, problems=tuple(problems), used=read.used)
+
+
+def explorer_query(values: Mapping[str, Any], params: Mapping[str, Mapping[str, Any]]) -> dict:
+    """The Loss explorer's link of its controls (the second loss only while comparing)."""
+    shown = dict(values)
+    for which in ("negative", "positive"):
+        if shown[f"held_{which}"] == HELD[shown["axis"]][which][2]:
+            shown[f"held_{which}"] = None
+    if not shown["compare"]:
+        shown["loss2"] = ExplorerControls().loss2
+        return write_query(EXPLORER, shown, {"loss": params["loss"]})
+    return write_query(replace(EXPLORER, always=("loss", "loss2")), shown, params)
+
+
+class MinerViewControls(BaseModel):
+    """The Miner view's controls a link carries; ``run`` names a saved run's net."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run: str | None = None
+    net: Literal["mlp", "convnet"] = Field("mlp", title="Architecture")
+    dim: int = Field(
+        32, ge=2, le=512, title="Embedding dim", json_schema_extra={"choices": EMBEDDING_DIMS}
+    )
+    dataset: Literal[DATASETS] = Field("digits", title="Dataset")  # type: ignore[valid-type]
+    P: int = Field(6, ge=1, le=16, title="P classes")
+    K: int = Field(8, ge=1, le=64, title="K per class")
+    seed: int = Field(0, ge=0, le=2**31 - 1, title="Seed")
+    margin: float = Field(0.2, ge=0.01, le=2, title="Margin α")
+    anchor: int = Field(0, ge=0, le=16 * 64 - 1, title="Anchor (batch index)")
+    miners: tuple[str, ...] = Field(default_factory=lambda: tuple(MINERS), title="Miners")
+
+
+def _own_params(name: str) -> bool:
+    """Whether a miner has parameters besides the margin (the Miner view's slider sets that)."""
+    return set(MINERS[name].params.model_fields) - {"margin"} != set()
+
+
+MINER_VIEW = LinkForm(
+    model=MinerViewControls,
+    names=tuple(MinerViewControls.model_fields),
+    registries={"miners": MINERS},
+    entries=lambda v: {m: MINERS[m] for m in v["miners"] if _own_params(m)},
+    param_keys=frozenset(f"{m}.{p}" for m, e in MINERS.items() for p in e.params.model_fields),
+    owner="the Miner view",
+    param_hint="MINER.NAME for a miner's parameter",
+)
