@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from dml_core.data import Dataset
+from dml_core.user_data.archive import DEFAULT_MAX_BYTES
 from dml_core.user_data.tables import TABLE_SUFFIXES
 
 DATA_SUFFIXES = (*TABLE_SUFFIXES, ".zip")
+MAX_BYTES = DEFAULT_MAX_BYTES  # size cap of a run's table, archive and each image file
 SPLIT_SEED = 0
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B: Pillow's "L" conversion
 
@@ -79,6 +81,7 @@ def load_config_dataset(cfg: DataSettings) -> Dataset:
         split=cfg.split,
         seed=SPLIT_SEED,
         skip_bad_files=cfg.skip_bad_files,
+        max_bytes=MAX_BYTES,
     )
 
 
