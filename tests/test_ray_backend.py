@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from dml_core.cli import main as cli_main
 from dml_core.config import RunConfig, make_config
 from dml_core.runs import RunState, RunStore
 from dml_core.services import jobs
@@ -307,3 +308,18 @@ def test_queue_positions_follow_the_cluster(ray_manager: JobManager) -> None:
     assert "Cancelled" in store.status(waiting[1])["message"]
     assert store.snapshot_steps(waiting[1]) == ()
     assert ray_manager.queue_position(waiting[1]) is None
+
+
+def test_bench_sweep_is_a_bench_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m dml_core bench sweep`` reaches bench/sweep_speed.py with its own flags
+    (only --help here: the benchmark itself starts its own Ray instance).
+
+    Catches: the entry missing (argparse would answer with the plain bench's help, which has
+    sweep's own usage) or wired to another benchmark.
+    """
+    with pytest.raises(SystemExit) as ended:
+        cli_main(["bench", "sweep", "--help"])
+    assert ended.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m dml_core bench sweep")
+    assert "CPUs of the Ray instance" in out  # the help of sweep_speed's --workers

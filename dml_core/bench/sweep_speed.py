@@ -2,7 +2,8 @@
 
 Both sides run in one process, with one torch thread per run.
 
-``python -m dml_core.bench.sweep_speed [--runs 8] [--steps 300] [--workers 2] [--json]``
+``python -m dml_core bench sweep [--runs 8] [--steps 300] [--workers 2] [--json]`` (or
+``python -m dml_core.bench.sweep_speed``)
 
 The runs are one sweep cell (the default config, ``--steps``) over ``--runs`` seeds. The
 sequential side is the local executor with one worker; the Ray side starts a local instance
@@ -102,7 +103,7 @@ def run_sweep_speed(runs: int = 8, steps: int = 300, workers: int = 2) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; prints a summary, or one JSON object with ``--json``."""
-    parser = argparse.ArgumentParser(prog="python -m dml_core.bench.sweep_speed")
+    parser = argparse.ArgumentParser(prog="python -m dml_core bench sweep")
     parser.add_argument("--runs", type=int, default=8, help="runs (seeds) in the sweep")
     parser.add_argument("--steps", type=int, default=300, help="digits steps per run")
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the Ray instance")
