@@ -12,19 +12,43 @@ from dml_core.figures import loss_geometry as geometry_figures
 from dml_core.figures import losses as loss_figures
 from dml_core.figures.style import split_symbol
 from dml_core.registry import LOSSES, Entry
-from pages.ui import describe, param_widgets, use_app_navigation
+from dml_core.services.share_links import HELD, Link, explorer_query, read_explorer_link
+from pages.ui import (
+    copy_link,
+    describe,
+    link_warnings,
+    param_widgets,
+    read_url_once,
+    use_app_navigation,
+)
 
 use_app_navigation()
 
 NAMES = list(LOSSES)
 PROBLEMS = (ConfigError, loss_curves.CurveUnavailableError)
 SCALES = {"distance": "distance d on the unit sphere", "similarity": "cosine s = 1 − d²/2"}
-# Slider (label, low, high, default) per scale for the coordinate held fixed in each profile.
-HELD = {
-    "distance": {"negative": (0.0, 2.0, 1.0), "positive": (0.0, 2.0, 0.5)},
-    "similarity": {"negative": (-1.0, 1.0, 0.5), "positive": (-1.0, 1.0, 0.875)},
-}
+# HELD (share_links): slider (low, high, default) per scale for the coordinate held fixed.
 GRID = 121  # heat-map resolution per axis
+LINK_STATE = "link.explorer"  # the link this session opened the page with
+
+
+def apply_link(link: Link) -> None:
+    """A link's controls into the widgets' state (before they draw)."""
+    v, params = link.values, link.params
+    state = {
+        "explorer.loss": v["loss"],
+        "explorer.compare": v["compare"],
+        "explorer2.loss": v["loss2"],
+        "explorer.scale": v["axis"],
+        "explorer.show": v["show"],
+        "explorer.normalize": v["normalize"],
+    }
+    for prefix, key in (("loss", "explorer"), ("loss2", "explorer2")):
+        state |= {f"{key}.{v[prefix]}.{k}": x for k, x in params[prefix].items()}
+    for which in ("negative", "positive"):
+        if v[f"held_{which}"] is not None:
+            state[f"explorer.held.{v['axis']}.{which}"] = v[f"held_{which}"]
+    st.session_state.update(state)
 
 
 def loss_picker(prefix: str, label: str, default: str) -> tuple[str, dict[str, Any]]:
@@ -72,12 +96,16 @@ def heat_maps(name: str, params: dict[str, Any], surface, show: str) -> list:
     return figures
 
 
+first = read_url_once(LINK_STATE, read_explorer_link)
+if first is not None and st.query_params:
+    apply_link(first)
 st.title("Loss explorer")
 st.caption(
     "How each loss weighs a positive pair (anchor a, positive p) and a negative pair (a, n) as "
     "their distances change, with no training. Values and gradients come from the same code "
     "that trains (autograd through each loss's own formula)."
 )
+link_warnings(LINK_STATE)
 
 with st.sidebar:
     st.header("Loss")
@@ -126,6 +154,21 @@ for col, (which, label) in zip(
 show = c4.radio(
     "Heat map", ["value", "gradient"], horizontal=True, key="explorer.show", help="loss or |grad|"
 )
+controls = {
+    "loss": name,
+    "compare": comparing,
+    "loss2": other[0] if other else name,
+    "axis": scale,
+    "held_negative": held["negative"],
+    "held_positive": held["positive"],
+    "show": show,
+    "normalize": st.session_state.get("explorer.normalize", False),  # drawn further down
+}
+with st.sidebar:
+    st.header("Share")
+    copy_link(
+        explorer_query(controls, {"loss": params, "loss2": other[1] if other else {}}), "losses"
+    )
 
 try:
     main = compute(name, params, scale, held, show)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import streamlit as st
@@ -14,20 +15,55 @@ from dml_core.analysis.batch_view import (
     mine_all,
     saved_run_margin,
 )
-from dml_core.config import EMBEDDING_DIMS
-from dml_core.data import DATASETS, dataset_availability
-from dml_core.errors import ConfigError
+from dml_core.data import dataset_availability
+from dml_core.errors import ConfigError, field_bounds
 from dml_core.figures import batch as batch_figures
 from dml_core.figures import thumbnails
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
-from pages.ui import RUNS_DIR, param_widgets, use_app_navigation
+from dml_core.services.share_links import (
+    MINER_VIEW,
+    Link,
+    MinerViewControls,
+    read_link,
+    write_query,
+)
+from pages.ui import (
+    RUNS_DIR,
+    copy_link,
+    field_widget,
+    link_warnings,
+    param_widgets,
+    read_url_once,
+    use_app_navigation,
+)
 
 use_app_navigation()
 store = RunStore(RUNS_DIR)  # read-only here: listing runs and reading checkpoints
 UNTRAINED = "untrained net"
-DIMS = list(EMBEDDING_DIMS)
-DEFAULT_MARGIN = 0.2
+DEFAULT_MARGIN = MinerViewControls().margin
+LINK_STATE = "link.miners"  # the link this session opened the page with
+CONTROLS = MinerViewControls  # the controls' limits and defaults (shared with links)
+
+
+def apply_link(link: Link) -> None:
+    """A link's controls into the widgets' state (before they draw); a missing run is named."""
+    v = link.values
+    state = {f"mv.{k}": v[k] for k in ("net", "dim", "dataset", "P", "K", "seed", "anchor")}
+    state["mv.miners"] = list(v["miners"])
+    source = UNTRAINED
+    if v["run"] is not None and v["run"] in store.list():
+        source = state["mv.source"] = v["run"]
+    elif v["run"] is not None:
+        problem = (
+            f"The link's 'run' names no saved run here ({v['run']!r}); the untrained net is used."
+        )
+        st.session_state[LINK_STATE] = replace(link, problems=(*link.problems, problem))
+    if "margin" in link.used or source == UNTRAINED:  # else the margin follows the run
+        state |= {"mv.margin": v["margin"], "mv.margin_for": source}
+    for miner, params in link.params.items():
+        state |= {f"mv.{miner}.{k}": x for k, x in params.items()}
+    st.session_state.update(state)
 
 
 def margin_follows(source_name: str) -> float:
@@ -62,29 +98,36 @@ def sidebar() -> tuple[dict[str, Any], str | None]:
             key="mv.source",
             help="An untrained net, or the last checkpoint of a saved run",
         )
+        controls: dict[str, Any] = CONTROLS().model_dump()
         if source_name == UNTRAINED:
             c1, c2 = st.columns(2)
-            net = c1.radio("Architecture", ["mlp", "convnet"], key="mv.net", horizontal=True)
-            dim = c2.select_slider("Embedding dim", DIMS, value=32, key="mv.dim")
-            dataset = st.selectbox("Dataset", DATASETS, key="mv.dataset")
+            with c1:
+                net = field_widget(CONTROLS, "net", "mv.net")
+            with c2:
+                dim = field_widget(CONTROLS, "dim", "mv.dim")
+            dataset = field_widget(CONTROLS, "dataset", "mv.dataset")
             source: UntrainedNet | SavedRun = UntrainedNet(net, dim)
+            controls |= {"net": net, "dim": dim, "dataset": dataset}
         else:
             cfg = store.load(source_name).config
             dataset = cfg.dataset
             st.caption(f"Dataset of the run: {dataset} ({cfg.split}), D = {cfg.embedding_dim}")
             source = SavedRun(RUNS_DIR, source_name)
+            controls["run"] = source_name
         available, note = dataset_availability(dataset)
         if not available:
             problem = note
-        c1, c2, c3 = st.columns(3)
-        P = c1.number_input("P classes", 1, 16, 6, key="mv.P")
-        K = c2.number_input("K per class", 1, 64, 8, key="mv.K")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="mv.seed")
+        batch = {}
+        for name, column in zip(("P", "K", "seed"), st.columns(3), strict=True):
+            with column:
+                batch[name] = field_widget(CONTROLS, name, f"mv.{name}")
+        P, K, seed = batch["P"], batch["K"], batch["seed"]
         run_margin = margin_follows(source_name)
+        low, high = (float(field_bounds(CONTROLS, "margin")[k]) for k in ("ge", "le"))
         margin = st.slider(
             "Margin α",
-            0.01,
-            2.0,
+            low,
+            high,
             step=0.01,
             key="mv.margin",
             help="easy / semi-hard / hard"
@@ -109,7 +152,8 @@ def sidebar() -> tuple[dict[str, Any], str | None]:
                     st.caption("margin: follows the margin slider above")
                 params[name] = {} if fields == {"margin"} else param_widgets(entry, "mv")
     settings = {"dataset": dataset, "P": P, "K": K, "seed": seed, "source": source}
-    return {**settings, "margin": margin, "miners": params}, problem
+    controls |= {"P": P, "K": K, "seed": seed, "margin": margin, "miners": tuple(chosen)}
+    return {**settings, "margin": margin, "miners": params, "controls": controls}, problem
 
 
 def anchor_from_click(batch_size: int) -> None:
@@ -126,14 +170,19 @@ def anchor_from_click(batch_size: int) -> None:
         st.session_state["mv.anchor"] = batch_size - 1
 
 
+first = read_url_once(LINK_STATE, lambda query: read_link(MINER_VIEW, query))
+if first is not None and st.query_params:
+    apply_link(first)
 st.title("Miner view")
 st.caption(
     "One P × K batch and one anchor: which positives and negatives each miner picks, and "
     "whether each negative is easy (beyond d(a,p) + α), semi-hard (inside the margin) or "
     "hard (closer than the positive), as in FaceNet (Schroff et al. 2015, Sec. 3.2)."
 )
+link_warnings(LINK_STATE)
 settings, problem = sidebar()
 miners, margin = settings.pop("miners"), settings.pop("margin")
+controls = settings.pop("controls")
 batch = result = None
 if problem:
     st.error(problem, icon="🚫")
@@ -204,3 +253,8 @@ if batch is not None and result is not None:
         batch_figures.anchor_polar_figure(batch, result, anchor, list(miners), positive),
         key="mv.chart.polar",
     )
+
+with st.sidebar:
+    st.header("Share")
+    anchor_now = st.session_state.get("mv.anchor", 0)
+    copy_link(write_query(MINER_VIEW, controls | {"anchor": anchor_now}, miners), "miners")
