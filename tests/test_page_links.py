@@ -18,9 +18,7 @@ from dml_core.config import make_config
 from dml_core.services.share_links import query_to_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = (
-    "dataset=digits&loss=contrastive&loss.neg_margin=0.7&miner=batch_hard&steps=123&seed=7"
-)
+EXAMPLE = "dataset=digits&loss=contrastive&loss.neg_margin=0.7&miner=batch_hard&steps=123&seed=7"
 LOCKED_NOTE = "fixed by this link"
 
 
@@ -28,14 +26,15 @@ LOCKED_NOTE = "fixed by this link"
 def open_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[str], AppTest]]:
-    """``open_train("a=1&b=2")``: the Train page opened with that query, over its own runs."""
+    """``open_train("a=1&b=2")``: the Train page (or ``page``) opened with that query, over
+    its own runs."""
     runs = tmp_path / "runs"
     monkeypatch.setenv("DML_RUNS_DIR", str(runs))
     monkeypatch.setattr(pages.ui, "RUNS_DIR", str(runs))
     pages.ui._jobs.clear()
 
-    def opener(query: str) -> AppTest:
-        at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    def opener(query: str, page: str = "train.py") -> AppTest:
+        at = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=60)
         for key, value in parse_qsl(query, keep_blank_values=True):
             at.query_params[key] = value
         at.run()
@@ -160,3 +159,51 @@ def test_a_lesson_link_opens_the_lessons_first_run(open_train) -> None:
     assert at.number_input(key="cfg.steps").value == 200
     assert "lesson" not in at.query_params  # the URL now names the settings themselves
     assert at.query_params["loss"] == "contrastive"
+
+
+def test_the_loss_explorer_opens_a_link_and_keeps_its_url_in_step(open_train) -> None:
+    """Catches an explorer that ignores the URL, or loses the second loss's parameters."""
+    at = open_train(
+        "loss=contrastive&loss.neg_margin=0.7&compare=true&loss2=triplet&loss2.margin=0.5"
+        "&axis=similarity&held_negative=0.3&show=gradient&seed=1",
+        "loss_explorer.py",
+    )
+    assert at.selectbox(key="explorer.loss").value == "contrastive"
+    assert at.slider(key="explorer.contrastive.neg_margin").value == pytest.approx(0.7)
+    assert at.toggle(key="explorer.compare").value
+    assert at.selectbox(key="explorer2.loss").value == "triplet"
+    assert at.slider(key="explorer2.triplet.margin").value == pytest.approx(0.5)
+    assert at.radio(key="explorer.scale").value == "similarity"
+    assert at.slider(key="explorer.held.similarity.negative").value == pytest.approx(0.3)
+    assert at.radio(key="explorer.show").value == "gradient"
+    assert [w.value for w in at.warning] == [
+        "This link: The link's 'seed' is no setting of this page; its settings are: loss, "
+        "compare, loss2, axis, held_negative, held_positive, show, normalize."
+    ]
+    at.slider(key="explorer.contrastive.neg_margin").set_value(0.9).run()
+    assert at.query_params["loss.neg_margin"] == "0.9"
+    assert "seed" not in at.query_params
+    assert at.sidebar.code[0].value.startswith("/losses?loss=contrastive&loss.neg_margin=0.9")
+
+
+def test_the_miner_view_opens_a_link_names_bad_values_and_keeps_its_url_in_step(
+    open_train,
+) -> None:
+    """Catches a miner view that ignores the URL or its miners' parameters."""
+    at = open_train(
+        "miners=all,random&random.fraction=0.3&P=4&K=40000&dim=16&margin=0.35&anchor=5",
+        "miner_view.py",
+    )
+    assert at.pills(key="mv.miners").value == ["all", "random"]
+    assert at.slider(key="mv.random.fraction").value == pytest.approx(0.3)
+    assert at.number_input(key="mv.P").value == 4
+    assert at.number_input(key="mv.K").value == 8  # K=40000 is out of [1, 64]: the default
+    assert at.select_slider(key="mv.dim").value == 16
+    assert at.slider(key="mv.margin").value == pytest.approx(0.35)
+    assert at.number_input(key="mv.anchor").value == 5
+    messages = [w.value for w in at.warning]
+    assert len(messages) == 1
+    assert "'K' parameter of the Miner view must be in [1, 64]" in messages[0]
+    at.number_input(key="mv.P").set_value(3).run()
+    assert at.query_params["P"] == "3"
+    assert at.query_params["random.fraction"] == "0.3"

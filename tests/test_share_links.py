@@ -17,10 +17,16 @@ from dml_core.errors import field_bounds
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services.lessons import LESSONS, lesson_configs
 from dml_core.services.share_links import (
+    MINER_VIEW,
+    MinerViewControls,
+    explorer_query,
     query_to_settings,
+    read_explorer_link,
+    read_link,
     read_train_link,
     settings_to_query,
     text,
+    write_query,
 )
 
 EXAMPLE = "dataset=digits&loss=contrastive&loss.neg_margin=0.7&miner=batch_hard&steps=123&seed=7"
@@ -228,3 +234,62 @@ def test_floats_are_written_short_and_exact_to_12_digits() -> None:
     assert text(0.1234567891) == "0.1234567891"
     assert text(1e-05) == "1e-05"
     assert (text(True), text(False)) == ("true", "false")
+
+
+# ------------------------------------------------------------------ Loss explorer, Miner view
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_explorer_controls_round_trip_for_every_loss(loss: str) -> None:
+    """Catches a lost second loss or its parameters (``loss2.X``), or held values dropped."""
+    params = {"loss": params_of(LOSSES[loss]), "loss2": params_of(LOSSES["contrastive"])}
+    values = {
+        "loss": loss, "compare": True, "loss2": "contrastive", "axis": "similarity",
+        "held_negative": -0.25, "held_positive": 0.5, "show": "gradient", "normalize": True,
+    }  # fmt: skip
+    read = read_explorer_link(through_url(explorer_query(values, params)))
+    assert read.problems == ()
+    assert (read.values, read.params) == (values, params)
+
+
+def test_explorer_defaults_give_a_short_link_and_the_second_loss_follows_the_first() -> None:
+    """Catches held values written at their axis's default, or loss2 left at triplet."""
+    read = read_explorer_link({})
+    assert explorer_query(
+        read.values | {"held_negative": 1.0, "held_positive": 0.5}, read.params
+    ) == {"loss": "triplet"}
+    assert read_explorer_link({"loss": "circle", "compare": "true"}).values["loss2"] == "circle"
+
+
+def test_explorer_held_values_are_checked_against_their_axis() -> None:
+    """1.5 is valid on the distance axis, not on the similarity axis [-1, 1]; catches a
+    check against the union of both ranges (the slider would raise)."""
+    assert read_explorer_link({"held_negative": "1.5"}).problems == ()
+    read = read_explorer_link({"axis": "similarity", "held_negative": "1.5"})
+    assert len(read.problems) == 1
+    assert "'held_negative'" in read.problems[0]
+    assert read.values["held_negative"] is None
+
+
+@pytest.mark.parametrize(
+    "miner", [m for m in MINERS if set(MINERS[m].params.model_fields) - {"margin"}]
+)
+def test_miner_view_controls_round_trip(miner: str) -> None:
+    """Catches a lost miners list or miner parameter (``random.fraction``)."""
+    values = MinerViewControls().model_dump() | {
+        "P": 4, "K": 5, "dim": 16, "margin": 0.35, "anchor": 7, "miners": ("all", miner),
+        "net": "convnet", "seed": 3,
+    }  # fmt: skip
+    params = {miner: params_of(MINERS[miner])}
+    read = read_link(MINER_VIEW, through_url(write_query(MINER_VIEW, values, params)))
+    assert read.problems == ()
+    assert (read.values, read.params) == (values, params)
+
+
+def test_miner_view_bad_values_are_named_and_others_kept() -> None:
+    """Catches a miners list that keeps an unknown name, and locks accepted silently."""
+    read = read_link(MINER_VIEW, {"miners": "all,bogus", "P": "40", "K": "3", "lock": "P"})
+    assert read.values["K"] == 3
+    assert read.values["P"] == 6
+    assert read.values["miners"] == tuple(MINERS)
+    assert [p.split(" ")[1] for p in read.problems] == ["'P'", "miner", "page"]
