@@ -6,6 +6,7 @@ instead, so a missing browser cannot silently turn the suite green.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dml_core.bench.app_speed import free_port, healthy
+from dml_core.runs import ACTIVE
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -28,6 +30,7 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1500, "height": 1900}
 HEALTH_TIMEOUT_S = 60.0
+LEFTOVER_STOP_S = 120.0  # a leftover run in its final evaluation cannot be stopped: it ends
 
 
 class ServerUrl(str):
@@ -149,3 +152,62 @@ def page(browser, server, request: pytest.FixtureRequest, tmp_path: Path):
                 tail = server.log_path.read_text(errors="replace").splitlines()[-40:]
                 print("streamlit log (tail):\n" + "\n".join(tail))
         context.close()
+
+
+def _state(runs_dir: Path, run_id: str) -> str:
+    """A run's state as its status.json says ("" while absent or mid-replace)."""
+    try:
+        return str(json.loads((runs_dir / run_id / "status.json").read_text()).get("state", ""))
+    except (OSError, json.JSONDecodeError):
+        return ""
+
+
+def _active_runs(runs_dir: Path, since: set[str]) -> list[str]:
+    """Runs created after ``since`` was listed that are still queued, running or paused."""
+    new = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in since)
+    return [r for r in new if _state(runs_dir, r) in ACTIVE]
+
+
+def _stop_through_the_page(browser, server: ServerUrl, run_ids: list[str]) -> None:
+    """Press each run's Stop on the Train page (as a user would) until every run has ended."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        for run_id in run_ids:
+            page.goto(f"{server}/train?run={run_id}", timeout=60_000)
+            deadline = time.monotonic() + LEFTOVER_STOP_S
+            while _state(server.runs_dir, run_id) in ACTIVE:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the leftover run {run_id} did not stop at teardown")
+                stop = page.get_by_role("button", name="Stop", exact=True)
+                try:  # disabled in its final evaluation, which ends by itself
+                    if stop.count() and stop.first.is_enabled():
+                        stop.first.click(timeout=5_000)
+                except PlaywrightError:  # the live fragment replaced the button meanwhile
+                    pass
+                page.wait_for_timeout(500)
+    finally:
+        context.close()
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_runs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the shared server, stop every run it started and left active.
+
+    A run left training would share the two cores with every later test of the session (and
+    slow it). Runs are stopped through the Train page's Stop button, after the test's own
+    pages have closed; a test that ends its runs itself is untouched.
+    """
+    if "server" not in request.fixturenames:
+        yield
+        return
+    server: ServerUrl = request.getfixturevalue("server")
+    browser = request.getfixturevalue("browser")  # the session's: started once
+    before = {p.name for p in server.runs_dir.iterdir()}
+    yield
+    leftovers = _active_runs(server.runs_dir, before)
+    if leftovers:
+        print(f"\nstopping runs left active by the test: {leftovers}")
+        _stop_through_the_page(browser, server, leftovers)
