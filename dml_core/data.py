@@ -104,6 +104,9 @@ class Dataset:
         train: what the net trains on.
         reference: the retrieval database.
         query: the retrieval queries.
+        rows: a user's data: the source row of each sample of train, reference and query
+            (int64; the table's 0-based data row, or the index into ``files``); else empty.
+        files: a user's images: the relative path of each image read; else empty.
     """
 
     name: str
@@ -113,6 +116,8 @@ class Dataset:
     train: Split
     reference: Split
     query: Split
+    rows: tuple[torch.Tensor, ...] = ()
+    files: tuple[str, ...] = ()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -90,15 +90,10 @@ class UserDataset(Dataset):
         kind: ``"images"`` or ``"table"``.
         skipped: ``(relative path, reason)`` of each unreadable image skipped
             (``skip_bad_files=True``); the count is also in ``source``.
-        rows: the source row of each sample of ``train``, ``reference`` and ``query`` (int64,
-            0-based: the table's data row, or the index into ``files``).
-        files: the relative path of each image read (empty for a table).
     """
 
     kind: str = "images"
     skipped: tuple[tuple[str, str], ...] = ()
-    rows: tuple[torch.Tensor, ...] = ()
-    files: tuple[str, ...] = ()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -185,7 +180,7 @@ def load_user_dataset(
     train, reference, query = cut(x, y, is_test, names, split, seed, str(path))
     rows = tuple(part.x for part in cut(np.arange(len(y)), y, is_test, names, split, seed, ""))
     return UserDataset(
-        given, split, source, names, train, reference, query, kind, skipped, rows, files
+        given, split, source, names, train, reference, query, rows, files, kind, skipped
     )
 
 

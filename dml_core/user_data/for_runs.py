@@ -138,14 +138,12 @@ def sample_captions(dataset: Dataset, part: str, idx: Sequence[int] | np.ndarray
     """
     if part not in PARTS:
         raise ValueError(f"The 'part' parameter must be one of {PARTS}. Got {part!r}.")
-    split = getattr(dataset, part)
+    split = {"train": dataset.train, "reference": dataset.reference, "query": dataset.query}[part]
     idx = np.asarray(idx, dtype=np.int64)
     names = [dataset.class_names[int(y)] for y in split.y[idx]]
-    rows = getattr(dataset, "rows", ())
-    if not rows:
+    if not dataset.rows:
         return names
-    where = rows[PARTS.index(part)][idx].tolist()
-    files = getattr(dataset, "files", ())
-    if files:
-        return [f"{files[r]}: {name}" for r, name in zip(where, names, strict=True)]
+    where = dataset.rows[PARTS.index(part)][idx].tolist()
+    if dataset.files:
+        return [f"{dataset.files[r]}: {name}" for r, name in zip(where, names, strict=True)]
     return [f"row {r}: {name}" for r, name in zip(where, names, strict=True)]

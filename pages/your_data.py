@@ -1,0 +1,121 @@
+"""The Train sidebar's "Your data" inputs: a path on the server or an upload, image settings.
+
+Drawn by ``pages/train_settings.py`` when the dataset picker says "Your data" (issue 17). The
+image size, colour and skip-bad-files widgets are generated from ``RunConfig``'s fields of
+the ``your_data`` section; loading and every check are ``dml_core`` calls (no maths here).
+The P and K widgets are set to what the data can fill (``user_data.default_batch``) when a
+new dataset is chosen, before they are drawn, so Train works without touching them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from dml_core.config import SECTIONS, RunConfig, make_config
+from dml_core.data import DatasetError, load_for_config
+from dml_core.errors import ConfigError
+from dml_core.user_data import (
+    DATA_SUFFIXES,
+    DEFAULT_MAX_BYTES,
+    check_user_data,
+    default_batch,
+)
+from dml_core.user_data.archive import store_upload
+from pages.ui import field_widget
+
+YOUR_DATA = "Your data"
+"""The dataset picker's extra option (beside ``data.DATASETS``)."""
+SOURCES = ("Path on the server", "Upload")
+SECTION = SECTIONS[4]  # "your_data": drawn here, not by the sidebar's generic sections
+FITTED_KEY = "your_data.fitted"  # the dataset whose P and K the widgets were last set for
+
+
+@st.cache_data(show_spinner="Reading your data…", max_entries=4, ttl=60)
+def data_summary(path: str, image_size: int, color: str, skip_bad_files: bool) -> dict[str, Any]:
+    """Load the data once per settings (a minute; a problem is not cached, it is raised).
+
+    Returns:
+        the absolute path, the loader's ``source`` line, the class count and the P, K the
+        data can fill.
+
+    Raises:
+        ConfigError, DatasetError: one sentence naming what is wrong.
+    """
+    cfg = make_config(
+        dataset=path, image_size=image_size, color=color, skip_bad_files=skip_bad_files
+    )
+    dataset = load_for_config(cfg)
+    batch = default_batch(dataset)
+    check_user_data(dataset, *batch)
+    return {
+        "dataset": cfg.dataset,
+        "source": dataset.source,
+        "classes": len(dataset.class_names),
+        "batch": batch,
+    }
+
+
+def _path_input(max_bytes: int) -> tuple[str | None, str | None]:
+    """The chosen path (typed, or where an upload was stored) and a problem, if any."""
+    source = st.radio("Your data from", SOURCES, horizontal=True, key="your_data.source")
+    if source == SOURCES[0]:
+        path = st.text_input(
+            "Path",
+            key="your_data.path",
+            placeholder="/data/my_images  or  /data/features.csv",
+            help="An image folder <class>/<images> (or train/ and test/ folders of them), or "
+            f"a feature table ({', '.join(DATA_SUFFIXES)}).",
+        ).strip()
+        return (path or None), None
+    upload = st.file_uploader(
+        f"Upload (at most {max_bytes // 2**20} MB)",
+        type=[s.lstrip(".") for s in DATA_SUFFIXES],
+        key="your_data.upload",
+        help="A .zip of an image folder, or a table file. Kept in the app's cache.",
+    )
+    if upload is None:
+        return None, None
+    try:
+        return str(store_upload(upload.name, upload.getvalue(), max_bytes=max_bytes)), None
+    except DatasetError as err:
+        return None, str(err)
+
+
+def your_data_inputs(max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any], str | None]:
+    """Draw the "Your data" inputs; return RunConfig values and a problem that disables Train.
+
+    Args:
+        max_bytes: the upload size cap (the issue's default 200 MB).
+
+    Returns:
+        ``({"dataset", "image_size", "color", "skip_bad_files"}, problem)``; ``dataset`` is
+        absent until a path is given. P and K are not returned: the sidebar's own widgets,
+        set here to the data's defaults when the dataset changes, give them.
+    """
+    path, problem = _path_input(max_bytes)
+    fields = RunConfig.model_fields
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        if (field.json_schema_extra or {}).get("section") == SECTION:  # type: ignore[union-attr]
+            values[name] = field_widget(RunConfig, name, f"cfg.{name}")
+    if problem is not None:
+        return values, problem
+    if path is None:
+        return values, "Give the path of your data, or upload it."
+    try:
+        summary = data_summary(
+            path, values["image_size"], values["color"], values["skip_bad_files"]
+        )
+    except (ConfigError, DatasetError) as err:
+        st.error(str(err))
+        return values, str(err)
+    st.caption(f"Source: {summary['source']}.")
+    fitted = (summary["dataset"], *summary["batch"])
+    if st.session_state.get(FITTED_KEY) != fitted:  # a new dataset: P and K that it can fill
+        st.session_state[FITTED_KEY] = fitted
+        st.session_state["cfg.classes_per_batch"], st.session_state["cfg.samples_per_class"] = (
+            summary["batch"]
+        )
+    return values | {"dataset": summary["dataset"]}, None

@@ -1,0 +1,67 @@
+"""AppTest of pages/your_data.py: the "Your data" inputs, their values and problems (issue 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.user_data_files import gaussian_table, write_npz
+
+
+def _app() -> None:
+    import streamlit as st
+
+    from pages.your_data import your_data_inputs
+
+    values, problem = your_data_inputs()
+    st.session_state["out"] = (values, problem)
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("DML_CACHE_DIR", str(tmp_path / "cache"))
+    at = AppTest.from_function(_app, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _path(at: AppTest, path: str) -> AppTest:
+    at.text_input(key="your_data.path").set_value(path).run()
+    assert not at.exception
+    return at
+
+
+def test_no_path_yet_disables_train(app: AppTest) -> None:
+    values, problem = app.session_state["out"]
+    assert problem == "Give the path of your data, or upload it."
+    assert (values["image_size"], values["color"], values["skip_bad_files"]) == (28, "gray", False)
+
+
+def test_a_table_gives_its_path_and_sets_p_and_k(app: AppTest, tmp_path: Path) -> None:
+    """Catches: P and K left at 6 x 16 for data of 3 classes of 10 training samples."""
+    x, y = gaussian_table(per_class=12)
+    keep = np.isin(y, ["alpha", "beta", "gamma"])
+    table = write_npz(tmp_path / "t.npz", x[keep], y[keep])
+    at = _path(app, str(table))
+    values, problem = at.session_state["out"]
+    assert problem is None
+    assert values["dataset"] == str(table)
+    assert at.session_state["cfg.classes_per_batch"] == 3
+    assert at.session_state["cfg.samples_per_class"] == 10  # 12 - round(0.2 * 12) train samples
+    assert "feature table" in at.caption[0].value
+
+
+def test_bad_data_is_one_message(app: AppTest, tmp_path: Path) -> None:
+    x, y = gaussian_table(per_class=5)
+    table = write_npz(tmp_path / "one.npz", x[y == "alpha"], y[y == "alpha"])
+    at = _path(app, str(table))
+    _, problem = at.session_state["out"]
+    assert "has 1 class(es) ('alpha') but the standard split needs at least 2" in problem
+    assert at.error[0].value == problem
+    at = _path(at, str(tmp_path / "missing"))
+    _, problem = at.session_state["out"]
+    assert problem.endswith("missing does not exist.")
