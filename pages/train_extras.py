@@ -11,6 +11,8 @@ Used by ``pages/train.py``:
   a result computed elsewhere, e.g. by the projection worker).
 - ``show_true_neighbours(fig, points, emb, chart_key)``: a click on the layout (the chart's
   selection) marks that point's k nearest neighbours in the embedding.
+- ``shown_settings(cfg)``: the shown run's settings card, its equations, "Load these settings".
+- ``export_buttons(store, run_id)``: the shown run's downloads, each built only when clicked.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import streamlit as st
 
 from dml_core.analysis.hard_triplets import snapshot_hardest_triplets
 from dml_core.analysis.layout_quality import layout_quality
+from dml_core.config import RunConfig, describe_config
 from dml_core.errors import ConfigError
 from dml_core.figures import neighbours, thumbnails
+from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.services import export
-from pages.ui import load_snapshot
+from pages.train_settings import load_settings
+from pages.ui import describe, load_snapshot
 
 Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
 
@@ -130,3 +135,56 @@ def show_true_neighbours(fig: go.Figure, points: Array, emb: Array, chart_key: s
         return None
     neighbours.add_true_neighbours(fig, points, emb, index, NEIGHBOURS_K)
     return index
+
+
+def export_buttons(store: RunStore, run_id: str) -> None:
+    """Downloads of the shown run, built only when clicked."""
+    with st.expander("Export this run"):
+        cols = st.columns(4)
+        cols[0].download_button(
+            "Metrics (CSV)",
+            lambda: store.history(run_id).to_csv(index=False),
+            file_name=f"{run_id}-metrics.csv",
+            mime="text/csv",
+            key="dl.csv",
+        )
+        cols[1].download_button(
+            "Embedding Projector (zip)",
+            lambda: export.projector_zip(store, run_id),
+            file_name=f"{run_id}-projector.zip",
+            mime="application/zip",
+            key="dl.projector",
+            help="tensors.tsv, metadata.tsv and a sprite for TensorBoard's Embedding Projector",
+        )
+        cols[2].download_button(
+            "Animation (HTML)",
+            lambda: export.animation_html_bytes(store, run_id),
+            file_name=f"{run_id}-animation.html",
+            mime="text/html",
+            key="dl.html",
+        )
+        cols[3].download_button(
+            "Animation (GIF)",
+            lambda: export.animation_gif_bytes(store, run_id),
+            file_name=f"{run_id}-animation.gif",
+            mime="image/gif",
+            key="dl.gif",
+        )
+        st.caption("Each figure has its own PNG download in its toolbar (camera icon).")
+
+
+def shown_settings(cfg: RunConfig) -> None:
+    """The shown run's own settings: a config card, its equations and "Load these settings"."""
+    st.markdown(f"**Shown run:** {describe_config(cfg)}")
+    st.button(
+        "Load these settings",
+        key="btn.load_settings",
+        on_click=load_settings,
+        args=(cfg,),
+        help="Copy this run's settings into the sidebar, to train it again or vary one thing",
+    )
+    left, right = st.columns(2)
+    with left:
+        describe(LOSSES[cfg.loss])
+    with right:
+        describe(MINERS[cfg.miner])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import pytest
 from dml_core.config import make_config
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase
-from dml_core.services.run_view import RunView, run_view
+from dml_core.services.projection_worker import ProjectionWorker
+from dml_core.services.run_view import RunView, figure_news, run_view
+from tests.saved_runs import make_tiny_run
 
 S = RunState
 TRAINING, EVALUATING = Phase.TRAINING, Phase.FINAL_EVALUATION
@@ -171,3 +174,32 @@ def test_a_queued_job_shows_its_place(store: RunStore, manager: JobManager) -> N
     assert view.state is S.STOPPED
     assert not view.live
     assert not view.can_resume  # it never trained: no checkpoint
+
+
+def test_figure_news_changes_exactly_when_the_figures_would(tmp_path: Path) -> None:
+    """The Train page redraws its figures only when ``figure_news`` changes (issue 14).
+
+    Catches news blind to a new snapshot (the view would stay on an old step), to a layout
+    that arrived (UMAP would never replace its PCA stand-in) or to the run's state (final
+    metrics would not appear), and news that changes with nothing new (every poll would
+    rebuild and resend every figure). Tried: dropping the layout term fails the third check.
+    """
+    store = make_tiny_run(tmp_path / "runs", "tiny")
+    worker = ProjectionWorker()
+    try:
+        before = figure_news(store, worker, "tiny", "pca", S.RUNNING)
+        assert before == figure_news(store, worker, "tiny", "pca", S.RUNNING)  # nothing new
+        assert before[:2] == (3, 30)
+        last = store.load_snapshot("tiny", 30)
+        store.save_snapshot("tiny", dataclasses.replace(last, step=45))
+        grown = figure_news(store, worker, "tiny", "pca", S.RUNNING)
+        assert grown[:2] == (4, 45)
+        worker.submit("tiny", 45, last.probe_emb, "pca")
+        assert worker.get("tiny", 45, "pca", timeout=30) is not None
+        laid_out = figure_news(store, worker, "tiny", "pca", S.RUNNING)
+        assert laid_out != grown
+        assert laid_out[2] == 45
+        assert figure_news(store, worker, "tiny", "direct", S.RUNNING)[2] is None
+        assert figure_news(store, worker, "tiny", "pca", S.FINISHED) != laid_out
+    finally:
+        worker.stop()

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from dml_core.runs import ACTIVE, FINAL, RESUMABLE, RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase
+from dml_core.services.projection_worker import ProjectionWorker
+
+FigureNews = tuple[int, int | None, int | None, RunState]
+"""What the live figures of a run depend on: snapshots saved, newest one, newest layout, state."""
 
 
 @dataclass(frozen=True)
@@ -153,3 +157,19 @@ def run_view(store: RunStore, manager: JobManager, run_id: str) -> RunView:
         device=status.get("device", ""),
         has_checkpoint=has_checkpoint,
     )
+
+
+def figure_news(
+    store: RunStore, layouts: ProjectionWorker, run_id: str, method: str, state: RunState
+) -> FigureNews:
+    """What can change the live figures of ``run_id`` while a page shows them.
+
+    The number of snapshots saved and the newest step (a new one is drawn at once, or joins
+    the scrubber), the newest layout ``layouts`` has computed with ``method`` (UMAP replaces
+    its PCA stand-in; "direct" computes none), and the run's state (final metrics appear when
+    it finishes). A page stores this when it draws and compares it on every poll: equal means
+    that redrawing would show the same figures.
+    """
+    steps = store.snapshot_steps(run_id)
+    latest = layouts.latest(run_id, method) if method != "direct" else None
+    return (len(steps), steps[-1] if steps else None, latest and latest[0], state)
