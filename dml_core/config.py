@@ -10,6 +10,7 @@ the loaded data (classes and class sizes).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -227,7 +228,14 @@ class RunConfig(BaseModel):
     @field_validator("dataset", mode="plain")
     @classmethod
     def _dataset_or_path(cls, value: Any) -> str:
-        """A built-in name, or an existing folder / data file path (made absolute)."""
+        """A built-in name, an existing data path (made absolute), or a saved run's path.
+
+        A saved run holds an absolute path, taken as it is: the run still opens when its data
+        has moved (loading the data then says the path does not exist). ``make_config`` checks
+        a new run's path.
+        """
+        if isinstance(value, str) and Path(value).is_absolute() and not is_builtin(value):
+            return value
         try:
             return dataset_value(value)
         except ConfigError as err:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dml_core.config import config_for_data, make_config
+from dml_core.config import RunConfig, config_for_data, make_config
 from dml_core.config_data import fit_to_data
-from dml_core.data import load_dataset, load_for_config
+from dml_core.data import DatasetError, load_dataset, load_for_config
 from dml_core.errors import ConfigError
 from dml_core.nets import build_net
 from dml_core.user_data import (
@@ -216,3 +216,16 @@ def test_captions_name_the_source_row_and_file(tmp_path: Path, tiny_shapes: Path
     assert sample_captions(load_dataset("digits"), "query", [0]) == [
         str(int(load_dataset("digits").query.y[0]))
     ]
+
+
+def test_a_saved_run_opens_when_its_data_has_moved(tmp_path: Path) -> None:
+    """Catches: the saved config re-checking that the path exists (the run would not open)."""
+    table = small_table(tmp_path)
+    cfg = make_config(dataset=str(table))
+    table.unlink()
+    again = RunConfig.model_validate_json(cfg.model_dump_json())
+    assert again.dataset == str(table)
+    with pytest.raises(DatasetError, match=r"small\.npz does not exist"):
+        load_for_config(again)
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_config(dataset=str(table))
