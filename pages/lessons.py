@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
@@ -37,15 +39,24 @@ def verdict(runs_dir: str, key: str, run_ids: tuple[str, ...]) -> tuple[bool, st
     return evaluate(LESSONS[key], load_results(RunStore(runs_dir), run_ids))
 
 
-def link(page: str, label: str, run_id: str | None = None, icon: str | None = None) -> None:
-    """A link to an app page (with ``?run=``); a plain link when the page is not registered."""
+def link(
+    page: str,
+    label: str,
+    run_id: str | None = None,
+    icon: str | None = None,
+    params: dict[str, str] | None = None,
+) -> None:
+    """A link to an app page with ``?run=`` (or other ``params``).
+
+    A plain link when the page is not registered.
+    """
     _, page_icon, path = PAGE_TITLES.get(page, (page, "📄", page))
     icon = icon or page_icon
-    params = {"run": run_id} if run_id else None
+    params = {"run": run_id} if run_id else params
     try:
         st.page_link(page, label=label, icon=icon, query_params=params)
     except StreamlitAPIException:
-        query = f"?run={run_id}" if run_id else ""
+        query = f"?{urlencode(params)}" if params else ""
         st.markdown(f"{icon} [{label}](/{path}{query})")
 
 
@@ -109,6 +120,11 @@ def lesson_panel(lesson: Lesson) -> None:
         st.markdown("**Open**")
         for page in lesson.pages:
             link(page, PAGE_TITLES.get(page, (page,))[0])
+        link(
+            "pages/train.py",
+            "Train with its first run's settings",
+            params={"lesson": lesson.key},  # share_links' lesson= (a link for a class, too)
+        )
     with right:
         runs_panel(lesson)
 

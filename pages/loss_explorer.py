@@ -18,7 +18,7 @@ from pages.ui import (
     describe,
     link_warnings,
     param_widgets,
-    read_url_once,
+    read_new_link,
     use_app_navigation,
 )
 
@@ -96,7 +96,7 @@ def heat_maps(name: str, params: dict[str, Any], surface, show: str) -> list:
     return figures
 
 
-first = read_url_once(LINK_STATE, read_explorer_link)
+first = read_new_link(LINK_STATE, read_explorer_link)
 if first is not None and st.query_params:
     apply_link(first)
 st.title("Loss explorer")
@@ -167,7 +167,9 @@ controls = {
 with st.sidebar:
     st.header("Share")
     copy_link(
-        explorer_query(controls, {"loss": params, "loss2": other[1] if other else {}}), "losses"
+        explorer_query(controls, {"loss": params, "loss2": other[1] if other else {}}),
+        "losses",
+        LINK_STATE,
     )
 
 try:

@@ -34,7 +34,7 @@ from pages.ui import (
     field_widget,
     link_warnings,
     param_widgets,
-    read_url_once,
+    read_new_link,
     use_app_navigation,
 )
 
@@ -170,7 +170,7 @@ def anchor_from_click(batch_size: int) -> None:
         st.session_state["mv.anchor"] = batch_size - 1
 
 
-first = read_url_once(LINK_STATE, lambda query: read_link(MINER_VIEW, query))
+first = read_new_link(LINK_STATE, lambda query: read_link(MINER_VIEW, query))
 if first is not None and st.query_params:
     apply_link(first)
 st.title("Miner view")
@@ -257,4 +257,6 @@ if batch is not None and result is not None:
 with st.sidebar:
     st.header("Share")
     anchor_now = st.session_state.get("mv.anchor", 0)
-    copy_link(write_query(MINER_VIEW, controls | {"anchor": anchor_now}, miners), "miners")
+    copy_link(
+        write_query(MINER_VIEW, controls | {"anchor": anchor_now}, miners), "miners", LINK_STATE
+    )

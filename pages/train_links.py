@@ -86,7 +86,7 @@ def share_panel(values: Mapping[str, Any]) -> None:
     settings = complete(values)
     query = settings_to_query(settings, link.lock, link.hide)
     st.subheader("Share")
-    copy_link(query, PAGE_PATH, keep=TRAIN.keep)
+    copy_link(query, PAGE_PATH, LINK_STATE, keep=TRAIN.keep)
     with st.expander("Make a link for your class"):
         class_link(settings)
 

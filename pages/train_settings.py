@@ -31,7 +31,7 @@ from pages.ui import (
     float_slider,
     link_warnings,
     param_widgets,
-    read_url_once,
+    read_new_link,
 )
 
 FIELDS = RunConfig.model_fields
@@ -123,7 +123,7 @@ def open_link() -> None:
 
     The locked ones are set again on every run, and each bad value of the link is a warning.
     """
-    first = read_url_once(LINK_STATE, read_train_link)
+    first = read_new_link(LINK_STATE, read_train_link, keep=TRAIN.keep)
     if first is not None and set(st.query_params) - set(TRAIN.keep):
         load_settings(RunConfig(**first.values))
     apply_locks(current_link())

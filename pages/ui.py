@@ -272,17 +272,27 @@ def open_in_compare(run_ids: list[str]) -> None:
         st.info("The Compare page is not part of this app's navigation.")
 
 
-def read_url_once(state_key: str, read: Callable[[Mapping[str, str]], Link]) -> Link | None:
-    """The URL's link (``share_links``) on the session's first run of a page, else None.
+def read_new_link(
+    state_key: str, read: Callable[[Mapping[str, str]], Link], keep: Collection[str] = ()
+) -> Link | None:
+    """The URL's link (``share_links``) when it is new to this page, else None.
 
-    The link is kept under ``state_key``; a page puts its values into its widgets' state before
-    they draw, and shows its problems with :func:`link_warnings`.
+    New: the session's first run of the page, or a URL whose settings differ from the ones the
+    page last wrote (:func:`copy_link`), e.g. a ``st.page_link`` with query parameters. The
+    link is kept under ``state_key``; a page puts its values into its widgets' state before
+    they draw, and shows its problems with :func:`link_warnings`. Keys in ``keep`` (Train's
+    ``run``) are the page's own and no settings.
     """
-    if state_key in st.session_state:
+    query = {k: v for k, v in st.query_params.to_dict().items() if k not in keep}
+    if state_key in st.session_state and (not query or query == _written(state_key)):
         return None
     link = read(st.query_params.to_dict())
     st.session_state[state_key] = link
     return link
+
+
+def _written(state_key: str) -> dict[str, str] | None:
+    return st.session_state.get(f"{state_key}.written")
 
 
 def link_warnings(state_key: str) -> None:
@@ -310,8 +320,14 @@ def sync_url(query: Mapping[str, str], keep: Collection[str] = ()) -> None:
             st.query_params[key] = value
 
 
-def copy_link(query: Mapping[str, str], path: str, keep: Collection[str] = ()) -> None:
-    """Keep the URL in step with ``query``, then show it to copy (st.code has a copy button)."""
+def copy_link(
+    query: Mapping[str, str], path: str, state_key: str, keep: Collection[str] = ()
+) -> None:
+    """Keep the URL in step with ``query``, then show it to copy (st.code has a copy button).
+
+    What was written is kept beside the link under ``state_key`` (see :func:`read_new_link`).
+    """
     sync_url(query, keep)
+    st.session_state[f"{state_key}.written"] = dict(query)
     st.caption("Copy link: opens this page with these settings.")
     st.code(url_of(st.query_params.to_dict(), path), language=None, wrap_lines=True)

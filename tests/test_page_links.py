@@ -207,3 +207,27 @@ def test_the_miner_view_opens_a_link_names_bad_values_and_keeps_its_url_in_step(
     at.number_input(key="mv.P").set_value(3).run()
     assert at.query_params["P"] == "3"
     assert at.query_params["random.fraction"] == "0.3"
+
+
+def test_edits_stay_and_a_new_link_in_the_same_session_is_read(open_train) -> None:
+    """Catches a page that re-reads its own URL on every run (an edit would be undone), and one
+    that reads the URL only on the session's first run (a link from the Lessons page, in the
+    same session, would be ignored)."""
+    at = open_train(EXAMPLE)
+    at.number_input(key="cfg.steps").set_value(200).run()
+    at.run()
+    assert at.number_input(key="cfg.steps").value == 200
+    for key in list(at.query_params):
+        del at.query_params[key]
+    at.query_params["lesson"] = "hard_mining_collapse"
+    at.run()
+    assert not at.exception
+    first = query_to_settings({"lesson": "hard_mining_collapse"})[0]
+    assert at.selectbox(key="cfg.miner").value == first["miner"]
+    assert at.number_input(key="cfg.steps").value == first["steps"]
+
+
+def test_each_lesson_links_to_train_with_its_preset(open_train) -> None:
+    at = open_train("", "lessons.py")
+    links = [m.value for m in at.markdown if "/train?lesson=" in m.value]
+    assert any("/train?lesson=contrastive_vs_triplet" in m for m in links), links
