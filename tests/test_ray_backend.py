@@ -250,7 +250,8 @@ def test_pause_and_stop_from_the_manager_reach_the_ray_worker(ray_manager: JobMa
     Catches: a pause that the worker never hears (state never paused) or that does not hold
     (new snapshots while paused), a resume that does not release it, a stop that does not
     reach the worker (the run would train on to 100,000 steps and the deadline fail), a stop
-    that kills instead of stopping (no last snapshot at the stopped step).
+    that kills instead of stopping (no last snapshot at the stopped step), a resumed run
+    cancelled at once by its earlier stop order (it would never pass the stopped step).
     """
     store = ray_manager.store
     run_id = ray_manager.submit(tiny(steps=100_000, every=5))
@@ -272,6 +273,20 @@ def test_pause_and_stop_from_the_manager_reach_the_ray_worker(ray_manager: JobMa
     assert 5 <= status["step"] < 100_000
     assert store.snapshot_steps(run_id)[-1] == status["step"]
     assert status["worker"]["pid"] != os.getpid()
+    # Resumed (the Train page's Resume): a new task goes on from the checkpoint, not
+    # cancelled by the stop order its run id still had, and not from step 0.
+    stopped_at = status["step"]
+    snapshot_0 = store.path(run_id) / "snapshots" / "00000000.npz"
+    written = snapshot_0.stat().st_mtime_ns
+    ray_manager.resume(run_id)
+    again = ray_manager.get(run_id)
+    assert again is not job
+    wait_for(lambda: store.status(run_id).get("step", 0) >= stopped_at + 10, "the resumed run")
+    assert store.status(run_id)["state"] == RunState.RUNNING
+    ray_manager.stop(run_id)
+    wait_for(lambda: again.done, "the second stop")
+    assert store.status(run_id)["state"] == RunState.STOPPED
+    assert snapshot_0.stat().st_mtime_ns == written  # resumed from the checkpoint, not step 0
 
 
 def test_queue_positions_follow_the_cluster(ray_manager: JobManager) -> None:

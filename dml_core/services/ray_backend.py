@@ -315,6 +315,7 @@ class RayExecutor:
     def submit(self, task: RunTask) -> None:
         """Start the run's task (it waits for resources in Ray's queue)."""
         checkpoint = self.store.load_checkpoint(task.run_id) if task.resume else None
+        ray.get(self.channel.set_order.remote(task.run_id, "run"))  # not a stop of its last task
         gpus = 0.0 if task.config.device == "cpu" else self.num_gpus
         options = {"num_cpus": self.num_cpus, "num_gpus": gpus}
         ref = train_remote.options(**options).remote(

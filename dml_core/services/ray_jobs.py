@@ -165,7 +165,7 @@ class RayJobs:
         """A job for the run (not started), once the run's previous task, if any, ended."""
         with self._lock:
             previous = self._jobs.get(run_id)
-        if previous is not None:  # its last records may still be on their way
+        if previous is not None and not previous._ended.is_set():  # records still coming
             previous.stop()
             previous.join(timeout=30)
         job = RemoteJob(cfg, self.store, run_id, resume, self.executor)
