@@ -158,7 +158,9 @@ def build_parser() -> Parser:
         "bench",
         help="time dml_core's training path against a PML loop",
         epilog="python -m dml_core bench sweep [--runs 8 --steps 300 --workers 2 --json]: a "
-        "sweep's runs on a local Ray cluster against the same runs one after another.",
+        "sweep's runs on a local Ray cluster against the same runs one after another. "
+        "python -m dml_core bench app [--steps 300 --out FILE]: training in the app, watched "
+        "live in Chromium, against the CLI (samples/s ratio, time to a verdict, CPU seconds).",
     )
     bench.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -393,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dml_core.bench.sweep_speed import main as sweep_speed_main
 
         return sweep_speed_main(argv[2:])
+    if argv[:2] == ["bench", "app"]:  # its own flags (bench app --help)
+        from dml_core.bench.app_speed import main as app_speed_main
+
+        return app_speed_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -60,3 +60,18 @@ def test_cpu_groups_split_the_server_tree_from_the_rest() -> None:
     groups = json.loads(out.stdout)
     assert groups["umap_worker"] >= 0.5, groups
     assert groups["browser"] < 0.5, groups
+
+
+def test_bench_app_is_a_command_of_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m dml_core bench app`` reaches the app benchmark's own flags.
+
+    Catches the command not wired (``bench`` then rejects ``app`` with exit status 2).
+    """
+    from dml_core import cli
+
+    with pytest.raises(SystemExit) as leaving:
+        cli.main(["bench", "app", "--help"])
+    assert leaving.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m dml_core bench app")
+    assert "--steps" in out

@@ -1,6 +1,6 @@
 """Does training in the app keep the CLI's speed? Both measured in one script run.
 
-``python -m dml_core.bench.app_speed [--dataset D] [--net N] [--steps S] [--out FILE]`` prints
+``python -m dml_core bench app [--dataset D] [--net N] [--steps S] [--out FILE]`` prints
 one JSON object (defaults: FashionMNIST, ConvNet, the Train page's 300 steps):
 
 1. **CLI**: ``python -m dml_core train --json`` with the settings given (the Train page's
@@ -284,7 +284,7 @@ def run_app_speed(cfg: RunConfig, workdir: Path, timeout_s: float = TIMEOUT_S) -
 
 def main(argv: list[str] | None = None) -> int:
     """Command line (see the module docstring); prints the JSON, returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m dml_core.bench.app_speed")
+    parser = argparse.ArgumentParser(prog="python -m dml_core bench app")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--net", default="convnet")
     parser.add_argument("--steps", type=int, default=RunConfig.model_fields["steps"].default)
