@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,38 @@ def test_tie_bounds_cover_the_other_order() -> None:
     triple = _keys([1.0, 2.0, 2.0, 2.0, 9.0], [0, 0, 1, 0, 0])
     for keys in (at_top, at_r, triple):
         assert ranking._chunk_scores(keys, r)[1][0]
+
+
+def _threads_of_a_new_thread() -> int:
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_workers_give_the_thread_count_back() -> None:
+    """Each worker runs torch on one thread and restores the count new threads adopt.
+
+    Catches a worker that keeps ``torch.set_num_threads(1)``: every thread started later (a
+    training job's) would then run torch on one core. Tried: without the restore, this fails.
+    """
+    before = _threads_of_a_new_thread()
+    gen = torch.Generator().manual_seed(0)
+    ref, rl = torch.randn(300, 4, generator=gen), torch.randint(0, 3, (300,), generator=gen)
+    r_all = ranking.per_query_r(rl, rl, True)
+    ranking.fast_scores(ref, rl, ref, rl, r_all, same_set=True, chunk_size=16)
+    assert _threads_of_a_new_thread() == before
+
+
+def test_a_worker_error_reaches_the_caller() -> None:
+    """Catches an error swallowed in a worker thread (its rows would silently stay NaN)."""
+    seen: list[int] = []
+
+    def work(chunk: int) -> None:
+        if chunk == 3:
+            raise ValueError("chunk 3")
+        seen.append(chunk)
+
+    with pytest.raises(ValueError, match="chunk 3"):
+        ranking._in_workers(work, list(range(8)), 2)
