@@ -124,9 +124,9 @@ def class_link(settings: Mapping[str, Any]) -> None:
         help="A lesson's first run; the link then carries the lesson's name, not the settings.",
     )
     head = st.columns([3, 1, 1])
-    head[0].markdown("**Setting**")
-    head[1].markdown("**Lock**")
-    head[2].markdown("**Hide**")
+    head[0].caption("setting")
+    head[1].caption("🔒", help="lock: shown greyed out")
+    head[2].caption("🙈", help="hide: left out of the sidebar")
     lock, hide = [], []
     for name in link_names(settings):
         row = st.columns([3, 1, 1])

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from e2e_util import LOAD_TIMEOUT_MS, assert_no_exception, open_app, screenshot, wait_settled
+from e2e_util import (
+    LOAD_TIMEOUT_MS,
+    SHOTS,
+    assert_no_exception,
+    open_app,
+    screenshot,
+    wait_settled,
+)
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.e2e
@@ -55,6 +62,16 @@ def test_the_example_link_opens_its_settings_with_loss_and_miner_locked(
         page, "links-locked.png", showing=page.get_by_text("fixed by this link").first
     )
     assert shot.exists()
+    maker = page.get_by_text("Make a link for your class")
+    maker.scroll_into_view_if_needed()
+    maker.click()
+    made = page.locator("[data-testid='stCode']").filter(has_text="lock=loss,miner")
+    expect(made.last).to_contain_text("steps=123&seed=7&lock=loss,miner")
+    wait_settled(page)
+    SHOTS.mkdir(exist_ok=True)  # the whole expander, taller than the window
+    page.locator("[data-testid='stExpander']").filter(has=maker).screenshot(
+        path=str(SHOTS / "links-class.png")
+    )
 
 
 def test_bad_values_in_a_link_are_named_and_nothing_breaks(page: Page, server: str) -> None:
@@ -67,3 +84,25 @@ def test_bad_values_in_a_link_are_named_and_nothing_breaks(page: Page, server: s
     expect(page.get_by_label("Steps", exact=True)).to_have_value("300")
     wait_settled(page)
     assert_no_exception(page)
+
+
+@pytest.mark.parametrize(
+    ("path", "box", "value", "shot"),
+    [
+        ("/losses?loss=contrastive&loss.neg_margin=0.7&axis=similarity", "Loss", "contrastive",
+         "links-explorer.png"),
+        ("/miners?miners=all,random&random.fraction=0.3&P=4&K=4",
+         "Miner in the PCA view and the images", "all", "links-miners.png"),
+    ],
+)  # fmt: skip
+def test_the_loss_explorer_and_miner_view_open_their_links(
+    page: Page, server: str, path: str, box: str, value: str, shot: str
+) -> None:
+    open_app(page, f"{server}{path}")
+    expect(selectbox(page, box)).to_have_value(value, timeout=LOAD_TIMEOUT_MS)
+    copy = page.locator("[data-testid='stSidebar'] [data-testid='stCode']").first
+    expect(copy).to_contain_text(path.split("?")[1].split("&")[0], timeout=LOAD_TIMEOUT_MS)
+    wait_settled(page)
+    assert_no_exception(page)
+    copy.scroll_into_view_if_needed()
+    screenshot(page, shot, showing=copy)
