@@ -185,7 +185,11 @@ def is_live(sweep_id: str) -> bool:
 
 def watch(sweep_id: str, live: bool) -> None:
     """Every run's state and progress, then the results figure (polled while it trains)."""
-    sweep = sweep_store.load(sweep_id)
+    try:
+        sweep = sweep_store.load(sweep_id)
+    except ConfigError:  # deleted meanwhile (by another session, or by hand)
+        st.info(f"The sweep {sweep_id} is gone from the runs directory.", icon="🗑️")
+        return
     if live and not is_live(sweep_id):  # it just ended: rerun the page to stop polling
         st.rerun()
     axes = [axis.name for axis in sweep.axes]
