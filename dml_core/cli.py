@@ -55,10 +55,9 @@ FLAG_FIELDS = {
     "rotation": "rotation",
     "translate": "translate",
     "noise": "noise",
-    "image_size": "image_size",
-    "color": "color",
 }
-DATA_FLAGS = ("image_size", "color")  # declared by hand: typed choices, help names PATH
+DATA_FLAGS = ("image_size", "color", "skip_bad_files")
+"""How a user's data is read (``add_data_flags``): typed choices, so declared by hand."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,13 +86,35 @@ def _runs_dir_argument(parser: argparse.ArgumentParser, *flags: str) -> None:
     )
 
 
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """``--image-size``, ``--color``, ``--skip-bad-files``: how a user's images are read."""
+    fields = RunConfig.model_fields
+    for flag, choices in (("image_size", IMAGE_SIZES), ("color", COLORS)):
+        kind, field = type(choices[0]), fields[flag]
+        help_text = f"{field.description} (your image folder; default {field.default})"
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}", type=kind, choices=choices, help=help_text
+        )
+    parser.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        default=None,
+        help="skip unreadable images of your folder (and say how many) instead of refusing it",
+    )
+
+
+def _data_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags given (a parser without ``add_data_flags`` gives none)."""
+    return {name: value for name in DATA_FLAGS if (value := vars(args).get(name)) is not None}
+
+
 def build_parser() -> Parser:
     """The argument parser of every subcommand."""
     parser = Parser(prog="python -m dml_core", description="Metric Learning Playground core.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train one run and print its retrieval metrics")
     fields = RunConfig.model_fields
-    for flag in (f for f in FLAG_FIELDS if f not in DATA_FLAGS):
+    for flag in FLAG_FIELDS:
         field = fields[flag]
         kind = field.annotation if field.annotation in (int, float) else str
         allowed = allowed_values(RunConfig, flag)
@@ -101,21 +122,7 @@ def build_parser() -> Parser:
             allowed += ", or PATH: an image folder <class>/<images>, a .npz/.csv/.parquet table"
         help_text = f"{field.description} ({allowed}; default {field.default})"
         train.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=help_text)
-    train.add_argument(
-        "--image-size",
-        type=int,
-        choices=IMAGE_SIZES,
-        help=f"{fields['image_size'].description} (your image folder; default 28)",
-    )
-    train.add_argument(
-        "--color", choices=COLORS, help=f"{fields['color'].description} (default gray)"
-    )
-    train.add_argument(
-        "--skip-bad-files",
-        action="store_true",
-        default=None,
-        help="skip unreadable images of your folder (and say how many) instead of refusing it",
-    )
+    add_data_flags(train)
     train.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
@@ -208,8 +215,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     }
     if args.normalize is not None:
         values["normalize"] = args.normalize
-    if args.skip_bad_files:
-        values["skip_bad_files"] = True
+    values |= _data_flags(args)
     values["loss_params"] = dict(args.loss_param)
     values["miner_params"] = dict(args.miner_param)
     if args.no_final_eval:
@@ -240,10 +246,8 @@ def check_data(cfg: RunConfig) -> RunConfig:
     A missing, truncated or corrupt file raises here, so no run directory is created for it
     (and a resumed run is not marked failed). ``data.load_dataset`` keeps the parsed files, so
     the trainer's own load reads nothing from disk again (it only cuts the tensors, ~40 ms for
-    FashionMNIST); a user's image folder comes back from its cache.
-
-    Returns:
-        the config to run: P and K not given adapt to a user's data (``config_for_data``).
+    FashionMNIST); a user's image folder comes back from its cache. Returns the config to run:
+    P, K and the net not given adapt to a user's data (``config_for_data``).
 
     Raises:
         DatasetError: the dataset cannot be loaded (the message names the file).
@@ -265,8 +269,7 @@ def start_job(args: argparse.Namespace) -> tuple[RunStore, str, TrainingJob]:
     given = [
         f"--{flag.replace('_', '-')}" for flag in FLAG_FIELDS if getattr(args, flag) is not None
     ]
-    if args.skip_bad_files:
-        given.append("--skip-bad-files")
+    given += [f"--{name.replace('_', '-')}" for name in _data_flags(args)]
     if given or args.margin is not None or args.loss_param or args.miner_param:
         extra = ", ".join(given) or "the other settings"
         raise ConfigError(f"--resume continues a run with its saved settings; drop {extra}.")
