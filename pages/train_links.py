@@ -21,6 +21,7 @@ from pages.ui import copy_link, url_of
 LINK_STATE = "link.train"  # this session's Train link (a share_links.Link)
 PAGE_PATH = "train"  # app.py's url_path of the Train page
 NO_LESSON = "—"
+MAKE_OPEN = "link.make.open"  # whether "Make a link for your class" is open
 DEFAULT_LINK = read_train_link({})
 
 
@@ -87,8 +88,10 @@ def share_panel(values: Mapping[str, Any]) -> None:
     query = settings_to_query(settings, link.lock, link.hide)
     st.subheader("Share")
     copy_link(query, PAGE_PATH, LINK_STATE, keep=TRAIN.keep)
-    with st.expander("Make a link for your class"):
-        class_link(settings)
+    box = st.expander("Make a link for your class", key=MAKE_OPEN, on_change="rerun")
+    with box:
+        if box.open:  # about 50 checkboxes: drawn only while the expander is open
+            class_link(settings)
 
 
 def link_names(settings: Mapping[str, Any]) -> list[str]:

@@ -142,6 +142,9 @@ def test_locked_fields_and_the_shared_margin_are_disabled(open_train) -> None:
 def test_make_a_link_for_your_class_carries_the_ticked_locks_and_the_lesson(open_train) -> None:
     """Catches checkboxes that do not reach the link."""
     at = open_train(EXAMPLE)
+    assert "link.make.lock.steps" not in {c.key for c in at.checkbox}  # drawn only when open
+    at.session_state["link.make.open"] = True  # the user opens the expander
+    at.run()
     at.checkbox(key="link.make.lock.steps").check().run()
     at.checkbox(key="link.make.hide.loss.neg_margin").check().run()
     made = at.sidebar.code[-1].value
