@@ -1,6 +1,14 @@
-"""Shared test settings (two CPU threads, as on the CI machine) and the fault tests' reference."""
+"""Shared test settings (CPU threads, xdist groups) and the fault tests' reference.
+
+One pytest process uses two torch threads, as on the CI machine. Under pytest-xdist (the
+README's ``-n 2``) each of the two workers uses one, so the workers do not oversubscribe the
+two cores; the fault tests still train with ``fault_runs.TEST_THREADS`` in every process.
+"""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import pytest
 import torch
@@ -8,7 +16,53 @@ import torch
 from dml_core.runs import RunStore
 from tests.fault_runs import Outcome, tiny_config, train
 
-torch.set_num_threads(2)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist, else None
+torch.set_num_threads(1 if WORKER else 2)
+
+# Work units of ``-n 2 --dist loadgroup``: tests of one unit run in one worker process, one
+# after another. Each file is a unit, so module fixtures and caches (test_lessons' trained
+# lessons) are built once; these files share one: e2e (one streamlit server and one browser),
+# faults (the session's ``reference_run``), ray (one local Ray instance at a time).
+GROUPS = {
+    "tests/test_disk_full.py": "faults",
+    "tests/test_faults.py": "faults",
+    "tests/test_kill_phases.py": "faults",
+    "tests/test_resume.py": "faults",
+    "tests/test_ray_backend.py": "ray",
+}
+FIRST = ("e2e", "tests/test_lessons.py", "faults", "ray")  # the longest units start first
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of a test, by its node id: its file, or the group its file belongs to."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("tests/e2e/"):
+        return "e2e"
+    return GROUPS.get(path, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` by ``work_unit``, longest units first.
+
+    xdist 3.8 groups by a suffix it appends to node ids, which pytest 9 no longer lets a
+    plugin change, so its own loadgroup would scatter every file's tests over the workers.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for unit in reversed(FIRST):
+                if unit in self.workqueue:
+                    self.workqueue.move_to_end(unit, last=False)
+            super()._assign_work_unit(node)
+
+    return FileUnits(config, log)
 
 
 @pytest.fixture(scope="session")
