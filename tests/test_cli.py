@@ -29,6 +29,21 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``main(args)`` in this process: (exit status, stdout, stderr), as ``cli`` reports them.
+
+    For tests of what a command does rather than of the process around it: it saves the
+    seconds a new interpreter takes to import torch. Argparse's errors exit with status 2.
+    """
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 IDX_STEMS = {  # stem: (magic, shape) of a tiny FashionMNIST: 40 train and 20 test images
     "train-images-idx3-ubyte": (2051, (40, 28, 28)),
     "train-labels-idx1-ubyte": (2049, (40,)),
@@ -152,9 +167,11 @@ def test_listings_show_every_entry_with_params_and_paper(
     assert err == ""
 
 
-def test_resume_continues_a_stopped_run_to_its_last_step(tmp_path: Path) -> None:
+def test_resume_continues_a_stopped_run_to_its_last_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = ["--steps", "30", "--snapshot-every", "10", "--probe-size", "100", "--no-final-eval"]
-    first = json.loads(cli("train", *flags, "--out", str(tmp_path), "--json").stdout)
+    first = json.loads(in_process(capsys, "train", *flags, "--out", str(tmp_path), "--json")[1])
     run_dir = Path(first["run_dir"])
     status = json.loads((run_dir / "status.json").read_text())
     status["state"] = "stopped"  # as if Stop had been pressed at step 30 of a longer run
@@ -162,39 +179,44 @@ def test_resume_continues_a_stopped_run_to_its_last_step(tmp_path: Path) -> None
     config = json.loads((run_dir / "config.json").read_text())
     config["steps"] = 50
     (run_dir / "config.json").write_text(json.dumps(config))
-    out = cli("train", "--resume", str(run_dir), "--out", str(tmp_path), "--json")
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    code, out, err = in_process(
+        capsys, "train", "--resume", str(run_dir), "--out", str(tmp_path), "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
     assert result["state"] == "finished"
     assert result["steps"] == 50
     steps = sorted(int(p.stem) for p in (run_dir / "snapshots").glob("*.npz"))
     assert steps == [0, 10, 20, 30, 40, 50]
 
 
-def test_resume_refuses_finished_runs_and_extra_settings(tmp_path: Path) -> None:
+def test_resume_refuses_finished_runs_and_extra_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = ["--steps", "5", "--probe-size", "100", "--no-final-eval"]
-    first = json.loads(cli("train", *flags, "--out", str(tmp_path), "--json").stdout)
-    out = cli("train", "--resume", first["run_id"], "--out", str(tmp_path))
-    assert out.returncode == 2
-    assert "Only interrupted or stopped runs can be resumed" in out.stderr
-    out = cli("train", "--resume", first["run_id"], "--steps", "9", "--out", str(tmp_path))
-    assert out.returncode == 2
-    assert "drop --steps" in out.stderr
+    first = json.loads(in_process(capsys, "train", *flags, "--out", str(tmp_path), "--json")[1])
+    code, _, err = in_process(capsys, "train", "--resume", first["run_id"], "--out", str(tmp_path))
+    assert code == 2
+    assert "Only interrupted or stopped runs can be resumed" in err
+    resume = ("train", "--resume", first["run_id"], "--steps", "9", "--out", str(tmp_path))
+    code, _, err = in_process(capsys, *resume)
+    assert code == 2
+    assert "drop --steps" in err
 
 
-def test_export_writes_projector_files(tmp_path: Path) -> None:
+def test_export_writes_projector_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     flags = ["--steps", "10", "--snapshot-every", "5", "--probe-size", "100", "--no-final-eval"]
-    run = json.loads(cli("train", *flags, "--out", str(tmp_path), "--json").stdout)
-    out = cli("export", run["run_id"], "--format", "projector", "--out", str(tmp_path / "p"),
-              "--runs", str(tmp_path))  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    run = json.loads(in_process(capsys, "train", *flags, "--out", str(tmp_path), "--json")[1])
+    code, _, err = in_process(capsys, "export", run["run_id"], "--format", "projector",
+                              "--out", str(tmp_path / "p"), "--runs", str(tmp_path))  # fmt: skip
+    assert code == 0, err
     rows = (tmp_path / "p" / "tensors.tsv").read_text().strip().splitlines()
     assert len(rows) == 100
     assert len(rows[0].split("\t")) == run["config"]["embedding_dim"]
-    bad = cli("export", "no-such-run", "--format", "csv", "--out", str(tmp_path / "q"),
-              "--runs", str(tmp_path))  # fmt: skip
-    assert bad.returncode == 2
-    assert "no-such-run" in bad.stderr
+    code, _, err = in_process(capsys, "export", "no-such-run", "--format", "csv",
+                              "--out", str(tmp_path / "q"), "--runs", str(tmp_path))  # fmt: skip
+    assert code == 2
+    assert "no-such-run" in err
 
 
 def test_truncated_dataset_exits_2_on_stderr_before_any_run_exists(tmp_path: Path) -> None:
