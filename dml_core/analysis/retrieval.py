@@ -36,7 +36,7 @@ from dml_core.evaluation import embed
 from dml_core.nets import Embedder, build_net
 from dml_core.runs import RunEmbeddings, RunStore
 from dml_core.snapshot import make_probe_indices
-from dml_core.user_data.for_runs import gray_pictures, is_table, sample_captions
+from dml_core.user_data.for_runs import is_table, sample_captions, thumbnails
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHUNK = 1024  # queries whose distances to all references are held at once
@@ -268,11 +268,11 @@ def probe_query_indices(cfg: RunConfig, dataset: Dataset) -> np.ndarray:
 def images(split: Split, indices: np.ndarray | list[int]) -> np.ndarray:
     """Images of ``split`` at ``indices`` as uint8 (n, H, W), for display (RGB as luminance).
 
-    Raises:
-        ValueError: the split holds feature vectors (a table): show :func:`captions` instead.
+    A table's rows have no picture: blank tiles (``user_data.thumbnails``); name them with
+    :func:`captions`.
     """
     idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
-    return gray_pictures(split.x[idx])  # (n, H, W)
+    return thumbnails(split.x[idx])  # (n, H, W)
 
 
 def has_images(dataset: Dataset) -> bool:
