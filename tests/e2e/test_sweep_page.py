@@ -31,6 +31,7 @@ from e2e_util import (
     wait_settled,
     wait_until,
 )
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.e2e
@@ -210,9 +211,23 @@ def test_a_2x2_grid_with_2_seeds_finishes_and_its_heatmap_matches_its_runs(
         assert drawn["z"][i][j] == pytest.approx(mean, abs=1e-9), (index, drawn)
         assert drawn["text"][i][j] == f"{mean:.3f} ± {sd:.3f}"
     assert len({round(z, 9) for row in drawn["z"] for z in row}) == 4  # cells differ
+
     # The page's own table (its grid's accessible rows): each run's MAP@R as shown, whose
     # per-cell means are the heatmap's (to the table's 3 decimals).
-    shown = table_rows(page)
+    shown: dict[str, dict[str, str]] = {}
+
+    def table_done() -> bool:
+        """Read the table once it shows 8 finished rows (it redraws as the page polls)."""
+        try:
+            rows = table_rows(page)
+        except PlaywrightError:  # a row replaced while read
+            return False
+        finished = [r for r in rows.values() if r.get("state", "").endswith("finished")]
+        if len(finished) == 8:
+            shown.update(rows)
+        return len(finished) == 8
+
+    wait_until(table_done, 60, "the table's 8 finished rows")
     assert sorted(shown) == sorted(ids)
     for run in sweep["runs"]:
         final = run_status(server.runs_dir, run["run_id"])["final_metrics"]["map_at_r"]
