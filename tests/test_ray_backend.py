@@ -29,6 +29,8 @@ from dml_core.sweeps import SweepState, SweepStore, build_sweep
 
 ray = pytest.importorskip("ray")
 
+ROOT = Path(__file__).resolve().parents[1]
+
 DEADLINE_S = 180.0  # only reached when a stop, pause or kill does not propagate
 TINY = [  # the flags of tests/test_sweeps.py's tiny runs
     "--probe-size", "50", "--embedding-dim", "8", "--classes-per-batch", "4",
@@ -338,3 +340,48 @@ def test_bench_sweep_is_a_bench_entry(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m dml_core bench sweep")
     assert "CPUs of the Ray instance" in out  # the help of sweep_speed's --workers
+
+
+def test_the_train_page_trains_on_ray_when_the_address_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The classroom case: with ``DML_RAY_ADDRESS`` set, Train on the Train page (AppTest,
+    real clicks) trains the run on a Ray worker, and the page shows it finished.
+
+    Catches: the app's job manager built without the address (the run would train in this
+    process: no worker recorded, or this pid), a page that never sees the remote run end.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    import pages.ui
+
+    # The projection subprocess first, without the address: spawned from a page run, it
+    # would re-run the page (AppTest's __main__) and open a Ray job manager of its own.
+    pages.ui._projection_worker()
+    monkeypatch.setenv("DML_RAY_ADDRESS", "auto")
+    monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(pages.ui, "RUNS_DIR", str(tmp_path))
+    pages.ui._jobs.clear()
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    at.run()
+    _, manager, _ = pages.ui.services()  # the page's own (cached per runs directory)
+    try:
+        assert manager.cluster is not None
+        at.number_input(key="cfg.steps").set_value(20).run()
+        at.button(key="btn.train").click().run()
+        assert not at.exception
+        run_id = at.session_state["current_run"]
+        store = RunStore(tmp_path)
+        wait_for(lambda: store.status(run_id).get("state") == RunState.FINISHED, "the run")
+        assert store.status(run_id)["worker"]["pid"] != os.getpid()
+        assert manager.get(run_id) is not None  # the page's manager: it trained the run
+
+        def shown_finished() -> bool:
+            at.run()  # timed fragments do not fire by themselves in AppTest
+            return any("finished" in p.proto.text for p in at.get("progress"))
+
+        wait_for(shown_finished, "the page to show the run finished")
+        assert not at.exception
+    finally:
+        manager.close()
+        pages.ui._jobs.clear()
