@@ -143,9 +143,7 @@ def _name_list(form: LinkForm, key: str, raw: str, problems: list[str]) -> tuple
     return tuple(dict.fromkeys(n for n in names if n in known))
 
 
-def read_link(
-    form: LinkForm, query: Mapping[str, str], base: Link | None = None, skip: Collection[str] = ()
-) -> Link:
+def read_link(form: LinkForm, query: Mapping[str, str], base: Link | None = None) -> Link:
     """Parse ``query`` for ``form`` on top of ``base`` (defaults when None).
 
     Every bad value, unknown name or unknown entry is one message in ``problems``; that setting
@@ -157,7 +155,7 @@ def read_link(
     defaults = form.model().model_dump()
     values = dict(base.values if base else defaults)
     for name in form.names:
-        if name not in query or name in skip:
+        if name not in query:
             continue
         registry = form.registries.get(name)
         try:
@@ -176,7 +174,7 @@ def read_link(
     for prefix, entry in form.entries(values).items():
         same = base is not None and prefix in old and old[prefix].name == entry.name
         params[prefix] = dict(base.params[prefix]) if same else entry.defaults()
-        for key in [k for k in query if k.startswith(f"{prefix}.") and k not in skip]:
+        for key in [k for k in query if k.startswith(f"{prefix}.")]:
             name = key.removeprefix(f"{prefix}.")
             if name not in entry.params.model_fields:
                 known = ", ".join(entry.params.model_fields) or "none"
