@@ -230,8 +230,10 @@ def build_sweep(
         raise ConfigError(f"Each grid axis may be given once; got {', '.join(names)}.")
     if not 1 <= seeds <= 1000:
         raise ConfigError(f"The 'seeds' parameter of a sweep must be in [1, 1000]. Got {seeds}.")
-    for name in names:
-        check_axis_name(base, axes, name)
+    for axis in axes:
+        check_axis_name(base, axes, axis.name)
+        if not axis.values:
+            raise ConfigError(f"The grid axis {axis.name!r} has no values: give at least one.")
     sweep_id = sweep_id or new_sweep_id()
     if not RUN_ID.match(f"{sweep_id}-c0000-s0000000000"):
         raise ConfigError(f"The sweep id {sweep_id!r} is invalid: use letters, digits, '-', '_'.")

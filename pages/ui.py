@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
 
-from dml_core.errors import field_bounds
+from dml_core.errors import ConfigError, field_bounds
 from dml_core.figures import live as live_figures
 from dml_core.figures.live import SteadyAxes
 from dml_core.figures.sphere import sphere_density_max
@@ -63,8 +63,15 @@ def use_app_navigation() -> None:
 
 
 def services() -> tuple[RunStore, JobManager, ProjectionWorker]:
-    """The run store and job manager of this server's runs directory, and the projector."""
-    store, manager = _jobs(RUNS_DIR)
+    """The run store and job manager of this server's runs directory, and the projector.
+
+    A bad ``DML_RAY_ADDRESS`` (nothing listens there) stops the page with its one-line message.
+    """
+    try:
+        store, manager = _jobs(RUNS_DIR)
+    except ConfigError as err:
+        st.error(str(err), icon="🚫")
+        st.stop()
     return store, manager, _projection_worker()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from dml_core.analysis import compare
 from dml_core.config import make_config
 from dml_core.figures import compare as compare_figures
 from dml_core.figures import live
-from dml_core.runs import FINAL, RunState, RunStore
+from dml_core.runs import RunState, RunStore
 from tests.page_apps import page_on_runs
 from tests.saved_runs import train_and_save
 
@@ -305,38 +304,3 @@ def test_a_picked_run_stays_picked_when_its_state_changes(page: AppTest, store: 
         assert page.multiselect(key="cmp.runs").value == ["m01", "m05"]
     finally:
         store.set_status("m01", state=RunState.FINISHED)
-
-
-def test_a_sweep_launched_from_the_page_is_named_by_its_values(
-    page: AppTest, store: RunStore
-) -> None:
-    page.selectbox(key="sweep.base").set_value("m01").run()
-    page.selectbox(key="sweep.param").set_value("margin").run()
-    page.text_input(key="sweep.values.margin").set_value("0.2, 0.3").run()
-    page.number_input(key="sweep.steps").set_value(2).run()
-    page.button(key="sweep.launch").click().run()
-    chosen = page.multiselect(key="cmp.runs").value
-    for _ in range(600):  # the sweep's jobs train in this process's job manager
-        if all(store.status(r).get("state") in FINAL for r in chosen):
-            break
-        time.sleep(0.1)
-    page.run()
-    assert not page.exception
-    hist = figures(page)["Positive and negative pair distances"]
-    assert [lines_of(t)[0] for t in panel_titles(hist)] == ["margin = 0.2", "margin = 0.3"]
-
-
-def test_a_sweep_beyond_its_budget_is_refused_in_one_sentence(
-    page: AppTest, store: RunStore
-) -> None:
-    """Catches: a sweep of any size queued at once (issue 19: budgets for the sweep size)."""
-    before = set(store.list())
-    page.selectbox(key="sweep.base").set_value("defaults").run()  # 6 x 16 batches
-    page.selectbox(key="sweep.param").set_value("margin").run()
-    values = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6"  # 6 runs x 1e6 steps x 96 images > 5e8
-    page.text_input(key="sweep.values.margin").set_value(values).run()
-    page.number_input(key="sweep.steps").set_value(1_000_000).run()
-    page.button(key="sweep.launch").click().run()
-    assert not page.exception
-    assert any("would take about" in e.value and "lower" in e.value for e in page.error)
-    assert set(store.list()) == before  # nothing queued

@@ -20,6 +20,7 @@ from dml_core.services import jobs
 from dml_core.sweep_cli import main
 from dml_core.sweeps import (
     MAX_RUNS,
+    Axis,
     SweepState,
     SweepStore,
     build_sweep,
@@ -83,6 +84,13 @@ def test_bad_grids_are_one_line(
     for name in names:
         assert name in err
     assert not any(tmp_path.iterdir())  # nothing saved
+
+
+def test_an_axis_without_values_is_refused_in_one_sentence() -> None:
+    """Catches an empty axis reaching the grid product (``max()`` of nothing: a traceback on
+    the Sweep page, whose value boxes may be left empty)."""
+    with pytest.raises(ConfigError, match="'margin' has no values"):
+        build_sweep(make_config(steps=6), [Axis(name="margin", values=())], 1)
 
 
 def test_more_than_max_runs_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
