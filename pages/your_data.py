@@ -3,8 +3,9 @@
 Drawn by ``pages/train_settings.py`` when the dataset picker says "Your data" (issue 17). The
 image size, colour and skip-bad-files widgets are generated from ``RunConfig``'s fields of
 the ``your_data`` section; loading and every check are ``dml_core`` calls (no maths here).
-The P and K widgets are set to what the data can fill (``user_data.default_batch``) when a
-new dataset is chosen, before they are drawn, so Train works without touching them.
+The P, K and net widgets are set to what fits the data (``config_data.fit_to_data``: P and K
+it can fill, the ConvNet for images, the MLP for a table) when a new dataset is chosen,
+before they are drawn (call this before them), so Train works without touching them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import streamlit as st
 
 from dml_core.config import SECTIONS, RunConfig, make_config
+from dml_core.config_data import fit_to_data
 from dml_core.data import DatasetError, load_for_config
 from dml_core.errors import ConfigError
 from dml_core.user_data import (
@@ -37,8 +39,8 @@ def data_summary(path: str, image_size: int, color: str, skip_bad_files: bool) -
     """Load the data once per settings (a minute; a problem is not cached, it is raised).
 
     Returns:
-        the absolute path, the loader's ``source`` line, the class count and the P, K the
-        data can fill.
+        the absolute path, the loader's ``source`` line, the class count, the P, K the data
+        can fill and its net (the ConvNet for images, the MLP for a table).
 
     Raises:
         ConfigError, DatasetError: one sentence naming what is wrong.
@@ -54,6 +56,7 @@ def data_summary(path: str, image_size: int, color: str, skip_bad_files: bool) -
         "source": dataset.source,
         "classes": len(dataset.class_names),
         "batch": batch,
+        "net": fit_to_data(cfg, dataset).net,
     }
 
 
@@ -112,10 +115,11 @@ def your_data_inputs(max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any]
         st.error(str(err))
         return values, str(err)
     st.caption(f"Source: {summary['source']}.")
-    fitted = (summary["dataset"], *summary["batch"])
-    if st.session_state.get(FITTED_KEY) != fitted:  # a new dataset: P and K that it can fill
+    fitted = (summary["dataset"], *summary["batch"], summary["net"])
+    if st.session_state.get(FITTED_KEY) != fitted:  # a new dataset: P, K and net that fit it
         st.session_state[FITTED_KEY] = fitted
         st.session_state["cfg.classes_per_batch"], st.session_state["cfg.samples_per_class"] = (
             summary["batch"]
         )
+        st.session_state["cfg.net"] = summary["net"]
     return values | {"dataset": summary["dataset"]}, None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.user_data_files import gaussian_table, write_npz
+from tests.user_data_files import gaussian_table, write_npz, write_shapes
 
 
 def _app() -> None:
@@ -52,6 +52,7 @@ def test_a_table_gives_its_path_and_sets_p_and_k(app: AppTest, tmp_path: Path) -
     assert values["dataset"] == str(table)
     assert at.session_state["cfg.classes_per_batch"] == 3
     assert at.session_state["cfg.samples_per_class"] == 10  # 12 - round(0.2 * 12) train samples
+    assert at.session_state["cfg.net"] == "mlp"
     assert "feature table" in at.caption[0].value
 
 
@@ -65,3 +66,14 @@ def test_bad_data_is_one_message(app: AppTest, tmp_path: Path) -> None:
     at = _path(at, str(tmp_path / "missing"))
     _, problem = at.session_state["out"]
     assert problem.endswith("missing does not exist.")
+
+
+def test_an_image_folder_sets_the_convnet(app: AppTest, tmp_path: Path) -> None:
+    """Catches: the net widget left at the MLP for images (P@1 0.85 instead of 0.94 on shapes)."""
+    folder = write_shapes(tmp_path / "shapes", per_class=6, size=16)
+    at = _path(app, str(folder))
+    _, problem = at.session_state["out"]
+    assert problem is None
+    assert at.session_state["cfg.net"] == "convnet"
+    assert at.session_state["cfg.classes_per_batch"] == 4
+    assert at.session_state["cfg.samples_per_class"] == 5  # 6 - round(0.2 * 6) train samples
