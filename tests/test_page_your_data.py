@@ -77,3 +77,36 @@ def test_an_image_folder_sets_the_convnet(app: AppTest, tmp_path: Path) -> None:
     assert at.session_state["cfg.net"] == "convnet"
     assert at.session_state["cfg.classes_per_batch"] == 4
     assert at.session_state["cfg.samples_per_class"] == 5  # 6 - round(0.2 * 6) train samples
+
+
+def _sidebar() -> None:
+    """The order pages/train_settings.py is asked to use: the inputs before the net, P, K."""
+    import streamlit as st
+
+    from dml_core.config import RunConfig
+    from pages.ui import field_widget
+    from pages.your_data import YOUR_DATA, your_data_inputs
+
+    own = st.toggle(YOUR_DATA, key="cfg.your_data")
+    yours, problem = your_data_inputs() if own else ({}, None)
+    values = {n: field_widget(RunConfig, n, f"cfg.{n}") for n in ("net", "classes_per_batch")}
+    st.session_state["out"] = (values | yours, problem)
+
+
+def test_inputs_drawn_before_the_net_and_batch_widgets_set_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a page order in which the widgets are set after they were drawn (an error)."""
+    monkeypatch.setenv("DML_CACHE_DIR", str(tmp_path / "cache"))
+    at = AppTest.from_function(_sidebar, default_timeout=60).run()
+    assert at.session_state["out"] == ({"net": "mlp", "classes_per_batch": 6}, None)
+    at.toggle(key="cfg.your_data").set_value(True).run()
+    folder = write_shapes(tmp_path / "shapes", per_class=6, size=16)
+    at = _path(at, str(folder))
+    values, problem = at.session_state["out"]
+    assert problem is None
+    assert (values["net"], values["classes_per_batch"], values["dataset"]) == (
+        "convnet", 4, str(folder),
+    )  # fmt: skip
+    at.radio(key="cfg.net").set_value("mlp").run()  # the user's choice then stays
+    assert at.session_state["out"][0]["net"] == "mlp"
