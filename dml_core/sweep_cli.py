@@ -19,8 +19,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dml_core.cli import FLAG_FIELDS, Parser, _key_value, check_data, config_from_args
-from dml_core.config import RunConfig
+from dml_core.cli import (
+    FLAG_FIELDS,
+    Parser,
+    _data_flags,
+    _key_value,
+    add_data_flags,
+    check_data,
+    config_from_args,
+)
+from dml_core.config import RunConfig, config_for_data
 from dml_core.data import DatasetError
 from dml_core.errors import ConfigError, allowed_values
 from dml_core.runs import RunState, RunStore
@@ -52,6 +60,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
         )
         sweep.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=help_text)
     sweep.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    add_data_flags(sweep)  # how a user's images are read (--dataset PATH)
     sweep.add_argument("--margin", type=float, help="the loss's margin, and the miner's")
     for side in ("loss", "miner"):
         sweep.add_argument(
@@ -98,6 +107,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _given_run_flags(args: argparse.Namespace) -> list[str]:
     given = [f"--{f.replace('_', '-')}" for f in FLAG_FIELDS if getattr(args, f) is not None]
+    given += [f"--{f.replace('_', '-')}" for f in _data_flags(args)]
     extra = args.margin is not None or args.loss_param or args.miner_param or args.grid
     return given + (["the grid and parameter flags"] if extra else [])
 
@@ -115,9 +125,10 @@ def prepare(args: argparse.Namespace, store: RunStore) -> Sweep:
         sweep = sweeps.load(args.resume)
     else:
         axes = [parse_axis(text) for text in args.grid]
-        sweep = build_sweep(config_from_args(args), axes, args.seeds, yes=args.yes)
+        base = check_data(config_from_args(args))  # P, K and net not given fit a user's data
+        sweep = build_sweep(base, axes, args.seeds, yes=args.yes)
     for cfg in {sweep.config(run).model_dump_json(): sweep.config(run) for run in sweep.runs}:
-        check_data(RunConfig.model_validate_json(cfg))
+        config_for_data(RunConfig.model_validate_json(cfg))  # every cell fits its data
     return sweep
 
 

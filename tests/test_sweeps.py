@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dml_core.config import make_config
@@ -29,6 +30,7 @@ from dml_core.sweeps import (
     missing_runs,
     parse_axis,
 )
+from tests.user_data_files import gaussian_table, write_npz
 
 TINY = [  # flags of a run that takes about a second on digits (one torch thread)
     "--steps", "6", "--snapshot-every", "3", "--probe-size", "50", "--embedding-dim", "8",
@@ -91,6 +93,26 @@ def test_an_axis_without_values_is_refused_in_one_sentence() -> None:
     the Sweep page, whose value boxes may be left empty)."""
     with pytest.raises(ConfigError, match="'margin' has no values"):
         build_sweep(make_config(steps=6), [Axis(name="margin", values=())], 1)
+
+
+def test_a_sweep_on_a_users_table_fits_its_batch_and_net(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Catches: the sweep's base config not fitted to the data (6 x 16 that 3 classes of 10
+    training rows cannot fill, refused), or the ConvNet kept for feature vectors."""
+    x, y = gaussian_table(per_class=12)
+    keep = np.isin(y, ["alpha", "beta", "gamma"])
+    table = write_npz(tmp_path / "t.npz", x[keep], y[keep])
+    out = sweep_json(
+        capsys, "--dataset", str(table), "--steps", "4", "--snapshot-every", "2",
+        "--embedding-dim", "8", "--device", "cpu", "--num-cpus", "1",
+        "--grid", "margin=0.1,0.3", "--runs", str(tmp_path / "runs"), tiny=False,
+    )  # fmt: skip
+    assert out["state"] == SweepState.FINISHED
+    for run in out["runs"]:
+        cfg = run["config"]
+        assert (cfg["classes_per_batch"], cfg["samples_per_class"], cfg["net"]) == (3, 10, "mlp")
+        assert cfg["dataset"] == str(table)
 
 
 def test_more_than_max_runs_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
