@@ -8,13 +8,14 @@ two cores; the fault tests still train with ``fault_runs.TEST_THREADS`` in every
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from dml_core.runs import RunStore
-from tests.fault_runs import Outcome, tiny_config, train
+from tests.fault_runs import TEST_THREADS, Outcome, tiny_config, train
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist, else None
 torch.set_num_threads(1 if WORKER else 2)
@@ -63,6 +64,25 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super()._assign_work_unit(node)
 
     return FileUnits(config, log)
+
+
+@pytest.fixture(scope="module", autouse=True)  # before the modules' own fixtures
+def fault_test_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fault test modules run on ``TEST_THREADS`` torch threads, as the fault child does.
+
+    Their runs must end bit-identical to ``reference_run``, trained on ``TEST_THREADS``; a job
+    started without ``threads`` adopts the process's count, and an xdist worker's single
+    thread changes float sums (e.g. the effective rank at step 0).
+    """
+    if work_unit(request.node.nodeid) != "faults":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(TEST_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
