@@ -14,6 +14,7 @@ import pytest
 from dml_core.analysis import retrieval
 from dml_core.analysis.batch_view import SavedRun, draw_batch
 from dml_core.cli import main
+from dml_core.figures.retrieval import query_strip_figure
 from dml_core.runs import RunStore
 from dml_core.services import export
 from dml_core.user_data.for_runs import BLANK_TILE
@@ -72,6 +73,24 @@ def test_retrieval_on_a_table_run_names_rows(table_run: tuple[Path, str]) -> Non
     row = int(caption.split(":")[0].removeprefix("row "))
     assert caption.endswith(dataset.class_names[int(dataset.reference.y[0])])
     assert 0 <= row < 120
+
+
+def test_the_neighbour_strip_of_a_table_run_names_each_tile_by_its_row(
+    table_run: tuple[Path, str],
+) -> None:
+    """Catches: a strip of blank tiles titled only by class (which row is which cannot be told),
+    or the query's and references' rows swapped."""
+    runs, run_id = table_run
+    store = RunStore(runs)
+    _cfg, _net, dataset = retrieval.load_run_model(store, run_id)
+    index = retrieval.build_index(store, run_id)
+    fig = query_strip_figure(index, dataset, 3, 4, "neighbours")
+    titles = [a.text for a in fig.layout.annotations]
+    nb = retrieval.neighbours(index, 3, 4)
+    assert retrieval.captions(dataset, "query", [3])[0] in titles[0]
+    refs = retrieval.captions(dataset, "reference", nb.indices)
+    for title, caption in zip(titles[1:5], refs, strict=True):
+        assert caption in title
 
 
 def test_projector_export_of_a_table_run_has_no_sprite(table_run: tuple[Path, str]) -> None:

@@ -22,7 +22,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dml_core.analysis.retrieval import RetrievalIndex, images, neighbours
+from dml_core.analysis.retrieval import (
+    RetrievalIndex,
+    captions,
+    has_images,
+    images,
+    neighbours,
+)
 from dml_core.analysis.verification import Verification
 from dml_core.data import Dataset
 from dml_core.figures import live, style
@@ -71,6 +77,7 @@ def neighbour_strip_figure(
     class_names: Sequence[str],
     title: str,
     uirevision: str = "neighbours",
+    captions: Sequence[str] | None = None,
 ) -> go.Figure:
     """The query image, then its k nearest references left to right (nearest first).
 
@@ -84,15 +91,20 @@ def neighbour_strip_figure(
         class_names: names indexed by label.
         title: figure title.
         uirevision: constant per view.
+        captions: k + 1 names of the samples, query first, in place of their class names
+            (a table's rows, whose tiles are blank: ``row 12: beta``).
     """
     k = len(images)
-    titles = [f"<b>query</b><br>{_name(int(query_label), class_names)}"]
+    names = list(captions) if captions is not None else None
+    if names is None:
+        names = [_name(int(label), class_names) for label in [query_label, *labels]]
+    titles = [f"<b>query</b><br>{names[0]}"]
     for i in range(k):
         mark = "✓" if correct[i] else "<b>✗</b>"
         color = RIGHT_COLOR if correct[i] else WRONG_COLOR
         titles.append(
             f"#{i + 1} d={distances[i]:.3f}<br>"
-            f"<span style='color:{color}'>{_name(int(labels[i]), class_names)} {mark}</span>"
+            f"<span style='color:{color}'>{names[i + 1]} {mark}</span>"
         )
     fig = make_subplots(
         rows=1, cols=k + 1, subplot_titles=titles, horizontal_spacing=0.012 if k > 8 else 0.02
@@ -268,6 +280,9 @@ def query_strip_figure(
 ) -> go.Figure:
     """``neighbour_strip_figure`` of query ``query_i`` and its ``k`` nearest references."""
     nb = neighbours(index, query_i, k)
+    named = None  # a table's rows have blank tiles: each is named by its row and class
+    if not has_images(dataset):
+        named = captions(dataset, "query", [query_i]) + captions(dataset, "reference", nb.indices)
     return neighbour_strip_figure(
         images(dataset.query, [query_i])[0],
         int(index.query_labels[query_i]),
@@ -278,4 +293,5 @@ def query_strip_figure(
         dataset.class_names,
         title,
         uirevision=f"strip-{index.run_id}-{query_i}",
+        captions=named,
     )
