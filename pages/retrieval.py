@@ -144,11 +144,12 @@ def query_section(
         st.session_state[QUERY_KEY] = 0
     st.session_state.setdefault(QUERY_KEY, 0)
 
+    samples = "images" if retrieval.has_images(dataset) else "rows"
     left, right = st.columns([3, 2])
     with right:
         query_i = int(
             st.number_input(
-                f"Query image (index in the {index.n_queries:,} test images)",
+                f"Query (index in the {index.n_queries:,} test {samples})",
                 min_value=0,
                 max_value=index.n_queries - 1,
                 step=1,
