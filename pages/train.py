@@ -8,12 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from dml_core.config import (
-    RunConfig,
-    check_against_dataset,
-    make_config,
-)
-from dml_core.data import load_dataset
+from dml_core.config import RunConfig, config_for_data, make_config
 from dml_core.errors import ConfigError
 from dml_core.figures import diagnostics
 from dml_core.figures import live as figures
@@ -23,6 +18,7 @@ from dml_core.metrics import METRIC_LABELS
 from dml_core.probe import collapse_advice, collapse_kind
 from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
+from dml_core.services import export
 from dml_core.services.projection_worker import IDLE, status_text
 from dml_core.services.run_view import FigureNews, RunView, figure_news, run_view
 from pages.train_extras import (
@@ -68,8 +64,7 @@ def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None
     if problem:
         return None, problem
     try:
-        cfg = make_config(**values)
-        check_against_dataset(cfg, load_dataset(cfg.dataset, cfg.split))
+        cfg, _ = config_for_data(make_config(**values))  # a user's data: loaded and checked
         return cfg, None
     except (ConfigError, ValueError) as err:
         return None, str(err)
@@ -240,9 +235,9 @@ def geometry_figures(runs_dir: str, run_id: str, step: int, rows: int) -> tuple:
 
 
 @st.cache_data(show_spinner=False)
-def class_names(dataset: str, split: str) -> tuple[str, ...]:
-    """Names of the classes (cached: loading the data is not free)."""
-    return load_dataset(dataset, split).class_names
+def class_names(cfg_json: str) -> tuple[str, ...]:
+    """Names of the run's classes (cached: a user's data is read to find them)."""
+    return export.class_names_of(RunConfig.model_validate_json(cfg_json))
 
 
 def progress_line(run_id: str, view: RunView) -> None:
@@ -382,7 +377,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
     hist, sphere = snapshot_figures(str(store.root), run_id, snap.step, axes)
     left, right = st.columns(2)
     with left:
-        names = class_names(record.config.dataset, record.config.split)
+        names = class_names(record.config.model_dump_json())
         pending = embedding_view(run_id, snap, names, record.config.embedding_dim)
     with right:
         st.plotly_chart(hist, key="chart.hist")

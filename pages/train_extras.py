@@ -56,7 +56,7 @@ def hardest_triplets_figure(
         snap.probe_emb, snap.probe_labels, cfg, k, one_per_anchor=one_per_anchor
     )
     return thumbnails.triplet_strip_figure(
-        hard, pictures, snap.probe_labels, export.class_names_of(cfg.dataset)
+        hard, pictures, snap.probe_labels, export.class_names_of(cfg)
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import streamlit as st
 
 from dml_core.config import SECTIONS, RunConfig, margin_link, widget_values
-from dml_core.data import dataset_availability
+from dml_core.data import DATASETS, dataset_availability
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services.share_links import TRAIN, read_train_link
 from dml_core.train import resolve_device
@@ -33,22 +33,25 @@ from pages.ui import (
     param_widgets,
     read_new_link,
 )
+from pages.your_data import OWN_DATA, YOUR_DATA, keep_user_data, your_data_inputs
 
 FIELDS = RunConfig.model_fields
 SEPARATE_MARGIN = "cfg.separate_margin"
 
 
-def section_widgets(section: str) -> dict[str, Any]:
+def section_widgets(section: str, skip: typing.Collection[str] = ()) -> dict[str, Any]:
     """Widgets generated from RunConfig's fields of one sidebar section (ranges declared there).
 
     A setting the session's link hides is not drawn (the link's value is used); one it locks is
-    drawn disabled.
+    drawn disabled; those in ``skip`` are drawn elsewhere.
     """
     link = current_link()
     values = {}
     names = [n for n, f in FIELDS.items() if (f.json_schema_extra or {}).get("section") == section]
     columns = {}
     for name in names:
+        if name in skip:
+            continue
         if name in link.hide:
             values[name] = link.values[name]
             continue
@@ -139,13 +142,21 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
     open_link()
     with st.sidebar:
         st.header("Settings")
-        values = section_widgets(SECTIONS[0])
-        available, source = dataset_availability(values["dataset"])
-        if available:
-            st.caption(f"Source: {source}")
-        else:
-            st.warning(source)
-            problem = f"The {values['dataset']} dataset is not available here."
+        own = st.toggle(
+            YOUR_DATA,
+            key=OWN_DATA,
+            help="An image folder (a folder per class) or a feature table of yours, on the "
+            "server or uploaded, instead of a built-in dataset.",
+        )
+        yours, problem = your_data_inputs() if own else ({}, None)  # sets P, K, net: before them
+        values = section_widgets(SECTIONS[0], skip={"dataset"} if own else ()) | yours
+        if not own:
+            available, source = dataset_availability(values["dataset"])
+            if available:
+                st.caption(f"Source: {source}")
+            else:
+                st.warning(source)
+                problem = f"The {values['dataset']} dataset is not available here."
         if values["supervision"] == "views":
             with st.expander("Views (augmentation strengths)", expanded=True):
                 values |= section_widgets(SECTIONS[3])
@@ -196,6 +207,11 @@ def load_settings(cfg: RunConfig) -> None:
     link = margin_link(cfg.loss, cfg.miner)
     for key, value in widget_values(cfg).items():
         st.session_state[key] = value
+    own = cfg.dataset not in DATASETS  # a user's path opens under "Your data", with its P and K
+    st.session_state[OWN_DATA] = own
+    if own:
+        del st.session_state["cfg.dataset"]
+        keep_user_data(cfg.dataset)
     if link is not None:
         loss_margin = cfg.loss_params[link.loss_field]
         st.session_state[f"cfg.margin.{cfg.loss}.{cfg.miner}"] = loss_margin

@@ -32,6 +32,19 @@ YOUR_DATA = "Your data"
 SOURCES = ("Path on the server", "Upload")
 SECTION = SECTIONS[4]  # "your_data": drawn here, not by the sidebar's generic sections
 FITTED_KEY = "your_data.fitted"  # the dataset whose P and K the widgets were last set for
+OWN_DATA = "cfg.your_data"  # the sidebar's toggle: "Your data" instead of a built-in dataset
+KEPT = "kept"  # FITTED_KEY's mark: P, K and net were set from a run's or link's settings
+
+
+def keep_user_data(path: str) -> None:
+    """Open ``path`` under "Your data", keeping the P, K and net already in the widgets.
+
+    For a run's "Load these settings" or a link: the defaults that fit the data must not
+    replace the run's own.
+    """
+    st.session_state["your_data.source"] = SOURCES[0]
+    st.session_state["your_data.path"] = path
+    st.session_state[FITTED_KEY] = (KEPT, path)
 
 
 @st.cache_data(show_spinner="Reading your data…", max_entries=4, ttl=60)
@@ -116,7 +129,9 @@ def your_data_inputs(max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any]
         return values, str(err)
     st.caption(f"Source: {summary['source']}.")
     fitted = (summary["dataset"], *summary["batch"], summary["net"])
-    if st.session_state.get(FITTED_KEY) != fitted:  # a new dataset: P, K and net that fit it
+    if st.session_state.get(FITTED_KEY) == (KEPT, summary["dataset"]):
+        st.session_state[FITTED_KEY] = fitted  # a run's or link's own P, K and net stay
+    elif st.session_state.get(FITTED_KEY) != fitted:  # a new dataset: P, K and net that fit it
         st.session_state[FITTED_KEY] = fitted
         st.session_state["cfg.classes_per_batch"], st.session_state["cfg.samples_per_class"] = (
             summary["batch"]
