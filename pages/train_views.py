@@ -12,7 +12,7 @@ import streamlit as st
 
 from dml_core.augment import example_views
 from dml_core.config import RunConfig
-from dml_core.data import DatasetError, load_dataset
+from dml_core.data import DatasetError, load_for_config
 from dml_core.figures.views import views_strip_figure
 
 Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
@@ -29,7 +29,7 @@ CAPTION = (
 def strip_views(cfg_json: str, n: int) -> Array:
     """``example_views`` of a config given as JSON (hashable), (n, 2, H, W) in [0, 1]."""
     cfg = RunConfig.model_validate_json(cfg_json)
-    return example_views(cfg, load_dataset(cfg.dataset, cfg.split), n)
+    return example_views(cfg, load_for_config(cfg), n)
 
 
 def render_views_strip(cfg: RunConfig, n: int = STRIP_IMAGES) -> None:
