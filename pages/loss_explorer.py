@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -168,7 +169,7 @@ with st.sidebar:
     st.header("Share")
     copy_link(
         explorer_query(controls, {"loss": params, "loss2": other[1] if other else {}}),
-        "losses",
+        Path(__file__).stem,  # the page's url path (app.py)
         LINK_STATE,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -258,5 +259,7 @@ with st.sidebar:
     st.header("Share")
     anchor_now = st.session_state.get("mv.anchor", 0)
     copy_link(
-        write_query(MINER_VIEW, controls | {"anchor": anchor_now}, miners), "miners", LINK_STATE
+        write_query(MINER_VIEW, controls | {"anchor": anchor_now}, miners),
+        Path(__file__).stem,  # the page's url path (app.py)
+        LINK_STATE,
     )

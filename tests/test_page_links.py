@@ -186,7 +186,8 @@ def test_the_loss_explorer_opens_a_link_and_keeps_its_url_in_step(open_train) ->
     at.slider(key="explorer.contrastive.neg_margin").set_value(0.9).run()
     assert at.query_params["loss.neg_margin"] == "0.9"
     assert "seed" not in at.query_params
-    assert at.sidebar.code[0].value.startswith("/losses?loss=contrastive&loss.neg_margin=0.9")
+    link = at.sidebar.code[0].value
+    assert link.startswith("/loss_explorer?loss=contrastive&loss.neg_margin=0.9")
 
 
 def test_the_miner_view_opens_a_link_names_bad_values_and_keeps_its_url_in_step(

@@ -89,9 +89,10 @@ def test_bad_values_in_a_link_are_named_and_nothing_breaks(page: Page, server: s
 @pytest.mark.parametrize(
     ("path", "box", "value", "shot"),
     [
-        ("/losses?loss=contrastive&loss.neg_margin=0.7&axis=similarity", "Loss", "contrastive",
+        ("/loss_explorer?loss=contrastive&loss.neg_margin=0.7&axis=similarity", "Loss",
+         "contrastive",
          "links-explorer.png"),
-        ("/miners?miners=all,random&random.fraction=0.3&P=4&K=4",
+        ("/miner_view?miners=all,random&random.fraction=0.3&P=4&K=4",
          "Miner in the PCA view and the images", "all", "links-miners.png"),
     ],
 )  # fmt: skip

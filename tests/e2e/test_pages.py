@@ -43,14 +43,14 @@ PAGES = [
     ("home", "Home", "Metric Learning Playground", [], "Miners and their papers"),
     ("train", "Train", "Train an embedding", [], "Idle. Choose settings"),
     (
-        "losses",
+        "loss_explorer",
         "Loss explorer",
         "Loss explorer",
         [r"^Positive pair", r"^Negative pair", r": loss$"],
         "Both pairs at once",
     ),
     (
-        "miners",
+        "miner_view",
         "Miner view",
         "Miner view",
         [r"The batch in its PCA plane", r"^Around anchor"],
