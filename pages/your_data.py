@@ -99,18 +99,28 @@ def _path_input(max_bytes: int) -> tuple[str | None, str | None]:
         return None, str(err)
 
 
-def your_data_inputs(max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any], str | None]:
+def upload_cap() -> int:
+    """The upload size cap in bytes: Streamlit's ``server.maxUploadSize`` (MB, default 200).
+
+    One setting caps both Streamlit's uploader and ours:
+    ``streamlit run app.py --server.maxUploadSize 500``.
+    """
+    megabytes = st.get_option("server.maxUploadSize")
+    return int(megabytes * 2**20) if megabytes else DEFAULT_MAX_BYTES
+
+
+def your_data_inputs(max_bytes: int | None = None) -> tuple[dict[str, Any], str | None]:
     """Draw the "Your data" inputs; return RunConfig values and a problem that disables Train.
 
     Args:
-        max_bytes: the upload size cap (the issue's default 200 MB).
+        max_bytes: the upload size cap (default :func:`upload_cap`, 200 MB unless configured).
 
     Returns:
         ``({"dataset", "image_size", "color", "skip_bad_files"}, problem)``; ``dataset`` is
         absent until a path is given. P and K are not returned: the sidebar's own widgets,
         set here to the data's defaults when the dataset changes, give them.
     """
-    path, problem = _path_input(max_bytes)
+    path, problem = _path_input(upload_cap() if max_bytes is None else max_bytes)
     fields = RunConfig.model_fields
     values: dict[str, Any] = {}
     for name, field in fields.items():

@@ -110,3 +110,20 @@ def test_inputs_drawn_before_the_net_and_batch_widgets_set_them(
     )  # fmt: skip
     at.radio(key="cfg.net").set_value("mlp").run()  # the user's choice then stays
     assert at.session_state["out"][0]["net"] == "mlp"
+
+
+def test_the_upload_cap_is_streamlits_max_upload_size() -> None:
+    """Catches: a cap fixed at 200 MB whatever the server is configured with (the issue: the
+    size cap is configurable), or one in other units than Streamlit's megabytes."""
+    from streamlit import config
+
+    from pages.your_data import upload_cap
+
+    before = config.get_option("server.maxUploadSize")
+    try:
+        config.set_option("server.maxUploadSize", 200)
+        assert upload_cap() == 200 * 2**20
+        config.set_option("server.maxUploadSize", 1)
+        assert upload_cap() == 2**20
+    finally:
+        config.set_option("server.maxUploadSize", before)
