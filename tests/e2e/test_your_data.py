@@ -1,0 +1,68 @@
+"""End-to-end: a user uploads a zip of their own image folder on the Train page and trains
+(issue 17), in real Chromium.
+
+The sidebar's "Your data" takes the upload, reads it (the caption names what was read), fits
+P, K and the net to the data, and Train runs on it; the live views draw its classes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from e2e_util import (
+    LOAD_TIMEOUT_MS,
+    assert_no_exception,
+    expect_title,
+    open_app,
+    screenshot,
+    set_number,
+    train_button,
+    wait_figures,
+    wait_settled,
+)
+from playwright.sync_api import Page, expect
+
+from tests.user_data_files import SHAPES, write_shapes, zip_folder
+
+pytestmark = pytest.mark.e2e
+
+FIGURE_TIMEOUT_MS = 180_000
+RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")
+
+
+def test_an_uploaded_image_folder_trains_with_its_own_classes(
+    page: Page, server, tmp_path: Path
+) -> None:
+    folder = write_shapes(tmp_path / "shapes", per_class=30, size=28)
+    archive = zip_folder(folder, tmp_path / "my_shapes.zip")
+    open_app(page, f"{server}/train")
+    expect_title(page, "Train an embedding")
+    sidebar = page.locator("[data-testid='stSidebar']")
+    sidebar.get_by_text("Your data", exact=True).click()
+    sidebar.get_by_text("Upload", exact=True).click()
+    wait_settled(page)
+    sidebar.locator("input[type='file']").set_input_files(str(archive))
+    expect(sidebar.get_by_text(re.compile(r"^Source: .*image folder"))).to_be_visible(
+        timeout=LOAD_TIMEOUT_MS
+    )
+    wait_settled(page)
+    expect(page.get_by_label("P classes", exact=True)).to_have_value("4")  # fitted: 4 shapes
+    set_number(page, "Steps", 60)
+    expect(train_button(page)).to_be_enabled(timeout=LOAD_TIMEOUT_MS)
+    train_button(page).click()
+    page.wait_for_url(RUN_IN_URL, timeout=LOAD_TIMEOUT_MS)
+    run_id = RUN_IN_URL.search(page.url).group(1)
+    config = json.loads((server.runs_dir / run_id / "config.json").read_text())
+    assert "extracted" in Path(config["dataset"]).parts  # where the upload was extracted
+    assert (config["classes_per_batch"], config["net"]) == (4, "convnet")
+
+    bar = page.locator("[data-testid='stProgress']", has_text=re.compile("finished"))
+    expect(bar.first).to_be_visible(timeout=FIGURE_TIMEOUT_MS)
+    wait_figures(page, r"^Positive and negative pair distances", timeout_ms=FIGURE_TIMEOUT_MS)
+    body = page.inner_text("body")
+    assert all(shape in body for shape in SHAPES)  # the legend names the user's classes
+    screenshot(page, "train-your-data.png")
+    assert_no_exception(page)
