@@ -208,7 +208,7 @@ def test_retrieval_click_point(shot_page: Page, server: str, two_runs: list[str]
     target = page.evaluate(FIND_POINT_JS, 0)
     assert target, "no probe point found in the scatter"
     assert target["n"] == 300, target
-    query = page.get_by_label(re.compile(r"^Query image"))
+    query = page.get_by_label(re.compile(r"^Query \(index in the [\d,]+ test images\)"))
     expect(query).to_have_value("0")
 
     page.mouse.move(target["x"], target["y"])

@@ -15,7 +15,9 @@ import pytest
 from e2e_util import (
     LOAD_TIMEOUT_MS,
     assert_no_exception,
+    choose_containing,
     expect_title,
+    go_via_sidebar,
     open_app,
     screenshot,
     set_number,
@@ -65,4 +67,24 @@ def test_an_uploaded_image_folder_trains_with_its_own_classes(
     body = page.inner_text("body")
     assert all(shape in body for shape in SHAPES)  # the legend names the user's classes
     screenshot(page, "train-your-data.png")
+    assert_no_exception(page)
+
+    # The hardest triplets of the latest snapshot, as the user's images (issue 16).
+    page.get_by_text("Show the hardest triplets now", exact=True).click()
+    strip = page.locator(".js-plotly-plot", has_text=re.compile("hardest", re.I)).first
+    expect(strip).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    strip.scroll_into_view_if_needed()
+    screenshot(page, "train-hardest-triplets.png", showing=strip)
+    assert_no_exception(page)
+
+    # Retrieval opens the finished run from its saved embeddings: the user's images as
+    # thumbnails, the query first, its neighbours named by their classes.
+    go_via_sidebar(page, server, "Retrieval", "Retrieval")
+    choose_containing(page, "Run", run_id)
+    wait_figures(page, r"^Query 0 and its 8 nearest", timeout_ms=FIGURE_TIMEOUT_MS)
+    picker = page.get_by_label(re.compile(r"^Query \(index in the \d+ test images\)"))
+    expect(picker).to_be_visible()
+    strip = page.locator(".js-plotly-plot", has_text=re.compile("^Query 0 and its")).first
+    strip.scroll_into_view_if_needed()
+    screenshot(page, "retrieval-your-data.png", showing=strip)
     assert_no_exception(page)
