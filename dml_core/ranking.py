@@ -243,15 +243,20 @@ def _in_workers(work: Callable[[Tensor], None], chunks: list[Tensor], workers: i
     Each thread takes the next chunk when it is done with one (the chunks' costs differ with
     R). Torch's matmul then runs on as many cores as there are workers and no OpenMP team
     waits on a core another worker holds. ``torch.set_num_threads`` also sets the count that
-    threads started later adopt, so every worker gives the count it found back when it ends.
+    threads started later adopt, so every worker gives the count it found back when it ends;
+    all of them read it before any sets its own (a barrier: else a late starter would find the
+    1 an early one set, and leave it behind for the whole process).
     The first error of any worker is raised here.
     """
     queue = iter(chunks)
     lock = threading.Lock()
     errors: list[BaseException] = []
+    count = max(1, workers)
+    all_found = threading.Barrier(count)
 
     def run() -> None:
         found = torch.get_num_threads()
+        all_found.wait()
         torch.set_num_threads(1)
         try:
             while not errors:
@@ -265,7 +270,7 @@ def _in_workers(work: Callable[[Tensor], None], chunks: list[Tensor], workers: i
         finally:
             torch.set_num_threads(found)
 
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(max(1, workers))]
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:

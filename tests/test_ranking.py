@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -123,6 +124,26 @@ def test_workers_give_the_thread_count_back() -> None:
     r_all = ranking.per_query_r(rl, rl, True)
     ranking.fast_scores(ref, rl, ref, rl, r_all, same_set=True, chunk_size=16)
     assert _threads_of_a_new_thread() == before
+
+
+def test_workers_that_start_late_give_back_the_count_from_before_all_of_them() -> None:
+    """Catches workers that each restore the count they found on starting: one that starts
+    after another set 1 finds 1, and if it ends last leaves 1 to every later thread of the
+    process (seen on CI: a training job then ran on one core, with other float sums).
+    Tried: without the barrier, this fails."""
+    before = _threads_of_a_new_thread()
+    for _ in range(5):
+        started = threading.Event()
+
+        def work(chunk: int, started: threading.Event = started) -> None:
+            if chunk == 0:  # the first worker holds on until the second one is at work
+                started.wait(5)
+            else:
+                started.set()
+                time.sleep(0.05)  # and the second one ends last
+
+        ranking._in_workers(work, [0, 1], 2)
+        assert _threads_of_a_new_thread() == before
 
 
 def test_a_worker_error_reaches_the_caller() -> None:
