@@ -14,6 +14,7 @@ list-runs, export); ``train`` and ``list-runs`` also accept ``--out DIR`` for it
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -167,7 +168,9 @@ def build_parser() -> Parser:
         epilog="python -m dml_core bench sweep [--runs 8 --steps 300 --workers 2 --json]: a "
         "sweep's runs on a local Ray cluster against the same runs one after another. "
         "python -m dml_core bench app [--steps 300 --out FILE]: training in the app, watched "
-        "live in Chromium, against the CLI (samples/s ratio, time to a verdict, CPU seconds).",
+        "live in Chromium, against the CLI (samples/s ratio, time to a verdict, CPU seconds). "
+        "python -m dml_core bench user-data [--images 60000 --json]: reading a folder of PNGs "
+        "on first open (parallel decode) and again from the cache.",
     )
     bench.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -391,17 +394,16 @@ def list_runs(runs_dir: str) -> int:
     return 0
 
 
+BENCH_COMMANDS = {"sweep": "sweep_speed", "app": "app_speed", "user-data": "user_data_speed"}
+"""``bench NAME``: the benchmarks with their own flags (``bench NAME --help``), by module."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["bench", "sweep"]:  # its own flags (bench sweep --help)
-        from dml_core.bench.sweep_speed import main as sweep_speed_main
-
-        return sweep_speed_main(argv[2:])
-    if argv[:2] == ["bench", "app"]:  # its own flags (bench app --help)
-        from dml_core.bench.app_speed import main as app_speed_main
-
-        return app_speed_main(argv[2:])
+    if argv[:1] == ["bench"] and argv[1:2] and argv[1] in BENCH_COMMANDS:  # their own flags
+        module = importlib.import_module(f"dml_core.bench.{BENCH_COMMANDS[argv[1]]}")
+        return module.main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -30,3 +31,20 @@ def test_tiny_bench_run(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert os.environ["DML_CACHE_DIR"] == str(tmp_path / "mine")
     assert not (tmp_path / "mine").exists()
     assert "40 PNGs of 28x28" in report(result)
+
+
+def test_bench_user_data_is_a_command_of_the_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """``python -m dml_core bench user-data --images N --json`` runs this benchmark.
+
+    Catches the command not wired (``bench`` then rejects ``user-data`` with exit status 2) or
+    its flags dropped on the way.
+    """
+    from dml_core import cli
+
+    monkeypatch.setenv("DML_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["bench", "user-data", "--images", "24", "--workers", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cached"]["note"] == "from the cache"
+    assert result["images"] == 24

@@ -148,17 +148,19 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(n_images: int = 60_000, workers: int | None = None, as_json: bool = False) -> int:
-    """Run the benchmark and print it (text, or one JSON object); returns the exit status."""
-    result = run_user_data_bench(n_images, workers)
-    print(json.dumps(result) if as_json else report(result))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dml_core bench user-data [--images N --workers W --json]``; the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dml_core bench user-data", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--images", type=int, default=60_000, help="how many PNGs (default 60k)")
+    parser.add_argument("--workers", type=int, help="decoding processes (default: usable cores)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    result = run_user_data_bench(args.images, args.workers)
+    print(json.dumps(result) if args.json else report(result))
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=60_000, help="how many PNGs (default 60k)")
-    parser.add_argument("--workers", type=int, help="decoding processes (default: usable cores)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(sys.argv[1:] if len(sys.argv) > 1 else [])
-    sys.exit(main(args.images, args.workers, args.json))
+    sys.exit(main())
