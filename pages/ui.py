@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dml_core.errors import ConfigError, field_bounds
 from dml_core.figures import live as live_figures
@@ -50,6 +51,10 @@ STATE_ICONS = {
 }
 
 
+PAGE_NOW = "ui.page_now"  # the page this session's last full run drew
+ARRIVED = "ui.arrived"  # whether this run is the session's first on this page (see read_new_link)
+
+
 def use_app_navigation() -> None:
     """Make sure the page runs under app.py's ``st.navigation``, also on a server's first request.
 
@@ -60,6 +65,10 @@ def use_app_navigation() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+    ctx = get_script_run_ctx()
+    page = ctx.page_script_hash if ctx is not None else None
+    st.session_state[ARRIVED] = st.session_state.get(PAGE_NOW) != page  # read by links
+    st.session_state[PAGE_NOW] = page
 
 
 def services() -> tuple[RunStore, JobManager, ProjectionWorker]:
@@ -284,14 +293,19 @@ def read_new_link(
 ) -> Link | None:
     """The URL's link (``share_links``) when it is new to this page, else None.
 
-    New: the session's first run of the page, or a URL whose settings differ from the ones the
-    page last wrote (:func:`copy_link`), e.g. a ``st.page_link`` with query parameters. The
-    link is kept under ``state_key``; a page puts its values into its widgets' state before
-    they draw, and shows its problems with :func:`link_warnings`. Keys in ``keep`` (Train's
-    ``run``) are the page's own and no settings.
+    New: the session's first run of the page, or arriving at the page (from another one, see
+    :func:`use_app_navigation`) with a URL whose settings differ from the ones the page last
+    wrote (:func:`copy_link`), e.g. a ``st.page_link`` with query parameters. Reruns on the
+    page never re-read it: the widgets are the truth there, and a rerun may carry a URL older
+    than the page's last write (the browser had not applied it yet; re-reading it reset a
+    slider moved key by key back to an earlier value). The link is kept under ``state_key``;
+    a page puts its values into its widgets' state before they draw, and shows its problems
+    with :func:`link_warnings`. Keys in ``keep`` (Train's ``run``) are the page's own and no
+    settings.
     """
     query = {k: v for k, v in st.query_params.to_dict().items() if k not in keep}
-    if state_key in st.session_state and (not query or query == _written(state_key)):
+    arrived = st.session_state.get(ARRIVED, True)
+    if state_key in st.session_state and (not arrived or not query or query == _written(state_key)):
         return None
     link = read(st.query_params.to_dict())
     st.session_state[state_key] = link
