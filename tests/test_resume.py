@@ -20,6 +20,7 @@ from dml_core.train import Trainer
 from tests.fault_runs import (
     MIDWAY,
     STEPS,
+    TEST_THREADS,
     Outcome,
     assert_same_training,
     file_identity,
@@ -46,7 +47,8 @@ class Resumed:
 
 def stop_after_checkpoint(store: RunStore, run_id: str, step: int, mp: pytest.MonkeyPatch) -> str:
     """Train until the checkpoint of ``step`` is saved, then stop (as the Stop button does)."""
-    job = TrainingJob(store.load(run_id).config, store, run_id)
+    # TEST_THREADS, as fault_runs.train trains the reference: the same float sums
+    job = TrainingJob(store.load(run_id).config, store, run_id, threads=TEST_THREADS)
     save_checkpoint = RunStore.save_checkpoint
 
     def save_then_stop(self: RunStore, rid: str, state: dict) -> None:
