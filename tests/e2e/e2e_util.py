@@ -119,11 +119,24 @@ def assert_no_exception(page: Page) -> None:
 
 
 def choose(page: Page, label: str, option: str) -> None:
-    """Pick ``option`` (exact text) in the Streamlit selectbox ``label``."""
+    """Pick ``option`` (exact text) in the Streamlit selectbox ``label``.
+
+    A rerun that redraws the sidebar meanwhile (a change just before, the URL kept in step)
+    closes the open list; the pick is then tried again, up to three times.
+    """
     box = page.get_by_role("combobox", name=label, exact=True)
-    box.click()
-    box.press_sequentially(option)
-    page.get_by_role("option", name=option, exact=True).click()
+    for attempt in range(3):
+        wait_settled(page)
+        box.click()
+        box.fill("")  # a retry starts from an empty filter
+        box.press_sequentially(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
     expect(box).to_have_value(option, timeout=LOAD_TIMEOUT_MS)
 
 

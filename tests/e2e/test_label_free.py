@@ -37,6 +37,7 @@ def test_a_label_free_run_shows_its_views_and_its_geometry(page: Page, server) -
     expect(train_button(page)).to_be_enabled(timeout=LOAD_TIMEOUT_MS)
     sidebar = page.locator("[data-testid='stSidebar']")
     sidebar.get_by_text("views", exact=True).first.click()
+    wait_settled(page)  # the views section and the URL update redraw the sidebar
     choose(page, "Loss", "ntxent")
     wait_settled(page)  # the sidebar rerenders after each choice (two "Steps" fields meanwhile)
     set_number(page, "Steps", 120)
