@@ -139,37 +139,24 @@ def show_true_neighbours(fig: go.Figure, points: Array, emb: Array, chart_key: s
 
 def export_buttons(store: RunStore, run_id: str) -> None:
     """Downloads of the shown run, built only when clicked."""
+    downloads = (  # label, bytes (built only when clicked), file suffix, MIME type, key, help
+        ("Metrics (CSV)", lambda: store.history(run_id).to_csv(index=False), "metrics.csv",
+         "text/csv", "dl.csv", None),
+        ("Embedding Projector (zip)", lambda: export.projector_zip(store, run_id),
+         "projector.zip", "application/zip", "dl.projector",
+         "tensors.tsv, metadata.tsv and a sprite for TensorBoard's Embedding Projector"),
+        ("Animation (HTML)", lambda: export.animation_html_bytes(store, run_id),
+         "animation.html", "text/html", "dl.html", None),
+        ("Animation (GIF)", lambda: export.animation_gif_bytes(store, run_id),
+         "animation.gif", "image/gif", "dl.gif", None),
+    )  # fmt: skip
     with st.expander("Export this run"):
-        cols = st.columns(4)
-        cols[0].download_button(
-            "Metrics (CSV)",
-            lambda: store.history(run_id).to_csv(index=False),
-            file_name=f"{run_id}-metrics.csv",
-            mime="text/csv",
-            key="dl.csv",
-        )
-        cols[1].download_button(
-            "Embedding Projector (zip)",
-            lambda: export.projector_zip(store, run_id),
-            file_name=f"{run_id}-projector.zip",
-            mime="application/zip",
-            key="dl.projector",
-            help="tensors.tsv, metadata.tsv and a sprite for TensorBoard's Embedding Projector",
-        )
-        cols[2].download_button(
-            "Animation (HTML)",
-            lambda: export.animation_html_bytes(store, run_id),
-            file_name=f"{run_id}-animation.html",
-            mime="text/html",
-            key="dl.html",
-        )
-        cols[3].download_button(
-            "Animation (GIF)",
-            lambda: export.animation_gif_bytes(store, run_id),
-            file_name=f"{run_id}-animation.gif",
-            mime="image/gif",
-            key="dl.gif",
-        )
+        for col, (label, data, suffix, mime, key, help_text) in zip(
+            st.columns(len(downloads)), downloads, strict=True
+        ):
+            col.download_button(
+                label, data, file_name=f"{run_id}-{suffix}", mime=mime, key=key, help=help_text
+            )
         st.caption("Each figure has its own PNG download in its toolbar (camera icon).")
 
 

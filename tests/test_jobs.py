@@ -16,6 +16,7 @@ from dml_core.evaluation import Evaluation
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase, StepRate, TrainingJob, train_and_save
 from dml_core.train import Trainer
+from tests.thread_counts import fresh_thread_count
 
 FAST = {
     "steps": 60,
@@ -189,15 +190,6 @@ def test_manager_jobs_share_the_cpu_threads(
     finally:
         manager.stop_all()
         torch.set_num_threads(default)  # threads started later get the default again
-
-
-def fresh_thread_count() -> int:
-    """Torch's thread count as a thread started now sees it (the process-wide setting)."""
-    seen: list[int] = []
-    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    thread.start()
-    thread.join()
-    return seen[0]
 
 
 def feed(rate: StepRate, t0: float, t1: float, steps_per_s: float, step0: int) -> int:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dml_core import ranking
+from tests.thread_counts import fresh_thread_count
 
 
 def _both(q, ql, ref, rl, same_set: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,26 +105,18 @@ def test_tie_bounds_cover_the_other_order() -> None:
         assert ranking._chunk_scores(keys, r)[1][0]
 
 
-def _threads_of_a_new_thread() -> int:
-    seen: list[int] = []
-    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    thread.start()
-    thread.join()
-    return seen[0]
-
-
 def test_workers_give_the_thread_count_back() -> None:
     """Each worker runs torch on one thread and restores the count new threads adopt.
 
     Catches a worker that keeps ``torch.set_num_threads(1)``: every thread started later (a
     training job's) would then run torch on one core. Tried: without the restore, this fails.
     """
-    before = _threads_of_a_new_thread()
+    before = fresh_thread_count()
     gen = torch.Generator().manual_seed(0)
     ref, rl = torch.randn(300, 4, generator=gen), torch.randint(0, 3, (300,), generator=gen)
     r_all = ranking.per_query_r(rl, rl, True)
     ranking.fast_scores(ref, rl, ref, rl, r_all, same_set=True, chunk_size=16)
-    assert _threads_of_a_new_thread() == before
+    assert fresh_thread_count() == before
 
 
 def test_workers_that_start_late_give_back_the_count_from_before_all_of_them() -> None:
@@ -131,7 +124,7 @@ def test_workers_that_start_late_give_back_the_count_from_before_all_of_them() -
     after another set 1 finds 1, and if it ends last leaves 1 to every later thread of the
     process (seen on CI: a training job then ran on one core, with other float sums).
     Tried: without the barrier, this fails."""
-    before = _threads_of_a_new_thread()
+    before = fresh_thread_count()
     for _ in range(5):
         started = threading.Event()
 
@@ -143,7 +136,7 @@ def test_workers_that_start_late_give_back_the_count_from_before_all_of_them() -
                 time.sleep(0.05)  # and the second one ends last
 
         ranking._in_workers(work, [0, 1], 2)
-        assert _threads_of_a_new_thread() == before
+        assert fresh_thread_count() == before
 
 
 def test_a_worker_error_reaches_the_caller() -> None:
