@@ -16,8 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
 from dml_core import ranking
@@ -218,6 +216,10 @@ def _nmi(emb: Tensor, labels: Tensor, seed: int) -> float:
     if n_clusters <= 1 or n_clusters >= y.size:
         # Degenerate partitions: the clustering is forced to match the labels' structure.
         return 1.0
+    # scikit-learn only here: importing it costs about a second in every process that trains
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
     x = emb.detach().cpu().numpy().astype(np.float32, copy=False)
     km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
     clusters = km.fit_predict(x)

@@ -1,6 +1,8 @@
 """House rules checked on the AST: the core never imports streamlit; the UI holds no maths."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,14 @@ def test_the_fixed_layout_exists() -> None:
         ".ci/run",
     ):
         assert (ROOT / name).exists(), name
+
+
+def test_training_does_not_import_scikit_learn() -> None:
+    """Catches scikit-learn imported at the top of a module on the training path (metrics):
+    about a second in every process that trains (the CLI, each job's child, each Ray worker),
+    for NMI's k-means that only the final evaluation runs."""
+    code = "import sys, dml_core.cli, dml_core.train; print('sklearn' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "False"
