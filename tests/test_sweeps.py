@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,23 @@ def test_local_sweep_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         assert scores[0] != scores[1]
         assert cell["map_at_r_mean"] == pytest.approx(sum(scores) / 2)
         assert cell["map_at_r_sd"] == pytest.approx(abs(scores[0] - scores[1]) / math.sqrt(2))
+
+
+def test_the_json_state_is_the_final_one_even_when_its_write_is_slow(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches a runner that reports itself done before its final status is on disk: the CLI
+    then printed "running" for a finished sweep (seen once in a full run under load)."""
+    write = SweepStore.set_status
+
+    def slow_final_write(self: SweepStore, sweep_id: str, **fields: Any) -> None:
+        if fields.get("state") not in (None, SweepState.RUNNING):
+            time.sleep(0.5)
+        write(self, sweep_id, **fields)
+
+    monkeypatch.setattr(SweepStore, "set_status", slow_final_write)
+    out = sweep_json(capsys, "--grid", "margin=0.1", "--runs", str(tmp_path))
+    assert out["state"] == SweepState.FINISHED
 
 
 def test_resume_trains_only_missing_runs(

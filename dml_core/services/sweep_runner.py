@@ -311,6 +311,7 @@ class SweepRunner:
             raise
         finally:
             self.executor.close()
-            self.state = sweep_state(self.store, self.sweep, stopped=self._stop.is_set())
-            self.sweeps.set_status(sweep_id, state=self.state, message=self.error)
-        return self.state
+            state = sweep_state(self.store, self.sweep, stopped=self._stop.is_set())
+            self.sweeps.set_status(sweep_id, state=state, message=self.error)
+            self.state = state  # done only once the status on disk says so (callers read it)
+        return state
