@@ -64,10 +64,20 @@ def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None
     if problem:
         return None, problem
     try:
-        cfg, _ = config_for_data(make_config(**values))  # a user's data: loaded and checked
-        return cfg, None
+        cfg = make_config(**values)
+        return RunConfig.model_validate_json(fitted_config(cfg.model_dump_json())), None
     except (ConfigError, ValueError) as err:
         return None, str(err)
+
+
+@st.cache_data(max_entries=16, ttl=60, show_spinner=False)
+def fitted_config(cfg_json: str) -> str:
+    """``config_for_data`` of a config given as JSON, once per settings, not on every rerun.
+
+    A user's folder would be read from its cache on each rerun; a problem is raised, not cached.
+    """
+    cfg, _ = config_for_data(RunConfig.model_validate_json(cfg_json))
+    return cfg.model_dump_json()
 
 
 def current_run() -> str | None:
