@@ -16,10 +16,10 @@ from dml_core.config import make_config
 from dml_core.errors import ConfigError
 from dml_core.figures import compare as compare_figures
 from dml_core.runs import FINAL, RunStore
-from dml_core.services import export
 from pages.ui import (
     POLL_OTHERS_S,
     load_snapshot,
+    run_class_names,
     run_label,
     services,
     steady_axes,
@@ -156,7 +156,7 @@ def comparison(run_ids: list[str], live: bool) -> None:
         all(c.normalize for c in configs),
     )
     note = compare.probe_note(configs)
-    class_names = export.class_names_of(configs[0])
+    class_names = run_class_names(configs[0])
     try:
         steps_now = tuple(s.step for s in snaps)
         frame = records[0].snapshot_steps[-1]

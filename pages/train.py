@@ -18,7 +18,6 @@ from dml_core.metrics import METRIC_LABELS
 from dml_core.probe import collapse_advice, collapse_kind
 from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
-from dml_core.services import export
 from dml_core.services.projection_worker import IDLE, status_text
 from dml_core.services.run_view import FigureNews, RunView, figure_news, run_view
 from pages.train_extras import (
@@ -35,6 +34,7 @@ from pages.ui import (
     POLL_LIVE_S,
     describe,
     load_snapshot,
+    run_class_names,
     run_label,
     services,
     steady_axes,
@@ -244,12 +244,6 @@ def geometry_figures(runs_dir: str, run_id: str, step: int, rows: int) -> tuple:
     return path, rank
 
 
-@st.cache_data(show_spinner=False)
-def class_names(cfg_json: str) -> tuple[str, ...]:
-    """Names of the run's classes (cached: a user's data is read to find them)."""
-    return export.class_names_of(RunConfig.model_validate_json(cfg_json))
-
-
 def progress_line(run_id: str, view: RunView) -> None:
     """The run's label, state, step (or final evaluation), rate, ETA and device."""
     st.progress(view.fraction, text=f"{run_label(store, run_id)} · {view.progress_text}")
@@ -387,7 +381,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
     hist, sphere = snapshot_figures(str(store.root), run_id, snap.step, axes)
     left, right = st.columns(2)
     with left:
-        names = class_names(record.config.model_dump_json())
+        names = run_class_names(record.config)
         pending = embedding_view(run_id, snap, names, record.config.embedding_dim)
     with right:
         st.plotly_chart(hist, key="chart.hist")

@@ -31,7 +31,7 @@ from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.services import export
 from pages.train_settings import load_settings
-from pages.ui import describe, load_snapshot
+from pages.ui import describe, load_snapshot, run_class_names
 
 Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
 
@@ -55,9 +55,7 @@ def hardest_triplets_figure(
     hard = snapshot_hardest_triplets(
         snap.probe_emb, snap.probe_labels, cfg, k, one_per_anchor=one_per_anchor
     )
-    return thumbnails.triplet_strip_figure(
-        hard, pictures, snap.probe_labels, export.class_names_of(cfg)
-    )
+    return thumbnails.triplet_strip_figure(hard, pictures, snap.probe_labels, run_class_names(cfg))
 
 
 def render_hardest_triplets(runs_dir: str, run_id: str, step: int) -> None:

@@ -21,6 +21,7 @@ from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from dml_core.config import RunConfig
 from dml_core.errors import ConfigError, field_bounds
 from dml_core.figures import live as live_figures
 from dml_core.figures.live import SteadyAxes
@@ -28,6 +29,7 @@ from dml_core.figures.sphere import sphere_density_max
 from dml_core.figures.style import split_symbol
 from dml_core.registry import Entry
 from dml_core.runs import RunState, RunStore
+from dml_core.services import export
 from dml_core.services.jobs import JobManager
 from dml_core.services.projection_worker import ProjectionWorker
 from dml_core.services.share_links import Link
@@ -100,6 +102,16 @@ def _projection_worker() -> ProjectionWorker:
     worker = ProjectionWorker(in_subprocess=True)
     worker.warm_up()  # compile UMAP's numba kernels before the first real request
     return worker
+
+
+def run_class_names(cfg: RunConfig) -> tuple[str, ...]:
+    """Names of a run's classes (cached per config: a user's data is read to find them)."""
+    return _class_names(cfg.model_dump_json())
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _class_names(cfg_json: str) -> tuple[str, ...]:
+    return export.class_names_of(RunConfig.model_validate_json(cfg_json))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
