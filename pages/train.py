@@ -19,7 +19,7 @@ from dml_core.probe import collapse_advice, collapse_kind
 from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
 from dml_core.services.projection_worker import IDLE, status_text
-from dml_core.services.run_view import FigureNews, RunView, figure_news, run_view
+from dml_core.services.run_view import FigureNews, RunView, figure_news, redraw_due, run_view
 from pages.train_extras import (
     export_buttons,
     layout_quality_caption,
@@ -109,22 +109,36 @@ def train_button(cfg: RunConfig | None, error: str | None) -> None:
 
 
 def run_controls(run_id: str, view: RunView) -> None:
-    """Pause / Resume / Stop, enabled exactly when they apply (inside the live fragment)."""
+    """Pause / Resume / Stop, enabled exactly when they apply (inside the live fragment).
+
+    Each acts in its ``on_click`` callback, which Streamlit runs before the rerun's script:
+    a click is never lost to a rerun that a newer poll cuts short before it reaches the button.
+    """
     cols = st.columns([1, 1, 1, 5])
-    if cols[0].button("Pause", disabled=not view.can_pause, key="btn.pause"):
-        manager.pause(run_id)
-        st.rerun()
-    if cols[1].button(
+    cols[0].button(
+        "Pause", disabled=not view.can_pause, key="btn.pause", on_click=manager.pause, args=(run_id,)
+    )
+    cols[1].button(
         "Resume",
         disabled=not view.can_resume,
         key="btn.resume",
         help="Continue a paused run, or an interrupted/stopped one from its last checkpoint",
-    ):
+        on_click=resume_run,
+        args=(run_id,),
+    )
+    cols[2].button(
+        "Stop", disabled=not view.can_stop, key="btn.stop", on_click=manager.stop, args=(run_id,)
+    )
+    if error := st.session_state.pop("view.control_error", None):
+        st.error(error, icon="🚫")
+
+
+def resume_run(run_id: str) -> None:
+    """Resume's callback: a run that cannot resume (any more) says why on the next draw."""
+    try:
         manager.resume(run_id)
-        st.rerun()  # polling starts again
-    if cols[2].button("Stop", disabled=not view.can_stop, key="btn.stop"):
-        manager.stop(run_id)
-        st.rerun()
+    except ConfigError as err:
+        st.session_state["view.control_error"] = str(err)
 
 
 def run_picker(run_id: str | None) -> None:
@@ -332,16 +346,23 @@ def news(run_id: str, view: RunView) -> FigureNews:
 def progress_body(run_id: str | None, interval: float | None) -> None:
     """The polled part of the live view: progress line and controls (a few ms per poll).
 
-    Redraws the whole page (figures included) only when ``news`` changed since the figures
-    drew, or the polling rate should change (the run started or ended, a layout arrived).
+    Redraws the whole page (figures included) only when ``redraw_due`` says so (news since
+    the figures drew, paced by how long drawing takes), or the polling rate should change
+    (the run started or ended, a layout arrived).
     """
     if run_id is None:
         return
     view = run_view(store, manager, run_id)
     progress_line(run_id, view)
     run_controls(run_id, view)
-    changed = news(run_id, view) != st.session_state.get("view.drawn")
-    if changed or desired_interval(view) != interval:
+    due = redraw_due(
+        news(run_id, view),
+        st.session_state.get("view.drawn"),
+        st.session_state.get("view.drawn_at", 0.0),
+        st.session_state.get("view.draw_s", 0.0),
+        time.monotonic(),
+    )
+    if due or desired_interval(view) != interval:
         st.rerun()
 
 
@@ -350,6 +371,7 @@ def figures_body(run_id: str | None, interval: float | None) -> None:
     if run_id is None:
         st.info("Idle. Choose settings in the sidebar and press **Train**, or open a saved run.")
         return
+    started = time.monotonic()
     drawn = news(run_id, run_view(store, manager, run_id))  # before reading: nothing is missed
     record = store.load(run_id)
     steps_saved = record.snapshot_steps
@@ -361,6 +383,8 @@ def figures_body(run_id: str | None, interval: float | None) -> None:
         pending = snapshot_view(run_id, record, tuple(steps_saved), step)
     st.session_state["view.pending"] = pending
     st.session_state["view.drawn"] = drawn
+    st.session_state["view.drawn_at"] = time.monotonic()
+    st.session_state["view.draw_s"] = st.session_state["view.drawn_at"] - started
     if play_interval() != interval:
         st.rerun()  # Play was pressed or reached the end: re-time the replay
 

@@ -217,9 +217,11 @@ def test_a_missing_run_in_the_url_says_so(page: AppTest) -> None:
 
 
 def test_controls_follow_the_run_state(page: AppTest) -> None:
-    """Catches: Pause disabled for the whole run, Resume offered while running."""
+    """Catches: Pause disabled for the whole run, Resume offered while running, a Stop that
+    does not stop. (Few probe points: each poll here draws the whole page, figures included.)"""
     page.run()
     page.number_input(key="cfg.steps").set_value(100_000).run()
+    page.number_input(key="cfg.probe_size").set_value(100).run()
     page.button(key="btn.train").click().run()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and page.button(key="btn.pause").disabled:

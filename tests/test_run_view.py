@@ -16,7 +16,7 @@ from dml_core.config import make_config
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase
 from dml_core.services.projection_worker import ProjectionWorker
-from dml_core.services.run_view import RunView, figure_news, run_view
+from dml_core.services.run_view import MIN_REST_S, RunView, figure_news, redraw_due, run_view
 from tests.saved_runs import make_tiny_run
 
 S = RunState
@@ -203,3 +203,22 @@ def test_figure_news_changes_exactly_when_the_figures_would(tmp_path: Path) -> N
         assert figure_news(store, worker, "tiny", "pca", S.FINISHED) != laid_out
     finally:
         worker.stop()
+
+
+def test_redraw_due_paces_new_snapshots_by_the_draw_time_and_never_delays_a_new_state() -> None:
+    """Catches: a redraw on every new snapshot (back-to-back full draws on a loaded machine
+    left the Stop button and the progress line no time: CI saw Stop ignored for minutes),
+    a new state held back by the pacing, a redraw with nothing new, pacing that ignores how
+    long the last draw took, and news that never redraws."""
+    drawn = (3, 30, 30, S.RUNNING)
+    newer = (4, 40, 30, S.RUNNING)
+    at, took = 100.0, 4.0  # the last draw ended at t = 100 s and took 4 s
+    assert not redraw_due(drawn, drawn, at, took, at + 60)  # nothing new
+    assert redraw_due(newer, None, 0.0, 0.0, at)  # nothing drawn yet
+    assert not redraw_due(newer, drawn, at, took, at + 0.5)
+    assert not redraw_due(newer, drawn, at, took, at + 3.9)  # rested less than the draw took
+    assert redraw_due(newer, drawn, at, took, at + 4.0)
+    assert not redraw_due(newer, drawn, at, 0.1, at + MIN_REST_S / 2)  # a quick draw: min rest
+    assert redraw_due(newer, drawn, at, 0.1, at + MIN_REST_S)
+    for state in (S.STOPPED, S.FINISHED, S.PAUSED):  # a new state: at once
+        assert redraw_due((3, 30, 30, state), drawn, at, took, at + 0.1)

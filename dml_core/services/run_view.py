@@ -173,3 +173,33 @@ def figure_news(
     steps = store.snapshot_steps(run_id)
     latest = layouts.latest(run_id, method) if method != "direct" else None
     return (len(steps), steps[-1] if steps else None, latest and latest[0], state)
+
+
+MIN_REST_S = 1.0  # the least time between two full redraws of the live figures
+
+
+def redraw_due(
+    now: FigureNews, drawn: FigureNews | None, drawn_at: float, draw_s: float, clock: float
+) -> bool:
+    """Whether a page should redraw its live figures now, for the news ``now``.
+
+    Nothing new (``now == drawn``): no. A new state (the run ended, paused, resumed): at once,
+    so a finished run shows its final metrics. New snapshots or layouts only: once the page
+    has rested since its last draw (ended at ``drawn_at``) as long as that draw took
+    (``draw_s``), and at least ``MIN_REST_S``. On a loaded machine a full draw takes seconds;
+    drawn back to back, each new snapshot would start the next one, and the progress line,
+    the buttons and the training itself would get no CPU. The figures then skip snapshots,
+    never show a wrong one: each says which snapshot it is.
+
+    Args:
+        now: ``figure_news`` now.
+        drawn: the news the shown figures were drawn from (None: nothing drawn yet).
+        drawn_at: when that draw ended, on the clock of ``clock``.
+        draw_s: how long that draw took, in seconds.
+        clock: the time now (e.g. ``time.monotonic()``).
+    """
+    if now == drawn:
+        return False
+    if drawn is None or now[-1] != drawn[-1]:
+        return True
+    return clock - drawn_at >= max(MIN_REST_S, draw_s)
