@@ -116,7 +116,11 @@ def run_controls(run_id: str, view: RunView) -> None:
     """
     cols = st.columns([1, 1, 1, 5])
     cols[0].button(
-        "Pause", disabled=not view.can_pause, key="btn.pause", on_click=manager.pause, args=(run_id,)
+        "Pause",
+        disabled=not view.can_pause,
+        key="btn.pause",
+        on_click=manager.pause,
+        args=(run_id,),
     )
     cols[1].button(
         "Resume",
