@@ -171,6 +171,9 @@ def test_curves_figure_all_columns():
     np.testing.assert_array_equal(loss.y, frame["loss"])
     retrieval = next(t for t in fig.data if t.name == "P@1")
     assert tuple(fig.layout[retrieval.yaxis.replace("y", "yaxis")].range) == (0.0, 1.02)
+    # a count starts at 0: a constant 192 tuples per batch must not read as 192.5 vs 193
+    tuples = next(t for t in fig.data if t.name == "tuples per batch")
+    assert fig.layout[tuples.yaxis.replace("y", "yaxis")].rangemode == "tozero"
     assert fig.layout.uirevision == "c"
     json.loads(fig.to_json())
 

@@ -60,6 +60,7 @@ CURVE_NAMES = {
     **METRIC_LABELS,
 }
 FRACTION_PANELS = (1, 2)  # panels whose y-axis is [0, 1]
+COUNT_PANELS = (3,)  # panels of counts: their y-axis starts at 0 (a constant count reads flat)
 
 
 def embedding_figure(
@@ -356,6 +357,8 @@ def curves_figure(
             )
         if i in FRACTION_PANELS:
             fig.update_yaxes(range=[0.0, 1.02], row=row + 1, col=col + 1)
+        elif i in COUNT_PANELS:
+            fig.update_yaxes(rangemode="tozero", row=row + 1, col=col + 1)
         last_row = i >= len(CURVE_PANELS) - 2
         fig.update_xaxes(title_text=x_title if last_row else None, row=row + 1, col=col + 1)
     if marker_x is not None:
