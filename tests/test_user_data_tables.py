@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -234,9 +235,32 @@ def test_zip_of_a_folder_loads_like_the_folder(
     assert len(ds.train) + len(ds.query) == 40
     root = extract_zip(archive)
     assert root.is_relative_to(cache_dir / "extracted")
-    assert (root.name == top) if top else (root.parent.name == "extracted")
+    # class folders at the archive's top get a folder named after it (the dataset's name in
+    # the app), never the cache's content-hash folder
+    assert root.name == (top or "up")
+    assert root.parent.parent.name == "extracted"
     assert extract_zip(archive) == root
     assert not [p for p in (cache_dir / "extracted").iterdir() if p.name.startswith(".")]
+
+
+def test_an_uploaded_archive_is_named_after_its_file_and_macos_extras_are_ignored(
+    cache_dir: Path,
+) -> None:
+    """Catches: an upload named by its content hash (its classes at the archive's top), and a
+    wrapper folder added around the one top folder because of macOS's ``__MACOSX`` entries."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("circle/1.png", b"")
+        zf.writestr("square/1.png", b"")
+    flat = store_upload("My shapes!.zip", buffer.getvalue())
+    assert flat.name == "My_shapes_"
+    assert sorted(p.name for p in flat.iterdir()) == ["circle", "square"]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("mine/circle/1.png", b"")
+        zf.writestr("__MACOSX/mine/._1.png", b"")
+        zf.writestr(".DS_Store", b"")
+    assert store_upload("whatever.zip", buffer.getvalue()).name == "mine"
 
 
 @pytest.mark.parametrize(

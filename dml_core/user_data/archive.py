@@ -105,12 +105,31 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> No
             dst.write(block)
 
 
+def _shown(name: str) -> bool:
+    """Whether a top-level entry of an archive is data (not hidden, not macOS's metadata)."""
+    return not name.startswith(".") and name != "__MACOSX"
+
+
 def data_root(folder: Path) -> Path:
     """Where the data of an extracted archive starts: its only folder, its only table, or itself."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    entries = [p for p in folder.iterdir() if _shown(p.name)]
     if len(entries) == 1 and (entries[0].is_dir() or entries[0].suffix.lower() in TABLE_SUFFIXES):
         return entries[0]
     return folder
+
+
+def _wrapper(parts: list[tuple[str, ...]], archive: Path) -> tuple[str, ...]:
+    """A folder named after the archive for its entries, unless one folder or table holds them.
+
+    The data's folder name is the dataset's name in the app: class folders at an archive's
+    top would otherwise be read from the cache's content-hash folder, and named by it.
+    """
+    tops = {p[0] for p in parts if _shown(p[0])}
+    inside = {p[0] for p in parts if _shown(p[0]) and len(p) > 1}
+    table = len(tops) == 1 and Path(next(iter(tops))).suffix.lower() in TABLE_SUFFIXES
+    if len(tops) == 1 and (tops == inside or table):
+        return ()
+    return (re.sub(r"[^A-Za-z0-9._-]", "_", archive.stem).lstrip(".") or "data",)
 
 
 def _sha256(path: Path) -> str:
@@ -140,9 +159,11 @@ def extract_zip(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
         members = check_archive(zf, path, max_bytes)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".extract-"))
+        parts = [member_path(info.filename, path).parts for info in members]
+        base = tmp.joinpath(*_wrapper(parts, path))
         try:
-            for info in members:
-                _copy_member(zf, info, tmp.joinpath(*member_path(info.filename, path).parts))
+            for info, member in zip(members, parts, strict=True):
+                _copy_member(zf, info, base.joinpath(*member))
             try:
                 os.replace(tmp, final)
             except OSError:  # extracted meanwhile by another process: keep that copy
