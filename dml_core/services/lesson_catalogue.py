@@ -121,7 +121,9 @@ _LESSON_LIST = (
             "than its positive; the cheapest way to lower that loss early in training is to "
             "map everything to one point, where every triplet costs exactly the margin. "
             "**Look for** all distances going to 0, the loss stuck at the margin, and the "
-            "collapse warning on the Train page; semi-hard negatives (FaceNet) train normally."
+            "collapse warning on the Train page; semi-hard negatives (FaceNet) train normally. "
+            "A milder failure is dimensional collapse: the points keep apart but use only a "
+            "few directions, so the effective rank on the Train page falls towards 1."
         ),
         paper="Schroff et al., FaceNet, CVPR 2015, Sec. 3.2; Hermans, Beyer, Leibe, In Defense "
         "of the Triplet Loss, 2017",
