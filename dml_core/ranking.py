@@ -10,13 +10,14 @@ its label, in order. Two ways to get them, with the same results:
   device and dtype. Its ``topk`` costs most of the time (a partial sort of 60k distances per
   query for FashionMNIST).
 * ``fast_scores`` (CPU, float32): squared distances from one matmul (the augmented vectors of
-  ``torch.cdist``'s matmul path, so the same values), a per-query threshold read from a strided
-  sample of the references, the distances below it packed with a one-bit "other class" flag into
-  32-bit keys, and one ``np.sort`` of about R keys per query instead of a selection over all
-  references. Every reference that can be among the first R passes the threshold (rows where
-  too few pass are widened to all references), so the ranking is exact up to ties. Chunks of
-  queries go to one worker thread per core, each running its matmul on one torch thread (an
-  OpenMP team beside busy numpy workers spun on the cores they needed: 6 s of CPU became 3.5).
+  ``torch.cdist``'s matmul path, so the same values), then a compiled kernel per chunk
+  (``ranking_kernel``): a per-query threshold read from a strided sample of the references,
+  the distances below it packed with a one-bit "other class" flag into 32-bit keys, and a
+  radix sort of those (about R + 20%) instead of a selection over all references. Every
+  reference that can be among the first R passes the threshold (rows where too few pass are
+  widened to all references), so the ranking is exact up to ties. Chunks of queries go to one
+  worker thread per core, each running its matmul on one torch thread and the kernel without
+  the GIL (an OpenMP team beside busy workers spun on the cores they needed).
 
 Ties: where a same-class and an other-class reference are at equal distance within a query's
 first R + 1, the library's order is whatever its ``topk`` (a partial sort) leaves, which no sort
@@ -44,7 +45,6 @@ __all__ = ["exact_scores", "fast_scores", "per_query_r"]
 
 FAST_ROWS = 64  # queries per matmul chunk on the fast path: (64, 60k) float32 is 15 MB
 SAMPLE_SIZE = 2048  # about this many references (every s-th) set each query's threshold
-_NO_KEY = np.iinfo(np.uint32).max  # padding key: flag 1 (a miss) and a NaN distance
 # What ties left in ``topk``'s hands may move the mean AP@R by, at most (P@1 and R-Precision are
 # never left to them): a float32 tie between a same-class and an other-class reference falls
 # within the first R of about half of FashionMNIST's queries (R = 6000), nearly all deep enough
@@ -127,83 +127,15 @@ def _augmented(x: Tensor, query_side: bool) -> Tensor:
     return torch.cat([x.mul(-2), norm, ones] if query_side else [x, ones, norm], -1)
 
 
-def _chunk_top(d2: np.ndarray, n_same: int, r: int, stride: int) -> np.ndarray:
-    """Each row's first R + 1 keys ``(bits(d^2) << 1) | other_class``, ascending: (c, R + 1).
+def _kth(n_ref: int, r: int, stride: int) -> int:
+    """Rank in the sample of every ``stride``-th reference that sets a row's threshold.
 
-    ``d2``: (c, n_ref) squared distances, the query's own class in the first ``n_same``
-    columns. Candidates are the references at or below a threshold read from every
-    ``stride``-th reference, set so that R + 1 of them usually pass; rows where fewer pass take
-    every reference. Rows with fewer than R + 1 references are padded with ``_NO_KEY``.
+    About ``need / stride`` sample points lie below the row's (R + 1)-th distance; three
+    standard deviations and 8 more make a row with too few candidates rare (it then takes
+    every reference).
     """
-    c, n_ref = d2.shape
-    need = min(r + 1, n_ref)
-    n_sample = len(range(0, n_ref, stride))
-    expected = need / stride  # sample points expected below the need-th distance
-    kth = math.ceil(expected + 3.0 * math.sqrt(expected) + 8)
-    if kth < n_sample:
-        sample = np.ascontiguousarray(d2[:, ::stride])  # (c, n_sample): partitions faster
-        threshold = np.partition(sample, kth, axis=1)[:, kth]  # (c,)
-        taken = np.flatnonzero(d2 <= threshold[:, None])  # NaN-free (checked by the caller)
-    else:
-        taken = np.arange(d2.size)
-    # Row i's candidates are taken[bounds[i]:bounds[i + 1]], its own class's come first.
-    row_starts = np.arange(c + 1) * n_ref
-    bounds = np.searchsorted(taken, row_starts)
-    counts = np.diff(bounds)
-    short = np.flatnonzero(counts < need)
-    if short.size:  # too few below the threshold: take the whole row
-        parts = np.split(taken, bounds[1:-1])
-        for i in short:
-            parts[i] = np.arange(row_starts[i], row_starts[i + 1])
-        taken = np.concatenate(parts)
-        bounds = np.searchsorted(taken, row_starts)
-        counts = np.diff(bounds)
-    same = np.searchsorted(taken, row_starts[:-1] + n_same) - bounds[:-1]  # (c,)
-    values = d2.ravel()[taken]  # every row's candidates, row after row
-    np.maximum(values, 0.0, out=values)  # torch.cdist clamps d^2 at 0 (-0.0 shifts to 0.0)
-    keys = values.view(np.uint32)
-    keys <<= 1
-    ends = bounds[1:]
-    top = np.full((c, r + 1), _NO_KEY, dtype=np.uint32)
-    for i in range(c):
-        row = keys[ends[i] - counts[i] : ends[i]]
-        row[same[i] :] |= 1
-        row.sort()
-        top[i, : min(row.size, r + 1)] = row[: r + 1]
-    return top
-
-
-def _chunk_scores(keys: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(3, c) scores from sorted keys, with what ties of distance could change in them.
-
-    Distances are compared as ``torch.cdist`` returns them (the square root of the clamped
-    squared distance). A tie matters where equal distances of opposite flags sit within the
-    first R + 1 neighbours: ``topk`` may order them either way. Returns ``(scores, hard, soft)``:
-    ``hard`` marks rows where a tie can change P@1 or R-Precision (ranks 1-2, the R-th equal to
-    the (R + 1)-th) or involves three or more tied references; ``soft`` bounds how far the other
-    ties (isolated pairs at ranks i, i + 1) can move AP@R: by at most ``1 / (R (i + 1))`` each
-    (the hit's term ``j / i`` becomes ``j / (i + 1)``, with ``j <= i``).
-    """
-    top = keys[:, : r + 1]
-    if top.shape[1] < r + 1:  # fewer than R + 1 references: no boundary
-        top = np.pad(top, ((0, 0), (0, r + 1 - top.shape[1])), constant_values=_NO_KEY)
-    miss = (top & 1).astype(bool)  # (c, R + 1)
-    dist = np.sqrt((top >> 1).view(np.float32))  # padding reads as NaN: never equal
-    equal = dist[:, 1:] == dist[:, :-1]  # (c, R): pair i is ranks i + 1 and i + 2
-    mixed = equal & (miss[:, 1:] != miss[:, :-1])
-    grouped = np.zeros_like(equal)  # the pair touches another tied pair
-    grouped[:, 1:] |= equal[:, :-1]
-    grouped[:, :-1] |= equal[:, 1:]
-    inner = mixed[:, : r - 1]
-    hard = mixed[:, 0] | equal[:, r - 1] | (inner & grouped[:, : r - 1]).any(1)
-    bound = 1.0 / (r * np.arange(2, r + 1, dtype=np.float64))  # pair i: 1 / (R (i + 2))
-    soft = (inner & ~grouped[:, : r - 1]) @ bound if r > 1 else np.zeros(len(keys))
-    hit = ~miss[:, :r]
-    found = np.cumsum(hit, axis=1, dtype=np.int32)  # (c, R) hits among the first i
-    inv_rank = 1.0 / np.arange(1, r + 1, dtype=np.float64)
-    ap = np.einsum("ij,ij,j->i", hit, found, inv_rank) / r
-    scores = np.stack([hit[:, 0].astype(np.float64), found[:, -1] / r, ap])
-    return scores, hard, soft
+    expected = min(r + 1, n_ref) / stride
+    return math.ceil(expected + 3.0 * math.sqrt(expected) + 8)
 
 
 def _rows_to_redo(hard: np.ndarray, soft: np.ndarray, budget: float) -> np.ndarray:
@@ -303,6 +235,8 @@ def fast_scores(
     Returns:
         (3, n_query) float64 scores, NaN where R = 0.
     """
+    from dml_core import ranking_kernel  # numba: loaded only where metrics are computed
+
     n_query, n_ref = query_emb.shape[0], ref_emb.shape[0]
     ref_aug = _augmented(ref_emb, query_side=False)  # (n_ref, D + 2)
     query_aug = _augmented(query_emb, query_side=True)  # (n_query, D + 2)
@@ -330,9 +264,13 @@ def fast_scores(
             d2[np.arange(rows.numel()), where[rows].numpy()] = np.inf
         r = int(r_all[rows[0]])
         picked = rows.numpy()
-        out[:, picked], hard[picked], soft[picked] = _chunk_scores(
-            _chunk_top(d2, n_same, r, stride), r
+        scores = np.empty((3, picked.size))
+        tie_hard = np.empty(picked.size, dtype=bool)
+        tie_soft = np.empty(picked.size)
+        ranking_kernel.chunk_scores(
+            d2, n_same, r, stride, _kth(n_ref, r, stride), scores, tie_hard, tie_soft
         )
+        out[:, picked], hard[picked], soft[picked] = scores, tie_hard, tie_soft
 
     _in_workers(work, chunks, min(torch.get_num_threads(), 4))
     scores = torch.from_numpy(out)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dml_core import ranking
+from dml_core import ranking, ranking_kernel
 from tests.thread_counts import fresh_thread_count
 
 
@@ -79,7 +79,13 @@ def test_rows_to_redo_spends_the_budget_on_the_smallest_bounds() -> None:
 
 def _keys(dist: list[float], miss: list[int]) -> np.ndarray:
     d2 = np.square(np.array(dist, dtype=np.float32))
-    return ((d2.view(np.uint32) << 1) | np.array(miss, dtype=np.uint32))[None]
+    return (d2.view(np.uint32) << 1) | np.array(miss, dtype=np.uint32)
+
+
+def _row(keys: np.ndarray, r: int) -> tuple[np.ndarray, bool, float]:
+    """(P@1, R-Precision, AP@R), hard and soft of one row of sorted keys."""
+    p1, rp, ap, hard, soft = ranking_kernel.row_scores(keys, r)
+    return np.array([p1, rp, ap]), hard, soft
 
 
 def test_tie_bounds_cover_the_other_order() -> None:
@@ -91,18 +97,18 @@ def test_tie_bounds_cover_the_other_order() -> None:
     r = 4
     hit_first = _keys([1.0, 2.0, 3.0, 3.0, 9.0], [1, 0, 0, 1, 0])  # tie at ranks 3, 4
     miss_first = _keys([1.0, 2.0, 3.0, 3.0, 9.0], [1, 0, 1, 0, 0])
-    scores_a, hard_a, soft_a = ranking._chunk_scores(hit_first, r)
-    scores_b, hard_b, soft_b = ranking._chunk_scores(miss_first, r)
-    assert not hard_a[0]
-    assert not hard_b[0]
-    assert soft_a[0] == pytest.approx(1 / (r * 4)) == soft_b[0]
-    assert abs(scores_a[2, 0] - scores_b[2, 0]) <= soft_a[0]
-    assert scores_a[1, 0] == scores_b[1, 0]  # R-Precision does not see it
+    scores_a, hard_a, soft_a = _row(hit_first, r)
+    scores_b, hard_b, soft_b = _row(miss_first, r)
+    assert not hard_a
+    assert not hard_b
+    assert soft_a == pytest.approx(1 / (r * 4)) == soft_b
+    assert abs(scores_a[2] - scores_b[2]) <= soft_a
+    assert scores_a[1] == scores_b[1]  # R-Precision does not see it
     at_top = _keys([1.0, 1.0, 3.0, 4.0, 9.0], [1, 0, 0, 0, 0])
     at_r = _keys([1.0, 2.0, 3.0, 4.0, 4.0], [0, 0, 0, 0, 0])
     triple = _keys([1.0, 2.0, 2.0, 2.0, 9.0], [0, 0, 1, 0, 0])
     for keys in (at_top, at_r, triple):
-        assert ranking._chunk_scores(keys, r)[1][0]
+        assert _row(keys, r)[1]
 
 
 def test_workers_give_the_thread_count_back() -> None:
