@@ -6,7 +6,7 @@ query's own class in the first ``n_same`` columns) and takes back P@1, R-Precisi
 of distance could change in them. Per row, on one core, without the GIL (numba, ``nogil``):
 
 1. **threshold**: a value at or above the ``kth`` smallest of every ``stride``-th distance
-   (the top edge of its bucket in a 2048-bucket histogram of the sample), so that about
+   (the top edge of its bucket in a 2048-bucket histogram of the sample's bits), so that about
    R + 1 references and a margin pass;
 2. **keys**: every reference at or below it as a 32-bit key ``(bits(max(d^2, 0)) << 1) |
    other_class``: float bits of non-negative floats sort as the floats do. The row is read
@@ -48,8 +48,8 @@ _HIST_SIZE = 1 << _DIGIT
 def _upper_bound(sample: np.ndarray, kth: int, hist: np.ndarray) -> np.float32:
     """A value at or above the ``kth`` smallest (0-based) of ``sample``.
 
-    The top edge of the bucket that holds it in a histogram of the sample's range (``hist``
-    buckets): within ``1 / len(hist)`` of that range.
+    The top edge of the bucket that holds it in a histogram of the sample's float bits
+    (``len(hist)`` buckets of a power of two each): within ``2 / len(hist)`` of their range.
     """
     bits = sample.view(np.uint32)
     lo = NO_KEY
