@@ -89,10 +89,12 @@ def _row(keys: np.ndarray, r: int) -> tuple[np.ndarray, bool, float]:
 
 
 def test_tie_bounds_cover_the_other_order() -> None:
-    """An isolated hit/miss tie at ranks i, i + 1 moves AP@R by at most 1 / (R (i + 1)).
+    """An isolated hit/miss tie at ranks i, i + 1 moves AP@R by exactly j / (R i (i + 1)),
+    its hit being the j-th.
 
-    Catches a bound off by one rank (1 / (R i) or 1 / (R (i + 2)) fail the equality) and a
-    tie at ranks 1-2 or at the R-th place not marked hard.
+    Catches a bound off by one rank or one hit, in either order of the pair (tried: j counted
+    before the pair's hit when it comes second gives 1/48 for miss_first), and a tie at ranks
+    1-2 or at the R-th place not marked hard.
     """
     r = 4
     hit_first = _keys([1.0, 2.0, 3.0, 3.0, 9.0], [1, 0, 0, 1, 0])  # tie at ranks 3, 4
@@ -101,8 +103,8 @@ def test_tie_bounds_cover_the_other_order() -> None:
     scores_b, hard_b, soft_b = _row(miss_first, r)
     assert not hard_a
     assert not hard_b
-    assert soft_a == pytest.approx(1 / (r * 4)) == soft_b
-    assert abs(scores_a[2] - scores_b[2]) <= soft_a
+    assert soft_a == pytest.approx(2 / (r * 3 * 4)) == soft_b  # the 2nd hit, ranks 3 and 4
+    assert abs(scores_a[2] - scores_b[2]) == pytest.approx(soft_a, rel=1e-12)
     assert scores_a[1] == scores_b[1]  # R-Precision does not see it
     at_top = _keys([1.0, 1.0, 3.0, 4.0, 9.0], [1, 0, 0, 0, 0])
     at_r = _keys([1.0, 2.0, 3.0, 4.0, 4.0], [0, 0, 0, 0, 0])
