@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,6 +327,64 @@ def test_queue_positions_follow_the_cluster(ray_manager: JobManager) -> None:
     assert "Cancelled" in store.status(waiting[1])["message"]
     assert store.snapshot_steps(waiting[1]) == ()
     assert ray_manager.queue_position(waiting[1]) is None
+
+
+def test_the_channel_process_loads_no_torch_and_orders_after_close_do_nothing(
+    tmp_path: Path,
+) -> None:
+    """A run's records pass through the channel actor, whose process imports neither torch
+    nor dml_core (seconds of CPU at a sweep's start): its class is shipped by value and the
+    records are bytes pickled by the worker. Once closed, the executor ignores orders (a job
+    manager stops its jobs again at exit).
+
+    Catches (each tried once): ``Channel`` a module-level ``@ray.remote`` class (Ray imports
+    its module by name, and with it torch); records put unpickled (the channel unpickles
+    their tensors); an order after close sent to the killed channel (Ray raises).
+    """
+    from dml_core.services.ray_backend import RayExecutor
+    from dml_core.services.sweep_runner import RunTask
+
+    store, cfg = RunStore(tmp_path), tiny(steps=10, every=5)
+    store.create(cfg, "run")
+    executor = RayExecutor(store)
+    executor.submit(RunTask("run", cfg))
+    wait_for(lambda: executor.wait(0.1), "the run to end")
+    assert store.snapshot_steps("run") == (0, 5, 10)
+    imported = executor.channel.__ray_call__.remote(
+        lambda _: [m for m in ("torch", "dml_core") if m in sys.modules]
+    )
+    assert ray.get(imported) == []
+    executor.close()
+    executor.stop("run")
+    executor.pause("run")
+
+
+def test_a_worker_sends_its_writes_in_one_call_per_status_change() -> None:
+    """The worker's store sends a snapshot, its checkpoint and its step's status as one
+    parcel (one channel call), in order, without the run's pid (the driver's stays); a
+    write after them waits for the next status change or the final flush.
+
+    Catches (tried once): one channel call per write (four parcels, not two).
+    """
+    from dml_core.services.ray_worker import Channel, StreamingStore
+
+    channel = Channel.remote()  # type: ignore[attr-defined]
+    store = StreamingStore(channel, None)
+    store.save_snapshot("run", "snapshot")
+    store.save_checkpoint("run", {"step": 5})
+    store.set_status("run", step=5, pid=1)
+    store.save_embeddings("run", "embeddings")
+    (group,) = ray.get(channel.take.remote())  # the embeddings wait
+    assert [record[1:] for record in pickle.loads(group[1])] == [
+        ("save_snapshot", ("snapshot",), {}),
+        ("save_checkpoint", ({"step": 5},), {}),
+        ("set_status", (), {"step": 5}),
+    ]
+    store.flush()
+    (rest,) = ray.get(channel.take.remote())
+    assert pickle.loads(rest[1]) == [("run", "save_embeddings", ("embeddings",), {})]
+    assert ray.get(channel.backlog.remote("run")) == 0
+    ray.kill(channel)
 
 
 def test_bench_sweep_is_a_bench_entry(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,9 +5,10 @@ clusters, a fractional ``num_gpus``, so several small runs share one GPU). On th
 runs ``jobs.train_and_save``, the one train-and-save path, against a ``StreamingStore``: its
 reads come from what the driver sent (the checkpoint to resume from), and every write
 (``set_status``, ``save_snapshot``, ``save_checkpoint``, ``save_embeddings``, any
-``RunStore.save_*``) is sent, in order, to a ``Channel`` actor. The driver (``RayExecutor``)
-takes the records from the channel and replays them on its ``RunStore``, whose writes are
-atomic as always. No shared filesystem is needed.
+``RunStore.save_*``) is sent, in order and in groups (one per status change, pickled), to a
+``Channel`` actor (``ray_worker``). The driver (``RayExecutor``) takes the records from the
+channel and replays them on its ``RunStore``, whose writes are atomic as always. No shared
+filesystem is needed.
 
 Control goes the other way: the driver sets a run's order (run, pause, stop) in the channel;
 the worker reads it before training steps (at most every ``ORDER_EVERY_S``). A run not started
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -38,21 +40,11 @@ from dml_core.config import RunConfig
 from dml_core.errors import ConfigError
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import RAY_ADDRESS_ENV, train_and_save
+from dml_core.services.ray_worker import WRITES, Channel, Record, RemoteControl, StreamingStore
 from dml_core.services.sweep_runner import RunTask, worker_info
 
 GPU_SHARE = 0.25
 """GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
-ORDER_EVERY_S = 0.2
-"""How often (at most) a worker asks the channel for its run's order."""
-PAUSE_POLL_S = 0.1
-MAX_BACKLOG = 12
-"""Records a worker may have waiting in the channel before it waits for the driver (about
-four snapshots with their checkpoints and status): the driver writes each snapshot with
-fsyncs, so a tiny run snapshotting every few steps would otherwise run far ahead of what is
-on disk, and a stop would take as long as writing that backlog."""
-WRITES = frozenset(n for n in vars(RunStore) if n.startswith("save_")) | {"set_status"}
-"""The RunStore methods a worker's records may replay on the driver."""
-Record = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # run id, method, args, kwargs
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -102,138 +94,6 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"Nothing answers at the Ray address {address} ({err.strerror or err}): start the "
             "head with `ray start --head` and use the address it prints."
         ) from None
-
-
-@ray.remote(num_cpus=0)
-class Channel:
-    """Records from workers to the driver, and each run's order from the driver to workers."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.orders: dict[str, str] = {}
-        self.waiting: dict[str, int] = {}  # records per run not taken yet
-
-    def put(self, record: Record) -> int:
-        """Append one record (a worker's write); returns the run's records not taken yet."""
-        self.records.append(record)
-        self.waiting[record[0]] = self.waiting.get(record[0], 0) + 1
-        return self.waiting[record[0]]
-
-    def backlog(self, run_id: str) -> int:
-        """The run's records not taken yet."""
-        return self.waiting.get(run_id, 0)
-
-    def take(self) -> list[Record]:
-        """Every record since the last call, in arrival order."""
-        records, self.records = self.records, []
-        self.waiting.clear()
-        return records
-
-    def set_order(self, run_id: str, order: str) -> None:
-        """``run``, ``pause`` or ``stop``."""
-        self.orders[run_id] = order
-
-    def order(self, run_id: str) -> str:
-        """The run's current order (``run`` unless told otherwise)."""
-        return self.orders.get(run_id, "run")
-
-
-class StreamingStore:
-    """The RunStore a worker sees: reads what the driver sent, sends every write back.
-
-    Args:
-        channel: the driver's ``Channel``.
-        checkpoint: the state to resume from (None: a new run).
-    """
-
-    def __init__(self, channel: Any, checkpoint: dict[str, Any] | None) -> None:
-        self.channel = channel
-        self.checkpoint = checkpoint
-        self._last: Any = None  # the newest put, to wait for at the end
-
-    def send(self, run_id: str, method: str, *args: Any, **kwargs: Any) -> None:
-        """Queue one write for the driver (in order)."""
-        self._last = self.channel.put.remote((run_id, method, args, kwargs))
-
-    def flush(self) -> None:
-        """Wait until every write reached the channel (a future: see ``RemoteControl``)."""
-        if self._last is not None:
-            self._last.future().result()
-
-    def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
-        """Send a status change; the driver's pid stays the run's ``pid`` (see module doc)."""
-        fields.pop("pid", None)
-        self.send(run_id, "set_status", **fields)
-        return fields
-
-    def save_snapshot(self, run_id: str, *args: Any, **kwargs: Any) -> None:
-        """Send a snapshot; then wait while more than ``MAX_BACKLOG`` records wait."""
-        self.send(run_id, "save_snapshot", *args, **kwargs)
-        backlog = self._last.future().result()
-        while backlog > MAX_BACKLOG:
-            time.sleep(PAUSE_POLL_S)
-            backlog = self.channel.backlog.remote(run_id).future().result()
-
-    def save_checkpoint(self, run_id: str, *args: Any, **kwargs: Any) -> None:
-        """Send a checkpoint (the driver writes only the newest of a batch)."""
-        self.send(run_id, "save_checkpoint", *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        """Any other ``RunStore.save_*`` (e.g. ``save_embeddings``) is sent the same way."""
-        if name not in WRITES:
-            raise AttributeError(f"A Ray worker's store cannot {name}: only writes are sent.")
-        return lambda run_id, *args, **kwargs: self.send(run_id, name, *args, **kwargs)
-
-    def has_checkpoint(self, run_id: str) -> bool:
-        """Whether the driver sent a state to resume from."""
-        return self.checkpoint is not None
-
-    def load_checkpoint(self, run_id: str) -> dict[str, Any]:
-        """The state the driver sent."""
-        if self.checkpoint is None:
-            raise FileNotFoundError(f"No checkpoint was sent for {run_id}.")
-        return self.checkpoint
-
-
-class RemoteControl:
-    """The ``control`` of ``train_and_save`` on a worker: the driver's order, from the channel.
-
-    A worker never calls ``ray.get`` or ``ray.wait``: a task blocked in them hands its CPU
-    back to Ray, which then starts another run beside it (measured: 3 tasks at once on 2
-    CPUs). Answers arrive as futures instead, and a new question is asked once the last was
-    answered, at most every ``ORDER_EVERY_S``.
-    """
-
-    def __init__(self, channel: Any, store: StreamingStore, run_id: str) -> None:
-        self.channel, self.store, self.run_id = channel, store, run_id
-        self.order = "run"
-        self._answer = channel.order.remote(run_id).future()
-        self._asked_at = time.perf_counter()
-
-    def _read(self) -> None:
-        if self._answer.done():
-            self.order = self._answer.result()
-            self._answer = self.channel.order.remote(self.run_id).future()
-            self._asked_at = time.perf_counter()
-
-    def __call__(self, step: int = 0) -> bool:
-        """Before a step: hold while paused; False once told to stop."""
-        if time.perf_counter() - self._asked_at >= ORDER_EVERY_S:
-            self._read()
-        if self.order == "pause":
-            self.store.set_status(self.run_id, state=RunState.PAUSED)
-            while self.order == "pause":
-                time.sleep(PAUSE_POLL_S)
-                self._read()
-            if self.order != "stop":
-                self.store.set_status(self.run_id, state=RunState.RUNNING)
-        return self.order != "stop"
-
-    def first(self) -> bool:
-        """Before training: the first answer; False if the run was stopped while queued."""
-        self.order = self._answer.result()
-        self._answer = self.channel.order.remote(self.run_id).future()
-        return self.order != "stop"
 
 
 @ray.remote(max_retries=0)
@@ -305,17 +165,24 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.num_gpus = (GPU_SHARE if has_gpus else 0.0) if num_gpus is None else num_gpus
         self.channel = Channel.remote()  # type: ignore[attr-defined]
+        ray.get(self.channel.order.remote(""))  # its process is up before the first run waits
         self._lock = threading.Lock()  # stop() may come from another thread than wait()
         self._refs: dict[Any, str] = {}
         self._by_run: dict[str, Any] = {}
         self._waiting: list[str] = []  # submitted, no worker yet
         self._failed: dict[str, str] = {}  # runs whose records could not be written
         self.workers: dict[str, dict[str, Any]] = {}
+        self._closed = False
+
+    def _order(self, run_id: str, order: str) -> None:
+        """Set the run's order in the channel (nothing once closed: the channel is gone)."""
+        if not self._closed:
+            ray.get(self.channel.set_order.remote(run_id, order))
 
     def submit(self, task: RunTask) -> None:
         """Start the run's task (it waits for resources in Ray's queue)."""
         checkpoint = self.store.load_checkpoint(task.run_id) if task.resume else None
-        ray.get(self.channel.set_order.remote(task.run_id, "run"))  # not a stop of its last task
+        self._order(task.run_id, "run")  # not a stop of its last task
         gpus = 0.0 if task.config.device == "cpu" else self.num_gpus
         options = {"num_cpus": self.num_cpus, "num_gpus": gpus}
         ref = train_remote.options(**options).remote(
@@ -332,15 +199,15 @@ class RayExecutor:
 
     def pause(self, run_id: str) -> None:
         """Hold the run before its next step."""
-        ray.get(self.channel.set_order.remote(run_id, "pause"))
+        self._order(run_id, "pause")
 
     def resume(self, run_id: str) -> None:
         """Continue a paused run."""
-        ray.get(self.channel.set_order.remote(run_id, "run"))
+        self._order(run_id, "run")
 
     def stop(self, run_id: str) -> None:
         """Stop the run after a last snapshot; cancel it if no worker took it yet."""
-        ray.get(self.channel.set_order.remote(run_id, "stop"))
+        self._order(run_id, "stop")
         with self._lock:
             queued = self._by_run.get(run_id) if run_id in self._waiting else None
         if queued is not None:
@@ -370,7 +237,8 @@ class RayExecutor:
         else:
             time.sleep(timeout)
             ready = []
-        self._replay(ray.get(self.channel.take.remote()))
+        parcels = ray.get(self.channel.take.remote())
+        self._replay([record for _, parcel in parcels for record in pickle.loads(parcel)])
         ended = []
         for ref in ready:
             with self._lock:
@@ -430,6 +298,7 @@ class RayExecutor:
             going = list(self._by_run)
         for run_id in going:
             self.stop(run_id)
+        self._closed = True  # a late stop (e.g. a manager's at exit) finds nothing to do
         ray.kill(self.channel)
         if self._owns_ray:
             ray.shutdown()

@@ -1,0 +1,176 @@
+"""What a run's Ray processes hold: the channel actor, and the worker's store and control.
+
+``ray_backend.train_remote`` trains a run on a Ray worker against a ``StreamingStore``, whose
+writes go, in groups, to the driver's ``Channel`` actor; ``RemoteControl`` reads the run's
+order (run, pause, stop) from that channel. The driver side is ``ray_backend.RayExecutor``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+import ray
+
+from dml_core.runs import RunState, RunStore
+
+ORDER_EVERY_S = 0.2
+"""How often (at most) a worker asks the channel for its run's order."""
+PAUSE_POLL_S = 0.1
+MAX_BACKLOG = 12
+"""Records a worker may have waiting in the channel before it waits for the driver (about
+four snapshots with their checkpoints and status): the driver writes each snapshot with
+fsyncs, so a tiny run snapshotting every few steps would otherwise run far ahead of what is
+on disk, and a stop would take as long as writing that backlog."""
+WRITES = frozenset(n for n in vars(RunStore) if n.startswith("save_")) | {"set_status"}
+"""The RunStore methods a worker's records may replay on the driver."""
+Record = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # run id, method, args, kwargs
+
+
+@ray.remote(num_cpus=0)
+class Channel:
+    """Records from workers to the driver, and each run's order from the driver to workers.
+
+    The records are bytes pickled by the worker (``StreamingStore.post``): a channel that
+    unpickled them would import torch and ``dml_core`` for their tensors and snapshots, seconds
+    of CPU taken from the runs at a sweep's start. Its process imports nothing beyond Ray.
+    """
+
+    def __init__(self) -> None:
+        self.parcels: list[tuple[str, bytes]] = []
+        self.orders: dict[str, str] = {}
+        self.waiting: dict[str, int] = {}  # records per run not taken yet
+
+    def put(self, run_id: str, parcel: bytes, count: int) -> int:
+        """Append ``count`` pickled records of ``run_id``; returns its records not taken."""
+        self.parcels.append((run_id, parcel))
+        self.waiting[run_id] = self.waiting.get(run_id, 0) + count
+        return self.waiting[run_id]
+
+    def backlog(self, run_id: str) -> int:
+        """The run's records not taken yet."""
+        return self.waiting.get(run_id, 0)
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """Every record since the last call, in arrival order."""
+        parcels, self.parcels = self.parcels, []
+        self.waiting.clear()
+        return parcels
+
+    def set_order(self, run_id: str, order: str) -> None:
+        """``run``, ``pause`` or ``stop``."""
+        self.orders[run_id] = order
+
+    def order(self, run_id: str) -> str:
+        """The run's current order (``run`` unless told otherwise)."""
+        return self.orders.get(run_id, "run")
+
+
+class StreamingStore:
+    """The RunStore a worker sees: reads what the driver sent, sends every write back.
+
+    Writes travel in groups, one channel call each: a group is sent at each status change
+    (``set_status``), so a snapshot goes with its checkpoint and its step's status, and the
+    driver replays them together. A worker that dies loses at most the group it was filling.
+
+    Args:
+        channel: the driver's ``Channel``.
+        checkpoint: the state to resume from (None: a new run).
+    """
+
+    def __init__(self, channel: Any, checkpoint: dict[str, Any] | None) -> None:
+        self.channel = channel
+        self.checkpoint = checkpoint
+        self._group: list[Record] = []
+        self._last: Any = None  # the newest put, to wait for at the end
+
+    def send(self, run_id: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """Add one write to the group (sent, in order, at the next status change)."""
+        self._group.append((run_id, method, args, kwargs))
+
+    def post(self) -> None:
+        """Send the group as one pickled parcel (after a snapshot: wait for the backlog)."""
+        if not self._group:
+            return
+        run_id, count = self._group[0][0], len(self._group)
+        snapshot = any(method == "save_snapshot" for _, method, *_ in self._group)
+        parcel = pickle.dumps(self._group, pickle.HIGHEST_PROTOCOL)
+        self._group = []
+        self._last = self.channel.put.remote(run_id, parcel, count)
+        if snapshot:
+            backlog = self._last.future().result()
+            while backlog > MAX_BACKLOG:
+                time.sleep(PAUSE_POLL_S)
+                backlog = self.channel.backlog.remote(run_id).future().result()
+
+    def flush(self) -> None:
+        """Send the group; wait until every write reached the channel (see RemoteControl)."""
+        self.post()
+        if self._last is not None:
+            self._last.future().result()
+
+    def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """Send a status change with the group; the driver's pid stays the run's ``pid``."""
+        fields.pop("pid", None)
+        if fields:
+            self.send(run_id, "set_status", **fields)
+        self.post()
+        return fields
+
+    def __getattr__(self, name: str) -> Any:
+        """Any ``RunStore.save_*`` (snapshots, checkpoints, embeddings) joins the group."""
+        if name not in WRITES:
+            raise AttributeError(f"A Ray worker's store cannot {name}: only writes are sent.")
+        return lambda run_id, *args, **kwargs: self.send(run_id, name, *args, **kwargs)
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        """Whether the driver sent a state to resume from."""
+        return self.checkpoint is not None
+
+    def load_checkpoint(self, run_id: str) -> dict[str, Any]:
+        """The state the driver sent."""
+        if self.checkpoint is None:
+            raise FileNotFoundError(f"No checkpoint was sent for {run_id}.")
+        return self.checkpoint
+
+
+class RemoteControl:
+    """The ``control`` of ``train_and_save`` on a worker: the driver's order, from the channel.
+
+    A worker never calls ``ray.get`` or ``ray.wait``: a task blocked in them hands its CPU
+    back to Ray, which then starts another run beside it (measured: 3 tasks at once on 2
+    CPUs). Answers arrive as futures instead, and a new question is asked once the last was
+    answered, at most every ``ORDER_EVERY_S``.
+    """
+
+    def __init__(self, channel: Any, store: StreamingStore, run_id: str) -> None:
+        self.channel, self.store, self.run_id = channel, store, run_id
+        self.order = "run"
+        self._answer = channel.order.remote(run_id).future()
+        self._asked_at = time.perf_counter()
+
+    def _read(self) -> None:
+        if self._answer.done():
+            self.order = self._answer.result()
+            self._answer = self.channel.order.remote(self.run_id).future()
+            self._asked_at = time.perf_counter()
+
+    def __call__(self, step: int = 0) -> bool:
+        """Before a step: hold while paused; False once told to stop."""
+        if time.perf_counter() - self._asked_at >= ORDER_EVERY_S:
+            self._read()
+        if self.order == "pause":
+            self.store.set_status(self.run_id, state=RunState.PAUSED)
+            while self.order == "pause":
+                time.sleep(PAUSE_POLL_S)
+                self._read()
+            if self.order != "stop":
+                self.store.set_status(self.run_id, state=RunState.RUNNING)
+        return self.order != "stop"
+
+    def first(self) -> bool:
+        """Before training: the first answer; False if the run was stopped while queued."""
+        self.order = self._answer.result()
+        self._answer = self.channel.order.remote(self.run_id).future()
+        return self.order != "stop"
