@@ -1,26 +1,28 @@
 """Compiled kernel of the fast ranking path: each query's first R + 1 neighbours and its scores.
 
-``ranking.fast_scores`` hands it a chunk of squared distances ``d2`` (one query per row, the
-query's own class in the first ``n_same`` columns) and takes back P@1, R-Precision and AP@R
-(Musgrave, Belongie and Lim 2020, "A Metric Learning Reality Check", sec. 3.2) with what ties
-of distance could change in them. Per row, on one core, without the GIL (numba, ``nogil``):
+``ranking.fast_scores`` hands it squared distances (one query per row, the query's own class
+in the first ``n_same`` columns) and takes back P@1, R-Precision and AP@R (Musgrave, Belongie
+and Lim 2020, "A Metric Learning Reality Check", sec. 3.2) with what ties of distance could
+change in them. Per row, on one core, without the GIL (numba, ``nogil``):
 
-1. **threshold**: a value at or above the ``kth`` smallest of every ``stride``-th distance
-   (the top edge of its bucket in a 2048-bucket histogram of the sample's bits), so that about
-   R + 1 references and a margin pass;
-2. **keys**: every reference at or below it as a 32-bit key ``(bits(max(d^2, 0)) << 1) |
-   other_class``: float bits of non-negative floats sort as the floats do. The row is read
-   64 columns at a time into a bit mask (one vector compare), then only the set bits are
-   visited. Rows where fewer than R + 1 pass take every reference;
-3. **sort**: least-significant-digit radix sort of the keys' top 22 bits above the smallest
-   key (two passes of 11 bits), then an insertion pass that orders the few keys equal in them
-   (bounded: with many such keys the sort is redone on all the bits);
-4. **scores**: ``AP@R = (1/R) sum_{i<=R} P(i) rel(i)`` with ``P(i) = (1/i) sum_{j<=i} rel(j)``,
-   and the ties among the first R + 1 as ``ranking`` describes them: ``hard`` where a tie can
-   change P@1 or R-Precision or joins three or more references, ``soft`` the bound on how far
-   isolated hit/miss pairs at ranks i, i + 1 can move AP@R: ``j / (R i (i + 1))`` each, the
-   pair's hit being the j-th (the exact change; the bound ``1 / (R (i + 1))`` recomputed twice
-   as many queries of class-clustered Gaussian embeddings, D = 32, with ``topk``).
+1. **threshold** (``thresholds``): a value at or above the ``kth`` smallest of the distances
+   to every ``stride``-th reference (the top edge of its bucket in a 2048-bucket histogram of
+   the sample's bits), so that about R + 1 references and a margin pass;
+2. **keys** (``collect_block``, one block of columns after another): every reference at or
+   below it as a 32-bit key ``(bits(max(d^2, 0)) << 1) | other_class``: float bits of
+   non-negative floats sort as the floats do. The row is read 64 columns at a time into a bit
+   mask (one vector compare), then only the set bits are visited. The caller widens rows where
+   fewer than R + 1 pass to every reference;
+3. **sort** (``finish``): least-significant-digit radix sort of the keys' top 22 bits above
+   the smallest key (two passes of 11 bits), then an insertion pass that orders the few keys
+   equal in them (bounded: with many such keys the sort is redone on all the bits);
+4. **scores** (``row_scores``): ``AP@R = (1/R) sum_{i<=R} P(i) rel(i)`` with
+   ``P(i) = (1/i) sum_{j<=i} rel(j)``, and the ties among the first R + 1 as ``ranking``
+   describes them: ``hard`` where a tie can change P@1 or R-Precision or joins three or more
+   references, ``soft`` how far isolated hit/miss pairs at ranks i, i + 1 can move AP@R:
+   ``j / (R i (i + 1))`` each, the pair's hit being the j-th (the exact change; the bound
+   ``1 / (R (i + 1))`` recomputed twice as many queries of class-clustered Gaussian
+   embeddings, D = 32, with ``topk``).
 
 numpy's ``np.sort`` is the alternative for step 3, but on this project's CPUs (AMD Zen 4, where
 the AVX-512 compress-store that numpy's sort dispatches to is slow) it took about 90 us for a
@@ -37,7 +39,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from dml_core import projection  # noqa: F401  sets NUMBA_CACHE_DIR before numba compiles
 
-__all__ = ["NO_KEY", "chunk_scores", "row_scores"]
+__all__ = ["NO_KEY", "collect_block", "finish", "row_scores", "thresholds"]
 
 NO_KEY = np.uint32(0xFFFFFFFF)  # padding key: flag 1 (a miss) and a NaN distance, never tied
 _SIGN = np.uint32(1 << 31)  # negative d^2 (rounding) and -0.0 count as 0, as torch.cdist clamps
@@ -221,47 +223,65 @@ def row_scores(top: np.ndarray, r: int) -> tuple[float, float, float, bool, floa
 
 
 @njit(nogil=True, cache=True)
-def chunk_scores(
-    d2: np.ndarray,
+def thresholds(sample_d2: np.ndarray, kth: int, t: np.ndarray) -> None:
+    """Each row's threshold ``t`` (c,): at or above the ``kth`` smallest of its sample.
+
+    ``sample_d2`` (c, n_sample) holds the squared distances to every ``stride``-th column.
+    """
+    hist = np.empty(_HIST_SIZE, np.int32)
+    for row in range(sample_d2.shape[0]):
+        t[row] = _upper_bound(sample_d2[row], kth, hist)
+
+
+@njit(nogil=True, cache=True)
+def collect_block(
+    block: np.ndarray,
+    col0: int,
     n_same: int,
+    t: np.ndarray,
+    keys: np.ndarray,
+    counts: np.ndarray,
+    kmins: np.ndarray,
+) -> None:
+    """Appends to each row of ``keys`` the keys of its columns at or below its threshold.
+
+    ``block`` (c, w) holds the squared distances to columns ``col0`` to ``col0 + w``; columns
+    below ``n_same`` are the rows' class. ``counts`` and ``kmins`` (c,) carry each row's key
+    count and smallest key from block to block.
+    """
+    c, w = block.shape
+    split = min(max(n_same - col0, 0), w)
+    for row in range(c):
+        m, kmin = counts[row], kmins[row]
+        if split > 0:
+            m, kmin = _collect(block[row, :split], np.uint32(0), t[row], keys[row], m, kmin)
+        if split < w:
+            m, kmin = _collect(block[row, split:], np.uint32(1), t[row], keys[row], m, kmin)
+        counts[row], kmins[row] = m, kmin
+
+
+@njit(nogil=True, cache=True)
+def finish(
+    keys: np.ndarray,
+    counts: np.ndarray,
+    kmins: np.ndarray,
+    t: np.ndarray,
     r: int,
-    stride: int,
-    kth: int,
     out: np.ndarray,
     hard: np.ndarray,
     soft: np.ndarray,
 ) -> None:
-    """Scores of every row of ``d2`` (c, n_ref) float32.
+    """Scores of rows whose keys (at least R + 1, or all of the row's) ``collect_block`` made.
 
     Written to ``out`` (3, c) float64 (P@1, R-Precision, AP@R), ``hard`` (c,) bool and
-    ``soft`` (c,) float64.
-    All rows have R = ``r``; the first ``n_same`` columns are their class. The threshold is
-    read from the ``kth`` smallest of every ``stride``-th column (``kth >= n_sample``: every
-    reference).
+    ``soft`` (c,) float64. ``keys`` (c, >= R + 1) is sorted in place.
     """
-    c, n_ref = d2.shape
-    need = min(r + 1, n_ref)
-    n_sample = (n_ref + stride - 1) // stride
-    keys = np.empty(n_ref + 1, np.uint32)
-    spare = np.empty(n_ref + 1, np.uint32)
+    spare = np.empty(keys.shape[1], np.uint32)
     hist = np.empty((2, _HIST_SIZE), np.int32)
-    sample = np.empty(n_sample, np.float32)
-    inf = np.float32(np.inf)
-    for row in range(c):
-        x = d2[row]
-        t = inf
-        if kth < n_sample:
-            for i in range(n_sample):
-                sample[i] = x[i * stride]
-            t = _upper_bound(sample, kth, hist[0])
-        m, kmin = _collect(x[:n_same], np.uint32(0), t, keys, 0, NO_KEY)
-        m, kmin = _collect(x[n_same:], np.uint32(1), t, keys, m, kmin)
-        if m < need:  # too few at or below the threshold: every reference
-            t = inf
-            m, kmin = _collect(x[:n_same], np.uint32(0), t, keys, 0, NO_KEY)
-            m, kmin = _collect(x[n_same:], np.uint32(1), t, keys, m, kmin)
-        kmax = (np.float32(t).view(np.uint32) << np.uint32(1)) | np.uint32(1)
-        top = _sort(keys, spare, m, kmin, kmax, hist) if m else keys
+    for row in range(out.shape[1]):
+        m = counts[row]
+        kmax = (np.float32(t[row]).view(np.uint32) << np.uint32(1)) | np.uint32(1)
+        top = _sort(keys[row], spare, m, kmins[row], kmax, hist) if m else keys[row]
         top[m : r + 1] = NO_KEY
         p1, rp, ap, tie_hard, tie_soft = row_scores(top, r)
         out[0, row] = p1

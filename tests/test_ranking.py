@@ -46,6 +46,25 @@ def test_fast_path_equals_topk_per_query(same_set: bool, chunk_size: int) -> Non
     torch.testing.assert_close(fast, exact, atol=1e-12, rtol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("same_set", [False, True])
+def test_fast_path_in_blocks_of_columns_equals_topk(monkeypatch, same_set: bool) -> None:
+    """Distances computed 96 columns at a time: the class boundary and each query's own
+    column fall inside blocks.
+
+    Catches a block's columns flagged from its own start instead of the row's (tried: the
+    class split at ``n_same`` within every block) and the query's own column masked in the
+    wrong block (tried: every block before the own column's too: fails with same_set).
+    """
+    monkeypatch.setattr(ranking, "BLOCK_COLUMNS", 96)
+    gen = torch.Generator().manual_seed(5)
+    ref = torch.randn(700, 4, generator=gen)
+    rl = torch.randint(0, 5, (700,), generator=gen)
+    ref = ref + 0.8 * torch.nn.functional.one_hot(rl, 5)[:, :4].float()
+    q, ql = (ref[:250], rl[:250]) if same_set else (ref[:250] + 0.05, rl[:250])
+    fast, exact = _both(q, ql, ref, rl, same_set, 1024)
+    torch.testing.assert_close(fast, exact, atol=1e-12, rtol=0, equal_nan=True)
+
+
 def test_rows_with_too_few_candidates_take_every_reference(monkeypatch) -> None:
     """The sampled threshold can pass fewer than R + 1 references: the row is widened.
 

@@ -67,9 +67,13 @@ def test_upper_bound_is_at_or_above_the_kth_smallest(seed: int) -> None:
 
 def _run(d2: list[list[float]], n_same: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d2_rows = np.array(d2, dtype=np.float32)
-    c = d2_rows.shape[0]
+    c, n_ref = d2_rows.shape
+    t = np.full(c, np.inf, dtype=np.float32)  # every reference
+    keys = np.empty((c, n_ref + 1), dtype=np.uint32)
+    counts, kmins = np.zeros(c, dtype=np.int64), np.full(c, kernel.NO_KEY)
+    kernel.collect_block(d2_rows, 0, n_same, t, keys, counts, kmins)
     out, hard, soft = np.empty((3, c)), np.empty(c, dtype=bool), np.empty(c)
-    kernel.chunk_scores(d2_rows, n_same, r, 1, 10**9, out, hard, soft)
+    kernel.finish(keys, counts, kmins, t, r, out, hard, soft)
     return out, hard, soft
 
 
