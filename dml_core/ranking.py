@@ -274,7 +274,7 @@ def fast_scores(
             width = min(BLOCK_COLUMNS, n_ref - col0)
             # (c, width) squared distances, as torch.cdist's matmul path computes them
             block = torch.mm(
-                query, class_aug[col0 : col0 + width].T, out=local.block[:c, :width]
+                query, class_aug[col0 : col0 + width].T, out=local.block[: c * width].view(c, width)
             ).numpy()
             if same_set:  # query i is reference i, never its own neighbour
                 inside = np.flatnonzero((own >= col0) & (own < col0 + width))
@@ -285,7 +285,7 @@ def fast_scores(
     def work(chunk: tuple[Tensor, Tensor, Tensor, int, Tensor]) -> None:
         rows, class_aug, sample_aug, n_same, where = chunk
         if not hasattr(local, "block"):
-            local.block = torch.empty(rows_per_chunk, min(BLOCK_COLUMNS, n_ref))
+            local.block = torch.empty(rows_per_chunk * min(BLOCK_COLUMNS, n_ref))  # contiguous
             local.keys = np.empty((rows_per_chunk, n_ref + 1), dtype=np.uint32)
         r = int(r_all[rows[0]])
         kth = _kth(n_ref, r, stride)
