@@ -141,6 +141,7 @@ def run_sweep_speed(
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ratios = [r / s for r, s in zip(ray_s, seq_s, strict=True)]
+    with_start = [(r + e) / s for r, e, s in zip(ray_s, executor_s, seq_s, strict=True)]
     return {
         "runs": runs,
         "steps": steps,
@@ -153,6 +154,7 @@ def run_sweep_speed(
         "ratios": [round(r, 3) for r in ratios],
         "cluster_start_s": round(cluster_start_s, 2),
         "executor_start_s": round(statistics.median(executor_s), 2),
+        "ratio_with_executor_start": round(statistics.median(with_start), 3),
         "warm_up_s": round(warm_up_s, 2),
         "sequential_warm_up_s": round(sequential_warm_up_s, 2),
         "ratio_with_warm_up": round(
