@@ -394,7 +394,12 @@ def list_runs(runs_dir: str) -> int:
     return 0
 
 
-BENCH_COMMANDS = {"sweep": "sweep_speed", "app": "app_speed", "user-data": "user_data_speed"}
+BENCH_COMMANDS = {
+    "sweep": "sweep_speed",
+    "app": "app_speed",
+    "user-data": "user_data_speed",
+    "metrics": "metrics_speed",
+}
 """``bench NAME``: the benchmarks with their own flags (``bench NAME --help``), by module."""
 
 
