@@ -8,7 +8,17 @@ The core vocabulary keeps its module paths (``dml_core.config``, ``registry``, `
 ``bench``.
 """
 
-from dml_core import losses, miners
+import os
+import sys
+
+if "streamlit" in sys.modules:  # the app (dml_core itself never imports streamlit)
+    # Before torch loads OpenMP: a thread that waits at the end of a parallel op sleeps instead
+    # of spinning. The app's training shares the cores with page reruns, the UMAP process and
+    # often the browser; spinning threads took the CPU that the preempted one needed, and a
+    # lone job on 2 threads trained slower than on 1 (``bench app``; notes of issue 14).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from dml_core import losses, miners  # after the OpenMP setting
 from dml_core.config import RunConfig, make_config
 from dml_core.errors import ConfigError
 from dml_core.geometry import distance_density

@@ -159,34 +159,55 @@ def test_manager_caps_concurrent_jobs_and_queues_the_rest(tmp_path: Path) -> Non
 def test_manager_jobs_share_the_cpu_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two concurrent CPU jobs each train with half of torch's threads, not all of them.
+    """A CPU job training alone takes all of torch's threads, two at once half each, and a
+    job takes them all again once the other has ended.
 
-    Catches: a job that keeps torch's default threads in the app (OpenMP teams of 2 jobs,
-    the page reruns and the browser oversubscribe the cores), or threads set in the wrong
-    thread (the manager's, not the training thread).
+    Catches: a fixed share (a lone job held to 1 of 2 threads, or two jobs on 2 each: OpenMP
+    teams of 2 jobs, the page reruns and the browser oversubscribe the cores), a share that
+    never adapts while a job runs, and threads set in the wrong thread (the manager's, not the
+    training thread).
     """
     default = torch.get_num_threads()  # an xdist worker runs on 1 (tests/conftest.py)
-    torch.set_num_threads(2)  # as the app on 2 cores: two slots of 1 thread each
-    seen: list[int] = []
+    torch.set_num_threads(2)  # as the app on 2 cores
+    seen: dict[str, list[int]] = {}
     original = Trainer.train_step
 
     def counting_step(self: Trainer):
-        seen.append(torch.get_num_threads())
+        seen.setdefault(threading.current_thread().name, []).append(torch.get_num_threads())
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", counting_step)
     before = fresh_thread_count()
     manager = JobManager(RunStore(tmp_path), max_running=2)
+    long = {**FAST, "steps": 100_000, "snapshot_every": 10_000}
+
+    def steps_of(run_id: str) -> list[int]:
+        return seen.get(f"train-{run_id}", [])
+
     try:
-        run_id = manager.submit(make_config(**FAST))
-        wait_for(lambda: manager.get(run_id).done, timeout=120)
-        assert manager.get(run_id).state == RunState.FINISHED
-        assert seen
-        assert set(seen) == {1}
+        alone = manager.submit(make_config(**FAST))
+        wait_for(lambda: manager.get(alone).done, timeout=120)
+        assert manager.get(alone).state == RunState.FINISHED
+        assert set(steps_of(alone)) == {2}  # alone: every thread
+        first = manager.submit(make_config(**long))
+        wait_for(lambda: len(steps_of(first)) > 3, timeout=120)
+        second = manager.submit(make_config(**{**long, "seed": 1}))
+        wait_for(lambda: manager.get(second).state == RunState.RUNNING, timeout=120)
+        mark = {r: len(steps_of(r)) for r in (first, second)}
+        wait_for(lambda: all(len(steps_of(r)) > mark[r] + 3 for r in mark), timeout=120)
+        for run_id in (first, second):  # both training: one thread each
+            assert set(steps_of(run_id)[mark[run_id] + 1 :]) == {1}
+        manager.stop(second)
+        wait_for(lambda: manager.get(second).done, timeout=120)
+        mark = len(steps_of(first))
+        wait_for(lambda: len(steps_of(first)) > mark + 3, timeout=120)
+        assert steps_of(first)[-1] == 2  # alone again: every thread
+        manager.stop(first)
+        wait_for(lambda: manager.get(first).done, timeout=120)
         assert torch.get_num_threads() == 2  # this thread's are untouched
         # torch's count is process-wide in effect: a thread started after the job adopts what
         # one started before it saw (whatever earlier code in this process left), not the job's
-        assert fresh_thread_count() == before  # the job gave its threads back when it ended
+        assert fresh_thread_count() == before  # the jobs gave their threads back when they ended
     finally:
         manager.stop_all()
         torch.set_num_threads(default)  # threads started later get the default again
@@ -303,3 +324,19 @@ def test_a_local_manager_imports_no_ray(tmp_path: Path) -> None:
     cluster, slots, imported = out.stdout.split()
     assert (cluster, imported) == ("None", "False")
     assert int(slots) in (1, 2)
+
+
+@pytest.mark.parametrize("app", [True, False])
+def test_the_app_waits_passively_in_openmp_and_the_cli_keeps_the_default(app: bool) -> None:
+    """Catches: the app's OpenMP threads left spinning (no setting, or one made after torch and
+    its OpenMP runtime loaded, which read it once), and the setting leaking to the CLI."""
+    first = "import streamlit; " if app else ""
+    code = (
+        f"import sys; {first}loaded = 'torch' in sys.modules; import dml_core, os; "
+        "print(loaded, os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-2:]
+    assert out == ["False", "PASSIVE" if app else "None"]

@@ -16,7 +16,14 @@ from dml_core.config import make_config
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase
 from dml_core.services.projection_worker import ProjectionWorker
-from dml_core.services.run_view import MIN_REST_S, RunView, figure_news, redraw_due, run_view
+from dml_core.services.run_view import (
+    LIVE_REST_S,
+    MIN_REST_S,
+    RunView,
+    figure_news,
+    redraw_due,
+    run_view,
+)
 from tests.saved_runs import make_tiny_run
 
 S = RunState
@@ -218,7 +225,12 @@ def test_redraw_due_paces_new_snapshots_by_the_draw_time_and_never_delays_a_new_
     assert not redraw_due(newer, drawn, at, took, at + 0.5)
     assert not redraw_due(newer, drawn, at, took, at + 3.9)  # rested less than the draw took
     assert redraw_due(newer, drawn, at, took, at + 4.0)
-    assert not redraw_due(newer, drawn, at, 0.1, at + MIN_REST_S / 2)  # a quick draw: min rest
-    assert redraw_due(newer, drawn, at, 0.1, at + MIN_REST_S)
+    # a quick draw: the least rest, longer while the run trains than for a late layout
+    assert not redraw_due(newer, drawn, at, 0.1, at + LIVE_REST_S - 0.1)
+    assert redraw_due(newer, drawn, at, 0.1, at + LIVE_REST_S)
+    ended, layout = (4, 40, 30, S.FINISHED), (4, 40, 40, S.FINISHED)
+    assert not redraw_due(layout, ended, at, 0.1, at + MIN_REST_S / 2)
+    assert redraw_due(layout, ended, at, 0.1, at + MIN_REST_S)
+    assert LIVE_REST_S > MIN_REST_S
     for state in (S.STOPPED, S.FINISHED, S.PAUSED):  # a new state: at once
         assert redraw_due((3, 30, 30, state), drawn, at, took, at + 0.1)

@@ -17,7 +17,7 @@ import torch
 
 from dml_core.config import RunConfig
 from dml_core.runs import RunState, RunStore
-from dml_core.services.jobs import BUSY, RAY_ADDRESS_ENV, TrainingJob, resumable
+from dml_core.services.jobs import BUSY, RAY_ADDRESS_ENV, TRAINING, TrainingJob, resumable
 
 
 class JobManager:
@@ -44,10 +44,13 @@ class JobManager:
         local = 1 if torch.cuda.is_available() else 2
         self.max_running = max_running or (self.cluster.slots if self.cluster else local)
         # Jobs share the CPU with each other, the page reruns, the UMAP process and often the
-        # browser: each job gets its part of torch's threads, never the whole CPU. An OpenMP
-        # team whose threads get preempted waits for them at every op: in the app on 2 cores
-        # training ran 4.6x faster with 1 thread than with 2 (bench/app_speed.py).
-        self.threads = max(1, torch.get_num_threads() // self.max_running)
+        # browser: each job trains on its share of torch's threads (``thread_share``), all of
+        # them while it trains alone, half while two train. With the app's passive OpenMP
+        # waiting (``dml_core/__init__``) a team whose thread gets preempted sleeps instead of
+        # spinning; a lone job on 2 threads trains 1.4x faster than on 1 beside the browser
+        # (``bench app``: 1,547 against 1,306 samples/s on 2 cores; notes of issue 14).
+        self.cpu_threads = torch.get_num_threads()
+        self.threads = max(1, self.cpu_threads // self.max_running)  # each one's when all train
         self._jobs: dict[str, TrainingJob] = {}
         self._queue: list[str] = []
         self._lock = threading.Lock()
@@ -64,7 +67,17 @@ class JobManager:
     def _job(self, cfg: RunConfig, run_id: str, resume: bool) -> TrainingJob:
         if self.cluster is not None:
             return self.cluster.job(cfg, run_id, resume)
-        return TrainingJob(cfg, self.store, run_id, resume, threads=self.threads)
+        return TrainingJob(cfg, self.store, run_id, resume, threads=self.thread_share)
+
+    def thread_share(self) -> int:
+        """Torch threads for each job now: the CPU's threads over the jobs training (>= 1).
+
+        Each job asks before every step, so a job alone takes every thread and gives half
+        back as soon as a second one starts (never more threads than cores in all).
+        """
+        with self._lock:
+            training = sum(j.state in TRAINING for j in self._jobs.values())
+        return max(1, self.cpu_threads // max(1, training))
 
     def pause(self, run_id: str) -> None:
         """Pause the run's job, if it is training here."""

@@ -43,6 +43,7 @@ __all__ = ["Phase", "Progress", "StepRate", "TrainingJob", "train_and_save"]
 
 RAY_ADDRESS_ENV = "DML_RAY_ADDRESS"  # a Ray cluster for the app's runs (services.ray_jobs)
 BUSY = ACTIVE - {RunState.QUEUED}  # jobs that hold one of the manager's slots
+TRAINING = frozenset({RunState.STARTING, RunState.RUNNING})  # jobs that use the CPU
 STATUS_FIELDS = ("state", "phase", "message", "device", "step")  # mirrored in status.json
 FINAL_EVALUATION_NOTE = "Final evaluation: every test image against every train image…"
 
@@ -186,7 +187,8 @@ class TrainingJob:
         run_id: the run's id in ``store`` (created by the caller).
         resume: continue from the run's last checkpoint (an interrupted or stopped run).
         clock: seconds on a monotonic clock (tests pass a fake one).
-        threads: torch's intra-op threads for this job's thread (None: torch's default).
+        threads: torch's intra-op threads for this job's thread (None: torch's default), or
+            a function giving them, asked before every step (``JobManager.thread_share``).
     """
 
     def __init__(
@@ -196,7 +198,7 @@ class TrainingJob:
         run_id: str,
         resume: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        threads: int | None = None,
+        threads: int | Callable[[], int] | None = None,
     ) -> None:
         self.cfg, self.store, self.run_id, self.resume_from_checkpoint = cfg, store, run_id, resume
         self._clock = clock
@@ -312,6 +314,8 @@ class TrainingJob:
                 self._rate.restart(step, self._clock())
         with self._lock:
             self.step = step
+        if callable(self.threads) and (want := self.threads()) != torch.get_num_threads():
+            torch.set_num_threads(want)  # another job started or ended: the share changed
         return not self._stop.is_set()
 
     def _run(self) -> None:
@@ -320,7 +324,7 @@ class TrainingJob:
         # kept, it would slow (and change the float sums of) everything the process runs later.
         previous = torch.get_num_threads()
         if self.threads is not None:
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(self.threads() if callable(self.threads) else self.threads)
         try:
             train_and_save(
                 self.cfg,
