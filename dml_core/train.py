@@ -64,8 +64,10 @@ class TrainingDivergedError(RuntimeError):
         )
 
 
-def resolve_device(name: str) -> tuple[torch.device, str]:
+def resolve_device(name: str, threads: int | None = None) -> tuple[torch.device, str]:
     """The device to train on, and a sentence saying what was picked and why.
+
+    ``threads``: the CPU threads to name (default: torch's count in this thread).
 
     Raises:
         RuntimeError: CUDA was requested but is missing, or a device-side assert broke this
@@ -76,7 +78,8 @@ def resolve_device(name: str) -> tuple[torch.device, str]:
         raise RuntimeError("CUDA was requested, but no CUDA GPU is available here.")
     if name == "cpu" or not has_cuda:
         why = "as requested" if name == "cpu" else "no CUDA GPU found"
-        return torch.device("cpu"), f"CPU ({torch.get_num_threads()} threads; {why})"
+        n = torch.get_num_threads() if threads is None else threads
+        return torch.device("cpu"), f"CPU ({n} thread{'' if n == 1 else 's'}; {why})"
     device = torch.device("cuda")
     CudaHealth.check(device)
     return device, f"CUDA GPU: {torch.cuda.get_device_name(0)}"

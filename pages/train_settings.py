@@ -32,6 +32,7 @@ from pages.ui import (
     link_warnings,
     param_widgets,
     read_new_link,
+    services,
 )
 from pages.your_data import OWN_DATA, YOUR_DATA, keep_user_data, your_data_inputs
 
@@ -173,7 +174,8 @@ def sidebar_config() -> tuple[dict[str, Any], str | None]:
         with st.expander("More"):
             values |= section_widgets(SECTIONS[2])
         try:
-            st.caption(f"Device: {resolve_device(values['device'])[1]}")
+            alone = services()[1].cpu_threads  # what a run training alone gets
+            st.caption(f"Device: {resolve_device(values['device'], alone)[1]}")
         except RuntimeError as err:
             problem = str(err)
         share_panel(values)

@@ -86,6 +86,8 @@ def test_device_choice_is_explained() -> None:
     device, note = resolve_device("cpu")
     assert device.type == "cpu"
     assert "CPU" in note
+    assert "(1 thread;" in resolve_device("cpu", 1)[1]
+    assert "(2 threads;" in resolve_device("cpu", 2)[1]
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in resolve_device("auto")[1]
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
