@@ -394,20 +394,14 @@ def list_runs(runs_dir: str) -> int:
     return 0
 
 
-BENCH_COMMANDS = {
-    "sweep": "sweep_speed",
-    "app": "app_speed",
-    "user-data": "user_data_speed",
-    "metrics": "metrics_speed",
-}
-"""``bench NAME``: the benchmarks with their own flags (``bench NAME --help``), by module."""
+BENCH_COMMANDS = ("sweep", "app", "user-data", "metrics")  # bench NAME: dml_core.bench.NAME_speed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and argv[1:2] and argv[1] in BENCH_COMMANDS:  # their own flags
-        module = importlib.import_module(f"dml_core.bench.{BENCH_COMMANDS[argv[1]]}")
+        module = importlib.import_module(f"dml_core.bench.{argv[1].replace('-', '_')}_speed")
         return module.main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
