@@ -118,6 +118,11 @@ def data_root(folder: Path) -> Path:
     return folder
 
 
+def _safe_name(text: str, default: str) -> str:
+    """``text`` as a file name in the cache: safe characters only, never hidden (or ``default``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".") or default
+
+
 def _wrapper(parts: list[tuple[str, ...]], archive: Path) -> tuple[str, ...]:
     """A folder named after the archive for its entries, unless one folder or table holds them.
 
@@ -129,7 +134,7 @@ def _wrapper(parts: list[tuple[str, ...]], archive: Path) -> tuple[str, ...]:
     table = len(tops) == 1 and Path(next(iter(tops))).suffix.lower() in TABLE_SUFFIXES
     if len(tops) == 1 and (tops == inside or table):
         return ()
-    return (re.sub(r"[^A-Za-z0-9._-]", "_", archive.stem).lstrip(".") or "data",)
+    return (_safe_name(archive.stem, "data"),)
 
 
 def _sha256(path: Path) -> str:
@@ -189,8 +194,7 @@ def store_upload(filename: str, data: bytes, *, max_bytes: int = DEFAULT_MAX_BYT
             f"The upload {filename!r} is {megabytes(len(data))}, over the size cap of "
             f"{megabytes(max_bytes)}; upload a smaller file or raise the cap."
         )
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", PurePosixPath(filename.replace("\\", "/")).name)
-    name = name.lstrip(".") or "upload"
+    name = _safe_name(PurePosixPath(filename.replace("\\", "/")).name, "upload")
     folder = cache_root() / "uploads" / hashlib.sha256(data).hexdigest()[:32]
     target = folder / name
     if not target.is_file():
