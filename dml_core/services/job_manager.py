@@ -50,7 +50,6 @@ class JobManager:
         # spinning; a lone job on 2 threads trains 1.4x faster than on 1 beside the browser
         # (``bench app``: 1,547 against 1,306 samples/s on 2 cores; notes of issue 14).
         self.cpu_threads = torch.get_num_threads()
-        self.threads = max(1, self.cpu_threads // self.max_running)  # each one's when all train
         self._jobs: dict[str, TrainingJob] = {}
         self._queue: list[str] = []
         self._lock = threading.Lock()
