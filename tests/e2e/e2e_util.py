@@ -150,8 +150,13 @@ def choose_containing(page: Page, label: str, text: str) -> None:
 
 
 def set_number(page: Page, label: str, value: int) -> None:
-    """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter."""
+    """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter.
+
+    While a rerun redraws the sidebar, the stale field and its replacement can both be on the
+    page for a moment; the value is typed once only one is left.
+    """
     field = page.get_by_label(label, exact=True)
+    expect(field).to_have_count(1, timeout=LOAD_TIMEOUT_MS)
     field.click()
     field.fill(str(value))
     field.press("Enter")
