@@ -85,6 +85,25 @@ def _process_alive(pid: Any) -> bool:
     return True
 
 
+def _with_row(table: Path, snap: Snapshot) -> str:
+    """metrics.csv's text with the snapshot's row last (replacing a row of the same step).
+
+    The old rows are kept as text, so a snapshot costs the same at the thousandth row as at
+    the first; only when the columns changed is the whole table parsed and rebuilt.
+    """
+    header, row = pd.DataFrame([snap.scalars()]).to_csv(index=False).splitlines()
+    if not table.exists():
+        return f"{header}\n{row}\n"
+    old_header, *rows = table.read_text().splitlines()
+    if old_header != header:  # a column came or went (e.g. a resume of an older run)
+        history = pd.read_csv(table)
+        history = pd.concat([history[history.step != snap.step], pd.DataFrame([snap.scalars()])])
+        return history.to_csv(index=False)
+    step = str(snap.step)
+    kept = [r for r in rows if r.split(",", 1)[0] != step]  # "step" is the first column
+    return "\n".join([header, *kept, row]) + "\n"
+
+
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a safe directory name, else raise ConfigError."""
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):
@@ -233,10 +252,8 @@ class RunStore:
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
         atomic_write_bytes(path / "snapshots" / f"{snap.step:08d}.npz", buffer.getvalue())
-        history = self.history(run_id)
-        row = pd.DataFrame([snap.scalars()])
-        history = row if history.empty else pd.concat([history[history.step != snap.step], row])
-        atomic_write_bytes(path / "metrics.csv", history.to_csv(index=False).encode())
+        table = path / "metrics.csv"
+        atomic_write_bytes(table, _with_row(table, snap).encode())
 
     def save_checkpoint(self, run_id: str, state: dict[str, Any]) -> None:
         """Atomically write the training state (``Trainer.state_dict``)."""

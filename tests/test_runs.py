@@ -60,6 +60,37 @@ def test_round_trip(tmp_path: Path) -> None:
     assert store.list() == []
 
 
+def test_a_step_saved_again_replaces_its_row_and_new_columns_join_the_table(
+    tmp_path: Path,
+) -> None:
+    """The metrics table keeps one row per step, the newest, in every column.
+
+    Catches: a row appended without dropping the old one of its step (a resume rewrites the
+    snapshots after its checkpoint: step 10 would be there twice), a row matched by a prefix
+    of the step ("10" dropping "100"), and a snapshot with a new column written under the old
+    header (its values shifted into the wrong columns, or lost).
+    """
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config())
+    for step in (0, 10, 100):
+        store.save_snapshot(run_id, make_snapshot(step))
+    again = dataclasses.replace(make_snapshot(10), loss=7.5)
+    store.save_snapshot(run_id, again)
+    history = store.history(run_id)
+    assert history["step"].tolist() == [0, 10, 100]
+    assert history["loss"].tolist() == [1.0, 7.5, 1.0 / 101]
+    metrics = {"precision_at_1": 0.5, "map_at_r": 0.25}  # a column amid the others
+    wider = dataclasses.replace(make_snapshot(200), metrics=metrics, extras={"beta": 1.3})
+    store.save_snapshot(run_id, wider)
+    history = store.history(run_id)
+    assert history["step"].tolist() == [0, 10, 100, 200]
+    assert history["map_at_r"].iloc[:3].isna().all()
+    assert history["map_at_r"].iloc[3] == 0.25
+    assert history["mean_distance"].tolist() == [1.2] * 4
+    assert history["beta"].tolist() == [1.1, 1.1, 1.1, 1.3]
+    assert history["loss"].iloc[3] == 1.0 / 201
+
+
 def test_list_is_newest_first_and_ids_never_collide(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     first = store.create(make_config(), "run-a")
