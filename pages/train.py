@@ -27,6 +27,7 @@ from pages.train_extras import (
     show_true_neighbours,
     shown_settings,
 )
+from pages.train_replay import play_interval, scrub_controls
 from pages.train_settings import sidebar_config
 from pages.train_views import render_views_strip
 from pages.ui import (
@@ -56,7 +57,6 @@ def freeze_startup_heap() -> bool:
 use_app_navigation()
 store, manager, worker = services()
 freeze_startup_heap()
-PLAY_SPEEDS = {"slow": 2.0, "normal": 1.0, "fast": 0.4}  # seconds per snapshot
 
 
 def check(values: dict[str, Any], problem: str | None) -> tuple[RunConfig | None, str | None]:
@@ -283,46 +283,6 @@ def headline_metrics(snap, final: dict[str, float] | None) -> None:
             col.metric(f"{METRIC_LABELS[key]} {when}", text, help=help_text)
 
 
-def scrub_controls(steps_saved: tuple[int, ...]) -> int:
-    """Follow / Play / speed and the step slider; returns the step to show."""
-    last = steps_saved[-1]
-    c1, c2, c3 = st.columns([2, 1, 2])
-    following = c1.toggle("Follow the latest snapshot", value=True, key="view.follow")
-    if following or len(steps_saved) == 1:
-        return last
-    key = "view.scrub_step"
-    if st.session_state.get(key) not in steps_saved:
-        st.session_state[key] = steps_saved[0]
-    if st.session_state.get("view.play"):
-        at = steps_saved.index(st.session_state[key])
-        now = time.monotonic()
-        due = now - st.session_state.get("view.advanced", 0.0) >= 0.8 * play_period()
-        if at == len(steps_saved) - 1:
-            st.session_state["view.play"] = False  # the end: stop, as a player does
-        elif due:  # a timer tick, not a rerun caused by a click
-            st.session_state[key] = steps_saved[at + 1]
-            st.session_state["view.advanced"] = now
-    c2.toggle(
-        "Play",
-        key="view.play",
-        help="Step through the snapshots until the last one",
-        on_change=lambda: st.session_state.update({"view.advanced": time.monotonic()}),
-    )
-    c3.radio("Speed", list(PLAY_SPEEDS), index=1, key="view.speed", horizontal=True)
-    return st.select_slider(
-        "Snapshot",
-        options=list(steps_saved),
-        key=key,
-        format_func=lambda s: f"step {s}",
-        help="Replay the run: every figure follows this slider",
-    )
-
-
-def play_period() -> float:
-    """Seconds per snapshot while playing, from the chosen speed."""
-    return PLAY_SPEEDS[st.session_state.get("view.speed", "normal")]
-
-
 def desired_interval(view: RunView | None) -> float | None:
     """How often the progress line polls: while the run moves, or while a layout is pending."""
     if view is None:
@@ -331,13 +291,6 @@ def desired_interval(view: RunView | None) -> float | None:
         return POLL_LIVE_S
     if st.session_state.get("view.pending"):
         return POLL_LAYOUT_S
-    return None
-
-
-def play_interval() -> float | None:
-    """How often the figures rerun by themselves: only while Play steps through a replay."""
-    if st.session_state.get("view.play") and not st.session_state.get("view.follow", True):
-        return play_period()
     return None
 
 

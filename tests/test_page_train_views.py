@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import pages.train_replay
 import pages.ui
 from dml_core.config import make_config
 from dml_core.registry import LOSSES
@@ -190,23 +192,93 @@ def test_headline_metrics_follow_the_scrubbed_snapshot(
     assert any("Snapshot 1 of 4: step 0" in c.value for c in at.caption)
 
 
-def test_play_steps_through_the_snapshots_to_the_end(
-    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Catches: Play that advances once and stops (AppTest reruns stand in for the timer)."""
-    at = open_saved(page, saved, monkeypatch)
+class PlayClock:
+    """``time`` for ``pages.train_replay``: Play's timer ticks when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> PlayClock:
+    fake = PlayClock()
+    monkeypatch.setattr(pages.train_replay, "time", fake)
+    return fake
+
+
+def start_playing(at: AppTest, clock: PlayClock) -> None:
+    """From step 0, at the fast speed (0.4 s per snapshot)."""
     scrub_to(at, 0)
     at.radio(key="view.speed").set_value("fast").run()
     at.toggle(key="view.play").set_value(True).run()
-    seen = []
-    for _ in range(8):
-        time.sleep(0.4)  # the fast speed's period: a timer tick, not a click
-        at.run()
-        assert not at.exception
-        seen.append(at.select_slider(key="view.scrub_step").value)
-    assert seen[:3] == [20, 40, 60]
-    assert set(seen[3:]) == {60}
+
+
+def shown_step(at: AppTest) -> int:
+    """The step the figures show, from the caption under the slider."""
+    for caption in at.caption:
+        if match := re.search(r"Snapshot \d+ of \d+: step (\d+)", caption.value):
+            return int(match.group(1))
+    raise AssertionError("no snapshot caption on the page")
+
+
+def tick(at: AppTest, clock: PlayClock) -> int:
+    """One timer rerun a fast period later; the step shown after it."""
+    clock.now += 0.4
+    at.run()
+    assert not at.exception
+    return shown_step(at)
+
+
+def test_play_steps_through_the_snapshots_to_the_end(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, clock: PlayClock
+) -> None:
+    """Catches: Play that advances once and stops, or runs on past the last snapshot."""
+    at = open_saved(page, saved, monkeypatch)
+    start_playing(at, clock)
+    seen = [tick(at, clock) for _ in range(5)]
+    assert seen == [20, 40, 60, 60, 60]
     assert at.toggle(key="view.play").value is False  # stopped at the end
+
+
+def test_a_rerun_between_ticks_does_not_move_play(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, clock: PlayClock
+) -> None:
+    """Catches: Play that advances on every rerun (a click, a poll), not on its timer."""
+    at = open_saved(page, saved, monkeypatch)
+    start_playing(at, clock)
+    assert tick(at, clock) == 20
+    at.run()  # no time passed: not a tick
+    assert shown_step(at) == 20
+
+
+def test_a_stale_slider_value_does_not_move_play_back(
+    page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, clock: PlayClock
+) -> None:
+    """Catches: Play that takes its place from the slider in every rerun. A rerun can carry the
+    slider's value from before the last tick (the browser had not drawn it yet): Chromium
+    showed snapshot 3, then 2, then 4. The slider is the player's while it plays."""
+    at = open_saved(page, saved, monkeypatch)
+    start_playing(at, clock)
+    assert [tick(at, clock), tick(at, clock)] == [20, 40]
+    playing = at.select_slider(key="view.play_slider")
+    assert playing.disabled
+    assert playing.value == 40
+    assert not [s for s in at.select_slider if s.key == "view.scrub_step"]  # not drawn now
+    # The rerun carries the slider's value from before the last tick, as the browser sent it
+    # (AppTest's set_value refuses a disabled widget, so its pending value is set directly).
+    playing._value = 20
+    at.run()
+    assert shown_step(at) == 40
+    assert at.select_slider(key="view.play_slider").value == 40
+    assert tick(at, clock) == 60
+    assert tick(at, clock) == 60  # the end: Play stops, the user's slider is back, at the end
+    assert at.toggle(key="view.play").value is False
+    assert at.select_slider(key="view.scrub_step").value == 60
+    scrub_to(at, 20)
+    assert shown_step(at) == 20
 
 
 def test_a_missing_run_in_the_url_says_so(page: AppTest) -> None:

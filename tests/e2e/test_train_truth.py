@@ -122,7 +122,7 @@ def test_a_finished_run_replays_on_steady_axes(page: Page, server) -> None:
     seen = page.evaluate("() => window.__seen")
     assert seen[0] in (1, 2), seen
     assert seen[-1] == 7, seen
-    assert seen == sorted(set(seen)), seen  # never backwards, no index twice
+    assert seen == sorted(set(seen)), str(seen)  # never backwards, no index twice
     assert len([i for i in seen if 2 <= i <= 6]) >= 3, seen  # not a jump to the end
     page.wait_for_function(f"() => ({HIST_RANGES_JS})().length === 1", timeout=LOAD_TIMEOUT_MS)
     last = page.evaluate(HIST_RANGES_JS)[0]
