@@ -30,7 +30,7 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.e2e
 
 SESSIONS = 5
-STEPS = 300  # long enough that runs are still running and queued when the polling starts
+STEPS = 150  # long enough that runs are still running and queued when the polling starts
 PROBE_POINTS = 300  # digits has 540 test images: fewer makes snapshots and UMAP cheaper
 MAX_RUNNING = 2  # the job manager's default cap on CPU (1 on a GPU: still <= 2)
 BUDGET_S = 360  # all five runs must have finished by then
