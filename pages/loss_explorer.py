@@ -20,6 +20,7 @@ from pages.ui import (
     link_warnings,
     param_widgets,
     read_new_link,
+    unless_set,
     use_app_navigation,
 )
 
@@ -54,7 +55,8 @@ def apply_link(link: Link) -> None:
 
 def loss_picker(prefix: str, label: str, default: str) -> tuple[str, dict[str, Any]]:
     """A loss selectbox and its parameter widgets (from the registry)."""
-    name = st.selectbox(label, NAMES, index=NAMES.index(default), key=f"{prefix}.loss")
+    index = unless_set(f"{prefix}.loss", index=NAMES.index(default))
+    name = st.selectbox(label, NAMES, key=f"{prefix}.loss", **index)
     st.caption(LOSSES[name].summary)
     return name, param_widgets(LOSSES[name], prefix)
 

@@ -36,6 +36,7 @@ from pages.ui import (
     link_warnings,
     param_widgets,
     read_new_link,
+    unless_set,
     use_app_navigation,
 )
 
@@ -139,8 +140,8 @@ def sidebar() -> tuple[dict[str, Any], str | None]:
             "Miners",
             list(MINERS),
             selection_mode="multi",
-            default=list(MINERS),
             key="mv.miners",
+            **unless_set("mv.miners", default=list(MINERS)),
             help="Click a miner to show or hide it.",
         )
         params = {}

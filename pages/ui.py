@@ -175,7 +175,7 @@ def field_widget(
     return value
 
 
-def _unless_set(key: str, **initial: Any) -> dict[str, Any]:
+def unless_set(key: str, **initial: Any) -> dict[str, Any]:
     """A widget's ``initial`` value, unless Session State already holds one under ``key``.
 
     A run's or a link's settings are written to Session State before the widgets draw;
@@ -193,18 +193,18 @@ def _field_widget(
     annotation, default, help_text = field.annotation, field.default, _help(field)
     common = {"key": key, "help": help_text, "disabled": disabled}
     if annotation is bool:
-        return st.checkbox(label, **_unless_set(key, value=default), **common)
+        return st.checkbox(label, **unless_set(key, value=default), **common)
     if typing.get_origin(annotation) is typing.Literal:
         options = list(typing.get_args(annotation))
         if hints.get("horizontal"):
-            index = _unless_set(key, index=options.index(default))
+            index = unless_set(key, index=options.index(default))
             return st.radio(label, options, horizontal=True, **index, **common)
         return st.selectbox(
-            label, options, **_unless_set(key, index=options.index(default)), **common
+            label, options, **unless_set(key, index=options.index(default)), **common
         )
     if "choices" in hints:
         choices = list(hints["choices"])
-        return st.select_slider(label, choices, **_unless_set(key, value=default), **common)
+        return st.select_slider(label, choices, **unless_set(key, value=default), **common)
     bounds = field_bounds(model, name)
     low = bounds.get("ge", bounds.get("gt"))
     high = bounds.get("le", bounds.get("lt"))
@@ -214,7 +214,7 @@ def _field_widget(
             min_value=low if low is None else int(low) + ("gt" in bounds),
             max_value=high if high is None else int(high) - ("lt" in bounds),
             step=int(hints.get("step", 1)),
-            **_unless_set(key, value=int(default)),
+            **unless_set(key, value=int(default)),
             **common,
         )
     finite = low is not None and high is not None
@@ -226,7 +226,7 @@ def _field_widget(
         label,
         format="%g",
         step=hints.get("step"),
-        **_unless_set(key, value=float(default)),
+        **unless_set(key, value=float(default)),
         min_value=None if low is None else float(low),
         max_value=None if high is None else float(high),
         **common,
@@ -260,7 +260,7 @@ def float_slider(
         step=step,
         format="%g",
         key=key,
-        **_unless_set(key, value=float(default)),
+        **unless_set(key, value=float(default)),
         help=help_text,
         disabled=disabled,
     )
