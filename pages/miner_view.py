@@ -201,7 +201,8 @@ if batch is not None and result is not None:
     size = len(batch.labels)
     anchor_from_click(size)
     c1, c2, c3, c4 = st.columns([1, 1, 1.4, 2.6])
-    anchor = int(c1.number_input("Anchor (batch index)", 0, size - 1, 0, key="mv.anchor"))
+    first = unless_set("mv.anchor", value=0)  # a link or a click on a point sets it
+    anchor = int(c1.number_input("Anchor (batch index)", 0, size - 1, key="mv.anchor", **first))
     positives = [int(i) for i in result.positives_of(anchor)]  # farthest first
     if st.session_state.get("mv.positive") not in positives:
         st.session_state["mv.positive"] = positives[0]
