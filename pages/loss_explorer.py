@@ -20,7 +20,6 @@ from pages.ui import (
     link_warnings,
     param_widgets,
     read_new_link,
-    unless_set,
     use_app_navigation,
 )
 
@@ -55,8 +54,7 @@ def apply_link(link: Link) -> None:
 
 def loss_picker(prefix: str, label: str, default: str) -> tuple[str, dict[str, Any]]:
     """A loss selectbox and its parameter widgets (from the registry)."""
-    index = unless_set(f"{prefix}.loss", index=NAMES.index(default))
-    name = st.selectbox(label, NAMES, key=f"{prefix}.loss", **index)
+    name = st.selectbox(label, NAMES, index=NAMES.index(default), key=f"{prefix}.loss")
     st.caption(LOSSES[name].summary)
     return name, param_widgets(LOSSES[name], prefix)
 

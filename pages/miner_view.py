@@ -36,7 +36,6 @@ from pages.ui import (
     link_warnings,
     param_widgets,
     read_new_link,
-    unless_set,
     use_app_navigation,
 )
 
@@ -140,8 +139,8 @@ def sidebar() -> tuple[dict[str, Any], str | None]:
             "Miners",
             list(MINERS),
             selection_mode="multi",
+            default=list(MINERS),
             key="mv.miners",
-            **unless_set("mv.miners", default=list(MINERS)),
             help="Click a miner to show or hide it.",
         )
         params = {}
@@ -201,8 +200,7 @@ if batch is not None and result is not None:
     size = len(batch.labels)
     anchor_from_click(size)
     c1, c2, c3, c4 = st.columns([1, 1, 1.4, 2.6])
-    first = unless_set("mv.anchor", value=0)  # a link or a click on a point sets it
-    anchor = int(c1.number_input("Anchor (batch index)", 0, size - 1, key="mv.anchor", **first))
+    anchor = int(c1.number_input("Anchor (batch index)", 0, size - 1, 0, key="mv.anchor"))
     positives = [int(i) for i in result.positives_of(anchor)]  # farthest first
     if st.session_state.get("mv.positive") not in positives:
         st.session_state["mv.positive"] = positives[0]

@@ -33,7 +33,6 @@ from pages.ui import (
     param_widgets,
     read_new_link,
     services,
-    unless_set,
 )
 from pages.your_data import OWN_DATA, YOUR_DATA, keep_user_data, your_data_inputs
 
@@ -195,8 +194,8 @@ def field_widget_registry(name: str, registry: typing.Mapping[str, Any]) -> str:
     value = st.selectbox(
         FIELDS[name].title,
         options,
+        index=options.index(FIELDS[name].default),
         key=f"cfg.{name}",
-        **unless_set(f"cfg.{name}", index=options.index(FIELDS[name].default)),
         help=FIELDS[name].description,
         disabled=name in link.lock,
     )

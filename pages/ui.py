@@ -175,15 +175,6 @@ def field_widget(
     return value
 
 
-def unless_set(key: str, **initial: Any) -> dict[str, Any]:
-    """A widget's ``initial`` value, unless Session State already holds one under ``key``.
-
-    A run's or a link's settings are written to Session State before the widgets draw;
-    Streamlit logs a warning on every run for a widget given both.
-    """
-    return {} if key in st.session_state else initial
-
-
 def _field_widget(
     model: type[BaseModel], name: str, key: str, label: str | None, disabled: bool
 ) -> Any:
@@ -193,18 +184,14 @@ def _field_widget(
     annotation, default, help_text = field.annotation, field.default, _help(field)
     common = {"key": key, "help": help_text, "disabled": disabled}
     if annotation is bool:
-        return st.checkbox(label, **unless_set(key, value=default), **common)
+        return st.checkbox(label, value=default, **common)
     if typing.get_origin(annotation) is typing.Literal:
         options = list(typing.get_args(annotation))
         if hints.get("horizontal"):
-            index = unless_set(key, index=options.index(default))
-            return st.radio(label, options, horizontal=True, **index, **common)
-        return st.selectbox(
-            label, options, **unless_set(key, index=options.index(default)), **common
-        )
+            return st.radio(label, options, index=options.index(default), horizontal=True, **common)
+        return st.selectbox(label, options, index=options.index(default), **common)
     if "choices" in hints:
-        choices = list(hints["choices"])
-        return st.select_slider(label, choices, **unless_set(key, value=default), **common)
+        return st.select_slider(label, list(hints["choices"]), default, **common)
     bounds = field_bounds(model, name)
     low = bounds.get("ge", bounds.get("gt"))
     high = bounds.get("le", bounds.get("lt"))
@@ -213,8 +200,8 @@ def _field_widget(
             label,
             min_value=low if low is None else int(low) + ("gt" in bounds),
             max_value=high if high is None else int(high) - ("lt" in bounds),
+            value=int(default),
             step=int(hints.get("step", 1)),
-            **unless_set(key, value=int(default)),
             **common,
         )
     finite = low is not None and high is not None
@@ -224,9 +211,9 @@ def _field_widget(
         )
     return st.number_input(
         label,
+        value=float(default),
         format="%g",
         step=hints.get("step"),
-        **unless_set(key, value=float(default)),
         min_value=None if low is None else float(low),
         max_value=None if high is None else float(high),
         **common,
@@ -257,10 +244,10 @@ def float_slider(
         label,
         min_value=start,
         max_value=high,
+        value=float(default),
         step=step,
         format="%g",
         key=key,
-        **unless_set(key, value=float(default)),
         help=help_text,
         disabled=disabled,
     )

@@ -91,6 +91,16 @@ def wait_settled(page: Page, timeout_ms: int = 20_000) -> None:
         page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=100)
 
 
+def scroll_to(element: Locator) -> None:
+    """Scroll ``element`` to the middle of the viewport, for a screenshot.
+
+    Playwright's ``scroll_into_view_if_needed`` first waits for the element to stand still,
+    which a figure of a page that redraws may not do within its timeout (seen once, on the
+    hardest-triplets strip); the scroll itself needs no such wait.
+    """
+    element.evaluate("e => e.scrollIntoView({block: 'center'})")
+
+
 def screenshot(page: Page, name: str, showing: Locator | None = None) -> Path:
     """Save ``<SHOTS>/<name>`` of the current viewport, preferably with nothing faded.
 

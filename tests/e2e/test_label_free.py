@@ -18,6 +18,7 @@ from e2e_util import (
     expect_title,
     open_app,
     screenshot,
+    scroll_to,
     set_number,
     train_button,
     wait_figures,
@@ -61,9 +62,9 @@ def test_a_label_free_run_shows_its_views_and_its_geometry(page: Page, server) -
         timeout_ms=FIGURE_TIMEOUT_MS,
     )
     strip = page.locator(".js-plotly-plot", has_text=re.compile("asked to match")).first
-    strip.scroll_into_view_if_needed()
+    scroll_to(strip)
     screenshot(page, "train-label-free-views.png", showing=strip)
     path = page.locator(".js-plotly-plot", has_text=re.compile("Alignment and uniformity")).first
-    path.scroll_into_view_if_needed()
+    scroll_to(path)
     screenshot(page, "train-label-free-geometry.png", showing=path)
     assert_no_exception(page)

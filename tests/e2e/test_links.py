@@ -17,6 +17,7 @@ from e2e_util import (
     assert_no_exception,
     open_app,
     screenshot,
+    scroll_to,
     wait_settled,
 )
 from playwright.sync_api import Page, expect
@@ -63,7 +64,7 @@ def test_the_example_link_opens_its_settings_with_loss_and_miner_locked(
     )
     assert shot.exists()
     maker = page.get_by_text("Make a link for your class")
-    maker.scroll_into_view_if_needed()
+    scroll_to(maker)
     maker.click()
     made = page.locator("[data-testid='stCode']").filter(has_text="lock=loss,miner")
     expect(made.last).to_contain_text("steps=123&seed=7&lock=loss,miner")
@@ -105,5 +106,5 @@ def test_the_loss_explorer_and_miner_view_open_their_links(
     expect(copy).to_contain_text(path.split("?")[1].split("&")[0], timeout=LOAD_TIMEOUT_MS)
     wait_settled(page)
     assert_no_exception(page)
-    copy.scroll_into_view_if_needed()
+    scroll_to(copy)
     screenshot(page, shot, showing=copy)

@@ -24,6 +24,7 @@ from e2e_util import (
     figure_titles,
     go_via_sidebar,
     screenshot,
+    scroll_to,
     wait_figures,
     wait_settled,
 )
@@ -203,7 +204,7 @@ def test_retrieval_click_point(shot_page: Page, server: str, two_runs: list[str]
     wait_figures(page, r"^PCA of 300 test images .*click one")
     wait_settled(page)
     scatter = page.locator(".js-plotly-plot").filter(has_text="click one").first
-    scatter.scroll_into_view_if_needed()
+    scroll_to(scatter)
     wait_settled(page)
     target = page.evaluate(FIND_POINT_JS, 0)
     assert target, "no probe point found in the scatter"

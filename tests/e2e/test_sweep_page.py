@@ -26,6 +26,7 @@ from e2e_util import (
     open_app,
     run_status,
     screenshot,
+    scroll_to,
     set_number,
     wait_figures,
     wait_settled,
@@ -239,7 +240,7 @@ def test_a_2x2_grid_with_2_seeds_finishes_and_its_heatmap_matches_its_runs(
     expect(page.get_by_text(re.compile(r"8/8 runs ended")).first).to_be_visible()
     assert_no_exception(page)
     figure = page.locator(".js-plotly-plot", has_text=re.compile("Mean MAP@R per cell")).first
-    figure.scroll_into_view_if_needed()
+    scroll_to(figure)
     screenshot(page, "sweep-page.png", showing=figure)
 
     # Pick the cell margin=0.3, lr=0.001 and open its runs in Compare.

@@ -20,6 +20,7 @@ from e2e_util import (
     go_via_sidebar,
     open_app,
     screenshot,
+    scroll_to,
     set_number,
     train_button,
     wait_figures,
@@ -73,7 +74,7 @@ def test_an_uploaded_image_folder_trains_with_its_own_classes(
     page.get_by_text("Show the hardest triplets now", exact=True).click()
     strip = page.locator(".js-plotly-plot", has_text=re.compile("hardest", re.I)).first
     expect(strip).to_be_visible(timeout=LOAD_TIMEOUT_MS)
-    strip.scroll_into_view_if_needed()
+    scroll_to(strip)
     screenshot(page, "train-hardest-triplets.png", showing=strip)
     assert_no_exception(page)
 
@@ -85,6 +86,6 @@ def test_an_uploaded_image_folder_trains_with_its_own_classes(
     picker = page.get_by_label(re.compile(r"^Query \(index in the \d+ test images\)"))
     expect(picker).to_be_visible()
     strip = page.locator(".js-plotly-plot", has_text=re.compile("^Query 0 and its")).first
-    strip.scroll_into_view_if_needed()
+    scroll_to(strip)
     screenshot(page, "retrieval-your-data.png", showing=strip)
     assert_no_exception(page)
