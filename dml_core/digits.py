@@ -20,9 +20,13 @@ import numpy as np
 from dml_core.data import TORCHVISION_ROOT
 
 CACHE_DIR = TORCHVISION_ROOT  # ~/.cache/dml_playground
-KEYS = ("train_x", "train_y", "test_x", "test_y")
-SIZES = {"train_x": (1257, 8, 8), "train_y": (1257,), "test_x": (540, 8, 8), "test_y": (540,)}
-DTYPES = {"train_x": np.uint8, "train_y": np.int64, "test_x": np.uint8, "test_y": np.int64}
+LAYOUT = {  # each array of the split, in order: (shape, dtype)
+    "train_x": ((1257, 8, 8), np.uint8),
+    "train_y": ((1257,), np.int64),
+    "test_x": ((540, 8, 8), np.uint8),
+    "test_y": ((540,), np.int64),
+}
+KEYS = tuple(LAYOUT)
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train x, y, test x, y
 
 
@@ -78,6 +82,6 @@ def _read(file: Path) -> Split | None:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None
     for key, array in arrays.items():
-        if array.shape != SIZES[key] or array.dtype != DTYPES[key]:
+        if (array.shape, array.dtype) != LAYOUT[key]:
             return None
     return tuple(arrays[k] for k in KEYS)  # type: ignore[return-value]

@@ -91,14 +91,14 @@ def _with_row(table: Path, snap: Snapshot) -> str:
     The old rows are kept as text, so a snapshot costs the same at the thousandth row as at
     the first; only when the columns changed is the whole table parsed and rebuilt.
     """
-    header, row = pd.DataFrame([snap.scalars()]).to_csv(index=False).splitlines()
+    new = pd.DataFrame([snap.scalars()])
+    header, row = new.to_csv(index=False).splitlines()
     if not table.exists():
         return f"{header}\n{row}\n"
     old_header, *rows = table.read_text().splitlines()
     if old_header != header:  # a column came or went (e.g. a resume of an older run)
         history = pd.read_csv(table)
-        history = pd.concat([history[history.step != snap.step], pd.DataFrame([snap.scalars()])])
-        return history.to_csv(index=False)
+        return pd.concat([history[history.step != snap.step], new]).to_csv(index=False)
     step = str(snap.step)
     kept = [r for r in rows if r.split(",", 1)[0] != step]  # "step" is the first column
     return "\n".join([header, *kept, row]) + "\n"

@@ -46,7 +46,7 @@ def test_a_damaged_cache_is_made_again(cache: Path) -> None:
     file.write_bytes(b"PK\x03\x04 not a whole zip")
     assert_same(digits.digits_split(), want)
     wrong = {
-        k: np.zeros((3, 8, 8) if k.endswith("x") else 3, digits.DTYPES[k]) for k in digits.KEYS
+        k: np.zeros((3, 8, 8) if k.endswith("x") else 3, digits.LAYOUT[k][1]) for k in digits.KEYS
     }
     np.savez(file, **wrong)  # the right names, the wrong arrays
     assert_same(digits.digits_split(), want)
