@@ -1,5 +1,7 @@
 """Metric Learning Playground: the entry point routes to the pages (no maths here)."""
 
+from pathlib import Path
+
 import streamlit as st
 
 st.set_page_config(page_title="Metric Learning Playground", page_icon="🧭", layout="wide")
@@ -19,4 +21,6 @@ PAGES = [
     st.Page("pages/lessons.py", title="Lessons", icon="🎓"),
 ]
 
+# One style sheet for every page (why: in the file).
+st.html(Path(__file__).parent / "assets" / "app.css")
 st.navigation(PAGES).run()

@@ -134,6 +134,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """A training state as ``checkpoint.pt`` holds it (``torch.save``)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def atomic_write_json(path: Path, value: Any) -> None:
     """Atomically write ``value`` as indented JSON."""
     atomic_write_bytes(path, json.dumps(value, indent=2, default=float).encode())
@@ -257,9 +264,14 @@ class RunStore:
 
     def save_checkpoint(self, run_id: str, state: dict[str, Any]) -> None:
         """Atomically write the training state (``Trainer.state_dict``)."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(self.path(run_id) / "checkpoint.pt", buffer.getvalue())
+        self.save_checkpoint_bytes(run_id, checkpoint_bytes(state))
+
+    def save_checkpoint_bytes(self, run_id: str, data: bytes) -> None:
+        """Atomically write a training state already serialised by ``checkpoint_bytes``.
+
+        A Ray worker serialises its checkpoints; the driver writes the bytes as they came.
+        """
+        atomic_write_bytes(self.path(run_id) / "checkpoint.pt", data)
 
     def has_checkpoint(self, run_id: str) -> bool:
         """Whether the run has a saved training state to resume from."""

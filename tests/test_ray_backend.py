@@ -7,6 +7,7 @@ a state), with a generous deadline only so that a broken propagation fails inste
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from dml_core.cli import main as cli_main
 from dml_core.config import RunConfig, make_config
@@ -375,16 +377,35 @@ def test_a_worker_sends_its_writes_in_one_call_per_status_change() -> None:
     store.set_status("run", step=5, pid=1)
     store.save_embeddings("run", "embeddings")
     (group,) = ray.get(channel.take.remote())  # the embeddings wait
-    assert [record[1:] for record in pickle.loads(group[1])] == [
-        ("save_snapshot", ("snapshot",), {}),
-        ("save_checkpoint", ({"step": 5},), {}),
-        ("set_status", (), {"step": 5}),
-    ]
+    snapshot, checkpoint, status = [record[1:] for record in pickle.loads(group[1])]
+    assert snapshot == ("save_snapshot", ("snapshot",), {})
+    assert status == ("set_status", (), {"step": 5})
+    method, (data,), _ = checkpoint  # serialised on the worker, written as it came
+    assert method == "save_checkpoint_bytes"
+    assert torch.load(io.BytesIO(data), weights_only=True) == {"step": 5}
     store.flush()
     (rest,) = ray.get(channel.take.remote())
     assert pickle.loads(rest[1]) == [("run", "save_embeddings", ("embeddings",), {})]
     assert ray.get(channel.backlog.remote("run")) == 0
     ray.kill(channel)
+
+
+def test_the_driver_writes_only_each_runs_newest_checkpoint_of_a_batch() -> None:
+    """Of the records taken at once, a run's older checkpoints are dropped (a later one
+    replaces them on disk anyway); everything else stays, in order.
+
+    Catches (tried once): dropping by method name ``save_checkpoint`` only, which no worker
+    sends since checkpoints travel as bytes (every checkpoint is then written).
+    """
+    from dml_core.services.ray_backend import newest_checkpoints
+
+    records = [
+        ("a", "save_checkpoint_bytes", (b"a1",), {}),
+        ("b", "save_checkpoint_bytes", (b"b1",), {}),
+        ("a", "set_status", (), {"step": 1}),
+        ("a", "save_checkpoint_bytes", (b"a2",), {}),
+    ]
+    assert newest_checkpoints(records) == records[1:]
 
 
 def test_bench_sweep_is_a_bench_entry(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ A run is one call of ``train_remote``, a Ray task declaring ``num_cpus`` (and, o
 clusters, a fractional ``num_gpus``, so several small runs share one GPU). On the worker it
 runs ``jobs.train_and_save``, the one train-and-save path, against a ``StreamingStore``: its
 reads come from what the driver sent (the checkpoint to resume from), and every write
-(``set_status``, ``save_snapshot``, ``save_checkpoint``, ``save_embeddings``, any
+(``set_status``, ``save_snapshot``, ``save_checkpoint_bytes``, ``save_embeddings``, any
 ``RunStore.save_*``) is sent, in order and in groups (one per status change, pickled), to a
 ``Channel`` actor (``ray_worker``). The driver (``RayExecutor``) takes the records from the
 channel and replays them on its ``RunStore``, whose writes are atomic as always. No shared
@@ -43,6 +43,7 @@ from dml_core.services.jobs import RAY_ADDRESS_ENV, train_and_save
 from dml_core.services.ray_worker import WRITES, Channel, Record, RemoteControl, StreamingStore
 from dml_core.services.sweep_runner import RunTask, worker_info
 
+CHECKPOINT_WRITES = ("save_checkpoint", "save_checkpoint_bytes")
 GPU_SHARE = 0.25
 """GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
 
@@ -129,7 +130,7 @@ def newest_checkpoints(records: list[Record]) -> list[Record]:
     kept = []
     for record in reversed(records):
         run_id, method = record[0], record[1]
-        if method == "save_checkpoint":
+        if method in CHECKPOINT_WRITES:
             if run_id in later:
                 continue
             later.add(run_id)

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from dml_core.runs import RunState, RunStore
+from dml_core.runs import RunState, RunStore, checkpoint_bytes
 
 ORDER_EVERY_S = 0.2
 """How often (at most) a worker asks the channel for its run's order."""
@@ -117,6 +117,14 @@ class StreamingStore:
             self.send(run_id, "set_status", **fields)
         self.post()
         return fields
+
+    def save_checkpoint(self, run_id: str, state: dict[str, Any]) -> None:
+        """Send the state serialised here, on the worker.
+
+        The driver writes the bytes as they came (``RunStore.save_checkpoint_bytes``) instead
+        of unpickling the state and saving it again.
+        """
+        self.send(run_id, "save_checkpoint_bytes", checkpoint_bytes(state))
 
     def __getattr__(self, name: str) -> Any:
         """Any ``RunStore.save_*`` (snapshots, checkpoints, embeddings) joins the group."""
