@@ -232,3 +232,27 @@ def test_the_default_run_snapshot_share_is_measured_on_the_bench_device(monkeypa
     share = timing.snapshot_share_at_defaults(torch.device("cuda"))
     assert devices == ["cuda"]  # printed under the GPU's name: measured there too
     assert share["device"] == "cuda"
+
+
+def test_the_app_block_puts_each_figure_under_its_own_column() -> None:
+    """``bench app``'s README block: CLI first, app second, each with its own figures.
+
+    Catches: the columns swapped, or a part's seconds taken from the other entry.
+    """
+    from pathlib import Path
+
+    from dml_core.bench.report import format_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "assets" / "bench-app.json").read_text())
+    result["time_to_verdict"]["cli"]["total_s"] = 11.0
+    result["time_to_verdict"]["app"]["total_s"] = 22.0
+    result["time_to_verdict"]["cli"]["parts_s"]["eval"] = 3.0
+    result["time_to_verdict"]["app"]["parts_s"]["eval"] = 4.0
+    lines = format_markdown(result).splitlines()
+    assert lines[0] == "| | CLI | app |"
+    assert "| Train pressed to final metrics | **11.0 s** | **22.0 s** |" in lines
+    assert any(
+        line.startswith("| ↳ final evaluation | 3.0 s (") and "| 4.0 s (" in line for line in lines
+    )
+    assert f"**{result['ratio']}**" in format_markdown(result)

@@ -44,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from dml_core.bench.timing import cpu_name
 from dml_core.bench.verdict import cli_parts, verdict_entry
 from dml_core.config import RunConfig
 
@@ -311,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(dataset=args.dataset, net=args.net, steps=args.steps)
     with tempfile.TemporaryDirectory(prefix="dml-app-speed-") as tmp:
         result = run_app_speed(cfg, Path(tmp), args.timeout)
+    flags = sys.argv[1:] if argv is None else list(argv)
+    result["command"] = " ".join(["python -m dml_core bench app", *flags])
+    result["date"] = time.strftime("%Y-%m-%d")
+    result["cpu_name"] = cpu_name()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

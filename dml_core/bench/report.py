@@ -112,12 +112,55 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_app_markdown(result: dict[str, Any]) -> str:
+    """The README block for a ``bench app`` file: the CLI against the app, Train to verdict."""
+    entries = result["time_to_verdict"]
+    names = [key for key in VERDICT_NAMES if entries.get(key)]
+    lines = [
+        "| | " + " | ".join(VERDICT_NAMES[key] for key in names) + " |",
+        "| --- |" + " --- |" * len(names),
+        "| training samples/s | "
+        + " | ".join(f"{entries[key]['samples_per_s']:.0f}" for key in names)
+        + " |",
+        "| Train pressed to final metrics | "
+        + " | ".join(f"**{entries[key]['total_s']:.1f} s**" for key in names)
+        + " |",
+    ]
+    for part, label in PART_NAMES.items():
+        cells = (
+            f"{entries[key]['parts_s'][part]:.1f} s ({100 * entries[key]['shares'][part]:.0f}%)"
+            for key in names
+        )
+        lines.append(f"| ↳ {label} | " + " | ".join(cells) + " |")
+    config, cpu = result["config"], result["app_cpu_s_click_to_verdict"]
+    map_at_r = result["map_at_r"]
+    lines += [
+        "",
+        f"`{result['command']}` on {result['cpu_name']} ({result['cpus']} CPUs), "
+        f"{result['date']}: {config['dataset']}, {config['net']}, {config['steps']} steps at the "
+        f"Train page's other defaults. The CLI ran once before and once after the app: "
+        f"{' and '.join(f'{rate:.0f}' for rate in result['cli_samples_per_s'])} samples/s.",
+        "",
+        f"- In-app training speed / CLI: **{result['ratio']}**, with the browser (headless "
+        f"Chromium) drawing the live view on the same {result['cpus']} cores.",
+        f"- CPU seconds from Train pressed to the final metrics: server {cpu['server']} "
+        f"(training, final evaluation, page reruns), UMAP worker {cpu['umap_worker']}, "
+        f"browser {cpu['browser']}; the CLI's whole command: "
+        f"{' and '.join(str(c) for c in result['cli_cpu_s'])}.",
+        f"- Final MAP@R: CLI {map_at_r['cli']:.4f}, app {map_at_r['app']:.4f} (the same seed).",
+    ]
+    return "\n".join(lines)
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """The README's "Performance" block for one benchmark file: a table and the timings.
 
     ``python -m dml_core bench-report FILE`` prints it; a test checks that the README holds
-    exactly this text for the committed file, so no figure there is typed by hand.
+    exactly this text for the committed file, so no figure there is typed by hand. A
+    ``bench app`` file (no training variants) gets ``format_app_markdown``.
     """
+    if "variants" not in result and "app_samples_per_s" in result:
+        return format_app_markdown(result)
     variants = result["variants"]
     names = [n for n in COLUMNS if n in variants]
     seeds = result["seeds"]
@@ -199,7 +242,7 @@ def report_main(file: str) -> int:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"The benchmark file {file!r} could not be read as the output of "
-            f"'python -m dml_core bench --out': {type(err).__name__}: {err}"
+            f"'python -m dml_core bench --out' or 'bench app --out': {type(err).__name__}: {err}"
         ) from err
     print(text)
     return 0
