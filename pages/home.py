@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dml_core.registry import LOSSES, MINERS
+from pages import catalogue
 from pages.ui import use_app_navigation
 
 use_app_navigation()
@@ -31,35 +32,11 @@ st.markdown(
 )
 st.page_link("pages/train.py", label="Go to Train", icon="▶️")
 st.subheader("The pages")
-PAGES = [
-    (
-        "pages/train.py",
-        "Train",
-        "🏋️",
-        "train a net and watch the embedding, distances and curves live",
-    ),
-    (
-        "pages/loss_explorer.py",
-        "Loss explorer",
-        "📈",
-        "each loss and its gradient against distance",
-    ),
-    ("pages/miner_view.py", "Miner view", "⛏️", "which pairs and triplets each miner picks"),
-    ("pages/sphere.py", "Sphere & sampling", "🌐", "how distances concentrate on the sphere"),
-    ("pages/compare.py", "Compare runs", "⚖️", "runs side by side, sweeps over a parameter"),
-    ("pages/retrieval.py", "Retrieval", "🔎", "nearest neighbours, worst queries, verification"),
-    (
-        "pages/lessons.py",
-        "Lessons",
-        "🎓",
-        "one-click experiments that reproduce the papers' claims",
-    ),
-]
-for path, label, icon, what in PAGES:
+for page in catalogue.PAGES[1:]:  # Home itself is this page
     left, right = st.columns([1, 3])
     with left:
-        st.page_link(path, label=label, icon=icon)
-    right.caption(what)
+        st.page_link(page.path, label=page.title, icon=page.icon)
+    right.caption(page.what)
 c1, c2 = st.columns(2)
 c1.metric("Losses", len(LOSSES))
 c2.metric("Miners", len(MINERS))
