@@ -166,6 +166,28 @@ def test_histogram_axes_stay_fixed_while_scrubbing(
     assert ranges[0][0] == [0.0, 2.0]  # on the unit sphere
 
 
+@pytest.mark.parametrize("on_sphere", [True, False])
+def test_the_axes_folded_from_each_snapshots_part_are_the_axes_over_every_snapshot(
+    saved: tuple[Path, str], on_sphere: bool
+) -> None:
+    """The page keeps each snapshot's part of the axes (its x-extent, its highest bar at the
+    shared extent, its sphere top) and folds them; the result is what ``live.steady_axes``
+    computes from all snapshots at once, for the first snapshots and for all of them.
+
+    Catches: a snapshot's highest bar taken on its own bins instead of the shared ones (off
+    the sphere each snapshot's extent differs), or a fold that drops the earlier snapshots.
+    """
+    from dml_core.figures import live
+
+    root, run_id = saved
+    store = RunStore(root)
+    steps = store.snapshot_steps(run_id)
+    for shown in (steps[:2], steps):
+        got = pages.ui.steady_axes(str(root), ((run_id, tuple(shown)),), on_sphere)
+        want = live.steady_axes([store.load_snapshot(run_id, s) for s in shown], on_sphere)
+        assert got == want
+
+
 def test_curves_show_the_whole_run_with_a_marker_at_the_scrubbed_step(
     page: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -173,6 +173,49 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
+def histogram_top(
+    pos: np.ndarray, neg: np.ndarray, lines: Mapping[str, float], on_sphere: bool
+) -> float:
+    """The end of the x-axis that one snapshot needs (``histogram_axes`` takes the largest).
+
+    2 on the unit sphere, else its largest distance; past its margin lines either way (5 %
+    headroom).
+    """
+    pos, neg = _finite(pos), _finite(neg)
+    top = 2.0 if on_sphere else 0.0
+    values = np.concatenate([pos, neg, np.asarray(list(lines.values()), dtype=np.float64)])
+    if len(values) and not on_sphere:
+        top = max(top, float(values.max()) * 1.05)
+    if lines:
+        top = max(top, max(lines.values()) * 1.05)
+    return top
+
+
+def density_peak(pos: np.ndarray, neg: np.ndarray, top: float, nbins: int = 60) -> float:
+    """The highest density bar of one snapshot's histograms on ``nbins`` bins over [0, top]."""
+    edges = np.linspace(0.0, top, nbins + 1)  # (nbins + 1,)
+    peak = 0.0
+    for values in (_finite(pos), _finite(neg)):
+        if len(values):
+            density, _ = np.histogram(values, bins=edges, density=True)
+            peak = max(peak, float(density.max()))
+    return peak
+
+
+def shared_top(tops: Iterable[float], on_sphere: bool) -> float:
+    """The x-axis end for all snapshots, from each one's ``histogram_top``."""
+    top = max(tops, default=2.0 if on_sphere else 0.0)
+    return top if top > 0 else 1.0
+
+
+def axes_for(top: float, peaks: Iterable[float], nbins: int = 60) -> HistogramAxes:
+    """The axes over [0, ``top``] from each snapshot's ``density_peak`` at that top."""
+    y_max = max(peaks, default=0.0)
+    size = top / nbins
+    bins = {"start": 0.0, "end": top + size, "size": size}
+    return HistogramAxes((0.0, top), y_max * 1.05 if y_max > 0 else 1.0, bins)
+
+
 def histogram_axes(
     samples: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, float]]],
     on_sphere: bool,
@@ -180,30 +223,18 @@ def histogram_axes(
 ) -> HistogramAxes:
     """Axes that fit every snapshot of a run: x in [0, 2] on the unit sphere, else [0, max].
 
+    The parts (``histogram_top``, ``density_peak``) are per snapshot, so a caller that keeps
+    them per snapshot folds a new one in without reading the others again (the Train page).
+
     Args:
         samples: per snapshot, (positive distances, negative distances, margin lines).
         on_sphere: whether the run's embeddings are L2-normalised (distances lie in [0, 2]).
         nbins: bins over the x-range, shared by every snapshot.
     """
-    samples = [(_finite(pos), _finite(neg), dict(lines)) for pos, neg, lines in samples]
-    top = 2.0 if on_sphere else 0.0
-    for pos, neg, lines in samples:
-        values = np.concatenate([pos, neg, np.asarray(list(lines.values()), dtype=np.float64)])
-        if len(values) and not on_sphere:
-            top = max(top, float(values.max()) * 1.05)
-        if lines:
-            top = max(top, max(lines.values()) * 1.05)
-    top = top if top > 0 else 1.0
-    size = top / nbins
-    edges = np.linspace(0.0, top, nbins + 1)  # (nbins + 1,)
-    y_max = 0.0
-    for pos, neg, _ in samples:
-        for values in (pos, neg):
-            if len(values):
-                density, _ = np.histogram(values, bins=edges, density=True)
-                y_max = max(y_max, float(density.max()))
-    bins = {"start": 0.0, "end": top + size, "size": size}
-    return HistogramAxes((0.0, top), y_max * 1.05 if y_max > 0 else 1.0, bins)
+    samples = list(samples)
+    tops = (histogram_top(pos, neg, lines, on_sphere) for pos, neg, lines in samples)
+    top = shared_top(tops, on_sphere)
+    return axes_for(top, (density_peak(pos, neg, top, nbins) for pos, neg, _ in samples), nbins)
 
 
 class SteadyAxes(NamedTuple):
