@@ -43,7 +43,6 @@ from dml_core.services.jobs import RAY_ADDRESS_ENV, train_and_save
 from dml_core.services.ray_worker import WRITES, Channel, Record, RemoteControl, StreamingStore
 from dml_core.services.sweep_runner import RunTask, worker_info
 
-CHECKPOINT_WRITES = ("save_checkpoint", "save_checkpoint_bytes")
 GPU_SHARE = 0.25
 """GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
 
@@ -130,7 +129,7 @@ def newest_checkpoints(records: list[Record]) -> list[Record]:
     kept = []
     for record in reversed(records):
         run_id, method = record[0], record[1]
-        if method in CHECKPOINT_WRITES:
+        if method == "save_checkpoint_bytes":  # what StreamingStore.save_checkpoint sends
             if run_id in later:
                 continue
             later.add(run_id)
