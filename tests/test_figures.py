@@ -198,6 +198,24 @@ def test_curves_figure_missing_columns_are_skipped():
     F.curves_figure(with_gap).to_json()
 
 
+def test_curves_marker_is_one_line_per_drawn_panel_on_its_own_axes():
+    """The scrubbed step is a dotted line across each panel that has curves, on that panel's
+    own x-axis, from the bottom to the top of its plot; none on a "not recorded" panel.
+
+    Catches: every line on the first panel's axes, a line on a panel without curves, or a
+    line that spans only the data instead of the panel.
+    """
+    fig = F.curves_figure(history(columns=["step", "loss", "precision_at_1"]), marker_x=20)
+    drawn = sorted({(t.xaxis, t.yaxis) for t in fig.data})  # [("x", "y"), ("x3", "y3")]
+    lines = sorted((s.xref, s.yref.removesuffix(" domain")) for s in fig.layout.shapes)
+    assert lines == drawn
+    for shape in fig.layout.shapes:
+        assert (shape.type, shape.x0, shape.x1, shape.y0, shape.y1) == ("line", 20, 20, 0, 1)
+        assert shape.yref.endswith(" domain")
+        assert shape.line.dash == "dot"
+    assert not F.curves_figure(history(), marker_x=None).layout.shapes
+
+
 def test_curves_figure_empty_frame_waits():
     for frame in (pd.DataFrame(), F.history_frame([])):
         fig = F.curves_figure(frame, uirevision="c")

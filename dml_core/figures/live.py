@@ -363,12 +363,14 @@ def curves_figure(
         horizontal_spacing=0.1,
         vertical_spacing=0.1,
     )
+    drawn = []  # the panels with curves, by axis suffix ("" for the first)
     for i, (_, curves) in enumerate(CURVE_PANELS):
         row, col = divmod(i, 2)
         present = [column for column in curves if column in history.columns]
         if not present:
             _note(fig, "not recorded in this run", axis=str(i + 1) if i else "")
             continue
+        drawn.append(str(i + 1) if i else "")
         for column in present:
             ys = pd.to_numeric(history[column], errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan
@@ -392,9 +394,15 @@ def curves_figure(
             fig.update_yaxes(rangemode="tozero", row=row + 1, col=col + 1)
         last_row = i >= len(CURVE_PANELS) - 2
         fig.update_xaxes(title_text=x_title if last_row else None, row=row + 1, col=col + 1)
-    if marker_x is not None:
+    if marker_x is not None:  # one layout update: add_vline(row="all") took a third of the time
         line = {"dash": "dot", "color": "#444444", "width": 1.5}
-        fig.add_vline(x=float(marker_x), line=line, row="all", col="all")
+        at = float(marker_x)
+        shapes = [
+            {"type": "line", "xref": f"x{axis}", "yref": f"y{axis} domain", "line": line}
+            | {"x0": at, "x1": at, "y0": 0, "y1": 1}
+            for axis in drawn
+        ]
+        fig.update_layout(shapes=shapes)
     _style(fig, title, uirevision, height=820, legend="bottom")
     fig.update_layout(legend={"y": -0.07})
     return fig
