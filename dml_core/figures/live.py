@@ -367,10 +367,11 @@ def curves_figure(
     for i, (_, curves) in enumerate(CURVE_PANELS):
         row, col = divmod(i, 2)
         present = [column for column in curves if column in history.columns]
+        axis = str(i + 1) if i else ""
         if not present:
-            _note(fig, "not recorded in this run", axis=str(i + 1) if i else "")
+            _note(fig, "not recorded in this run", axis=axis)
             continue
-        drawn.append(str(i + 1) if i else "")
+        drawn.append(axis)
         for column in present:
             ys = pd.to_numeric(history[column], errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan
