@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -179,7 +180,7 @@ def test_histogram_and_sphere_axes_stay_put_from_first_to_last_snapshot(store: R
             (
                 hist.layout.xaxis.range,
                 hist.layout.yaxis.range,
-                {json.dumps(t.xbins.to_plotly_json()) for t in hist.data},
+                {(tuple(np.asarray(t.x).tolist()), t.width) for t in hist.data},  # the bins
                 sphere.layout.yaxis.range,
             )
         )

@@ -16,6 +16,21 @@ from dml_core.snapshot import Snapshot
 NAMES = [f"class {c}" for c in range(10)]
 
 
+def bar_edges(trace: go.Bar) -> np.ndarray:
+    """The bin edges of a binned histogram trace, from each bar's [low, high) in customdata."""
+    bounds = np.asarray(trace.customdata, dtype=np.float64)
+    return np.append(bounds[:, 0], bounds[-1, 1])
+
+
+def assert_density_bars(trace: go.Bar, values: np.ndarray, edges: np.ndarray) -> None:
+    """The bars are the density of ``values`` on ``edges``, one centred bar per bin."""
+    np.testing.assert_array_equal(bar_edges(trace), edges)
+    np.testing.assert_allclose(trace.x, (edges[:-1] + edges[1:]) / 2)
+    expected, _ = np.histogram(values, bins=edges, density=True)
+    np.testing.assert_allclose(trace.y, expected, rtol=1e-12)
+    assert trace.width == pytest.approx(edges[1] - edges[0])
+
+
 def labelled_layout(n=90, dim=2, classes=3, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, dim)), rng.integers(0, classes, n)
@@ -26,7 +41,7 @@ def test_embedding_figure_one_trace_per_class():
     fig = F.embedding_figure(layout, labels, NAMES, "layout", uirevision="keep")
     assert [t.name for t in fig.data] == ["class 0", "class 1", "class 2"]
     for c, trace in enumerate(fig.data):
-        assert isinstance(trace, go.Scattergl)
+        assert isinstance(trace, go.Scatter)  # 90 points: SVG
         np.testing.assert_array_equal(trace.x, layout[labels == c, 0])
         np.testing.assert_array_equal(trace.y, layout[labels == c, 1])
         np.testing.assert_array_equal(trace.customdata, np.flatnonzero(labels == c))
@@ -35,6 +50,15 @@ def test_embedding_figure_one_trace_per_class():
     assert fig.layout.yaxis.scaleanchor == "x"
     assert fig.layout.template.layout.paper_bgcolor == "white"
     json.loads(fig.to_json())
+
+
+@pytest.mark.parametrize(("n", "kind"), [(1000, go.Scatter), (1001, go.Scattergl)])
+def test_embedding_figure_draws_svg_up_to_1000_points_and_webgl_above(n, kind):
+    """plotly express's render_mode="auto" rule. Catches: every layout drawn in WebGL (a
+    WebGL context per redraw of the live page's 540 digits points) or every one in SVG."""
+    layout, labels = labelled_layout(n=n)
+    fig = F.embedding_figure(layout, labels, NAMES, "layout")
+    assert {type(t) for t in fig.data} == {kind}
 
 
 def test_embedding_figure_custom_data_and_unknown_label_names():
@@ -79,10 +103,13 @@ def test_distance_histogram_figure():
     lines = {"margin": 0.2, "m_neg": 1.4}
     fig = F.distance_histogram_figure(pos, neg, lines, overlap=0.123, uirevision="d")
     assert len(fig.data) == 2
-    np.testing.assert_array_equal(fig.data[0].x, pos)
-    np.testing.assert_array_equal(fig.data[1].x, neg)
-    assert all(t.histnorm == "probability density" for t in fig.data)
-    assert fig.data[0].xbins == fig.data[1].xbins
+    edges = bar_edges(fig.data[0])  # shared: both traces on the same bins
+    assert edges[0] <= min(pos.min(), neg.min())
+    assert edges[-1] > max(pos.max(), neg.max())
+    assert len(edges) == 62  # 60 bins over the values' range, and one past it
+    assert_density_bars(fig.data[0], pos, edges)
+    assert_density_bars(fig.data[1], neg, edges)
+    assert [t.name for t in fig.data] == ["positive pairs (n=200)", "negative pairs (n=300)"]
     assert [s.x0 for s in fig.layout.shapes] == [0.2, 1.4]
     assert all(s.line.dash == "dash" for s in fig.layout.shapes)
     texts = [a.text for a in fig.layout.annotations]
@@ -107,8 +134,8 @@ def test_sphere_distance_figure_matches_pairs_and_density():
     hist, curve = fig.data
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     expected = np.linalg.norm(unit[:, None] - unit[None], axis=-1)[np.triu_indices(50, 1)]
-    np.testing.assert_allclose(np.sort(hist.x), np.sort(expected), atol=1e-9)
-    assert hist.histnorm == "probability density"
+    assert_density_bars(hist, expected, np.linspace(0.0, 2.0, 81))  # SPHERE_BINS: 0.025 wide
+    assert hist.name == "50 probe points (1225 pairs)"
     assert curve.name == "uniform on S<sup>7</sup>"
     np.testing.assert_allclose(curve.y, distance_density(np.asarray(curve.x), dim=8))
     assert np.trapezoid(curve.y, curve.x) == pytest.approx(1.0, abs=1e-3)
@@ -121,8 +148,18 @@ def test_sphere_distance_figure_subsamples_deterministically():
     emb = np.random.default_rng(1).normal(size=(300, 4))
     first = SF.sphere_distance_figure(emb, max_points=40)
     second = SF.sphere_distance_figure(emb, max_points=40)
-    assert len(first.data[0].x) == 40 * 39 // 2
-    np.testing.assert_array_equal(first.data[0].x, second.data[0].x)
+    assert first.data[0].name == f"40 probe points ({40 * 39 // 2} pairs)"
+    np.testing.assert_array_equal(first.data[0].y, second.data[0].y)
+
+
+def test_a_histogram_carries_its_bins_not_its_values():
+    """Catches: histogram traces that ship every value for the browser to bin (the sphere
+    histogram of 1000 points would carry 499,500 distances, about 5 MB of JSON)."""
+    emb = np.random.default_rng(2).normal(size=(1000, 16))
+    fig = SF.sphere_distance_figure(emb)
+    assert fig.data[0].name == "1000 probe points (499500 pairs)"
+    assert len(fig.data[0].y) == 80
+    assert len(fig.to_json()) < 100_000
 
 
 def history(n=5, columns=None):
@@ -229,12 +266,12 @@ def test_density_figure_curves_and_samples():
     samples = {8: np.random.default_rng(0).uniform(0, 2, 100)}
     fig = SF.density_figure([2, 8, 128], samples=samples)
     curves = [t for t in fig.data if isinstance(t, go.Scatter)]
-    hists = [t for t in fig.data if isinstance(t, go.Histogram)]
+    hists = [t for t in fig.data if isinstance(t, go.Bar)]
     assert [t.name for t in curves] == ["n = 2", "n = 8", "n = 128"]
     for trace in curves[1:]:
         assert np.trapezoid(trace.y, trace.x) == pytest.approx(1.0, abs=1e-3)
     assert np.all(np.isfinite(curves[0].y))
-    np.testing.assert_array_equal(hists[0].x, samples[8])
+    assert_density_bars(hists[0], samples[8], np.linspace(0.0, 2.0, 101))
     assert fig.layout.template.layout.paper_bgcolor == "white"
     fig.to_json()
 

@@ -107,16 +107,19 @@ def test_runs_saved_before_the_diagnostics_say_so(builder: str) -> None:
     assert any("waiting" in a.text for a in empty.layout.annotations)
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_class_weights_are_drawn_as_one_legend_entry_in_class_colours(dim: int) -> None:
-    """Catches: weights drawn like probe points (same size, no legend entry) or off-colour."""
+@pytest.mark.parametrize(("dim", "n"), [(2, 30), (2, 1500), (3, 30)])
+def test_class_weights_are_drawn_as_one_legend_entry_in_class_colours(dim: int, n: int) -> None:
+    """Catches: weights drawn like probe points (same size, no legend entry) or off-colour, or
+    in SVG over WebGL points (plotly draws them beneath, hidden)."""
     rng = np.random.default_rng(0)
-    layout, labels = rng.normal(size=(30, dim)), np.arange(30) % 3
+    layout, labels = rng.normal(size=(n, dim)), np.arange(n) % 3
     fig = F.embedding_figure(layout, labels, NAMES, "probe")
     weights = rng.normal(size=(6, dim))
     D.add_class_weights(fig, weights, np.repeat(np.arange(3), 2), NAMES)
     drawn = trace(fig, "class weights")
-    assert isinstance(drawn, go.Scatter3d if dim == 3 else go.Scattergl)
+    points = type(trace(fig, "class 0"))  # SVG up to 1000 points, WebGL above
+    assert points is (go.Scatter3d if dim == 3 else go.Scattergl if n > 1000 else go.Scatter)
+    assert type(drawn) is points
     np.testing.assert_array_equal(drawn.x, weights[:, 0])
     if dim == 3:
         np.testing.assert_array_equal(drawn.z, weights[:, 2])

@@ -122,3 +122,22 @@ def test_true_neighbours_overlay_marks_kept_and_torn_neighbours() -> None:
     assert set(roles["kept"].customdata) == near_x & near_y
     assert len(roles["torn"].customdata) > 0
     assert f"{len(near_x & near_y)} of its 6 true neighbours" in fig.layout.title.text
+
+
+@pytest.mark.parametrize("n", [80, 1500])
+def test_true_neighbours_are_drawn_over_the_points_in_their_own_kind(n: int) -> None:
+    """Catches: SVG marks over WebGL points (plotly draws every SVG trace beneath the WebGL
+    ones: the marks would hide under the points), or WebGL marks over SVG ones."""
+    import plotly.graph_objects as go
+
+    from dml_core.figures.live import embedding_figure
+    from dml_core.figures.neighbours import add_true_neighbours
+
+    X = embedding(n=n)
+    Y = np.random.default_rng(5).normal(size=(n, 2))
+    fig = embedding_figure(Y, np.arange(n) % 3, ["a", "b", "c"], "layout")
+    points = len(fig.data)
+    add_true_neighbours(fig, Y, X, 7, k=6)
+    kinds = {type(t) for t in fig.data}
+    assert kinds == {go.Scattergl if n > 1000 else go.Scatter}
+    assert len(fig.data) == points + 4  # lines, kept, torn, the point

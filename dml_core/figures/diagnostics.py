@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dml_core.figures.style import _note, _style, _waiting_figure, class_color
+from dml_core.figures.style import _note, _style, _waiting_figure, class_color, overlay_type
 
 __all__ = [
     "GeometryAxes",
@@ -281,5 +281,5 @@ def add_class_weights(
         marker = {"size": 9 if many else 13, "color": colors, "symbol": "diamond"}
         marker["line"] = {"width": 1.5, "color": "#222222"}
         x, y = points.T
-        fig.add_trace(go.Scattergl(x=x, y=y, marker=marker, **common))
+        fig.add_trace(overlay_type(fig)(x=x, y=y, marker=marker, **common))
     return fig

@@ -34,8 +34,10 @@ from dml_core.figures.style import (
     _on_unit_sphere,
     _style,
     _waiting_figure,
+    bin_edges,
     class_color,
     math_text,
+    scatter_type,
 )
 from dml_core.metrics import METRIC_LABELS
 
@@ -74,7 +76,8 @@ def embedding_figure(
 ) -> go.Figure:
     """The probe set as points, one trace per class (legend = class names).
 
-    A 2-D layout gives ``go.Scattergl`` traces with equal axis scales (a unit circle is drawn
+    A 2-D layout gives ``go.Scatter`` traces (``go.Scattergl`` above ``WEBGL_ABOVE`` points,
+    ``style.scatter_type``) with equal axis scales (a unit circle is drawn
     when the points lie on it); a 3-D layout (direct view of a 3-D embedding) gives
     ``go.Scatter3d`` traces, with a faint unit sphere when the points lie on it.
 
@@ -116,7 +119,7 @@ def embedding_figure(
         else:
             marker = {"size": 5, "color": class_color(label), "opacity": 0.8}
             x, y = points[mask].T
-            fig.add_trace(go.Scattergl(x=x, y=y, marker=marker, **common))
+            fig.add_trace(scatter_type(len(points))(x=x, y=y, marker=marker, **common))
     on_sphere = _on_unit_sphere(points)
     if three_d:
         if on_sphere:
@@ -193,7 +196,7 @@ def histogram_top(
 
 def density_peak(pos: np.ndarray, neg: np.ndarray, top: float, nbins: int = 60) -> float:
     """The highest density bar of one snapshot's histograms on ``nbins`` bins over [0, top]."""
-    edges = np.linspace(0.0, top, nbins + 1)  # (nbins + 1,)
+    edges = bin_edges(axes_for(top, (), nbins).bins)  # the figure's own bins
     peak = 0.0
     for values in (_finite(pos), _finite(neg)):
         if len(values):

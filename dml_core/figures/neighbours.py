@@ -4,8 +4,8 @@ A UMAP or PCA layout keeps some neighbourhoods and breaks others. ``add_true_nei
 marks a clicked point and its k nearest neighbours measured in the embedding itself
 (``analysis.layout_quality.true_neighbours``), with a line to each: short lines mean the
 picture kept the neighbourhood, long ones that it tore it apart. Those that are also among the
-point's k nearest in the picture get a ring, the others a diamond. The traces are WebGL, as the
-probe points are: SVG traces would be drawn beneath them.
+point's k nearest in the picture get a ring, the others a diamond. The traces are of the probe
+points' type (``style.overlay_type``): SVG traces would be drawn beneath WebGL points.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dml_core.analysis.layout_quality import true_neighbours
+from dml_core.figures.style import overlay_type
 
 INK = "#222222"  # not a class colour, not the green / red of positive and negative pairs
 
@@ -44,14 +45,15 @@ def add_true_neighbours(
     for x, y in points[near]:
         lines_x += [x0, x, None]
         lines_y += [y0, y, None]
+    scatter = overlay_type(fig)
     meta = {"index": int(index), "neighbours": near.tolist(), "kept": kept.tolist()}
     fig.add_trace(
-        go.Scattergl(x=lines_x, y=lines_y, mode="lines", line={"color": INK, "width": 1},
-                   opacity=0.6, hoverinfo="skip", showlegend=False, meta=meta | {"role": "lines"})
+        scatter(x=lines_x, y=lines_y, mode="lines", line={"color": INK, "width": 1},
+                opacity=0.6, hoverinfo="skip", showlegend=False, meta=meta | {"role": "lines"})
     )  # fmt: skip
     for role, mask, symbol in (("kept", kept, "circle-open"), ("torn", ~kept, "diamond-open")):
         fig.add_trace(
-            go.Scattergl(  # WebGL like the probe points: an SVG trace would be drawn beneath
+            scatter(  # the probe points' type: an SVG trace is drawn beneath WebGL ones
                 x=points[near[mask], 0], y=points[near[mask], 1], mode="markers",
                 name=f"true neighbours {'kept' if role == 'kept' else 'torn away'}",
                 marker={"symbol": symbol, "size": 12, "color": INK, "line": {"width": 2}},
@@ -60,10 +62,10 @@ def add_true_neighbours(
             )
         )  # fmt: skip
     fig.add_trace(
-        go.Scattergl(x=[x0], y=[y0], mode="markers", name=f"point {index}",
-                   marker={"symbol": "star", "size": 16, "color": INK}, customdata=[index],
-                   meta=meta | {"role": "point"},
-                   hovertemplate="point %{customdata}<extra></extra>")
+        scatter(x=[x0], y=[y0], mode="markers", name=f"point {index}",
+                marker={"symbol": "star", "size": 16, "color": INK}, customdata=[index],
+                meta=meta | {"role": "point"},
+                hovertemplate="point %{customdata}<extra></extra>")
     )  # fmt: skip
     title = fig.layout.title.text or ""
     fig.update_layout(

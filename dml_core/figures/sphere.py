@@ -19,6 +19,7 @@ from dml_core.figures.style import (
     _histogram,
     _sqrt2_line,
     _style,
+    bin_edges,
 )
 
 
@@ -49,8 +50,7 @@ def sphere_distances(emb: np.ndarray, max_points: int = 1000) -> np.ndarray:
 def sphere_density_max(emb: np.ndarray, max_points: int = 1000) -> float:
     """The highest bar of ``sphere_distance_figure``'s histogram for ``emb`` (same bins)."""
     dists = sphere_distances(emb, max_points)
-    edges = np.arange(0.0, 2.0 + SPHERE_BINS["size"] / 2, SPHERE_BINS["size"])
-    density, _ = np.histogram(dists, bins=edges, density=True)
+    density, _ = np.histogram(dists, bins=bin_edges(SPHERE_BINS), density=True)
     return float(density.max()) if len(dists) else 0.0
 
 

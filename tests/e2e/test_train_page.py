@@ -41,13 +41,14 @@ LIVE_FIGURES = {
     "sphere": r"unit sphere",
 }
 
-# The trace data of every histogram figure on the page, as JSON strings (plotly keeps arrays as
-# typed arrays or {dtype, bdata} objects: both serialise). Stale copies may linger mid-rerun.
+# The bars of every histogram figure on the page (each bin's density: the bins stay put), as JSON
+# strings (plotly keeps arrays as typed arrays or {dtype, bdata} objects: both serialise). Stale
+# copies may linger mid-rerun.
 HIST_DATA_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
     .filter(e => /Positive and negative pair distances/.test(
         String((e.layout && e.layout.title && e.layout.title.text) || '')))
     .filter(e => e.data && e.data.length)
-    .map(e => JSON.stringify(e.data.map(t => t.x)))"""
+    .map(e => JSON.stringify(e.data.map(t => t.y)))"""
 
 
 def wait_connected(page: Page) -> None:
