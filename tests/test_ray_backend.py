@@ -466,3 +466,22 @@ def test_the_train_page_trains_on_ray_when_the_address_is_set(
     finally:
         manager.close()
         pages.ui._jobs.clear()
+
+
+def test_the_sweep_bench_floor_times_a_run_alone_and_runs_at_once() -> None:
+    """The floor of ``bench sweep``: one run alone on a Ray worker, then two at once, folded
+    by ``ratio_floor``.
+
+    Catches: the floor taken as 1 / workers whatever the runs took (two runs each as slow as
+    1.2 runs alone give 0.6, not 0.5), or a result that misses a run.
+    """
+    from dml_core.bench.sweep_speed import contention, ratio_floor
+
+    assert ratio_floor(1.0, [1.2, 1.2], 2) == pytest.approx(0.6)
+    assert ratio_floor(2.0, [2.0, 3.0], 2) == pytest.approx(0.625)
+    out = contention(2, steps=3)
+    assert out["alone_s"] > 0
+    assert len(out["together_s"]) == 2
+    assert all(t > 0 for t in out["together_s"])
+    folded = ratio_floor(out["alone_s"], out["together_s"], 2)
+    assert out["ratio_floor"] == pytest.approx(folded, abs=1e-3)

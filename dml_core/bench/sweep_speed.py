@@ -16,6 +16,11 @@ seed). The ratio is Ray time / sequential time; the issue's target with 2 worker
 is <= 0.6. The Ray executor's start (its channel actor) is timed apart, as the cluster's is.
 ``driver_cpu_s`` is the CPU this process (the driver: it replays every record onto the run
 store) used during a Ray sweep: CPU taken from the workers, and less noisy than the ratio.
+``ratio_floor`` is the best ratio that any executor could reach on this machine: one run
+timed alone on a Ray worker, then ``--workers`` runs at once (``contention``), as plain tasks
+without the run store or the driver. Runs at once are slower than alone (on this 2-core VM,
+two one-thread matrix products each took 14-23 % longer than one), so the floor is above
+1 / workers.
 """
 
 from __future__ import annotations
@@ -76,6 +81,54 @@ def warm_process(steps: int = 2) -> int:
     return os.getpid()
 
 
+def time_one_run(steps: int, seed: int) -> float:
+    """Seconds to train and save one sweep run (default config, ``steps``, ``seed``) here."""
+    import torch
+
+    from dml_core.services.jobs import train_and_save
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dml-contention-") as folder:
+            store = RunStore(Path(folder))
+            cfg = make_config(steps=steps, seed=seed, device="cpu")
+            store.create(cfg, "run")
+            start = time.perf_counter()
+            train_and_save(cfg, store, "run")
+            return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ratio_floor(alone_s: float, together_s: Sequence[float], workers: int) -> float:
+    """The least Ray time / sequential time: ``workers`` runs at once, each as slow as measured.
+
+    Sequentially N runs take N x ``alone_s``; on ``workers`` workers, N / workers waves of runs
+    that each take the mean of ``together_s``.
+    """
+    return statistics.fmean(together_s) / (workers * alone_s)
+
+
+def contention(workers: int, steps: int, repeats: int = 1) -> dict[str, float]:
+    """One run alone on a Ray worker, then ``workers`` runs at once: medians and the floor.
+
+    Plain Ray tasks (``time_one_run``): no channel, no driver writes, so what separates the
+    floor from the sweep's ratio is the executor's own cost.
+    """
+    import ray
+
+    one = ray.remote(num_cpus=1)(time_one_run)
+    alone, together = [], []
+    for i in range(repeats):
+        alone.append(ray.get(one.remote(steps, 100 + i)))
+        together.append(ray.get([one.remote(steps, 200 + w) for w in range(workers)]))
+    alone_s = round(statistics.median(alone), 3)
+    together_s = [round(statistics.median(t[w] for t in together), 3) for w in range(workers)]
+    floor = ratio_floor(alone_s, together_s, workers)  # of the figures reported
+    return {"alone_s": alone_s, "together_s": together_s, "ratio_floor": round(floor, 3)}
+
+
 def _warm_up(workers: int) -> float:
     """Have each Ray worker train a tiny run (``warm_process``); returns the seconds it took."""
     import ray
@@ -131,6 +184,7 @@ def run_sweep_speed(
         cluster_start_s = time.perf_counter() - start
         try:
             warm_up_s = _warm_up(workers)
+            floor = contention(workers, steps, repeats)
             for i in range(repeats):
                 seq_scores = sequential(i) if i else first_scores
                 store = RunStore(root / f"ray-{i}")
@@ -158,6 +212,8 @@ def run_sweep_speed(
         "ray_s": round(statistics.median(ray_s), 2),
         "ray_s_per_run": round(statistics.median(ray_s) / runs, 3),
         "ratio": round(statistics.median(ratios), 3),
+        "ratio_floor": floor["ratio_floor"],
+        "contention": floor,
         "ratios": [round(r, 3) for r in ratios],
         "cluster_start_s": round(cluster_start_s, 2),
         "executor_start_s": round(statistics.median(executor_s), 2),
@@ -194,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{args.runs} runs x {args.steps} steps: one after another {result['sequential_s']} s, "
             f"Ray with {args.workers} workers {result['ray_s']} s: ratio {result['ratio']} "
+            f"(floor on this machine {result['ratio_floor']}) "
             f"({result['ratio_with_warm_up']} with the workers' warm-up); MAP@R equal: "
             f"{result['map_at_r_equal']}; load {result['load_before']} -> {result['load_after']}"
         )

@@ -84,13 +84,20 @@ class StreamingStore:
         self.checkpoint = checkpoint
         self._group: list[Record] = []
         self._last: Any = None  # the newest put, to wait for at the end
+        self._snapshot_put: Any = None  # the last snapshot's put: its answer is the backlog
 
     def send(self, run_id: str, method: str, *args: Any, **kwargs: Any) -> None:
         """Add one write to the group (sent, in order, at the next status change)."""
         self._group.append((run_id, method, args, kwargs))
 
     def post(self) -> None:
-        """Send the group as one pickled parcel (after a snapshot: wait for the backlog)."""
+        """Send the group as one pickled parcel; after a snapshot, mind the driver's backlog.
+
+        The backlog looked at is the one the previous snapshot's put answered: that answer
+        has long arrived by the next snapshot, so the worker does not wait for a round trip
+        to the channel at each snapshot. So it may run one group further ahead than
+        ``MAX_BACKLOG``.
+        """
         if not self._group:
             return
         run_id, count = self._group[0][0], len(self._group)
@@ -99,7 +106,8 @@ class StreamingStore:
         self._group = []
         self._last = self.channel.put.remote(run_id, parcel, count)
         if snapshot:
-            backlog = self._last.future().result()
+            previous, self._snapshot_put = self._snapshot_put, self._last
+            backlog = 0 if previous is None else previous.future().result()
             while backlog > MAX_BACKLOG:
                 time.sleep(PAUSE_POLL_S)
                 backlog = self.channel.backlog.remote(run_id).future().result()
