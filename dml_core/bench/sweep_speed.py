@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dml_core.config import make_config
+from dml_core.config import RunConfig, make_config
 from dml_core.runs import RunStore
 from dml_core.services.sweep_runner import LocalExecutor, SweepRunner
 from dml_core.sweeps import SweepStore, build_sweep, progress
@@ -54,6 +54,25 @@ def _timed_sweep(store: RunStore, steps: int, runs: int, executor: Any) -> tuple
     return seconds, progress(store, sweep)["map_at_r"].tolist()
 
 
+def _train_one(cfg: RunConfig) -> float:
+    """Train and save ``cfg`` here, on one torch thread, into a throwaway store; its seconds."""
+    import torch
+
+    from dml_core.services.jobs import train_and_save
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dml-bench-run-") as folder:
+            store = RunStore(Path(folder))
+            store.create(cfg, "run")
+            start = time.perf_counter()
+            train_and_save(cfg, store, "run")
+            return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
 def warm_process(steps: int = 2) -> int:
     """Train one tiny throwaway run here, as a standing process has trained runs before.
 
@@ -64,41 +83,13 @@ def warm_process(steps: int = 2) -> int:
     Returns:
         This process's pid.
     """
-    import torch
-
-    from dml_core.services.jobs import train_and_save
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="dml-warm-") as folder:
-            store = RunStore(Path(folder))
-            cfg = make_config(steps=steps, snapshot_every=steps, device="cpu")
-            store.create(cfg, "warm")
-            train_and_save(cfg, store, "warm")
-    finally:
-        torch.set_num_threads(threads)
+    _train_one(make_config(steps=steps, snapshot_every=steps, device="cpu"))
     return os.getpid()
 
 
 def time_one_run(steps: int, seed: int) -> float:
     """Seconds to train and save one sweep run (default config, ``steps``, ``seed``) here."""
-    import torch
-
-    from dml_core.services.jobs import train_and_save
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="dml-contention-") as folder:
-            store = RunStore(Path(folder))
-            cfg = make_config(steps=steps, seed=seed, device="cpu")
-            store.create(cfg, "run")
-            start = time.perf_counter()
-            train_and_save(cfg, store, "run")
-            return time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    return _train_one(make_config(steps=steps, seed=seed, device="cpu"))
 
 
 def ratio_floor(alone_s: float, together_s: Sequence[float], workers: int) -> float:
