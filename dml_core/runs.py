@@ -89,19 +89,24 @@ def _with_row(table: Path, snap: Snapshot) -> str:
     """metrics.csv's text with the snapshot's row last (replacing a row of the same step).
 
     The old rows are kept as text, so a snapshot costs the same at the thousandth row as at
-    the first; only when the columns changed is the whole table parsed and rebuilt.
+    the first. The row is written in the table's own column order (blank where the snapshot
+    has no value); only when the snapshot brings a new column is the whole table parsed and
+    rebuilt, with the new column last, so that later rows fit its header again. (A rebuild
+    that took the snapshot's own order left a header that no later row matched: every
+    snapshot of a run then parsed and rebuilt the table.)
     """
     new = pd.DataFrame([snap.scalars()])
-    header, row = new.to_csv(index=False).splitlines()
     if not table.exists():
-        return f"{header}\n{row}\n"
+        return new.to_csv(index=False)
     old_header, *rows = table.read_text().splitlines()
-    if old_header != header:  # a column came or went (e.g. a resume of an older run)
+    columns = old_header.split(",")
+    if not set(new.columns) <= set(columns):  # a new column: rebuild the table around it
         history = pd.read_csv(table)
         return pd.concat([history[history.step != snap.step], new]).to_csv(index=False)
+    row = new.reindex(columns=columns).to_csv(index=False, header=False).rstrip("\n")
     step = str(snap.step)
     kept = [r for r in rows if r.split(",", 1)[0] != step]  # "step" is the first column
-    return "\n".join([header, *kept, row]) + "\n"
+    return "\n".join([old_header, *kept, row]) + "\n"
 
 
 def check_run_id(run_id: str) -> str:
