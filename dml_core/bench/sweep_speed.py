@@ -18,9 +18,8 @@ is <= 0.6. The Ray executor's start (its channel actor) is timed apart, as the c
 store) used during a Ray sweep: CPU taken from the workers, and less noisy than the ratio.
 ``ratio_floor`` is the best ratio that any executor could reach on this machine: one run
 timed alone on a Ray worker, then ``--workers`` runs at once (``contention``), as plain tasks
-without the run store or the driver. Runs at once are slower than alone (on this 2-core VM,
-two one-thread matrix products each took 14-23 % longer than one), so the floor is above
-1 / workers.
+without the run store or the driver. Runs side by side can each be slower than one alone
+(they share caches and memory bandwidth), so the floor can be above 1 / workers.
 """
 
 from __future__ import annotations

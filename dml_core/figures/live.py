@@ -76,9 +76,9 @@ def embedding_figure(
 ) -> go.Figure:
     """The probe set as points, one trace per class (legend = class names).
 
-    A 2-D layout gives ``go.Scatter`` traces (``go.Scattergl`` above ``WEBGL_ABOVE`` points,
-    ``style.scatter_type``) with equal axis scales (a unit circle is drawn
-    when the points lie on it); a 3-D layout (direct view of a 3-D embedding) gives
+    A 2-D layout gives ``go.Scatter`` traces (``go.Scattergl`` above ``WEBGL_ABOVE`` points:
+    ``style.scatter_type``) with equal axis scales (a unit circle is drawn when the points lie
+    on it); a 3-D layout (direct view of a 3-D embedding) gives
     ``go.Scatter3d`` traces, with a faint unit sphere when the points lie on it.
 
     Args:
