@@ -17,6 +17,15 @@ if "streamlit" in sys.modules:  # the app (dml_core itself never imports streaml
     # often the browser; spinning threads took the CPU that the preempted one needed, and a
     # lone job on 2 threads trained slower than on 1 (``bench app``; notes of issue 14).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # numpy's and scipy's OpenBLAS on one thread: on two, the page reruns' small products (a
+    # 2,000-point PCA, the layout's trustworthiness) ran up to 50x slower beside the browser
+    # and their threads spun; the server's CPU per redrawn snapshot fell from 0.75 to 0.39 s
+    # (notes of issue 14). OpenBLAS reads the variable as it loads; one loaded is capped here.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "numpy" in sys.modules:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(1, user_api="blas")  # torch's threads are not BLAS
 
 from dml_core import losses, miners  # after the OpenMP setting
 from dml_core.config import RunConfig, make_config

@@ -344,3 +344,27 @@ def test_the_app_waits_passively_in_openmp_and_the_cli_keeps_the_default(app: bo
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()[-2:]
     assert out == ["False", "PASSIVE" if app else "None"]
+
+
+@pytest.mark.parametrize(("app", "numpy_first"), [(True, True), (True, False), (False, True)])
+def test_the_apps_blas_runs_on_one_thread_and_torch_keeps_its_own(
+    app: bool, numpy_first: bool
+) -> None:
+    """Catches: numpy's and scipy's OpenBLAS left on every core in the app (its page reruns'
+    small products then ran 50x slower beside training), whether numpy loaded before dml_core
+    (capped in place) or after (read from the environment); torch's threads capped with them;
+    the cap leaking to the CLI."""
+    first = ("import streamlit; " if app else "") + ("import numpy; " if numpy_first else "")
+    code = (
+        f"{first}import dml_core, numpy, scipy.linalg, threadpoolctl, torch; "
+        "blas = {i['num_threads'] for i in threadpoolctl.threadpool_info() "
+        "if i['internal_api'] == 'openblas'}; print(sorted(blas), torch.get_num_threads())"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cores = os.cpu_count()
+    assert out == (f"[1] {cores}" if app else f"[{cores}] {cores}"), out
