@@ -23,6 +23,7 @@ from dml_core.services.run_view import FigureNews, RunView, figure_news, redraw_
 from pages.train_extras import (
     export_buttons,
     layout_quality_caption,
+    loss_preview,
     render_hardest_triplets,
     show_true_neighbours,
     shown_settings,
@@ -419,6 +420,8 @@ else:
         describe(LOSSES[values["loss"]])
     with right:
         describe(MINERS[values["miner"]])
+    if cfg is not None:
+        loss_preview(cfg)
 live_view(run_id)
 if run_id is not None:
     export_buttons(store, run_id)

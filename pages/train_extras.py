@@ -13,19 +13,24 @@ Used by ``pages/train.py``:
   selection) marks that point's k nearest neighbours in the embedding.
 - ``shown_settings(cfg)``: the shown run's settings card, its equations, "Load these settings".
 - ``export_buttons(store, run_id)``: the shown run's downloads, each built only when clicked.
+- ``loss_preview(cfg)``: before a run, the chosen loss along one pair's distance.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
 
+from dml_core.analysis import loss_curves
 from dml_core.analysis.hard_triplets import snapshot_hardest_triplets
 from dml_core.analysis.layout_quality import layout_quality
 from dml_core.config import RunConfig, describe_config
 from dml_core.errors import ConfigError
+from dml_core.figures import losses as loss_figures
 from dml_core.figures import neighbours, thumbnails
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
@@ -173,3 +178,37 @@ def shown_settings(cfg: RunConfig) -> None:
         describe(LOSSES[cfg.loss])
     with right:
         describe(MINERS[cfg.miner])
+
+
+def loss_preview(cfg: RunConfig) -> None:
+    """Before a run: the chosen loss along one pair's distance, at the sidebar's parameters.
+
+    The Loss explorer's two profiles in one figure (the other distance held at its default),
+    so a margin moved in the sidebar moves its boundary here at once. A loss without per-pair
+    curves shows none. The page also has its charting code loaded before Train is pressed,
+    instead of in the middle of the run's first live draw.
+    """
+    fig = preview_figure(cfg.loss, json.dumps(cfg.loss_params, sort_keys=True))
+    if fig is None:
+        return
+    st.plotly_chart(fig, key="chart.loss_preview")
+    st.caption("It follows the sidebar. The Loss explorer shows more: heat maps, two losses.")
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def preview_figure(loss: str, params_json: str) -> go.Figure | None:
+    """``loss_preview``'s figure (about 50 ms to build; a dragged slider asks again and again)."""
+    params = json.loads(params_json)
+    try:
+        profiles = [
+            loss_curves.loss_profile(loss, params, axis) for axis in ("positive", "negative")
+        ]
+    except (ConfigError, loss_curves.CurveUnavailableError):
+        return None
+    # the title names the loss and its settings; the legend and the axes, the pair that varies
+    profiles = [replace(p, label=f"{p.axis} pair") for p in profiles]
+    settings = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+    title = f"{LOSSES[loss].name} on one pair ({settings or 'no parameters'})"
+    return loss_figures.profile_figure(profiles, title, uirevision="train-preview", height=460)

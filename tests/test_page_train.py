@@ -129,3 +129,32 @@ def test_a_bad_run_id_in_the_url_shows_the_idle_page(train: AppTest, bad: str) -
     train.run()
     assert not train.exception
     assert any("Idle" in i.value for i in train.info)
+
+
+def _widget(at: AppTest, key: str):
+    """The slider or number input with this key."""
+    for kind in ("slider", "number_input"):
+        found = [w for w in at.get(kind) if w.key == key]
+        if found:
+            return found[0]
+    raise AssertionError(f"no widget {key}")
+
+
+def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest) -> None:
+    """Catches: the preview drawn at the loss's defaults instead of the sidebar's margin, or
+    not redrawn when it moves: its negative-pair curve is ``loss_profile`` at the set margin."""
+    from dml_core.analysis.loss_curves import loss_profile
+
+    link = margin_link("triplet", "semi_hard")  # the defaults: one "Margin α" for both
+    assert link is not None
+    for margin in (0.1, 0.6):
+        _widget(train, "cfg.margin.triplet.semi_hard").set_value(margin).run()
+        assert not train.exception
+        specs = [json.loads(chart.proto.spec) for chart in train.get("plotly_chart")]
+        preview = [s for s in specs if "on one pair" in s["layout"]["title"]["text"]]
+        assert len(preview) == 1, [s["layout"]["title"]["text"] for s in specs]
+        curves = [t for t in preview[0]["data"] if t.get("name") == "negative pair"]
+        params = {**LOSSES["triplet"].params().model_dump(), link.loss_field: margin}
+        want = loss_profile("triplet", params, "negative")
+        assert curves, preview[0]["data"]
+        assert curves[0]["y"] == pytest.approx(want.value.tolist(), abs=1e-6)
