@@ -75,3 +75,15 @@ def test_bench_app_is_a_command_of_the_cli(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m dml_core bench app")
     assert "--steps" in out
+
+
+def test_a_failing_cli_run_reports_its_own_error(tmp_path, monkeypatch) -> None:
+    """Catches: a CLI run that failed in the benchmark reported as a bare exit status (a
+    SIGABRT once came back with nothing to go on): its stderr is in the error."""
+    from dml_core.bench import app_speed
+    from dml_core.config import make_config
+
+    monkeypatch.setattr(app_speed, "ROOT", tmp_path)  # no dml_core to run there
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with pytest.raises(RuntimeError, match="No module named dml_core"):
+        app_speed.cli_run(make_config(), tmp_path / "runs")

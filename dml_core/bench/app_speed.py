@@ -146,7 +146,9 @@ def cli_run(cfg: RunConfig, runs: Path) -> dict[str, Any]:
         "--dataset", cfg.dataset, "--net", cfg.net, "--steps", str(cfg.steps),
     ]  # fmt: skip
     start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:  # its own words (once a SIGABRT that did not come back in 9 tries)
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr[-3000:]}")
     result = json.loads(out.stdout)
     result["wall_s"] = time.perf_counter() - start
     now = resource.getrusage(resource.RUSAGE_CHILDREN)
