@@ -144,8 +144,8 @@ def build_parser() -> Parser:
     )
     _runs_dir_argument(train, "--out", "--runs")
     train.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    for name, registry in (("list-losses", LOSSES), ("list-miners", MINERS)):
-        listing = sub.add_parser(name, help=f"list the registered {registry.what}es")
+    for name in ("list-losses", "list-miners"):
+        listing = sub.add_parser(name, help=f"list the registered {name.removeprefix('list-')}")
         listing.add_argument("--json", action="store_true")
     train.add_argument(
         "--resume",
