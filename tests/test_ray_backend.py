@@ -170,7 +170,7 @@ def test_killed_worker_leaves_run_resumable_and_sweep_resumes(
     would be rewritten) or restores less than the whole state (a different MAP@R).
     """
     store = RunStore(tmp_path / "runs")
-    cfg = tiny(steps=1000, every=20)  # a worker runs at most ~4 snapshots ahead of the store
+    cfg = tiny(steps=300, every=20)  # a worker runs at most ~4 snapshots ahead of the store
     runner, (victim, other) = launch(store, cfg, seeds=2)
     wait_for(lambda: store.status(victim).get("step", 0) >= 20, "the run to reach step 20")
     runner.pause(victim)
