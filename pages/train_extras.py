@@ -205,10 +205,8 @@ def preview_figure(loss: str, params_json: str) -> go.Figure | None:
         ]
     except (ConfigError, loss_curves.CurveUnavailableError):
         return None
-    # the title names the loss and its settings; the legend and the axes, the pair that varies
+    # the title names the loss and its settings (the profiles' own label: ``setting_label``);
+    # the legend and the axes, the pair that varies
+    title = f"{profiles[0].label} on one pair"
     profiles = [replace(p, label=f"{p.axis} pair") for p in profiles]
-    settings = ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
-    title = f"{LOSSES[loss].name} on one pair ({settings or 'no parameters'})"
     return loss_figures.profile_figure(profiles, title, uirevision="train-preview", height=460)
