@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 
 from dml_core.figures import live as F
@@ -50,6 +51,17 @@ def test_embedding_figure_one_trace_per_class():
     assert fig.layout.yaxis.scaleanchor == "x"
     assert fig.layout.template.layout.paper_bgcolor == "white"
     json.loads(fig.to_json())
+
+
+def test_use_template_gives_the_named_template_a_copy_per_figure_and_validates_after() -> None:
+    named = go.Figure().update_layout(template=S.TEMPLATE, title="t")
+    fast = S.use_template(go.Figure()).update_layout(title="t")
+    assert fast.to_dict() == named.to_dict()
+    fast.layout.template.layout.font.size = 3  # one figure's template is its own
+    assert S.use_template(go.Figure()).layout.template.layout.font.size is None
+    assert pio.templates[S.TEMPLATE].layout.font.size is None
+    with pytest.raises(ValueError, match="not_a_property"):  # validation is back on
+        fast.update_layout(not_a_property=1)
 
 
 @pytest.mark.parametrize(("n", "kind"), [(1000, go.Scatter), (1001, go.Scattergl)])

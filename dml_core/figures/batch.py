@@ -36,10 +36,10 @@ from dml_core.figures import sphere
 from dml_core.figures.style import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
-    TEMPLATE,
     TITLE_POSITION,
     _density_grid,
     class_color,
+    use_template,
 )
 from dml_core.projection import project
 from dml_core.tuples import TRIPLET_KINDS
@@ -60,8 +60,7 @@ POLAR_COLUMNS = 3
 
 
 def _title(fig: go.Figure, text: str, height: int, top: int = 80) -> go.Figure:
-    fig.update_layout(
-        template=TEMPLATE,
+    use_template(fig).update_layout(
         title={"text": text, "pad": {"t": 12}, "font": {"size": 16}, **TITLE_POSITION},
         height=height,
         margin={"l": 40, "r": 20, "t": top, "b": 40},

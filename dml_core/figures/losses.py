@@ -33,7 +33,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dml_core.analysis.loss_curves import Profile, Surface
-from dml_core.figures.style import CLASS_COLORS, TEMPLATE, math_text
+from dml_core.figures.style import CLASS_COLORS, math_text, use_template
 
 # Visible on both ends of Viridis (dark purple and yellow) and in the white legend.
 BOUNDARY_STYLES: tuple[tuple[str, str], ...] = (
@@ -82,8 +82,7 @@ def loss_layout(
 
     Plotly misplaces multi-line titles, so a second line of information is a subtitle.
     """
-    fig.update_layout(
-        template=TEMPLATE,
+    use_template(fig).update_layout(
         title=TITLE | {"text": title, "subtitle": {"text": subtitle, "font": {"size": 12}}},
         uirevision=uirevision,
         height=height,

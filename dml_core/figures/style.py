@@ -1,8 +1,9 @@
 """The shared look of every figure, and plain-ASCII maths turned into readable Unicode.
 
 One palette (``CLASS_COLORS`` by label; green and red reserved for positive and negative pairs),
-one layout helper (``_style``: template, title, ``uirevision``, margins, legend), and the text
-helpers (``math_text``, ``split_symbol``) that show registry names and descriptions as maths.
+one template (``use_template``), one layout helper (``_style``: template, title, ``uirevision``,
+margins, legend), and the text helpers (``math_text``, ``split_symbol``) that show registry
+names and descriptions as maths.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import qualitative
 
 from dml_core.geometry import SQRT2, distance_density
@@ -59,12 +61,30 @@ MARGINS = {
 }
 
 
+def use_template(fig: go.Figure) -> go.Figure:
+    """Give ``fig`` the house template, ``TEMPLATE``, the way plotly gives a figure its default.
+
+    ``update_layout(template=TEMPLATE)`` validates the whole registered template again, for
+    every figure: 8.7 ms each here, ten times the rest of a small figure, paid by every figure
+    of every page rerun. A registered template is valid already, so plotly assigns its own
+    default template with validation off (``BaseFigure._initialize_layout_template``); this
+    does the same, in 0.5 ms. The figure is equal to one given the template by name, and gets
+    its own copy of it: changing one figure's template changes no other.
+    """
+    layout = fig.layout
+    layout._validate = False
+    try:
+        layout.template = pio.templates[TEMPLATE]
+    finally:
+        layout._validate = fig._validate
+    return fig
+
+
 def _style(
     fig: go.Figure, title: str, uirevision: str, height: int = HEIGHT, legend: str = "top"
 ) -> go.Figure:
     """Shared look: template, title, uirevision, compact margins, legend placement."""
-    fig.update_layout(
-        template=TEMPLATE,
+    use_template(fig).update_layout(
         title={"text": title, "pad": {"t": 12}, "font": {"size": 16}, **TITLE_POSITION},
         uirevision=uirevision,
         height=height,

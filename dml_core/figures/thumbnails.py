@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from dml_core.analysis.batch_view import AnchorView, Batch
 from dml_core.analysis.hard_triplets import HardTriplets
 from dml_core.figures.batch import KIND_MARKS
-from dml_core.figures.style import NEGATIVE_COLOR, POSITIVE_COLOR, TEMPLATE, TITLE_POSITION
+from dml_core.figures.style import NEGATIVE_COLOR, POSITIVE_COLOR, TITLE_POSITION, use_template
 from dml_core.tuples import TRIPLET_KINDS
 
 INK = "#222222"  # caption text: dark on any page background
@@ -97,8 +97,7 @@ def _figure(
     for note in notes:
         fig.add_annotation(**({"showarrow": False, "font": {"size": 11, "color": INK}} | note))
     top = 64 if "<br>" in title else 45
-    fig.update_layout(
-        template=TEMPLATE,
+    use_template(fig).update_layout(
         title={"text": title, "pad": {"t": 12}, "font": {"size": 15}, **TITLE_POSITION},
         margin={"l": 10, "r": 10, "t": top, "b": 10},
         height=int(height) + top + 20,

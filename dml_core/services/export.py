@@ -43,7 +43,7 @@ from dml_core.analysis.retrieval import build_index
 from dml_core.config import RunConfig, make_config
 from dml_core.data import DATASETS, DIGIT_NAMES, FASHION_NAMES, load_for_config
 from dml_core.errors import ConfigError
-from dml_core.figures.style import class_color
+from dml_core.figures.style import class_color, use_template
 from dml_core.metrics import METRIC_LABELS
 from dml_core.projection import Method, Projector
 from dml_core.runs import EMBEDDINGS_FILE, RunStore, atomic_write_bytes
@@ -266,9 +266,8 @@ def animation_figure(
     ]
     play = {"frame": {"duration": 600, "redraw": True}, "fromcurrent": True}
     fig = go.Figure(data=traces(layouts[0]), frames=frames)
-    fig.update_layout(
+    use_template(fig).update_layout(
         title={"text": _title(snapshots[0])},
-        template="plotly_white",
         height=600,
         xaxis={"range": [low[0], high[0]], "title": {"text": f"{method} 1"}},
         yaxis={"range": [low[1], high[1]], "title": {"text": f"{method} 2"}},
