@@ -1,4 +1,5 @@
-"""Shared test settings (CPU threads, xdist groups) and the fault tests' reference.
+"""Shared test settings (CPU threads, xdist groups, one component scan) and the fault tests'
+reference.
 
 One pytest process uses two torch threads, as on the CI machine. Under pytest-xdist (the
 README's ``-n 2``) each of the two workers uses one, so the workers do not oversubscribe the
@@ -7,15 +8,25 @@ two cores; the fault tests still train with ``fault_runs.TEST_THREADS`` in every
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from streamlit.components.v2 import manifest_scanner
 
 from dml_core.runs import RunStore
 from tests.fault_runs import TEST_THREADS, Outcome, tiny_config, train
+
+# Every new AppTest scans every installed distribution's metadata for Streamlit components
+# (``BidiComponentManager.discover_and_register_components``): 0.38 s of CPU here, for about
+# 300 distributions, in each of the suite's page tests. What is installed cannot change while
+# the tests run, so each process scans once.
+manifest_scanner.scan_component_manifests = functools.cache(
+    manifest_scanner.scan_component_manifests
+)
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist, else None
 torch.set_num_threads(1 if WORKER else 2)
