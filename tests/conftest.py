@@ -15,18 +15,23 @@ from typing import Any
 
 import pytest
 import torch
-from streamlit.components.v2 import manifest_scanner
 
 from dml_core.runs import RunStore
 from tests.fault_runs import TEST_THREADS, Outcome, tiny_config, train
 
+try:
+    from streamlit.components.v2 import manifest_scanner
+except ImportError:  # a Streamlit before or after its components v2 scanner
+    manifest_scanner = None
+
 # Every new AppTest scans every installed distribution's metadata for Streamlit components
 # (``BidiComponentManager.discover_and_register_components``): 0.38 s of CPU here, for about
 # 300 distributions, in each of the suite's page tests. What is installed cannot change while
-# the tests run, so each process scans once.
-manifest_scanner.scan_component_manifests = functools.cache(
-    manifest_scanner.scan_component_manifests
-)
+# the tests run, so each process scans once. (A Streamlit without this scanner scans nothing.)
+if manifest_scanner is not None:
+    manifest_scanner.scan_component_manifests = functools.cache(
+        manifest_scanner.scan_component_manifests
+    )
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist, else None
 torch.set_num_threads(1 if WORKER else 2)

@@ -76,7 +76,7 @@ def use_template(fig: go.Figure) -> go.Figure:
     try:
         layout.template = pio.templates[TEMPLATE]
     finally:
-        layout._validate = fig._validate
+        layout._validate = getattr(fig, "_validate", True)
     return fig
 
 
