@@ -6,11 +6,7 @@ runs directory. One screenshot per page goes to ``assets/page-<name>.png`` (1500
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from e2e_util import (
@@ -31,11 +27,12 @@ from e2e_util import (
 from playwright.sync_api import Page, expect
 
 from dml_core.analysis import compare
+from dml_core.config import make_config
 from dml_core.runs import RunStore
+from tests.saved_runs import train_and_save
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN_LOSSES = ("contrastive", "triplet")
 
 # (url name, sidebar link, title, figure title patterns that must render without a run, a text
@@ -103,28 +100,14 @@ def shot_page(page: Page) -> Page:
 
 @pytest.fixture(scope="module")
 def two_runs(server) -> list[str]:
-    """Two short finished runs (same data and probe, different losses), trained in parallel."""
-    # fmt: off
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable, "-m", "dml_core", "train",
-                "--loss", loss, "--steps", "60", "--snapshot-every", "20",
-                "--probe-size", "300", "--out", str(server.runs_dir), "--json",
-            ],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+    """Two short finished runs (same data and probe, different losses), saved where the app
+    reads runs, the way its jobs save them (in this process: the CLI's own path is tested in
+    ``tests/test_cli.py``, and two more interpreters importing torch cost 5 s of CPU)."""
+    store = RunStore(server.runs_dir)
+    return [
+        train_and_save(store, make_config(loss=loss, steps=60, snapshot_every=20, probe_size=300))
         for loss in RUN_LOSSES
     ]
-    # fmt: on
-    ids = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-2000:]
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result["state"] == "finished", result
-        ids.append(result["run_id"])
-    return ids
 
 
 @pytest.mark.parametrize(
