@@ -1,4 +1,5 @@
-"""One way for AppTests to open a page over a runs directory of its own."""
+"""One way for AppTests to open a page over a runs directory of its own, and to find a
+number widget by key."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def page_on_runs(
     _, manager, _ = pages.ui.services()
     manager.stop_all()
     pages.ui._jobs.clear()
+
+
+def number_widget(at: AppTest, key: str):
+    """The one slider or number input with this key (registry parameters are either)."""
+    (widget,) = [w for kind in ("slider", "number_input") for w in at.get(kind) if w.key == key]
+    return widget

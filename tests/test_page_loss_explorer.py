@@ -13,6 +13,7 @@ from dml_core.analysis import loss_curves, loss_geometry
 from dml_core.errors import ConfigError
 from dml_core.losses.triplet import TripletLoss
 from dml_core.registry import LOSSES
+from tests.page_apps import number_widget
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "loss_explorer.py")
@@ -190,12 +191,7 @@ def test_plotted_profiles_at_non_default_parameters_are_loss_profile(
 ) -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     at.switch_page("pages/loss_explorer.py").run()
-    at.selectbox(key="explorer.loss").set_value(name).run()
-    for field, value in values.items():
-        key = f"explorer.{name}.{field}"
-        (widget,) = [w for kind in ("slider", "number_input") for w in at.get(kind) if w.key == key]
-        widget.set_value(value).run()
-    assert not at.exception
+    set_params(at, name, values)
     params = LOSSES[name].defaults() | values
     charts = specs(at)
     for chart, axis, fixed in ((charts[0], "positive", 1.0), (charts[1], "negative", 0.5)):
@@ -213,9 +209,7 @@ def set_params(at: AppTest, name: str, values: dict) -> None:
     """Pick ``name`` and set its parameters through their registry widgets."""
     at.selectbox(key="explorer.loss").set_value(name).run()
     for field, value in values.items():
-        key = f"explorer.{name}.{field}"
-        (widget,) = [w for kind in ("slider", "number_input") for w in at.get(kind) if w.key == key]
-        widget.set_value(value).run()
+        number_widget(at, f"explorer.{name}.{field}").set_value(value).run()
     assert not at.exception
 
 

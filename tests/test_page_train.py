@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 import pages.ui
 from dml_core.config import margin_link
 from dml_core.registry import LOSSES, MINERS
+from tests.page_apps import number_widget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,15 +132,6 @@ def test_a_bad_run_id_in_the_url_shows_the_idle_page(train: AppTest, bad: str) -
     assert any("Idle" in i.value for i in train.info)
 
 
-def _widget(at: AppTest, key: str):
-    """The slider or number input with this key."""
-    for kind in ("slider", "number_input"):
-        found = [w for w in at.get(kind) if w.key == key]
-        if found:
-            return found[0]
-    raise AssertionError(f"no widget {key}")
-
-
 def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest) -> None:
     """Catches: the preview drawn at the loss's defaults instead of the sidebar's margin, or
     not redrawn when it moves: its negative-pair curve is ``loss_profile`` at the set margin."""
@@ -148,7 +140,7 @@ def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest
     link = margin_link("triplet", "semi_hard")  # the defaults: one "Margin α" for both
     assert link is not None
     for margin in (0.1, 0.6):
-        _widget(train, "cfg.margin.triplet.semi_hard").set_value(margin).run()
+        number_widget(train, "cfg.margin.triplet.semi_hard").set_value(margin).run()
         assert not train.exception
         specs = [json.loads(chart.proto.spec) for chart in train.get("plotly_chart")]
         preview = [s for s in specs if "on one pair" in s["layout"]["title"]["text"]]
