@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e_util import new_context
 
 from dml_core.bench.app_speed import free_port, healthy
 from dml_core.runs import ACTIVE
@@ -28,7 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-VIEWPORT = {"width": 1500, "height": 1900}
 HEALTH_TIMEOUT_S = 60.0
 LEFTOVER_STOP_S = 120.0  # a leftover run in its final evaluation cannot be stopped: it ends
 
@@ -134,7 +134,7 @@ def page(browser, server, request: pytest.FixtureRequest, tmp_path: Path):
 
     On failure, a screenshot and the server log's tail are attached to the report's output.
     """
-    context = browser.new_context(viewport=VIEWPORT)
+    context = new_context(browser)
     context.set_default_timeout(30_000)
     page = context.new_page()
     try:
@@ -172,7 +172,7 @@ def _stop_through_the_page(browser, server: ServerUrl, run_ids: list[str]) -> No
     """Press each run's Stop on the Train page (as a user would) until every run has ended."""
     from playwright.sync_api import Error as PlaywrightError
 
-    context = browser.new_context(viewport=VIEWPORT)
+    context = new_context(browser)
     try:
         page = context.new_page()
         for run_id in run_ids:

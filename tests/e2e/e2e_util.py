@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -27,6 +27,18 @@ CONNECTED = "[data-testid='stApp'][data-test-connection-state='CONNECTED']"
 LOAD_TIMEOUT_MS = 60_000
 FIGURE_TIMEOUT_MS = 120_000
 SHOT_VIEWPORT = {"width": 1500, "height": 1700}
+VIEWPORT = {"width": 1500, "height": 1900}
+
+
+def new_context(browser: Browser, viewport: dict[str, int] | None = None) -> BrowserContext:
+    """A browser context (its own Streamlit session) whose pages prefer reduced motion.
+
+    Streamlit then stops its animations (the running-status icon, transitions), which headless
+    Chromium would otherwise raster frame by frame in software: about 1 CPU-s of its GPU
+    process per Train page opened on 2 cores (measured). The tests read content, not motion.
+    """
+    return browser.new_context(viewport=viewport or VIEWPORT, reduced_motion="reduce")
+
 
 # Titles of every drawn plotly figure, HTML tags (<b>, <br>, <sup>) stripped.
 FIGURE_TITLES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]

@@ -18,6 +18,7 @@ from e2e_util import (
     LOAD_TIMEOUT_MS,
     assert_no_exception,
     expect_title,
+    new_context,
     open_app,
     progress_text,
     run_status,
@@ -47,7 +48,7 @@ def queue_position(text: str) -> int | None:
 
 
 def test_five_sessions_train_at_once(browser, server, tmp_path) -> None:
-    contexts = [browser.new_context(viewport=VIEWPORT) for _ in range(SESSIONS)]
+    contexts = [new_context(browser, VIEWPORT) for _ in range(SESSIONS)]
     for context in contexts:
         context.set_default_timeout(30_000)
     pages = [context.new_page() for context in contexts]

@@ -16,6 +16,7 @@ from e2e_util import (
     LOAD_TIMEOUT_MS,
     assert_no_exception,
     expect_title,
+    new_context,
     open_app,
     run_status,
     set_number,
@@ -40,7 +41,7 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 def test_a_large_batch_answers_quickly_in_bounded_memory(browser, server) -> None:
-    contexts = [browser.new_context(viewport={"width": 1400, "height": 1600}) for _ in range(2)]
+    contexts = [new_context(browser, {"width": 1400, "height": 1600}) for _ in range(2)]
     try:
         check_a_large_batch(server, *(context.new_page() for context in contexts))
     finally:  # a page left open keeps polling the server for the rest of the session

@@ -23,6 +23,7 @@ from e2e_util import (
     assert_no_exception,
     choose,
     expect_title,
+    new_context,
     open_app,
     run_status,
     screenshot,
@@ -144,7 +145,7 @@ def started(browser, server, request: pytest.FixtureRequest) -> Iterator[list[st
     keep = report is None or report.failed
     for sweep_id in sweeps:
         if sweep_file(server, sweep_id, "status.json").get("state") == "running":
-            context = browser.new_context()
+            context = new_context(browser)
             try:
                 page = context.new_page()
                 open_app(page, f"{server}/sweep")
