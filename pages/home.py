@@ -25,7 +25,7 @@ st.markdown(
 1. Open **Train** (left). The defaults train a small MLP on scikit-learn's 8×8 digits with the
    triplet loss and semi-hard mining: no download, no GPU.
 2. Press **Train**. Within seconds the histograms and curves appear; the UMAP follows as soon as
-   it has compiled (once per server start; PCA stands in until then).
+   it has started (its kernels compile once per machine; PCA stands in until then).
 3. Change the **margin** or the **miner** and train again; open a finished run from **Runs** to
    replay it with the snapshot slider.
 """

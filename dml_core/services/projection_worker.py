@@ -25,7 +25,7 @@ import threadpoolctl
 
 from dml_core.projection import METHODS, Method, Projector, project
 
-COMPILING = "compiling UMAP (first fit of this server)"
+COMPILING = "starting UMAP (first fit of this server)"
 WORKING = "working"
 IDLE = "idle"
 UMAP_NICE = 19  # CFS weight 15 against 1024 at nice 0: training gets ~98.5% of a shared core
@@ -81,7 +81,9 @@ def umap_pool() -> ProcessPoolExecutor:
 
 def status_text(status: str) -> str:
     """What the page says while it shows PCA instead of UMAP, for a ``ProjectionWorker.status``."""
-    return "UMAP compiles (once per server)" if status == COMPILING else "UMAP is computing"
+    if status == COMPILING:
+        return "UMAP starts (its kernels compile once per machine, then load from disk)"
+    return "UMAP is computing"
 
 
 class ProjectionWorker:
