@@ -20,6 +20,7 @@ The setting only takes effect if numba has not been imported yet.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -110,7 +111,8 @@ def _import_umap() -> object:
     for module in (umap.umap_, umap.layouts):
         for kernel in vars(module).values():
             if isinstance(kernel, Dispatcher) and isinstance(kernel._cache, NullCache):
-                kernel.enable_caching()
+                with contextlib.suppress(RuntimeError):  # no writable cache folder: compile
+                    kernel.enable_caching()
     return umap
 
 

@@ -118,8 +118,9 @@ def test_umap_is_deterministic_for_a_seed():
 
 def test_umap_kernels_compile_through_numbas_disk_cache():
     """umap-learn's kernels without ``cache=True`` are cached too, so no process compiles them
-    twice (before: ~4.4 s of every new process's first fit). Catches a fit that bypasses
-    ``_import_umap`` or a kernel left uncached: its stats then have no cache path."""
+    twice (before: ~4.4 s of every new process's first fit). Catches a kernel left without the
+    disk cache (``_import_umap`` gone, or covering one of the two modules only): its stats then
+    have no cache path."""
     project(blobs(n=60), "umap", seed=0, n_epochs=10)
     Projector("umap", seed=0, warm_epochs=5).update(blobs(n=60))
     import umap.layouts
