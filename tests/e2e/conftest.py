@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_util import new_context
+from e2e_util import WAIT_MS, new_context
+from playwright.sync_api import expect
 
 from dml_core.bench.app_speed import free_port, healthy
 from dml_core.runs import ACTIVE
@@ -40,6 +41,9 @@ class ServerUrl(str):
     log_path: Path
     runs_dir: Path
     pid: int
+
+
+expect.set_options(timeout=WAIT_MS)  # every e2e test's expect(), like its actions
 
 
 def _in_ci() -> bool:
@@ -135,7 +139,6 @@ def page(browser, server, request: pytest.FixtureRequest, tmp_path: Path):
     On failure, a screenshot and the server log's tail are attached to the report's output.
     """
     context = new_context(browser)
-    context.set_default_timeout(30_000)
     page = context.new_page()
     try:
         yield page

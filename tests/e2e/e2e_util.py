@@ -28,16 +28,24 @@ LOAD_TIMEOUT_MS = 60_000
 FIGURE_TIMEOUT_MS = 120_000
 SHOT_VIEWPORT = {"width": 1500, "height": 1700}
 VIEWPORT = {"width": 1500, "height": 1900}
+# How long an action or an ``expect`` waits before it fails (``expect`` waits 5 s by default).
+# On CI's two loaded cores a page's script run can take longer than that to reach a widget low
+# in the sidebar (seen today: the Steps field of a link's page was still missing after 5 s).
+# A condition that holds passes as soon as it holds, so this only bounds a failure.
+WAIT_MS = 30_000
 
 
 def new_context(browser: Browser, viewport: dict[str, int] | None = None) -> BrowserContext:
-    """A browser context (its own Streamlit session) whose pages prefer reduced motion.
+    """A browser context (its own Streamlit session) whose pages prefer reduced motion; its
+    actions wait up to ``WAIT_MS``.
 
     Streamlit then stops its animations (the running-status icon, transitions), which headless
     Chromium would otherwise raster frame by frame in software: about 1 CPU-s of its GPU
     process per Train page opened on 2 cores (measured). The tests read content, not motion.
     """
-    return browser.new_context(viewport=viewport or VIEWPORT, reduced_motion="reduce")
+    context = browser.new_context(viewport=viewport or VIEWPORT, reduced_motion="reduce")
+    context.set_default_timeout(WAIT_MS)
+    return context
 
 
 # Titles of every drawn plotly figure, HTML tags (<b>, <br>, <sup>) stripped.

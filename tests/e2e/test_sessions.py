@@ -49,8 +49,6 @@ def queue_position(text: str) -> int | None:
 
 def test_five_sessions_train_at_once(browser, server, tmp_path) -> None:
     contexts = [new_context(browser, VIEWPORT) for _ in range(SESSIONS)]
-    for context in contexts:
-        context.set_default_timeout(30_000)
     pages = [context.new_page() for context in contexts]
     closed: set[int] = set()
     start = time.monotonic()
