@@ -82,7 +82,7 @@ def umap_pool() -> ProcessPoolExecutor:
 def status_text(status: str) -> str:
     """What the page says while it shows PCA instead of UMAP, for a ``ProjectionWorker.status``."""
     if status == COMPILING:
-        return "UMAP starts (its kernels compile once per machine, then load from disk)"
+        return "UMAP starts (first use compiles)"  # later servers load the compiled kernels
     return "UMAP is computing"
 
 
