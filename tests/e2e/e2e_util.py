@@ -39,9 +39,9 @@ def new_context(browser: Browser, viewport: dict[str, int] | None = None) -> Bro
     """A browser context (its own Streamlit session) whose pages prefer reduced motion; its
     actions wait up to ``WAIT_MS``.
 
-    Streamlit then stops its animations (the running-status icon, transitions), which headless
-    Chromium would otherwise raster frame by frame in software: about 1 CPU-s of its GPU
-    process per Train page opened on 2 cores (measured). The tests read content, not motion.
+    The page's animations then stop, which headless Chromium would otherwise raster frame by
+    frame in software: measured, about 1 CPU-s of its GPU process per Train page opened on 2
+    cores, and 20 of the e2e group's 264 Chromium CPU-s. The tests read content, not motion.
     """
     context = browser.new_context(viewport=viewport or VIEWPORT, reduced_motion="reduce")
     context.set_default_timeout(WAIT_MS)
