@@ -21,6 +21,7 @@ The setting only takes effect if numba has not been imported yet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -93,6 +94,7 @@ def _knn(emb: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, dist
 
 
+@functools.cache
 def _import_umap() -> object:
     """umap-learn, imported on first use, with numba's disk cache on for all its kernels.
 
@@ -100,7 +102,8 @@ def _import_umap() -> object:
     epoch without ``cache=True``, so every new process compiled them again: about 4.4 s of its
     first fit, with the rest of the kernels already loaded from ``NUMBA_CACHE_DIR``. Turning
     the cache on is what numba's own ``cache=True`` does (``Dispatcher.enable_caching``).
-    Importing umap-learn takes over a second, so it waits until a fit needs it.
+    Importing umap-learn takes over a second, so it waits until a fit needs it; the kernels
+    are looked through once per process, not on every warm-started update.
     """
     import umap
     import umap.layouts
