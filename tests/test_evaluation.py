@@ -34,6 +34,10 @@ def test_embed_chunks_change_nothing_and_return_an_ordinary_tensor(digits, monke
     whole = evaluation.embed(net, x, torch.device("cpu"))
     monkeypatch.setattr(evaluation, "CPU_CHUNK_PER_THREAD", 7)
     assert evaluation.embed_chunk(torch.device("cpu")) == 7 * torch.get_num_threads()
+    # bf16 activations take half the bytes: twice the images per chunk
+    assert (
+        evaluation.embed_chunk(torch.device("cpu"), torch.bfloat16) == 14 * torch.get_num_threads()
+    )
     chunked = evaluation.embed(net, x, torch.device("cpu"))
     assert chunked.shape == (301, 8)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
