@@ -30,7 +30,7 @@ SHOT_VIEWPORT = {"width": 1500, "height": 1700}
 VIEWPORT = {"width": 1500, "height": 1900}
 # How long an action or an ``expect`` waits before it fails (``expect`` waits 5 s by default).
 # On CI's two loaded cores a page's script run can take longer than that to reach a widget low
-# in the sidebar (seen today: the Steps field of a link's page was still missing after 5 s).
+# in the sidebar (seen on 2026-11-30: the Steps field of a link's page was missing after 5 s).
 # A condition that holds passes as soon as it holds, so this only bounds a failure.
 WAIT_MS = 30_000
 
