@@ -16,18 +16,22 @@ from dml_core.figures import sphere as sphere_figures
 from dml_core.figures.live import SteadyAxes
 from dml_core.metrics import METRIC_LABELS
 from dml_core.probe import collapse_advice, collapse_kind
-from dml_core.projection import project
 from dml_core.registry import LOSSES, MINERS
-from dml_core.services.projection_worker import IDLE, status_text
-from dml_core.services.run_view import FigureNews, RunView, figure_news, redraw_due, run_view
+from dml_core.services.run_view import (
+    FigureNews,
+    RunView,
+    awaits_layout,
+    figure_news,
+    redraw_due,
+    run_view,
+)
 from pages.train_extras import (
     export_buttons,
-    layout_quality_caption,
     loss_preview,
     render_hardest_triplets,
-    show_true_neighbours,
     shown_settings,
 )
+from pages.train_projection import embedding_view, submit_layout, view_method
 from pages.train_replay import play_interval, scrub_controls
 from pages.train_settings import sidebar_config
 from pages.train_views import render_views_strip
@@ -165,65 +169,6 @@ def run_picker(run_id: str | None) -> None:
             st.rerun()
 
 
-def embedding_view(run_id: str, snap, class_names, dim: int) -> bool:
-    """UMAP (warm-started, off the UI thread), PCA, or the raw 2-D/3-D coordinates.
-
-    Returns whether the layout shown is a stand-in (older step or PCA) for one still computing.
-    """
-    methods = ["UMAP", "PCA"] + (["Direct"] if dim <= 3 else [])
-    method = st.radio(
-        "Projection",
-        methods,
-        horizontal=True,
-        key="view.method",
-        index=methods.index("Direct") if dim <= 3 else 0,
-    )
-    name = method.lower()
-    # a class-level loss's weights are laid out with the probe points (stacked below them)
-    emb = diagnostics.with_class_weights(snap.probe_emb, snap.class_weights)
-    note = f"{method} of the probe set at step {snap.step} ({len(snap.probe_labels)} test images)"
-    if name == "direct":  # the coordinates themselves: nothing to wait for (UMAP may compile)
-        layout = project(emb, "direct")
-    else:
-        worker.submit(run_id, snap.step, emb, name)
-        layout = worker.get(run_id, snap.step, name, timeout=0.3)
-    # still coming only while the worker has something to do (a failed layout never arrives)
-    pending = layout is None and worker.status() != IDLE
-    current = True  # the layout shown is this snapshot's own (not an older step's)
-    if layout is None:
-        latest = worker.latest(run_id, name)
-        if latest is not None:
-            current = False
-            layout = latest[1]
-            note = f"{method} of step {latest[0]}; step {snap.step} is being computed"
-        else:
-            layout = pca_stand_in(str(store.root), run_id, snap.step)
-            note = f"PCA shown while {status_text(worker.status())}"
-    points, weights = diagnostics.split_layout(layout, len(snap.probe_labels))
-    fig = figures.embedding_figure(
-        points, snap.probe_labels, class_names, note, uirevision=f"emb-{run_id}-{name}"
-    )
-    if weights is not None and snap.class_weight_labels is not None:
-        diagnostics.add_class_weights(fig, weights, snap.class_weight_labels, class_names)
-    if current:  # a click marks that point's true neighbours in the embedding
-        show_true_neighbours(fig, points, snap.probe_emb, "chart.embedding")
-    st.plotly_chart(fig, key="chart.embedding", on_select="rerun", selection_mode="points")
-    if current and points.shape[1] == 2:
-        st.caption(layout_quality_caption(run_id, snap.step, name, snap.probe_emb, points))
-    return pending
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def pca_stand_in(runs_dir: str, run_id: str, step: int) -> object:
-    """PCA of one snapshot (with any class weights), shown while its UMAP is computed.
-
-    Cached by (run, step): UMAP's first fit takes tens of seconds, during which every redraw
-    would otherwise run the SVD again (10-90 ms each on 2 loaded cores, measured).
-    """
-    snap = load_snapshot(runs_dir, run_id, step)
-    return project(diagnostics.with_class_weights(snap.probe_emb, snap.class_weights), "pca")
-
-
 @st.cache_data(max_entries=256, show_spinner=False)
 def snapshot_figures(runs_dir: str, run_id: str, step: int, axes: SteadyAxes) -> tuple:
     """The distance histogram and the sphere figure of one snapshot, on the run's fixed axes."""
@@ -297,8 +242,16 @@ def desired_interval(view: RunView | None) -> float | None:
 
 def news(run_id: str, view: RunView) -> FigureNews:
     """What decides the figures now (``run_view.figure_news``), for the projection chosen."""
-    method = str(st.session_state.get("view.method", "UMAP")).lower()
-    return figure_news(store, worker, run_id, method, view.state)
+    return figure_news(store, worker, run_id, view_method(), view.state)
+
+
+def layout_wait(run_id: str, now: FigureNews) -> float | None:
+    """Since when the page waits on the newest snapshot's layout (asked for here), or None."""
+    if not awaits_layout(now, view_method()):
+        return None
+    snap = load_snapshot(str(store.root), run_id, now[1])
+    submit_layout(worker, run_id, snap, view_method())
+    return st.session_state.setdefault("view.waiting_since", time.monotonic())
 
 
 def progress_body(run_id: str | None, interval: float | None) -> None:
@@ -313,12 +266,14 @@ def progress_body(run_id: str | None, interval: float | None) -> None:
     view = run_view(store, manager, run_id)
     progress_line(run_id, view)
     run_controls(run_id, view)
+    now = news(run_id, view)
     due = redraw_due(
-        news(run_id, view),
+        now,
         st.session_state.get("view.drawn"),
         st.session_state.get("view.drawn_at", 0.0),
         st.session_state.get("view.draw_s", 0.0),
         time.monotonic(),
+        layout_wait(run_id, now),
     )
     if due or desired_interval(view) != interval:
         st.rerun()
@@ -340,6 +295,7 @@ def figures_body(run_id: str | None, interval: float | None) -> None:
         step = scrub_controls(tuple(steps_saved))
         pending = snapshot_view(run_id, record, tuple(steps_saved), step)
     st.session_state["view.pending"] = pending
+    st.session_state.pop("view.waiting_since", None)  # what it waited on is drawn
     st.session_state["view.drawn"] = drawn
     st.session_state["view.drawn_at"] = time.monotonic()
     st.session_state["view.draw_s"] = st.session_state["view.drawn_at"] - started
@@ -364,7 +320,7 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
     left, right = st.columns(2)
     with left:
         names = run_class_names(record.config)
-        pending = embedding_view(run_id, snap, names, record.config.embedding_dim)
+        pending = embedding_view(worker, str(store.root), run_id, snap, names)
     with right:
         st.plotly_chart(hist, key="chart.hist")
     left, right = st.columns(2)

@@ -17,9 +17,11 @@ from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase
 from dml_core.services.projection_worker import ProjectionWorker
 from dml_core.services.run_view import (
+    LAYOUT_WAIT_S,
     LIVE_REST_S,
     MIN_REST_S,
     RunView,
+    awaits_layout,
     figure_news,
     redraw_due,
     run_view,
@@ -234,3 +236,34 @@ def test_redraw_due_paces_new_snapshots_by_the_draw_time_and_never_delays_a_new_
     assert LIVE_REST_S > MIN_REST_S
     for state in (S.STOPPED, S.FINISHED, S.PAUSED):  # a new state: at once
         assert redraw_due((3, 30, 30, state), drawn, at, took, at + 0.1)
+
+
+def test_a_new_snapshot_waits_for_its_own_layout_for_a_bounded_time_while_the_run_trains() -> None:
+    """One draw per snapshot, every figure at one step (issue 14: the browser's redraws).
+
+    Catches: a draw as soon as the snapshot lands (beside the previous step's layout, then
+    again when its own arrives: two full re-renders per snapshot), a wait with no bound (a
+    UMAP slower than the snapshots, or one that failed, would freeze the figures), a wait
+    for the first snapshot (the page would show "waiting for the first snapshot" with one
+    saved), a wait once the run has ended, and a wait when the snapshot is laid out.
+    """
+    drawn = (3, 30, 30, S.RUNNING)  # snapshot 30 drawn with its own layout
+    landed = (4, 40, 30, S.RUNNING)  # snapshot 40 saved; its layout is still computing
+    laid_out = (4, 40, 40, S.RUNNING)
+    at, took, seen = 100.0, 0.1, 110.0  # drawn at 100 s, snapshot 40 first seen at 110 s
+    assert awaits_layout(landed, "umap")
+    assert awaits_layout(landed, "pca")
+    assert not awaits_layout(laid_out, "umap")
+    assert not awaits_layout(landed, "direct")  # the coordinates themselves: nothing to wait
+    assert not awaits_layout((0, None, None, S.RUNNING), "umap")  # no snapshot yet
+    assert not redraw_due(landed, drawn, at, took, seen + 1.0, waiting_since=seen)
+    assert not redraw_due(landed, drawn, at, took, seen + LAYOUT_WAIT_S - 0.1, seen)
+    assert redraw_due(landed, drawn, at, took, seen + LAYOUT_WAIT_S, seen)  # the bound
+    assert redraw_due(laid_out, drawn, at, took, seen + 1.0, None)  # its layout arrived
+    first = (1, 0, None, S.RUNNING)
+    assert redraw_due(first, (0, None, None, S.RUNNING), at, took, seen + 1.0, seen)
+    ended = (4, 40, 30, S.FINISHED)  # the run ended: final metrics at once
+    assert redraw_due(ended, drawn, at, took, seen + 0.1, seen)
+    # once ended, nothing waits: a last snapshot is drawn after the least rest
+    assert redraw_due((5, 50, 30, S.FINISHED), ended, at, took, at + MIN_REST_S, at + 0.5)
+    assert LAYOUT_WAIT_S <= 2 * LIVE_REST_S  # a snapshot is never held back for long
