@@ -180,9 +180,10 @@ MIN_REST_S = 1.0  # the least time between two full redraws of the live figures
 # shares the cores with the training (bench app on 2 cores: 4 s instead of 1 s took the
 # browser from 33.8 to 24.4 CPU seconds and training from 1,119 to 1,306 samples/s)
 LIVE_REST_S = 4.0
-# ... and the longest a new snapshot waits for its own layout while the run trains (a UMAP
-# update of 2,000 points takes a few seconds on 2 cores busy training)
-LAYOUT_WAIT_S = 8.0
+# ... and the longest a new snapshot waits for its own layout while the run trains: the
+# default FashionMNIST run's UMAP layouts (2,000 points) came about 1.5 s after their
+# snapshot on 2 cores busy training; 8 s held the figures of a small run back for seconds
+LAYOUT_WAIT_S = 3.0
 
 
 def awaits_layout(now: FigureNews, method: str) -> bool:
@@ -213,8 +214,8 @@ def redraw_due(
     set), for at most ``LAYOUT_WAIT_S``: it is then drawn once, every figure at the same
     step, instead of once beside the previous step's layout and again when its own arrives.
     Each draw re-renders every figure in the browser, about 3 CPU-s on 2 cores busy
-    training: the default FashionMNIST ConvNet run went from about 12 draws to 7 (one per
-    snapshot). The first snapshot is drawn at once, beside its PCA stand-in.
+    training: the default FashionMNIST ConvNet run went from about 12 draws to 8. The first
+    snapshot is drawn at once, beside its PCA stand-in.
 
     Args:
         now: ``figure_news`` now.
