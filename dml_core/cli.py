@@ -300,9 +300,7 @@ def run_train(args: argparse.Namespace) -> int:
                 print(_progress_line(job), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         job.stop()
-    # the state is final before the thread has freed the trainer: a process that exits then
-    # finalises under it and aborts (SIGABRT, "terminate called without an active exception")
-    job.join()
+    job.join()  # the state is final before the thread frees the trainer: exiting then aborts
     if tty:
         print(file=sys.stderr)
     seconds = time.perf_counter() - start
