@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -199,6 +200,32 @@ def test_worker_drops_pending_older_indices(worker):
     assert worker.wait_idle(timeout=10.0)
     computed = [i for i in range(8) if worker.get("run", i, "pca") is not None]
     assert computed == [7]
+
+
+def test_worker_ignores_a_request_for_the_layout_it_is_computing(worker, monkeypatch):
+    """The Train page asks for the newest layout on every poll while it waits for it.
+
+    Catches a ``submit`` that queues the index being computed again: each UMAP layout would
+    then be computed twice (tried: 2 computations instead of 1).
+    """
+    started, release, computed = threading.Event(), threading.Event(), []
+    real = worker._compute
+
+    def slow_compute(key, method, emb):
+        computed.append(key)
+        started.set()
+        release.wait(10.0)
+        return real(key, method, emb)
+
+    monkeypatch.setattr(worker, "_compute", slow_compute)
+    emb = blobs(n=100)
+    worker.submit("run", 3, emb, "pca")
+    assert started.wait(10.0)
+    worker.submit("run", 3, emb, "pca")  # asked again while it is computed
+    release.set()
+    assert worker.wait_idle(timeout=10.0)
+    assert computed == ["run"]
+    assert worker.get("run", 3, "pca") is not None
 
 
 def test_worker_keys_and_methods_are_separate(worker):

@@ -120,14 +120,17 @@ class ProjectionWorker:
     def submit(self, key: str, index: int, emb: np.ndarray, method: Method) -> None:
         """Ask for the layout of snapshot ``index`` of run ``key``; returns at once.
 
-        Older pending indices of the same (key, method) are dropped. Already computed or
-        already pending requests are ignored.
+        Older pending indices of the same (key, method) are dropped. Requests already
+        computed, being computed or pending are ignored (a page polling for a layout asks
+        again while the worker computes it).
         """
         if method not in METHODS:
             raise ValueError(f"The 'method' parameter must be one of {METHODS}. Got {method!r}.")
         slot = (key, method)
         with self._cond:
             if self._stopped or index in self._results.get(slot, {}):
+                return
+            if self._busy == (key, index, method):
                 return
             pending = self._pending.setdefault(slot, {})
             for old in [i for i in pending if i < index]:
