@@ -247,10 +247,10 @@ def news(run_id: str, view: RunView) -> FigureNews:
 
 def layout_wait(run_id: str, now: FigureNews) -> float | None:
     """Since when the page waits on the newest snapshot's layout (asked for here), or None."""
-    if not awaits_layout(now, view_method()):
+    method = view_method()
+    if not awaits_layout(now, method):
         return None
-    snap = load_snapshot(str(store.root), run_id, now[1])
-    submit_layout(worker, run_id, snap, view_method())
+    submit_layout(worker, run_id, load_snapshot(str(store.root), run_id, now[1]), method)
     return st.session_state.setdefault("view.waiting_since", time.monotonic())
 
 
