@@ -228,6 +228,32 @@ def test_worker_ignores_a_request_for_the_layout_it_is_computing(worker, monkeyp
     assert worker.get("run", 3, "pca") is not None
 
 
+def test_worker_ignores_a_request_already_pending(worker, monkeypatch):
+    """A second request for a pending index is ignored: its embedding is not copied again.
+
+    Catches a ``submit`` that replaces the pending request: here the second array differs, so
+    the layout would be computed from it (tried: the layout came from the second array).
+    """
+    started, release, real = threading.Event(), threading.Event(), worker._compute
+
+    def held_compute(key, method, emb):
+        if key == "busy":
+            started.set()
+            release.wait(10.0)
+        return real(key, method, emb)
+
+    monkeypatch.setattr(worker, "_compute", held_compute)
+    worker.submit("busy", 0, blobs(n=100), "pca")  # holds the worker while "run" is queued
+    assert started.wait(10.0)
+    first, second = blobs(n=100, seed=1), blobs(n=100, seed=2)
+    worker.submit("run", 5, first, "pca")
+    worker.submit("run", 5, second, "pca")  # asked again while pending
+    release.set()
+    assert worker.wait_idle(timeout=10.0)
+    got = worker.get("run", 5, "pca")
+    np.testing.assert_allclose(got, Projector("pca", seed=worker.seed).update(first), atol=1e-5)
+
+
 def test_worker_keys_and_methods_are_separate(worker):
     worker.submit("a", 0, blobs(n=60, dim=3), "direct")
     worker.submit("b", 0, blobs(n=60, dim=8), "pca")

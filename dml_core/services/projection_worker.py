@@ -128,11 +128,10 @@ class ProjectionWorker:
             raise ValueError(f"The 'method' parameter must be one of {METHODS}. Got {method!r}.")
         slot = (key, method)
         with self._cond:
-            if self._stopped or index in self._results.get(slot, {}):
-                return
-            if self._busy == (key, index, method):
-                return
+            computed = index in self._results.get(slot, {})
             pending = self._pending.setdefault(slot, {})
+            if self._stopped or computed or self._busy == (key, index, method) or index in pending:
+                return
             for old in [i for i in pending if i < index]:
                 del pending[old]
             pending[index] = np.array(emb, dtype=np.float32, copy=True)
