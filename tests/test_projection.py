@@ -254,6 +254,21 @@ def test_worker_ignores_a_request_already_pending(worker, monkeypatch):
     np.testing.assert_allclose(got, Projector("pca", seed=worker.seed).update(first), atol=1e-5)
 
 
+def test_an_ignored_request_leaves_the_worker_working(worker):
+    """A request that is ignored (here: already computed) queues nothing, not even an empty
+    slot: the worker's next job would be taken from it.
+
+    Catches a ``submit`` that creates the slot before deciding to ignore the request (tried:
+    the worker thread dies on ``max()`` of an empty queue and run "b" is never laid out).
+    """
+    worker.submit("a", 1, blobs(n=60), "pca")
+    assert worker.wait_idle(timeout=10.0)
+    worker.submit("a", 1, blobs(n=60), "pca")  # computed already: ignored
+    worker.submit("b", 0, blobs(n=60), "pca")
+    assert worker.wait_idle(timeout=10.0)
+    assert worker.get("b", 0, "pca", timeout=1.0) is not None
+
+
 def test_worker_keys_and_methods_are_separate(worker):
     worker.submit("a", 0, blobs(n=60, dim=3), "direct")
     worker.submit("b", 0, blobs(n=60, dim=8), "pca")

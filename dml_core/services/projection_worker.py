@@ -129,9 +129,10 @@ class ProjectionWorker:
         slot = (key, method)
         with self._cond:
             computed = index in self._results.get(slot, {})
-            pending = self._pending.setdefault(slot, {})
-            if self._stopped or computed or self._busy == (key, index, method) or index in pending:
+            queued = index in self._pending.get(slot, {})  # no empty slot left behind
+            if self._stopped or computed or queued or self._busy == (key, index, method):
                 return
+            pending = self._pending.setdefault(slot, {})
             for old in [i for i in pending if i < index]:
                 del pending[old]
             pending[index] = np.array(emb, dtype=np.float32, copy=True)
