@@ -1,12 +1,16 @@
 """Tests for dml_core.figures.live: each builder draws exactly the data it is given."""
 
+import copy
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
+from _plotly_utils import basevalidators
+from plotly.subplots import make_subplots
 
 from dml_core.figures import live as F
 from dml_core.figures import sphere as SF
@@ -62,6 +66,50 @@ def test_use_template_gives_the_named_template_a_copy_per_figure_and_validates_a
     assert pio.templates[S.TEMPLATE].layout.font.size is None
     with pytest.raises(ValueError, match="not_a_property"):  # validation is back on
         fast.update_layout(not_a_property=1)
+
+
+def two_panel_figure() -> go.Figure:
+    """A templated figure on a 2 x 1 subplot grid, as the loss profiles are built."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True)
+    fig.add_trace(go.Scatter(x=[0.0, 1.0], y=[2.0, 3.0], name="loss"), row=1, col=1)
+    fig.add_trace(go.Bar(x=[0.5], y=[1.0], marker_color="#d64545"), row=2, col=1)
+    return S.use_template(fig).update_layout(title="t", height=400, legend=S.LEGENDS["bottom"])
+
+
+def test_a_pickled_or_deep_copied_figure_is_the_figure_with_its_subplot_grid() -> None:
+    """What ``st.cache_data`` hands a page rerun is the cached figure, to the JSON sent.
+
+    Catches: a copy that loses its subplot grid (``add_trace(row=...)`` on it would raise) or
+    any property."""
+    fig = two_panel_figure()
+    for twin in (pickle.loads(pickle.dumps(fig)), copy.deepcopy(fig)):
+        assert twin.to_dict() == fig.to_dict()
+        assert json.loads(twin.to_json()) == json.loads(fig.to_json())
+        twin.add_trace(go.Scatter(x=[0.0], y=[1.0]), row=2, col=1)
+        assert twin.data[-1].yaxis == "y2"
+
+
+def test_unpickling_a_figure_validates_only_its_subplot_axes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Catches: copies rebuilt through ``go.Figure(dict)``, plotly's own ``__reduce__``, which
+    validates every property again, the whole template's included: 33-70 ms a figure on each
+    page rerun that reads a cached figure (the Train page reads six); that copy validates 163
+    properties of this figure's traces, layout and template. An unvalidated copy still has
+    plotly coerce its subplot axes (``_set_compound_prop``): six properties here."""
+    blob = pickle.dumps(two_panel_figure())
+    seen: list[str] = []
+    for leaf in ("Number", "Integer", "String", "Color", "Enumerated", "Boolean", "Flaglist"):
+        kind = getattr(basevalidators, leaf + "Validator")
+
+        def noted(self, v, *args, _validate=kind.validate_coerce, **kwargs):
+            seen.append(f"{self.parent_name}.{self.plotly_name}")
+            return _validate(self, v, *args, **kwargs)
+
+        monkeypatch.setattr(kind, "validate_coerce", noted)
+    assert pickle.loads(blob).layout.title.text == "t"
+    assert seen, "no property was seen: the spy is not in place"
+    assert all(name.startswith(("layout.xaxis", "layout.yaxis")) for name in seen), seen
 
 
 @pytest.mark.parametrize(("n", "kind"), [(1000, go.Scatter), (1001, go.Scattergl)])
