@@ -12,6 +12,7 @@ import pages.ui
 from dml_core.config import margin_link
 from dml_core.registry import LOSSES, MINERS
 from tests.page_apps import number_widget
+from tests.saved_runs import make_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,3 +151,33 @@ def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest
         want = loss_profile("triplet", params, "negative")
         assert curves, preview[0]["data"]
         assert curves[0]["y"] == pytest.approx(want.value.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("run_id", [None, "tiny-digits"])
+def test_a_rerun_sends_every_chart_unchanged(
+    run_id: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chart keeps its element id from the run that built its figure to the next rerun,
+    which reads the figure from the cache, so the browser keeps the chart as drawn (idle: the
+    loss preview; a saved run: the histogram, sphere, curves, alignment and rank figures).
+
+    Catches: a cached figure function that returns the figure it built, whose JSON orders its
+    properties otherwise than the cache's copies: Streamlit gave each such chart a new id,
+    and the browser drew it anew (a full ``newPlot``) on the first rerun after it was built.
+    """
+    make_tiny_run(tmp_path / "runs")
+    monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    if run_id:
+        at.query_params["run"] = run_id
+    try:
+        at.run()
+        built = [chart.proto.id for chart in at.get("plotly_chart")]
+        at.run()
+        assert not at.exception
+        assert [chart.proto.id for chart in at.get("plotly_chart")] == built
+        assert len(built) == (6 if run_id else 1)
+    finally:
+        _, manager, _ = pages.ui.services()
+        manager.stop_all()
