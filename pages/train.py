@@ -14,7 +14,7 @@ from dml_core.figures import diagnostics
 from dml_core.figures import live as figures
 from dml_core.figures import sphere as sphere_figures
 from dml_core.figures.live import SteadyAxes
-from dml_core.figures.style import as_cache_reads_it
+from dml_core.figures.style import as_cached
 from dml_core.metrics import METRIC_LABELS
 from dml_core.probe import collapse_advice, collapse_kind
 from dml_core.registry import LOSSES, MINERS
@@ -185,14 +185,14 @@ def snapshot_figures(runs_dir: str, run_id: str, step: int, axes: SteadyAxes) ->
         y_max=axes.sphere_top,
         trained_on_sphere=store.load(run_id).config.normalize,
     )
-    return as_cache_reads_it(hist), as_cache_reads_it(sphere)
+    return as_cached(hist), as_cached(sphere)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def curves(runs_dir: str, run_id: str, step: int, rows: int) -> object:
     """The whole run's curves with a marker at ``step`` (``rows`` keys new snapshots)."""
     fig = figures.curves_figure(store.history(run_id), uirevision=f"curves-{run_id}", marker_x=step)
-    return as_cache_reads_it(fig)
+    return as_cached(fig)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -205,7 +205,7 @@ def geometry_figures(runs_dir: str, run_id: str, step: int, rows: int) -> tuple:
         history, step, axes, uirevision=f"align-{run_id}"
     )
     rank = diagnostics.effective_rank_figure(history, dim, step, axes, uirevision=f"rank-{run_id}")
-    return as_cache_reads_it(path), as_cache_reads_it(rank)
+    return as_cached(path), as_cached(rank)
 
 
 def progress_line(run_id: str, view: RunView) -> None:

@@ -32,7 +32,7 @@ from dml_core.config import RunConfig, describe_config
 from dml_core.errors import ConfigError
 from dml_core.figures import losses as loss_figures
 from dml_core.figures import neighbours, thumbnails
-from dml_core.figures.style import as_cache_reads_it
+from dml_core.figures.style import as_cached
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.services import export
@@ -62,7 +62,7 @@ def hardest_triplets_figure(
         snap.probe_emb, snap.probe_labels, cfg, k, one_per_anchor=one_per_anchor
     )
     fig = thumbnails.triplet_strip_figure(hard, pictures, snap.probe_labels, run_class_names(cfg))
-    return as_cache_reads_it(fig)
+    return as_cached(fig)
 
 
 def render_hardest_triplets(runs_dir: str, run_id: str, step: int) -> None:
@@ -212,4 +212,4 @@ def preview_figure(loss: str, params_json: str) -> go.Figure | None:
     title = f"{profiles[0].label} on one pair"
     profiles = [replace(p, label=f"{p.axis} pair") for p in profiles]
     fig = loss_figures.profile_figure(profiles, title, uirevision="train-preview", height=460)
-    return as_cache_reads_it(fig)
+    return as_cached(fig)
