@@ -160,6 +160,7 @@ def test_a_rerun_sends_every_chart_unchanged(
     """Each chart keeps its element id from the run that built its figure to the next rerun,
     which reads the figure from the cache, so the browser keeps the chart as drawn (idle: the
     loss preview; a saved run: the histogram, sphere, curves, alignment and rank figures).
+    The projection is left out: it changes when its UMAP layout arrives between the runs.
 
     Catches: a cached figure function that returns the figure it built, whose JSON orders its
     properties otherwise than the cache's copies: Streamlit gave each such chart a new id,
@@ -171,13 +172,18 @@ def test_a_rerun_sends_every_chart_unchanged(
     at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
     if run_id:
         at.query_params["run"] = run_id
+
+    def chart_ids() -> list[str]:
+        ids = [chart.proto.id for chart in at.get("plotly_chart")]
+        return [i for i in ids if not i.endswith("-chart.embedding")]
+
     try:
         at.run()
-        built = [chart.proto.id for chart in at.get("plotly_chart")]
+        built = chart_ids()
         at.run()
         assert not at.exception
-        assert [chart.proto.id for chart in at.get("plotly_chart")] == built
-        assert len(built) == (6 if run_id else 1)
+        assert chart_ids() == built
+        assert len(built) == (5 if run_id else 1)
     finally:
         _, manager, _ = pages.ui.services()
         manager.stop_all()
