@@ -95,9 +95,8 @@ def _reduce_figure(fig: go.Figure) -> tuple:
     every property again, the whole template's included: 33-70 ms a figure here, 240 ms for
     the Train page's six figures on each rerun. The dict comes from a figure validated when it
     was built, so the copy skips that, as plotly does for its own templates: 2-7 ms. The copy
-    equals the figure, subplot grid included (carried as in plotly's ``__reduce__``); later
-    edits of the copy are not validated, but the same edits of the figure a cache miss returns
-    (the original) are.
+    equals the figure, subplot grid included (carried as in plotly's ``__reduce__``). Edits of
+    a copy are not validated: the pages show the figures they read from the cache as they are.
     """
     props = fig.to_dict()
     props["_grid_str"] = fig._grid_str
