@@ -14,13 +14,17 @@ References:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from dml_core.data import Dataset
-from dml_core.nets import Embedder
+from dml_core.nets import Embedder, build_net
 from dml_core.tuples import Triplets, all_triplets
+
+if TYPE_CHECKING:
+    from dml_core.train import Trainer
 
 MARGIN = 0.2  # alpha of the triplet loss and the semi-hard band, in A and B alike
 LR = 1e-3  # Adam's learning rate, in A and B alike
@@ -41,6 +45,19 @@ def enumerated_semi_hard(dist: Tensor, labels: Tensor, margin: float) -> Triplet
     d_an = dist[triplets.anchor, triplets.neg]  # (T,)
     keep = (d_an > d_ap) & (d_an < d_ap + margin)
     return Triplets(*(t[keep] for t in triplets))
+
+
+def baseline_net(trainer: Trainer) -> Embedder:
+    """A's net: ``trainer``'s initial weights in the net as ``nets.build_net`` makes it.
+
+    The layers in their own order (ReLU, then max-pool) and memory format (NCHW), as a user of
+    pytorch-metric-learning runs them. A copy of ``trainer.net`` would hand A two of B's
+    speed-ups: ``pool_before_relu`` swaps the trunk's layers in place, and channels_last.
+    """
+    cfg = trainer.cfg
+    net = build_net(cfg.net, trainer.data.input_shape, cfg.embedding_dim, cfg.normalize)
+    net.load_state_dict(trainer.net.state_dict())  # weights, pixel mean and std: the same start
+    return net.to(trainer.device)
 
 
 class ImageDataset(torch.utils.data.Dataset):

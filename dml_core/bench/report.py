@@ -107,7 +107,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("layouts, s: " + ", ".join(f"{k} {v}" for k, v in result["layouts"].items()))
     lines += verdict_lines(result)
     lines.append(f"ratio B / A (samples/s): {result['ratio']}")
-    if result["ratio_float32"] is not None:
+    if "dml_core_float32" in result["variants"]:
         lines.append(f"ratio B float32 / A (samples/s): {result['ratio_float32']}")
     return "\n".join(lines)
 
