@@ -13,7 +13,7 @@ Used by ``pages/train.py``:
   selection) marks that point's k nearest neighbours in the embedding.
 - ``shown_settings(cfg)``: the shown run's settings card, its equations, "Load these settings".
 - ``export_buttons(store, run_id)``: the shown run's downloads, each built only when clicked.
-- ``loss_preview(cfg)``: before a run, the chosen loss along one pair's distance.
+- ``loss_preview(cfg)``: before a run, the chosen loss as one pair's distance moves.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def shown_settings(cfg: RunConfig) -> None:
 
 
 def loss_preview(cfg: RunConfig) -> None:
-    """Before a run: the chosen loss along one pair's distance, at the sidebar's parameters.
+    """Before a run: the chosen loss as one pair's distance moves, at the sidebar's parameters.
 
     The Loss explorer's two profiles in one figure (the other distance held at its default),
     so a margin moved in the sidebar moves its boundary here at once. A loss without per-pair
@@ -194,7 +194,11 @@ def loss_preview(cfg: RunConfig) -> None:
     if fig is None:
         return
     st.plotly_chart(fig, key="chart.loss_preview")
-    st.caption("It follows the sidebar. The Loss explorer shows more: heat maps, two losses.")
+    st.caption(
+        "It follows the sidebar. Each curve moves one pair and holds the other at the "
+        "distance above the plot; with a loss made of pair terms, the held pair's term adds a "
+        "constant. The Loss explorer shows more: heat maps, two losses."
+    )
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -207,9 +211,9 @@ def preview_figure(loss: str, params_json: str) -> go.Figure | None:
         ]
     except (ConfigError, loss_curves.CurveUnavailableError):
         return None
-    # the title names the loss and its settings (the profiles' own label: ``setting_label``);
-    # the legend and the axes, the pair that varies
-    title = f"{profiles[0].label} on one pair"
+    # the title names the loss and its settings (the profiles' own label: ``setting_label``)
+    # and what is plotted; the legend and the axes, the pair that varies
+    title = f"{profiles[0].label}: one anchor, a positive and a negative"
     profiles = [replace(p, label=f"{p.axis} pair") for p in profiles]
     fig = loss_figures.profile_figure(profiles, title, uirevision="train-preview", height=460)
     return as_cached(fig)

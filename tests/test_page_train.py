@@ -144,7 +144,7 @@ def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest
         number_widget(train, "cfg.margin.triplet.semi_hard").set_value(margin).run()
         assert not train.exception
         specs = [json.loads(chart.proto.spec) for chart in train.get("plotly_chart")]
-        preview = [s for s in specs if "on one pair" in s["layout"]["title"]["text"]]
+        preview = [s for s in specs if "a positive and a negative" in s["layout"]["title"]["text"]]
         assert len(preview) == 1, [s["layout"]["title"]["text"] for s in specs]
         curves = [t for t in preview[0]["data"] if t.get("name") == "negative pair"]
         params = {**LOSSES["triplet"].params().model_dump(), link.loss_field: margin}
