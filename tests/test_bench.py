@@ -178,6 +178,31 @@ def test_bench_on_cuda_without_a_gpu_is_one_line_with_status_2(capsys) -> None:
     assert len(err.splitlines()) == 1
 
 
+DIGITS_SEED = {"dataset": "digits", "device": "cpu", "batch": 64, "steps": 4, "seed": 0}
+
+
+def start_of_race(monkeypatch, before_race=dict) -> dict:
+    """Run one digits seed of the benchmark (``DIGITS_SEED``) up to its timed race, and return
+    what the race would start from: each variant's trainer or loop by name, plus
+    ``before_race()``'s entries, taken at that moment."""
+    import torch
+
+    from dml_core.bench import run
+    from dml_core.data import load_dataset
+
+    started: dict[str, object] = {}
+
+    def timed(steppers, steps, device):
+        started.update(before_race())
+        started.update({n: s.__self__ for n, s in steppers.items()})
+        return dict.fromkeys(steppers, 1.0)
+
+    monkeypatch.setattr(run, "train_interleaved", timed)
+    every = torch.arange(50)
+    run._one_seed(load_dataset("digits"), DIGITS_SEED, torch.device("cpu"), every, every)
+    return started
+
+
 def test_each_variant_warms_up_on_a_throwaway_copy_before_timing(monkeypatch, no_verdict) -> None:
     """First-call costs (CUDA: lazy kernels, cuDNN's search) must not fall in timed steps."""
     import torch
@@ -196,22 +221,13 @@ def test_each_variant_warms_up_on_a_throwaway_copy_before_timing(monkeypatch, no
             return step(self)
 
         monkeypatch.setattr(cls, "train_step", counted)
-    timed_start: dict[str, object] = {}
-
-    def timed(steppers, steps, device):  # what the race would start from
-        timed_start.update(calls={k.__name__: v for k, v in calls.items()})
-        timed_start.update({n: s.__self__ for n, s in steppers.items()})
-        return dict.fromkeys(steppers, 1.0)
-
-    monkeypatch.setattr(run, "train_interleaved", timed)
-    data = load_dataset("digits")
-    args = {"dataset": "digits", "device": "cpu", "batch": 64, "steps": 4, "seed": 0}
-    every = torch.arange(50)
-    run._one_seed(data, args, torch.device("cpu"), every, every)
-    assert timed_start["calls"] == {"Trainer": run.WARM_UP_STEPS, "PMLLoop": run.WARM_UP_STEPS}
-    assert timed_start["dml_core"].step == 0  # the timed trainer itself starts untouched
-    fresh = run._make_trainer(data, **args)
-    for p, q in zip(timed_start["pml"].net.parameters(), fresh.net.parameters(), strict=True):
+    started = start_of_race(
+        monkeypatch, lambda: {"calls": {k.__name__: v for k, v in calls.items()}}
+    )
+    assert started["calls"] == {"Trainer": run.WARM_UP_STEPS, "PMLLoop": run.WARM_UP_STEPS}
+    assert started["dml_core"].step == 0  # the timed trainer itself starts untouched
+    fresh = run._make_trainer(load_dataset("digits"), **DIGITS_SEED)
+    for p, q in zip(started["pml"].net.parameters(), fresh.net.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
@@ -269,23 +285,13 @@ def test_a_trains_the_net_as_built_from_b_s_initial_weights(monkeypatch, no_verd
     """
     import torch
 
-    from dml_core.bench import run
     from dml_core.data import load_dataset
     from dml_core.nets import build_net
 
-    started: dict[str, object] = {}
-
-    def timed(steppers, steps, device):
-        started.update({n: s.__self__ for n, s in steppers.items()})
-        return dict.fromkeys(steppers, 1.0)
-
-    monkeypatch.setattr(run, "train_interleaved", timed)
-    data = load_dataset("digits")
-    args = {"dataset": "digits", "device": "cpu", "batch": 64, "steps": 4, "seed": 0}
-    every = torch.arange(50)
-    run._one_seed(data, args, torch.device("cpu"), every, every)
+    started = start_of_race(monkeypatch)
     a_net, b_net = started["pml"].net, started["dml_core"].net
-    as_built = build_net("convnet", data.input_shape, b_net.trunk[-1].out_features)
+    shape = load_dataset("digits").input_shape
+    as_built = build_net("convnet", shape, b_net.trunk[-1].out_features)
     assert [type(m) for m in a_net.trunk] == [type(m) for m in as_built.trunk]
     assert [type(m) for m in b_net.trunk] != [type(m) for m in as_built.trunk]  # B's swap
     for name, weight in a_net.named_parameters():
