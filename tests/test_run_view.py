@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from dml_core.config import make_config
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import JobManager, Phase
+from dml_core.services.progress import Progress
 from dml_core.services.projection_worker import ProjectionWorker
 from dml_core.services.run_view import (
     LAYOUT_WAIT_S,
@@ -126,6 +129,45 @@ def test_view_without_a_status_file(store: RunStore, manager: JobManager) -> Non
     assert not (view.can_stop)
 
 
+class OneJob:
+    """A job manager holding one job (or none), queued nowhere: what ``run_view`` asks."""
+
+    def __init__(self, job: object | None) -> None:
+        self.job = job
+
+    def get(self, run_id: str) -> object | None:
+        return self.job
+
+    def queue_position(self, run_id: str) -> int | None:
+        return None
+
+
+def test_a_live_view_shows_samples_per_s_as_steps_per_s_times_the_batch(store: RunStore) -> None:
+    """Catches: the speed shown as the job's steps/s (the batch left out: 32x too low here),
+    or the ETA not taken from the job."""
+    cfg = make_config(classes_per_batch=4, samples_per_class=8)  # 32 samples a step
+    run_id = store.create(cfg)
+    progress = Progress(
+        run_id, S.RUNNING, TRAINING, step=10, steps=300, samples_per_s=0.0, steps_per_s=5.0,
+        eta_s=58.0, phase_s=0.0, message="", device="CPU", snapshots=1,
+    )  # fmt: skip
+    job = types.SimpleNamespace(progress=lambda: progress, cfg=cfg)
+    view = run_view(store, OneJob(job), run_id)  # type: ignore[arg-type]
+    assert view.samples_per_s == pytest.approx(5.0 * 32)
+    assert view.eta_s == 58.0
+
+
+def test_a_run_another_live_process_evaluates_shows_its_final_evaluation(store: RunStore) -> None:
+    """A run trained by another process (the CLI, or another server) that is in its final
+    evaluation: the page says so, from disk. Catches: the on-disk phase ignored (the page
+    would say it trains, at step 300/300)."""
+    run_id = store.create(make_config(steps=300))
+    store.set_status(run_id, state=S.RUNNING, phase=EVALUATING, pid=os.getpid(), step=300)
+    view = run_view(store, OneJob(None), run_id)  # type: ignore[arg-type]
+    assert view.phase is EVALUATING
+    assert "final evaluation" in view.progress_text
+
+
 def wait_for_view(store: RunStore, manager: JobManager, run_id: str, predicate) -> RunView:
     end = time.monotonic() + 120
     while not predicate(view := run_view(store, manager, run_id)):
@@ -221,12 +263,14 @@ def test_redraw_due_paces_new_snapshots_by_the_draw_time_and_never_delays_a_new_
     long the last draw took, and news that never redraws."""
     drawn = (3, 30, 30, S.RUNNING)
     newer = (4, 40, 30, S.RUNNING)
-    at, took = 100.0, 4.0  # the last draw ended at t = 100 s and took 4 s
+    # the last draw ended at t = 100 s and took 3 x LIVE_REST_S (a loaded machine): longer
+    # than the least rest, so only a pacing that counts the draw's time waits this long
+    at, took = 100.0, 3 * LIVE_REST_S
     assert not redraw_due(drawn, drawn, at, took, at + 60)  # nothing new
     assert redraw_due(newer, None, 0.0, 0.0, at)  # nothing drawn yet
     assert not redraw_due(newer, drawn, at, took, at + 0.5)
-    assert not redraw_due(newer, drawn, at, took, at + 3.9)  # rested less than the draw took
-    assert redraw_due(newer, drawn, at, took, at + 4.0)
+    assert not redraw_due(newer, drawn, at, took, at + took - 0.1)  # rested less than it took
+    assert redraw_due(newer, drawn, at, took, at + took)
     # a quick draw: the least rest, longer while the run trains than for a late layout
     assert not redraw_due(newer, drawn, at, 0.1, at + LIVE_REST_S - 0.1)
     assert redraw_due(newer, drawn, at, 0.1, at + LIVE_REST_S)
