@@ -18,9 +18,13 @@ from dml_core.config import make_config
 from dml_core.data import load_dataset
 from dml_core.runs import RunStore
 from dml_core.services.export import (
+    _snapshots,
+    animation_figure,
     animation_gif,
     animation_html,
+    animation_layouts,
     chromium_path,
+    class_names_of,
     export_embeddings,
     export_main,
     export_metrics_csv,
@@ -28,6 +32,7 @@ from dml_core.services.export import (
     figure_html,
     figure_png,
     projector_zip,
+    sprite_image,
 )
 from dml_core.snapshot import make_probe_indices
 from tests.saved_runs import train_and_save
@@ -60,14 +65,11 @@ def test_projector_files(run: tuple[RunStore, str], tmp_path: Path) -> None:
     pbtxt = (tmp_path / "projector_config.pbtxt").read_text()
     cell = [int(v) for v in re.findall(r"single_image_dim: (\d+)", pbtxt)]
     assert cell == [24, 24]  # 8x8 digits enlarged 3x
-    for field in (
-        'tensor_path: "tensors.tsv"',
-        'metadata_path: "metadata.tsv"',
-        'image_path: "sprite.png"',
-        f"tensor_shape: {PROBE}",
-        "tensor_shape: 8",
-    ):
+    for field in ('tensor_path: "tensors.tsv"', 'metadata_path: "metadata.tsv"'):
         assert field in pbtxt
+    assert 'image_path: "sprite.png"' in pbtxt
+    # rows, then dimensions: TensorBoard reads the tensor's shape in this order
+    assert re.findall(r"tensor_shape: (\d+)", pbtxt) == [str(PROBE), "8"]
     sprite = Image.open(tmp_path / "sprite.png")
     grid = int(np.ceil(np.sqrt(PROBE)))
     assert sprite.size == (grid * 24, grid * 24)
@@ -80,6 +82,42 @@ def test_projector_files(run: tuple[RunStore, str], tmp_path: Path) -> None:
         cell_px = pixels[r * 24 : (r + 1) * 24 : 3, c * 24 : (c + 1) * 24 : 3]
         assert (cell_px == query.x.numpy()[idx[i], 0]).all()
     assert zipfile_names(projector_zip(store, run_id)) == set(files)
+
+
+def test_a_sprite_of_a_count_that_is_no_square_fills_its_grid_row_by_row() -> None:
+    """99 images (the probe sizes users pick are rarely squares) in a 10 x 10 grid; image 98
+    sits in row 9, column 8, and the last cell is padding. Catches: the grid's side rounded
+    down (9 x 9 cells cannot hold 99 images), or the images placed column by column."""
+    images = np.zeros((99, 8, 8), dtype=np.uint8)
+    images[98] = 255
+    sprite, cell = sprite_image(images)
+    assert (cell, sprite.size) == (24, (240, 240))
+    pixels = np.asarray(sprite)
+    assert (pixels[9 * 24 : 10 * 24, 8 * 24 : 9 * 24] == 255).all()  # image 98
+    assert pixels.sum() == 255 * 24 * 24  # nothing else lit, the 100th cell black
+
+
+def test_class_names_of_the_built_in_datasets() -> None:
+    """Catches: a misspelt dataset name in the lookup (FashionMNIST would export digits'
+    names "0".."9" as its class names)."""
+    fashion = class_names_of("fashion-mnist")
+    assert (fashion[0], fashion[9]) == ("T-shirt/top", "Ankle boot")
+    assert class_names_of("mnist") == tuple(str(i) for i in range(10))
+
+
+def test_each_animation_frame_shows_its_own_snapshot(run: tuple[RunStore, str]) -> None:
+    """Catches: every frame drawn from the first snapshot's layout (a still animation)."""
+    store, run_id = run
+    snaps = _snapshots(store, run_id)
+    fig = animation_figure(snaps, [str(i) for i in range(10)])
+    layouts = animation_layouts(snaps)
+    labels = snaps[0].probe_labels
+    first = int(np.unique(labels)[0])  # the first trace's class
+    assert len(fig.frames) == len(snaps) >= 3
+    assert not np.allclose(layouts[0], layouts[-1])
+    for frame, layout in zip(fig.frames, layouts, strict=True):
+        np.testing.assert_allclose(frame.data[0].x, layout[labels == first, 0])
+        np.testing.assert_allclose(frame.data[0].y, layout[labels == first, 1])
 
 
 def zipfile_names(data: bytes) -> set[str]:
