@@ -30,6 +30,8 @@ from dml_core.sweeps import (
     cell_results,
     missing_runs,
     parse_axis,
+    progress,
+    sweep_state,
 )
 from tests.user_data_files import gaussian_table, write_npz
 
@@ -125,6 +127,10 @@ def test_more_than_max_runs_needs_yes(capsys: pytest.CaptureFixture[str]) -> Non
     base = make_config(steps=6)
     sweep = build_sweep(base, [parse_axis(grid[1])], 2, yes=True)
     assert len(sweep.runs) == MAX_RUNS + 2
+    exactly = Axis(
+        name="lr", values=tuple(round(0.001 + i * 1e-5, 8) for i in range(MAX_RUNS // 2))
+    )
+    assert len(build_sweep(base, [exactly], 2).runs) == MAX_RUNS  # the bound itself: no --yes
 
 
 def test_one_margin_drives_loss_and_miner_unless_a_side_is_named() -> None:
@@ -257,3 +263,47 @@ def test_dead_driver_reads_incomplete(tmp_path: Path) -> None:
     assert sweeps.status(sweep.sweep_id)["state"] == SweepState.INCOMPLETE
     assert sweeps.load(sweep.sweep_id) == sweep
     assert sweeps.list() == [sweep.sweep_id]
+
+
+def test_a_parameter_that_one_of_the_swept_losses_lacks_is_refused_not_dropped() -> None:
+    """A loss axis of triplet and contrastive beside a ``neg_margin`` axis: the triplet cells
+    cannot take it. Catches: the parameter silently dropped where a loss lacks it (the
+    triplet cells would repeat one run per margin and read as a margin sweep)."""
+    axes = [
+        Axis(name="loss", values=("triplet", "contrastive")),
+        Axis(name="neg_margin", values=(0.5, 1.0)),
+    ]
+    with pytest.raises(ConfigError, match="neg_margin"):
+        build_sweep(make_config(miner="all"), axes, 1)
+
+
+def test_cells_count_only_finished_runs_and_a_stopped_run_keeps_the_sweep_open(
+    tmp_path: Path,
+) -> None:
+    """Three seeds of one cell: finished, failed, stopped at step 4 without a checkpoint.
+
+    Catches: a cell that counts every run as finished, a sweep read as finished while a
+    stopped run can still train, a progress table that loses the stopped run's step, and a
+    stopped run without a checkpoint "resumed" (it must train again from scratch).
+    """
+    store = RunStore(tmp_path)
+    sweep = build_sweep(make_config(steps=6), [], 3)
+    SweepStore(store).save(sweep)
+    done, failed, stopped = sweep.runs
+    for run, state, step in (
+        (done, RunState.FINISHED, 6),
+        (failed, RunState.FAILED, 6),
+        (stopped, RunState.STOPPED, 4),
+    ):
+        store.create(cell_config(sweep.base, sweep.cells[run.cell], run.seed), run.run_id)
+        metrics = {"map_at_r": 0.5, "precision_at_1": 0.7, "r_precision": 0.6}
+        store.set_status(run.run_id, state=state, step=step, final_metrics=metrics)
+    row = cell_results(store, sweep).iloc[0]
+    assert (row["runs"], row["finished"]) == (3, 1)
+    assert math.isnan(row["map_at_r_sd"])  # one finished run: no spread
+    assert sweep_state(store, sweep) is SweepState.INCOMPLETE
+    assert sweep_state(store, sweep, stopped=True) is SweepState.STOPPED
+    assert progress(store, sweep)["step"].tolist() == [6, 6, 4]
+    assert missing_runs(store, sweep) == [(stopped, False)]
+    store.save_checkpoint(stopped.run_id, {"step": 4})
+    assert missing_runs(store, sweep) == [(stopped, True)]
