@@ -140,6 +140,25 @@ def test_a_bad_value_is_one_message_naming_the_field_and_the_default_is_used(
     assert cfg.miner_params.get("margin", 0.2) == 0.2
 
 
+def test_a_bad_miner_margin_beside_a_loss_margin_falls_back_to_what_its_message_says() -> None:
+    """Catches: the miner's margin silently following the loss's (0.5) while the message says
+    that the default 0.2 is used."""
+    values, problems = query_to_settings({"loss.margin": "0.5", "miner.margin": "3"})
+    assert len(problems) == 1
+    assert "the default 0.2 is used" in problems[0]
+    assert (values["loss_params"]["margin"], values["miner_params"]["margin"]) == (0.5, 0.2)
+
+
+def test_a_bad_value_under_a_lesson_falls_back_to_the_lessons_value() -> None:
+    """The lesson's first run has 200 steps. Catches: a message naming the page's default
+    (300) while the lesson's 200 is used, or the run config's default used instead."""
+    assert lesson_configs(LESSONS["contrastive_vs_triplet"])[0].steps == 200
+    values, problems = query_to_settings({"lesson": "contrastive_vs_triplet", "steps": "abc"})
+    assert values["steps"] == 200
+    assert len(problems) == 1
+    assert "the default 200 is used" in problems[0]
+
+
 def test_both_bad_values_of_the_done_when_are_named() -> None:
     """Catches a reader that stops at the first bad value."""
     _, problems = query_to_settings({"loss.margin": "-5", "steps": "abc"})

@@ -288,7 +288,8 @@ def read_train_link(query: Mapping[str, str]) -> Link:
 
     ``lesson=KEY`` starts from the lesson's first run. With a shared margin
     (``config.margin_link``), the miner's margin follows the loss's unless the link names
-    ``miner.margin`` or the lesson keeps them apart.
+    ``miner.margin`` or the lesson keeps them apart. A bad ``miner.margin`` falls back to the
+    miner's default, as its message says, not to the loss's margin.
     """
     problems: list[str] = []
     base = None
@@ -306,7 +307,7 @@ def read_train_link(query: Mapping[str, str]) -> Link:
     params = read.params
     link = margin_link(read.values["loss"], read.values["miner"])
     linked = base is None or _is_linked(read.values, base.params)
-    if link is not None and linked and "miner.margin" not in read.used:
+    if link is not None and linked and "miner.margin" not in query:
         params["miner"]["margin"] = params["loss"][link.loss_field]
     values = read.values | {"loss_params": params["loss"], "miner_params": params["miner"]}
     return Link(values, {}, read.lock, read.hide, (*problems, *read.problems), read.used)
