@@ -11,6 +11,7 @@ from dml_core.analysis.batch_view import (
     UntrainedNet,
     draw_batch,
     mine_all,
+    miner_params,
     saved_run_margin,
 )
 from dml_core.config import make_config
@@ -280,3 +281,33 @@ def test_anchor_strip_caps_the_negatives_and_says_how_many_are_left() -> None:
         :limit
     ].tolist()
     assert any(f"{42 - limit} farther ones not shown" in a.text for a in fig.layout.annotations)
+
+
+def test_the_summary_means_are_those_of_each_miners_triplets(batch) -> None:
+    """Catches: mean d(a,p) and mean d(a,n) swapped in the table."""
+    result = mine_all(batch.emb, batch.labels, {"hard": {}}, margin=0.2)
+    row = result.summary().set_index("miner").loc["hard"]
+    a, p, n = result.selections["hard"].triplets
+    assert row["mean d(a,p)"] == pytest.approx(result.dist[a, p].mean())
+    assert row["mean d(a,n)"] == pytest.approx(result.dist[a, n].mean())
+
+
+def test_the_pages_margin_reaches_the_miner(batch) -> None:
+    """A margin of 0.05, below the miner's default of 0.2. Catches: the miner left at its
+    default, which picks negatives that are easy at 0.05."""
+    assert miner_params("semi_hard", {}, 0.05) == {"margin": 0.05}
+    result = mine_all(batch.emb, batch.labels, {"semi_hard": {}}, margin=0.05)
+    assert (result.selections["semi_hard"].kinds == SEMI_HARD).all()
+
+
+def test_the_batchs_images_and_labels_are_its_sampled_rows(batch) -> None:
+    """Catches: pictures taken from the first rows of the data instead of the sampled ones
+    (every thumbnail would show another sample than its point)."""
+    from dml_core.data import load_for_config
+    from dml_core.sampling import PKSampler
+    from dml_core.user_data.for_runs import thumbnails as tiles
+
+    data = load_for_config(make_config(dataset="digits", net="mlp", embedding_dim=16))
+    idx = PKSampler(data.train.y, 4, 5, 0).sample()
+    np.testing.assert_array_equal(batch.labels, data.train.y[idx].numpy())
+    np.testing.assert_array_equal(batch.images, tiles(data.train.x[idx]))

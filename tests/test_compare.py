@@ -213,3 +213,29 @@ def test_figures_share_axes_and_colours(runs) -> None:
     )
     assert curves.layout.xaxis.title.text == "wall time (s)"
     assert len(curves.data) == 2 * 3 + 3
+
+
+def test_an_aligned_layout_keeps_the_references_spread() -> None:
+    """Two unrelated embeddings: the second is rotated, shifted and scaled onto the first.
+    Catches: the scale inverted (size / target), which a rotated copy (ratio 1) cannot show."""
+    rng = np.random.default_rng(1)
+    first, second = compare.aligned_layouts([rng.normal(size=(100, 8)), rng.normal(size=(100, 8))])
+    centre = first.mean(axis=0)
+
+    def spread(layout: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((layout - centre) ** 2)))
+
+    assert spread(second) == pytest.approx(spread(first), rel=1e-9)
+
+
+def test_wall_time_and_throughput_are_the_runs_last_figures(
+    runs: tuple[RunStore, list[str]],
+) -> None:
+    """Catches: the wall time read from another row of the history than the last, and
+    samples/s computed upside down."""
+    store, ids = runs
+    table = compare.results_table(store, ids)
+    for i, run_id in enumerate(ids):
+        last = store.history(run_id).iloc[-1]
+        assert table.loc[i, "wall time (s)"] == pytest.approx(last["elapsed"])
+        assert table.loc[i, "samples/s"] == pytest.approx(last["samples_seen"] / last["elapsed"])

@@ -69,3 +69,13 @@ def test_density_concentrates_near_sqrt2() -> None:
     assert (
         abs(peaks[0] - math.sqrt(2)) > abs(peaks[1] - math.sqrt(2)) > abs(peaks[2] - math.sqrt(2))
     )
+
+
+def test_the_diagonal_is_exactly_zero_for_a_float32_batch() -> None:
+    """64 unit vectors in float32, as training has them: rounding leaves up to ~7e-4 on the
+    diagonal of a distance matrix. Catches: the diagonal not set to zero (a point at a
+    positive distance from itself, which the miners would see as a pair)."""
+    x = torch.nn.functional.normalize(
+        torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    )
+    assert (pairwise_distances(x).diagonal() == 0).all()

@@ -178,3 +178,38 @@ def test_embeddings_of_an_older_step_are_embedded_again(store: RunStore, index) 
     again = retrieval.build_index(store, "tiny-digits")
     np.testing.assert_allclose(again.query_emb, index.query_emb, atol=1e-6)
     assert store.embeddings_step("tiny-digits") == index.step  # saved again, current
+
+
+def test_neighbours_are_the_k_nearest_references_nearest_first(index) -> None:
+    """Catches: the nearest reference dropped (a slice that skips a "self" match, which a
+    query against other references does not have)."""
+    for q in (0, 17, len(index.query_emb) - 1):
+        full = np.linalg.norm(index.ref_emb - index.query_emb[q], axis=1)
+        found = retrieval.neighbours(index, q, 10)
+        np.testing.assert_allclose(found.distances, np.sort(full)[:10], atol=1e-5)
+
+
+def one_dimensional_index(query_labels, ref_labels, query=(0.0, 10.0, 20.0, 1.9)):
+    """A hand-made index on a line: references at 0.1, 10.1, 19, 1, 2, 3 (or fewer)."""
+    q = np.array(query, np.float32)[:, None]
+    ref = np.array([0.1, 10.1, 19.0, 1.0, 2.0, 3.0], np.float32)[: len(ref_labels), None]
+    return retrieval.RetrievalIndex("x", 0, q, np.array(query_labels), ref, np.array(ref_labels))
+
+
+def test_per_class_p_at_1_is_keyed_by_the_query_label() -> None:
+    """Labels 3, 5 and 7, as an open-set split has them. Catches: values keyed by the class's
+    position (0, 1, 2), which puts each class's P@1 under another class's name."""
+    index = one_dimensional_index([3, 7, 7, 5], [3, 7, 3, 9, 9, 9])
+    assert retrieval.per_class_precision_at_1(index) == {3: 1.0, 5: 0.0, 7: 0.5}
+
+
+def test_worst_queries_name_query_ids_when_some_queries_have_no_reference() -> None:
+    """Query 0 is of a class no reference has (R = 0: no AP). Catches: ids counted among the
+    queries that have one (query 2 reported as 1)."""
+    index = retrieval.RetrievalIndex(
+        "x", 0, np.array([[0.0], [0.0], [1.9]], np.float32), np.array([2, 0, 0]),
+        np.array([[1.0], [2.0], [3.0]], np.float32), np.array([0, 1, 0]),
+    )  # fmt: skip
+    worst, ap = retrieval.worst_queries(index, 1)
+    assert worst.tolist() == [2]
+    assert ap.tolist() == [0.25]

@@ -18,7 +18,7 @@ from dml_core.analysis.sphere import (
 from dml_core.figures import batch as batch_figures
 from dml_core.geometry import distance_density
 from dml_core.registry import MINERS
-from dml_core.tuples import Triplets, to_triplets, triplet_kinds
+from dml_core.tuples import EASY, SEMI_HARD, Triplets, to_triplets, triplet_kinds
 
 EXACT = ("semi_hard", "hard", "batch_hard")  # deterministic miners: grouping changes nothing
 
@@ -201,3 +201,22 @@ def test_a_batch_beyond_the_hard_cap_is_refused_before_anything_is_allocated() -
 def test_sphere_distances_are_budgeted() -> None:
     with pytest.raises(budgets.BudgetError, match="points"):
         sample_sphere_distances(3, 100_000, seed=0)
+
+
+def test_each_methods_kind_shares_are_those_of_its_triplets() -> None:
+    """Catches: the "non-zero loss" or "semi-hard" column filled from another kind's share
+    (only the "hard" column was checked)."""
+    comparison = sampling_comparison(16, 4, 5, seed=0, margin=0.3)
+    emb = uniform_sphere(20, 16, torch.Generator().manual_seed(0)).float()
+    labels = torch.arange(4).repeat_interleave(5)
+    table = comparison.table.set_index("method")
+    dist = torch.cdist(emb, emb)
+    for method in ("hard", "semi_hard"):
+        params = {"margin": 0.3} if method == "semi_hard" else {}
+        a, p, n = MINERS.create(method, **params)(emb, labels)
+        kinds = triplet_kinds(dist[a, p], dist[a, n], 0.3)
+        semi_hard = float((kinds == SEMI_HARD).float().mean())
+        assert table.loc[method, "semi-hard"] == pytest.approx(semi_hard)
+        assert table.loc[method, "non-zero loss"] == pytest.approx(
+            float((kinds != EASY).float().mean())
+        )

@@ -71,3 +71,29 @@ def test_evaluation_pairs_and_figures() -> None:
     assert roc.layout.xaxis.type == "log"
     hist = threshold_histogram_figure(pos, neg, v)
     assert len(hist.layout.shapes) == 2
+
+
+def test_tar_at_far_counts_a_far_exactly_at_the_target() -> None:
+    """1000 negatives at 1..1000: at threshold 10, FAR is exactly 10 / 1000 = 0.01, with
+    exactly the 10 false accepts the estimate needs. Catches: FAR < target instead of <=, and
+    a minimum of false accepts counted with <= instead of <."""
+    positives = np.r_[np.zeros(50), np.full(50, 10.0)]
+    v = verification(positives, np.arange(1, 1001.0), target_fars=(0.01,))
+    assert v.tar_at_far[0.01] == 1.0
+    assert v.threshold_at_far[0.01] == 10.0
+
+
+def test_the_eer_and_its_threshold_are_interpolated_where_far_and_frr_cross() -> None:
+    """FRR stays 1/3 while FAR rises from 0 to 1/2 between thresholds 2 and 2.5: they cross
+    at 1/3, two thirds of the way. Catches: the interpolation's weights swapped, or the
+    threshold taken at a grid point."""
+    v = verification(np.array([1.0, 2.0, 3.0]), np.array([2.5, 4.0]))
+    assert v.eer == pytest.approx(1 / 3)
+    assert v.eer_threshold == pytest.approx(2 + 0.5 * 2 / 3)
+
+
+def test_the_best_threshold_maximises_tar_minus_far() -> None:
+    """Youden's J = TAR - FAR. Catches: the best threshold taken where TAR is highest (it
+    would accept every pair)."""
+    v = verification(np.array([1.0, 1.0, 1.0, 10.0]), np.array([2.0, 3.0, 4.0, 5.0]))
+    assert (v.best_threshold, v.best_tar, v.best_far) == (1.0, 0.75, 0.0)
