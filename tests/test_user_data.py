@@ -305,3 +305,47 @@ def test_check_user_data_messages() -> None:
         check_user_data(_dataset([20, 9, 20]), 3, 16)
     with pytest.raises(ClassTooSmall, match=r"has 1 training sample, .* add samples to it"):
         check_user_data(_dataset([20, 1, 20]), 3, 2)
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    """Catches: 16-bit values clipped at 255 (every mid-grey 16-bit image would read white)."""
+    from PIL import Image
+
+    from dml_core.user_data.images import decode_image
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((28, 28), 32896, np.uint16)).save(path)  # 128 x 257
+    assert int(decode_image(str(path), 28, "gray").max()) == 128
+
+
+def test_transparency_is_laid_on_white(tmp_path: Path) -> None:
+    """Catches: a transparent background laid on black (a logo on transparency would turn
+    into a black square)."""
+    from PIL import Image
+
+    from dml_core.user_data.images import decode_image
+
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (28, 28), (0, 0, 0, 0)).save(path)
+    assert int(decode_image(str(path), 28, "gray").min()) == 255
+
+
+def test_a_tall_image_keeps_its_centred_square(tmp_path: Path) -> None:
+    """60 x 30 with a white top quarter, outside the centred 30 x 30 square. Catches: the crop
+    taken from the top (only a wide image was tested)."""
+    from PIL import Image
+
+    from dml_core.user_data.images import decode_image
+
+    pixels = np.zeros((60, 30), np.uint8)
+    pixels[:15] = 255
+    Image.fromarray(pixels).save(tmp_path / "tall.png")
+    assert int(decode_image(str(tmp_path / "tall.png"), 30, "gray").max()) == 0
+
+
+def test_the_test_share_of_a_class_is_rounded() -> None:
+    """Two classes of 8 with a 20% test share: 1.6 rounds to 2 test samples each. Catches: the
+    share truncated (1 each)."""
+    labels = np.repeat([0, 1], 8)
+    held = stratified_test_mask(labels, 0)
+    assert np.bincount(labels[held]).tolist() == [2, 2]
