@@ -199,11 +199,8 @@ for col, i, title in ((left, 0, "Positive pair"), (right, 1, "Negative pair")):
     )
     col.plotly_chart(fig, key=f"explorer.profile.{i}")
 st.caption(
-    "Each profile is the loss of one anchor with a positive and a negative: one distance moves, "
-    "the other is held (in the title). With a loss made of pair terms, such as the contrastive "
-    "loss, the held pair's term adds a constant. Dotted verticals: where a profile crosses the "
-    "loss's decision boundary. A flat gradient means pairs there no longer teach the network "
-    "anything."
+    f"{loss_curves.PROFILE_NOTE} Dotted verticals: where a profile crosses the loss's decision "
+    "boundary. A flat gradient means pairs there no longer teach the network anything."
 )
 
 st.subheader("Both pairs at once")

@@ -195,9 +195,8 @@ def loss_preview(cfg: RunConfig) -> None:
         return
     st.plotly_chart(fig, key="chart.loss_preview")
     st.caption(
-        "It follows the sidebar. Each curve moves one pair and holds the other at the "
-        "distance above the plot; with a loss made of pair terms, the held pair's term adds a "
-        "constant. The Loss explorer shows more: heat maps, two losses."
+        f"It follows the sidebar. {loss_curves.PROFILE_NOTE} The Loss explorer shows more: "
+        "heat maps, two losses."
     )
 
 

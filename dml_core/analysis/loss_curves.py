@@ -43,6 +43,12 @@ RANGES: dict[str, tuple[float, float]] = {"distance": (0.0, 2.0), "similarity": 
 # The other coordinate's default while one is varied: d(a,n) = 1 for the positive-pair
 # profile, d(a,p) = 0.5 for the negative-pair profile (distances on the unit sphere).
 DEFAULT_FIXED: dict[str, float] = {"positive": 1.0, "negative": 0.5}
+# What a profile plots, for the captions of the pages that draw profiles (Loss explorer, Train)
+PROFILE_NOTE = (
+    "Each curve is the loss of one anchor with a positive and a negative: one distance moves, "
+    "the other is held (its value is written above the plot). With a loss made of pair terms, "
+    "such as the contrastive loss, the held pair's term adds a constant."
+)
 S_MAX = 1.0 - 1e-9  # s = 1 is d = 0, where d(d)/ds is infinite; the last point sits just below
 
 
