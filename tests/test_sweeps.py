@@ -242,6 +242,40 @@ def test_resume_trains_only_missing_runs(
     assert cell_results(store, sweep)["finished"].tolist() == [2, 2]
 
 
+def test_a_run_interrupted_before_its_checkpoint_is_trained_again_from_a_clean_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A run killed after its first snapshots but before any checkpoint: --resume trains it
+    from step 0 in a fresh folder, and it ends as the uninterrupted run did.
+
+    Catches: the old folder kept (``SweepRunner._prepare`` not deleting it): the new training
+    writes the same files again, but what the kill left half-written (a temporary file of
+    ``runs.atomic_write_bytes``) would stay in the run's folder for good.
+    """
+    out = sweep_json(capsys, "--seeds", "1", "--runs", str(tmp_path))
+    store = RunStore(tmp_path)
+    sweep = SweepStore(store).load(out["sweep_id"])
+    (run_id,) = [r.run_id for r in sweep.runs]
+    want = store.history(run_id)
+    store.delete(run_id)  # the same run again, as a process killed at step 3 left it:
+    store.create(sweep.config(sweep.runs[0]), run_id)
+    halted = jobs.train_and_save(
+        sweep.config(sweep.runs[0]), store, run_id, control=lambda s: s < 3
+    )
+    assert halted is RunState.STOPPED
+    folder = store.path(run_id)
+    (folder / "checkpoint.pt").unlink()  # killed while the checkpoint was being written:
+    (folder / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    store.set_status(run_id, state=RunState.INTERRUPTED)
+    assert len(store.history(run_id)) == 2  # the rows of steps 0 and 3 are on disk
+    assert [(r.run_id, resume) for r, resume in missing_runs(store, sweep)] == [(run_id, False)]
+    again = sweep_json(capsys, "--resume", out["sweep_id"], "--runs", str(tmp_path), tiny=False)
+    assert [r["state"] for r in again["runs"]] == [RunState.FINISHED]
+    assert store.history(run_id)["step"].tolist() == want["step"].tolist() == [0, 3, 6]
+    assert sorted(p.name for p in folder.rglob("*.tmp")) == []
+    assert again["runs"][0]["map_at_r"] == out["runs"][0]["map_at_r"]
+
+
 def test_resume_refuses_new_settings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Catches --resume silently ignoring a changed grid (the saved one is what resumes)."""
     out = sweep_json(capsys, "--runs", str(tmp_path))
