@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from dml_core.bench.report import huge_pages_text
+from dml_core.bench.timing import huge_pages
 from dml_core.cli import main
 
 
@@ -45,6 +47,7 @@ def test_quick_bench_prints_one_json_object_with_the_promised_keys(capsys, tmp_p
     )
     assert "none" in result["ablation_ms_per_step"]
     assert {"cpu_count", "torch_threads", "device", "device_name"} <= result["machine"].keys()
+    assert result["machine"]["huge_pages"] == huge_pages()
     assert result["date"]
     assert result["command"].startswith("python -m dml_core")
     cli = result["time_to_verdict"]["cli"]  # a real `train --json` process, 30 steps
@@ -300,3 +303,39 @@ def test_a_trains_the_net_as_built_from_b_s_initial_weights(monkeypatch, no_verd
     assert a_state.keys() == b_state.keys()
     for key, value in a_state.items():
         torch.testing.assert_close(value, b_state[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("modes", "variable", "kernel", "text"),
+    [
+        (
+            "always [madvise] never\n",
+            None,
+            "madvise",
+            "; huge pages: madvise (torch's allocation off)",
+        ),
+        ("[always] madvise never\n", "1", "always", "; huge pages: always (torch's allocation on)"),
+        ("always madvise [never]\n", "0", "never", "; huge pages: never (torch's allocation off)"),
+        (None, "1", None, "; huge pages: none (torch's allocation on)"),
+    ],
+)
+def test_the_machine_says_whether_large_tensors_get_huge_pages(
+    monkeypatch, tmp_path, modes, variable, kernel, text
+) -> None:
+    """The kernel's mode is the bracketed word; torch's switch is on only for "1".
+
+    Catches: the first word read as the mode ("always" where the kernel says madvise), a
+    machine without the file failing the benchmark, and "0" reported as on. B / A moved from
+    1.63 to 1.35 with the switch on, so a result must say which way it was measured.
+    """
+    mode_file = tmp_path / "enabled"
+    if modes is not None:
+        mode_file.write_text(modes)
+    if variable is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", variable)
+    pages = huge_pages(mode_file)
+    assert pages == {"kernel": kernel, "torch_thp_alloc": variable}
+    assert huge_pages_text({"huge_pages": pages}) == text
+    assert huge_pages_text({}) == ""  # results saved before the benchmark reported them

@@ -46,6 +46,18 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def huge_pages_text(machine: dict[str, Any]) -> str:
+    """The machine's ``timing.huge_pages`` as text for its line, or "" for older results.
+
+    E.g. "; huge pages: madvise (torch's allocation off)".
+    """
+    pages = machine.get("huge_pages")
+    if pages is None:  # a result from before the benchmark reported them
+        return ""
+    torch_on = "on" if pages["torch_thp_alloc"] == "1" else "off"
+    return f"; huge pages: {pages['kernel'] or 'none'} (torch's allocation {torch_on})"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary printed by ``python -m dml_core bench``."""
     variants = result["variants"]
@@ -57,7 +69,7 @@ def format_table(result: dict[str, Any]) -> str:
     header += "".join(f"{'B / A' if n == 'dml_core' else 'B32 / A':>9}" for n in others)
     lines = [
         f"{result['command']}  ({result['date']}; {m['device_note']}, "
-        f"{m['cpu_count']} CPUs, load {m['load_average_before'][0]})",
+        f"{m['cpu_count']} CPUs, load {m['load_average_before'][0]}{huge_pages_text(m)})",
         "",
         f"{'':<26}{header}",
     ]
@@ -195,7 +207,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"`{result['command']}` on {machine['device_name']} ({machine['device']}; "
-        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads), "
+        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads"
+        f"{huge_pages_text(machine)}), "
         f"{result['date'][:10]}: {settings['dataset']}, "
         f"{settings['net']} D={settings['embedding_dim']}, {settings['samples']} training "
         f"samples per variant and seed, {settings['eval_queries']} test queries against "
