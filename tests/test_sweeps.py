@@ -23,6 +23,7 @@ from dml_core.sweep_cli import main
 from dml_core.sweeps import (
     MAX_RUNS,
     Axis,
+    Sweep,
     SweepState,
     SweepStore,
     build_sweep,
@@ -204,6 +205,19 @@ def test_the_json_state_is_the_final_one_even_when_its_write_is_slow(
     assert out["state"] == SweepState.FINISHED
 
 
+def train_again_until_stopped(store: RunStore, sweep: Sweep, index: int, at_step: int) -> None:
+    """Train run ``index`` of ``sweep`` again from scratch, stopped by its control at ``at_step``
+    (a checkpoint is written there, as at every stop)."""
+    run = sweep.runs[index]
+    store.delete(run.run_id)
+    store.create(sweep.config(run), run.run_id)
+    halted = jobs.train_and_save(
+        sweep.config(run), store, run.run_id, control=lambda step: step < at_step
+    )
+    assert halted is RunState.STOPPED
+    assert store.status(run.run_id)["step"] == at_step
+
+
 def test_resume_trains_only_missing_runs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -218,13 +232,7 @@ def test_resume_trains_only_missing_runs(
     sweep = SweepStore(store).load(out["sweep_id"])
     gone, stopped, *kept = [r.run_id for r in sweep.runs]
     store.delete(gone)
-    store.delete(stopped)  # trained again, stopped by its control at step 3
-    store.create(sweep.config(sweep.runs[1]), stopped)
-    halted = jobs.train_and_save(
-        sweep.config(sweep.runs[1]), store, stopped, control=lambda s: s < 3
-    )
-    assert halted is RunState.STOPPED
-    assert store.status(stopped)["step"] == 3
+    train_again_until_stopped(store, sweep, 1, at_step=3)
     snapshot_0 = store.path(stopped) / "snapshots" / "00000000.npz"
     before = {r: (store.path(r) / "status.json").stat().st_mtime_ns for r in kept}
     written = snapshot_0.stat().st_mtime_ns
@@ -257,12 +265,7 @@ def test_a_run_interrupted_before_its_checkpoint_is_trained_again_from_a_clean_f
     sweep = SweepStore(store).load(out["sweep_id"])
     (run_id,) = [r.run_id for r in sweep.runs]
     want = store.history(run_id)
-    store.delete(run_id)  # the same run again, as a process killed at step 3 left it:
-    store.create(sweep.config(sweep.runs[0]), run_id)
-    halted = jobs.train_and_save(
-        sweep.config(sweep.runs[0]), store, run_id, control=lambda s: s < 3
-    )
-    assert halted is RunState.STOPPED
+    train_again_until_stopped(store, sweep, 0, at_step=3)  # then as a kill at step 3 left it:
     folder = store.path(run_id)
     (folder / "checkpoint.pt").unlink()  # killed while the checkpoint was being written:
     (folder / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")

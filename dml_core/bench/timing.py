@@ -44,10 +44,10 @@ def huge_pages(mode_file: Path = THP_MODE) -> dict[str, str | None]:
     """Whether large CPU tensors can get transparent huge pages: the kernel's mode, torch's switch.
 
     At batch 256 the ConvNet's largest activations (256 x 64 x 24 x 24 floats, 37.7 MB) are
-    allocated afresh each step and page-faulted in 4 KiB at a time (26,000 minor faults per step
-    of B measured; 3,600 with huge pages). With
-    ``THP_MEM_ALLOC_ENABLE=1``, torch aligns allocations of 2 MB and more to huge pages, which
-    the kernel grants where its mode is ``madvise`` or ``always``. Measured on 2 AVX2 cores,
+    allocated afresh each step and page-faulted in 4 KiB at a time: 20,000-30,000 minor faults
+    per step of B were measured, about 3,600 with huge pages. With ``THP_MEM_ALLOC_ENABLE=1``,
+    torch aligns allocations of 2 MB and more to huge pages, which the kernel grants where its
+    mode is ``madvise`` or ``always``. Measured on 2 AVX2 cores,
     ``bench --quick`` once each way (notes of issue 14): A went from 451.5 to 658.5 samples/s
     and B from 735.1 to 886.9, so B / A fell from 1.63 to 1.35; the CLI's default run did not
     change. The benchmark reports both settings, so figures from two machines are compared
