@@ -394,7 +394,7 @@ def list_runs(runs_dir: str) -> int:
     return 0
 
 
-BENCH_COMMANDS = ("sweep", "app", "user-data", "metrics")  # bench NAME: dml_core.bench.NAME_speed
+BENCH_COMMANDS = ("sweep", "app", "sphere", "user-data", "metrics")  # dml_core.bench.NAME_speed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
