@@ -62,18 +62,21 @@ def test_cpu_groups_split_the_server_tree_from_the_rest() -> None:
     assert groups["browser"] < 0.5, groups
 
 
-def test_bench_app_is_a_command_of_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    """``python -m dml_core bench app`` reaches the app benchmark's own flags.
+@pytest.mark.parametrize("name", ["app", "sphere"])
+def test_the_benchmarks_that_drive_the_app_are_commands_of_the_cli(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m dml_core bench app`` (and ``bench sphere``) reach their own flags.
 
-    Catches the command not wired (``bench`` then rejects ``app`` with exit status 2).
+    Catches a command not wired (``bench`` then rejects it with exit status 2).
     """
     from dml_core import cli
 
     with pytest.raises(SystemExit) as leaving:
-        cli.main(["bench", "app", "--help"])
+        cli.main(["bench", name, "--help"])
     assert leaving.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m dml_core bench app")
+    assert out.startswith(f"usage: python -m dml_core bench {name}")
     assert "--steps" in out
 
 

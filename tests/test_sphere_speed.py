@@ -1,6 +1,7 @@
-"""``dml_core.bench.sphere_speed``: the command is wired, and peak memory is read from /proc.
+"""``dml_core.bench.sphere_speed``: peak memory is read from /proc.
 
-The scenario itself (a real server, two browser sessions) runs in
+The command's wiring is tested beside ``bench app``'s (``tests/test_app_speed.py``); the
+scenario itself (a real server, two browser sessions) runs in
 ``tests/e2e/test_sphere_budget.py``.
 """
 
@@ -9,21 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from dml_core.bench.sphere_speed import peak_rss_bytes
-
-
-def test_bench_sphere_is_a_command_of_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    """Catches the command not wired (``bench`` then rejects ``sphere`` with exit status 2)."""
-    from dml_core import cli
-
-    with pytest.raises(SystemExit) as leaving:
-        cli.main(["bench", "sphere", "--help"])
-    assert leaving.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("usage: python -m dml_core bench sphere")
-    assert "--steps" in out
 
 
 def test_peak_memory_is_the_high_water_mark_in_bytes() -> None:

@@ -191,11 +191,20 @@ def _choose(page: Any, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def _set_number(page: Any, label: str, value: int) -> None:
+def set_number(page: Any, label: str, value: int, timeout_ms: int = 60_000) -> None:
+    """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter.
+
+    While a rerun redraws the sidebar, the stale field and its replacement can both be on the
+    page for a moment; the value is typed once only one is left.
+    """
+    from playwright.sync_api import expect
+
     field = page.get_by_label(label, exact=True)
+    expect(field).to_have_count(1, timeout=timeout_ms)
     field.click()
     field.fill(str(value))
     field.press("Enter")
+    expect(field).to_have_value(str(value), timeout=timeout_ms)
 
 
 def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str, Any]:
@@ -218,8 +227,7 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
         page.locator("[data-testid='stRadio']", has_text="Net").get_by_text(
             cfg.net, exact=True
         ).click()
-        _set_number(page, "Steps", cfg.steps)
-        expect(page.get_by_label("Steps", exact=True)).to_have_value(str(cfg.steps))
+        set_number(page, "Steps", cfg.steps)
         expect(train).to_be_enabled(timeout=120_000)
         page.wait_for_timeout(1000)  # the last widget change has rerun the script
         _wait(lambda: _umap_settled(server_pid), "the UMAP worker's warm-up", every_s=0)
@@ -319,15 +327,25 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(dataset=args.dataset, net=args.net, steps=args.steps)
     with tempfile.TemporaryDirectory(prefix="dml-app-speed-") as tmp:
         result = run_app_speed(cfg, Path(tmp), args.timeout)
+    print_result(result, "python -m dml_core bench app", argv, args.out)
+    return 0
+
+
+def print_result(
+    result: dict[str, Any], command: str, argv: list[str] | None, out: str | None
+) -> None:
+    """Add the command line, the date and the CPU to ``result``; print it as JSON.
+
+    The JSON is also written to ``out`` when given.
+    """
     flags = sys.argv[1:] if argv is None else list(argv)
-    result["command"] = " ".join(["python -m dml_core bench app", *flags])
+    result["command"] = " ".join([command, *flags])
     result["date"] = time.strftime("%Y-%m-%d")
     result["cpu_name"] = cpu_name()
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ machine (2026-12-01: 14.2 s inside a full suite run, 2.7 and 3.8 s with the test
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -28,8 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dml_core.bench.app_speed import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_S, _wait, streamlit_server
-from dml_core.bench.timing import cpu_name
+from dml_core.bench.app_speed import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_S,
+    _wait,
+    print_result,
+    set_number,
+    streamlit_server,
+)
 from dml_core.runs import FINAL, RunState, RunStore
 
 ANSWER_TARGET_S = 10.0  # issue 19: the page answers (or refuses) within this, on 2 cores
@@ -47,18 +53,6 @@ def peak_rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
-def _set_number(page: Any, label: str, value: int) -> None:
-    """Type ``value`` into the number input ``label`` once the page shows one such field."""
-    from playwright.sync_api import expect
-
-    field = page.get_by_label(label, exact=True)
-    expect(field).to_have_count(1, timeout=LOAD_MS)
-    field.click()
-    field.fill(str(value))
-    field.press("Enter")
-    expect(field).to_have_value(str(value), timeout=LOAD_MS)
-
-
 def large_batch_beside_a_run(url: str, trainer: Any, page: Any, steps: int) -> dict[str, Any]:
     """Train on ``trainer`` (a page of its own session) while ``page`` asks for P = K = 32.
 
@@ -70,7 +64,7 @@ def large_batch_beside_a_run(url: str, trainer: Any, page: Any, steps: int) -> d
     trainer.goto(f"{url}/train", timeout=LOAD_MS)
     train = trainer.get_by_role("button", name=re.compile(r"^\W*Train$"))
     expect(train).to_be_enabled(timeout=LOAD_MS)
-    _set_number(trainer, "Steps", steps)
+    set_number(trainer, "Steps", steps)
     expect(train).to_be_enabled(timeout=LOAD_MS)
     train.click()
     trainer.wait_for_url(RUN_IN_URL, timeout=LOAD_MS)
@@ -78,9 +72,9 @@ def large_batch_beside_a_run(url: str, trainer: Any, page: Any, steps: int) -> d
 
     page.goto(f"{url}/sphere", timeout=LOAD_MS)
     expect(page.get_by_text("What each sampling method picks")).to_be_visible(timeout=LOAD_MS)
-    _set_number(page, "P classes", 32)
+    set_number(page, "P classes", 32)
     start = time.monotonic()
-    _set_number(page, "K per class", 32)
+    set_number(page, "K per class", 32)
     expect(page.get_by_text(ANSWER).first).to_be_visible(timeout=LOAD_MS)
     return {"run_id": run_id, "answer_s": time.monotonic() - start}
 
@@ -130,14 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dml-sphere-speed-") as tmp:
         result = run_sphere_speed(args.steps, Path(tmp))
-    flags = sys.argv[1:] if argv is None else list(argv)
-    result["command"] = " ".join(["python -m dml_core bench sphere", *flags])
-    result["date"] = time.strftime("%Y-%m-%d")
-    result["cpu_name"] = cpu_name()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_result(result, "python -m dml_core bench sphere", argv, args.out)
     return 0
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+# one way to fill a number field, shared with the benchmarks that drive the app
+from dml_core.bench.app_speed import set_number as set_number
+
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Screenshots refresh the README's pictures in assets/ only when asked (DML_REFRESH_ASSETS=1);
 # otherwise they go to a temporary folder, so a test run leaves the checkout untouched.
@@ -177,20 +180,6 @@ def choose_containing(page: Page, label: str, text: str) -> None:
     box.press_sequentially(text)
     page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
     expect(box).to_have_value(re.compile(re.escape(text)), timeout=LOAD_TIMEOUT_MS)
-
-
-def set_number(page: Page, label: str, value: int) -> None:
-    """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter.
-
-    While a rerun redraws the sidebar, the stale field and its replacement can both be on the
-    page for a moment; the value is typed once only one is left.
-    """
-    field = page.get_by_label(label, exact=True)
-    expect(field).to_have_count(1, timeout=LOAD_TIMEOUT_MS)
-    field.click()
-    field.fill(str(value))
-    field.press("Enter")
-    expect(field).to_have_value(str(value), timeout=LOAD_TIMEOUT_MS)
 
 
 def train_button(page: Page):
