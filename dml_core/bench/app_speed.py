@@ -191,6 +191,11 @@ def _choose(page: Any, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def train_button(page: Any) -> Any:
+    """The Train page's Train button (its label carries an icon before the word)."""
+    return page.get_by_role("button", name=re.compile(r"^\W*Train$"))
+
+
 def set_number(page: Any, label: str, value: int, timeout_ms: int = 60_000) -> None:
     """Type ``value`` into the Streamlit number input ``label`` and commit it with Enter.
 
@@ -221,7 +226,7 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1900})
         page.goto(f"{url}/train", timeout=120_000)
-        train = page.get_by_role("button", name=re.compile(r"^\W*Train$"))
+        train = train_button(page)
         expect(train).to_be_enabled(timeout=120_000)
         _choose(page, "Dataset", cfg.dataset)
         page.locator("[data-testid='stRadio']", has_text="Net").get_by_text(

@@ -35,6 +35,7 @@ from dml_core.bench.app_speed import (
     print_result,
     set_number,
     streamlit_server,
+    train_button,
 )
 from dml_core.runs import FINAL, RunState, RunStore
 
@@ -62,7 +63,7 @@ def large_batch_beside_a_run(url: str, trainer: Any, page: Any, steps: int) -> d
     from playwright.sync_api import expect
 
     trainer.goto(f"{url}/train", timeout=LOAD_MS)
-    train = trainer.get_by_role("button", name=re.compile(r"^\W*Train$"))
+    train = train_button(trainer)
     expect(train).to_be_enabled(timeout=LOAD_MS)
     set_number(trainer, "Steps", steps)
     expect(train).to_be_enabled(timeout=LOAD_MS)
@@ -87,7 +88,7 @@ def wait_for_run_end(runs_dir: Path, run_id: str, timeout_s: float = TIMEOUT_S) 
         return store.status(run_id).get("state") in FINAL
 
     _wait(ended, f"run {run_id} to end", timeout_s, 0.5)
-    return RunState(store.status(run_id)["state"])
+    return store.status(run_id)["state"]  # read as a RunState
 
 
 def run_sphere_speed(steps: int, workdir: Path) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from pathlib import Path
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-# one way to fill a number field, shared with the benchmarks that drive the app
+# one way to fill a number field and to find Train, shared with the benchmarks that drive the app
 from dml_core.bench.app_speed import set_number as set_number
+from dml_core.bench.app_speed import train_button as train_button
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Screenshots refresh the README's pictures in assets/ only when asked (DML_REFRESH_ASSETS=1);
@@ -180,10 +181,6 @@ def choose_containing(page: Page, label: str, text: str) -> None:
     box.press_sequentially(text)
     page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
     expect(box).to_have_value(re.compile(re.escape(text)), timeout=LOAD_TIMEOUT_MS)
-
-
-def train_button(page: Page):
-    return page.get_by_role("button", name=re.compile(r"^\W*Train$"))
 
 
 def progress_text(page: Page) -> str:
