@@ -49,7 +49,7 @@ from dml_core.bench.verdict import cli_parts, verdict_entry
 from dml_core.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = "/usr/bin/chromium"  # Debian's; the e2e tests launch it with the same flags
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -59,6 +59,7 @@ CHROMIUM_ARGS = [
 ]
 TICKS = os.sysconf("SC_CLK_TCK")
 TIMEOUT_S = 900.0  # a bound on each wait, not a measurement
+RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")  # the run id a page shows, in its address
 
 
 def free_port() -> int:
@@ -77,7 +78,13 @@ def healthy(url: str) -> bool:
         return False
 
 
-def _wait(predicate: Any, what: str, timeout_s: float = TIMEOUT_S, every_s: float = 0.1) -> None:
+def wait_until(
+    predicate: Any, what: str, timeout_s: float = TIMEOUT_S, every_s: float = 0.1
+) -> None:
+    """Poll ``predicate`` until it is truthy, or raise TimeoutError naming ``what``.
+
+    ``timeout_s`` bounds the wait; it is not a measurement. The e2e tests wait with it too.
+    """
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -170,7 +177,7 @@ def streamlit_server(runs: Path, log: Path) -> Iterator[tuple[str, int]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait(lambda: proc.poll() is not None or healthy(url), "the server", 120, 0.25)
+        wait_until(lambda: proc.poll() is not None or healthy(url), "the server", 120, 0.25)
         if proc.poll() is not None:
             raise RuntimeError(f"streamlit exited: {log.read_text()[-2000:]}")
         yield url, proc.pid
@@ -235,11 +242,11 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
         set_number(page, "Steps", cfg.steps)
         expect(train).to_be_enabled(timeout=120_000)
         page.wait_for_timeout(1000)  # the last widget change has rerun the script
-        _wait(lambda: _umap_settled(server_pid), "the UMAP worker's warm-up", every_s=0)
+        wait_until(lambda: _umap_settled(server_pid), "the UMAP worker's warm-up", every_s=0)
         cpu_before = cpu_by_group(server_pid)
         clicked, clicked_at = time.perf_counter(), time.time()
         train.click()
-        _wait(lambda: any(runs.iterdir()), "the run's folder")
+        wait_until(lambda: any(runs.iterdir()), "the run's folder")
         run_dir = next(runs.iterdir())
         # Not expect(): on each poll that fails, Playwright's expect renders an ARIA snapshot of
         # the whole page (for its failure message); waiting out a run that way cost Chromium

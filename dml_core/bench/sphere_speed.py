@@ -30,18 +30,18 @@ from typing import Any
 from dml_core.bench.app_speed import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    RUN_IN_URL,
     TIMEOUT_S,
-    _wait,
     print_result,
     set_number,
     streamlit_server,
     train_button,
+    wait_until,
 )
 from dml_core.runs import FINAL, RunState, RunStore
 
 ANSWER_TARGET_S = 10.0  # issue 19: the page answers (or refuses) within this, on 2 cores
 PEAK_TARGET_BYTES = 3 * 1024**3  # ... and the server stays under this much resident memory
-RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")
 ANSWER = re.compile(r"The batch has 1024 points|would need about")
 LOAD_MS = 60_000  # a bound on each page wait, not a measurement
 
@@ -87,7 +87,7 @@ def wait_for_run_end(runs_dir: Path, run_id: str, timeout_s: float = TIMEOUT_S) 
     def ended() -> bool:
         return store.status(run_id).get("state") in FINAL
 
-    _wait(ended, f"run {run_id} to end", timeout_s, 0.5)
+    wait_until(ended, f"run {run_id} to end", timeout_s, 0.5)
     return store.status(run_id)["state"]  # read as a RunState
 
 

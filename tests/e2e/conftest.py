@@ -18,18 +18,10 @@ import pytest
 from e2e_util import WAIT_MS, new_context
 from playwright.sync_api import expect
 
-from dml_core.bench.app_speed import free_port, healthy
+from dml_core.bench.app_speed import CHROMIUM, CHROMIUM_ARGS, free_port, healthy
 from dml_core.runs import ACTIVE
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 HEALTH_TIMEOUT_S = 60.0
 LEFTOVER_STOP_S = 120.0  # a leftover run in its final evaluation cannot be stopped: it ends
 

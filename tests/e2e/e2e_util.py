@@ -15,9 +15,12 @@ from pathlib import Path
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-# one way to fill a number field and to find Train, shared with the benchmarks that drive the app
+# one way to fill a number field, find Train, read a run id and wait, shared with the benchmarks
+# that drive the app
+from dml_core.bench.app_speed import RUN_IN_URL as RUN_IN_URL
 from dml_core.bench.app_speed import set_number as set_number
 from dml_core.bench.app_speed import train_button as train_button
+from dml_core.bench.app_speed import wait_until as wait_until
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Screenshots refresh the README's pictures in assets/ only when asked (DML_REFRESH_ASSETS=1);
@@ -198,14 +201,6 @@ def run_status(runs_dir: Path, run_id: str) -> dict:
         return json.loads((runs_dir / run_id / "status.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def wait_healthy(url: str, within_s: float = 30.0) -> float:

@@ -13,6 +13,7 @@ import re
 import pytest
 from e2e_util import (
     LOAD_TIMEOUT_MS,
+    RUN_IN_URL,
     assert_no_exception,
     choose,
     expect_title,
@@ -29,7 +30,6 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.e2e
 
 FIGURE_TIMEOUT_MS = 180_000
-RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")
 
 
 def test_a_label_free_run_shows_its_views_and_its_geometry(page: Page, server) -> None:

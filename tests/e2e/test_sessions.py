@@ -16,6 +16,7 @@ import time
 import pytest
 from e2e_util import (
     LOAD_TIMEOUT_MS,
+    RUN_IN_URL,
     assert_no_exception,
     expect_title,
     new_context,
@@ -37,7 +38,6 @@ MAX_RUNNING = 2  # the job manager's default cap on CPU (1 on a GPU: still <= 2)
 BUDGET_S = 360  # all five runs must have finished by then
 VIEWPORT = {"width": 1280, "height": 900}
 QUEUED = re.compile(r"queued \(position (\d+) in the queue\)")
-RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")
 BAD = ("failed", "diverged", "stopped", "interrupted")
 
 

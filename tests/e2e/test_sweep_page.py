@@ -128,7 +128,7 @@ def define_and_launch(page: Page, server, steps: int, every: int, second_axis: b
         choose(page, "Axis 2", "lr")
         set_values(page, "lr", "0.001, 0.003")
     page.get_by_role("button", name=re.compile(r"Launch sweep")).click()
-    wait_until(lambda: sweep_ids(server) - before, 60, "the sweep to be saved")
+    wait_until(lambda: sweep_ids(server) - before, "the sweep to be saved", 60)
     (sweep_id,) = sweep_ids(server) - before
     expect(page.get_by_text(sweep_id).first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
     return sweep_id
@@ -153,8 +153,8 @@ def started(browser, server, request: pytest.FixtureRequest) -> Iterator[list[st
                 page.get_by_role("button", name=re.compile(r"Stop sweep")).click()
                 wait_until(
                     lambda s=sweep_id: set(states(server, s)) <= FINAL,
-                    STOP_TIMEOUT_S,
                     f"the runs of {sweep_id} to stop at teardown",
+                    STOP_TIMEOUT_S,
                 )
             finally:
                 context.close()
@@ -179,13 +179,13 @@ def test_a_2x2_grid_with_2_seeds_finishes_and_its_heatmap_matches_its_runs(
     assert len(ids) == 8
     wait_until(
         lambda: states(server, sweep_id) == ["finished"] * 8,
-        SWEEP_TIMEOUT_S,
         "all 8 runs to finish",
+        SWEEP_TIMEOUT_S,
     )
     wait_until(
         lambda: sweep_file(server, sweep_id, "status.json").get("state") == "finished",
-        60,
         "the sweep to read finished",
+        60,
     )
     # The run store, read here: each cell's final MAP@R over its two seeds.
     sweep = sweep_file(server, sweep_id, "sweep.json")
@@ -203,7 +203,7 @@ def test_a_2x2_grid_with_2_seeds_finishes_and_its_heatmap_matches_its_runs(
         return drawn if drawn and drawn["runs"] == [[2, 2], [2, 2]] else None
 
     wait_figures(page, r"^Mean MAP@R per cell", timeout_ms=LOAD_TIMEOUT_MS)
-    wait_until(heatmap, 60, "every heatmap cell to show its mean")
+    wait_until(heatmap, "every heatmap cell to show its mean", 60)
     drawn = heatmap()
     assert drawn["y"] == ["0.1", "0.3"]  # margin down
     assert drawn["x"] == ["0.001", "0.003"]  # lr across
@@ -229,7 +229,7 @@ def test_a_2x2_grid_with_2_seeds_finishes_and_its_heatmap_matches_its_runs(
             shown.update(rows)
         return len(finished) == 8
 
-    wait_until(table_done, 60, "the table's 8 finished rows")
+    wait_until(table_done, "the table's 8 finished rows", 60)
     assert sorted(shown) == sorted(ids)
     for run in sweep["runs"]:
         final = run_status(server.runs_dir, run["run_id"])["final_metrics"]["map_at_r"]
@@ -272,15 +272,15 @@ def test_stop_ends_every_run_of_a_running_sweep(page: Page, server, started: lis
     def training() -> list[str]:
         return [r for r in ids if run_status(server.runs_dir, r).get("step", 0) >= 20]
 
-    wait_until(training, SWEEP_TIMEOUT_S, "a run to train 20 steps")
+    wait_until(training, "a run to train 20 steps", SWEEP_TIMEOUT_S)
     stop = page.get_by_role("button", name=re.compile(r"Stop sweep"))
     expect(stop).to_be_visible(timeout=LOAD_TIMEOUT_MS)
     stop.click()
-    wait_until(lambda: set(states(server, sweep_id)) <= FINAL, STOP_TIMEOUT_S, "every run to end")
+    wait_until(lambda: set(states(server, sweep_id)) <= FINAL, "every run to end", STOP_TIMEOUT_S)
     wait_until(
         lambda: sweep_file(server, sweep_id, "status.json").get("state") == "stopped",
-        60,
         "the sweep to read stopped",
+        60,
     )
     statuses = [run_status(server.runs_dir, r) for r in ids]
     assert {s["state"] for s in statuses} == {"stopped"}, statuses

@@ -13,6 +13,7 @@ import re
 import pytest
 from e2e_util import (
     LOAD_TIMEOUT_MS,
+    RUN_IN_URL,
     assert_no_exception,
     expect_title,
     open_app,
@@ -26,7 +27,6 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.e2e
 
 FIGURE_TIMEOUT_MS = 180_000
-RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")
 HIST_RANGES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
     .filter(e => e._fullLayout && /Positive and negative pair distances/.test(
         String((e.layout.title && e.layout.title.text) || '')))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from e2e_util import (
     LOAD_TIMEOUT_MS,
+    RUN_IN_URL,
     assert_no_exception,
     choose_containing,
     expect_title,
@@ -33,7 +34,6 @@ from tests.user_data_files import SHAPES, write_shapes, zip_folder
 pytestmark = pytest.mark.e2e
 
 FIGURE_TIMEOUT_MS = 180_000
-RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")
 
 
 def test_an_uploaded_image_folder_trains_with_its_own_classes(
