@@ -17,6 +17,7 @@ from dml_core.services.lessons import (
     latest_lesson_runs,
     lesson_configs,
     lesson_run_ids,
+    lesson_runs_active,
     load_results,
 )
 from pages.ui import POLL_OTHERS_S, STATE_ICONS, open_in_compare, services, use_app_navigation
@@ -117,6 +118,7 @@ def lesson_panel(lesson: Lesson) -> None:
     with left:
         if st.button("Run this lesson", key=f"lesson.run.{lesson.key}", type="primary", icon="▶️"):
             launch(lesson)
+            st.rerun()  # the whole page, which now refreshes while the runs train
         st.markdown("**Open**")
         for page in lesson.pages:
             link(page, PAGE_TITLES.get(page, (page,))[0])
@@ -129,9 +131,10 @@ def lesson_panel(lesson: Lesson) -> None:
         runs_panel(lesson)
 
 
-@st.fragment(run_every=POLL_OTHERS_S)
-def lessons() -> None:
-    """Every lesson in an expander; refreshed every few seconds while runs train."""
+def lessons(live: bool) -> None:
+    """Every lesson in an expander; refreshed every few seconds while ``live`` (runs train)."""
+    if live and not lesson_runs_active(store):
+        st.rerun()  # the last run ended: draw its verdict once more, then stop refreshing
     for lesson in LESSONS.values():
         with st.expander(lesson.title):
             lesson_panel(lesson)
@@ -143,4 +146,5 @@ st.markdown(
     "what to look for, and checks the paper's claim on the finished runs. The runs are "
     f"normal saved runs; they train in the background, {manager.max_running} at a time."
 )
-lessons()
+live = lesson_runs_active(store)
+st.fragment(run_every=POLL_OTHERS_S if live else None)(lessons)(live)

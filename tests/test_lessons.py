@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dml_core.runs import RunStore
+from dml_core.runs import RunState, RunStore
 from dml_core.services.lesson_checks import RunResult, class_angles, hard_triplet_share
 from dml_core.services.lessons import (
     LESSONS,
@@ -18,6 +18,8 @@ from dml_core.services.lessons import (
     evaluate,
     latest_lesson_runs,
     lesson_configs,
+    lesson_run_ids,
+    lesson_runs_active,
     load_results,
     run_lesson,
 )
@@ -188,3 +190,30 @@ def test_hard_triplet_share_counts_every_triplet() -> None:
             hard += np.linalg.norm(emb[a] - emb[n]) < np.linalg.norm(emb[a] - emb[p])
     assert 0 < hard < total
     assert hard_triplet_share(_snapshot(emb, labels)) == pytest.approx(hard / total, abs=1e-12)
+
+
+def test_lesson_runs_active_reads_each_lessons_newest_launch_only(tmp_path: Path) -> None:
+    """What keeps the Lessons page refreshing: an active run in a lesson's newest launch.
+
+    Catches (each tried): a check that always says yes (the page polled forever), one that
+    reads every launch instead of the newest (an older launch's run keeps it polling), one
+    that counts only RUNNING (a queued or paused lesson run would not refresh the page), and
+    one that counts runs that belong to no lesson.
+    """
+    store = RunStore(tmp_path)
+    lesson = LESSONS["histogram_overlap"]
+    assert not lesson_runs_active(store)
+    store.set_status(store.create(lesson_configs(lesson)[0], "my-run"), state=RunState.RUNNING)
+    assert not lesson_runs_active(store)  # not a lesson's run
+    older, newer = (
+        lesson_run_ids(lesson, stamp) for stamp in ("20261130-090000", "20261201-090000")
+    )
+    for run_id, cfg in zip(older, lesson_configs(lesson), strict=True):
+        store.create(cfg, run_id)  # queued, by this (living) process
+    assert lesson_runs_active(store)
+    for run_id, cfg in zip(newer, lesson_configs(lesson), strict=True):
+        store.create(cfg, run_id)
+        store.set_status(run_id, state=RunState.FINISHED)
+    assert not lesson_runs_active(store)  # the older launch is no longer the one shown
+    store.set_status(newer[-1], state=RunState.PAUSED)
+    assert lesson_runs_active(store)
