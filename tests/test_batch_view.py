@@ -18,6 +18,7 @@ from dml_core.config import make_config
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
 from dml_core.figures import thumbnails
+from dml_core.figures.images import pixels
 from dml_core.figures.style import CLASS_COLORS, NEGATIVE_COLOR, POSITIVE_COLOR
 from dml_core.registry import MINERS
 from dml_core.runs import RunStore
@@ -225,7 +226,7 @@ def test_drawing_a_batch_leaves_the_global_generator_alone() -> None:
 
 def tile_pixels(fig, tile: dict, shape: tuple[int, int]) -> np.ndarray:
     """The image drawn in one tile of a thumbnail strip, back at the dataset's size (H, W)."""
-    z = np.asarray(fig.data[0].z)  # (height, width, 3)
+    z = pixels(fig.data[0])  # (height, width, 3), decoded from the PNG drawn
     h, w = shape
     factor = max(1, thumbnails.TILE // max(h, w))
     pad = thumbnails.FRAME + thumbnails.INSET

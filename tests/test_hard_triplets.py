@@ -9,6 +9,7 @@ import torch
 from dml_core.analysis import hard_triplets as ht
 from dml_core.analysis.hard_triplets import hardest_triplets, loss_boundary
 from dml_core.config import make_config
+from dml_core.figures.images import pixels
 from dml_core.tuples import HARD, SEMI_HARD
 
 
@@ -214,7 +215,7 @@ def test_triplet_strip_shows_each_triplet_as_its_images_with_its_numbers() -> No
     fig = thumbnails.triplet_strip_figure(hard, pictures, labels, ["zero", "one", "two"])
     tiles = fig.layout.meta["tiles"]
     assert [t["role"] for t in tiles] == ["anchor", "positive", "negative"] * 5
-    z = np.asarray(fig.data[0].z)  # (height, width, 3)
+    z = pixels(fig.data[0])  # (height, width, 3), decoded from the PNG drawn
     pad = thumbnails.FRAME + thumbnails.INSET
     factor = thumbnails.TILE // 8
     for t in tiles:

@@ -1,6 +1,5 @@
 """AppTests of pages/train_extras: the hardest-triplets strip, the layout caption, the click."""
 
-import base64
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from dml_core.analysis.layout_quality import layout_quality, true_neighbours
 from dml_core.analysis.retrieval import images, probe_query_indices
 from dml_core.data import load_dataset
 from dml_core.figures import thumbnails
+from dml_core.figures.images import pixels
 from dml_core.projection import project
 from tests.saved_runs import make_tiny_run
 
@@ -60,15 +60,6 @@ def open_extras(runs: Path, click_key: str = "test.click") -> tuple[AppTest, int
     return at, step
 
 
-def decoded(array: dict | list) -> np.ndarray:
-    """A plotly array of the spec: a nested list, or typed ``{dtype, bdata, shape}``."""
-    if not isinstance(array, dict):
-        return np.asarray(array)
-    flat = np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
-    shape = [int(s) for s in str(array.get("shape", len(flat))).split(",")]
-    return flat.reshape(shape)
-
-
 def chart(at: AppTest, key: str) -> dict:
     (found,) = [el for el in at.get("plotly_chart") if el.proto.id.endswith(f"-{key}")]
     return json.loads(found.proto.spec)
@@ -93,7 +84,7 @@ def test_the_strip_is_off_until_asked_then_shows_the_snapshot_hardest_triplets(r
     assert [t["index"] for t in tiles if t["role"] == "anchor"] == hard.anchor.tolist()
     data = load_dataset(cfg.dataset, cfg.split)
     probe_images = images(data.query, probe_query_indices(cfg, data))  # (n, 8, 8)
-    z = decoded(strip["data"][0]["z"])  # (height, width, 3)
+    z = pixels(strip["data"][0])  # (height, width, 3), the PNG the page sent
     pad, factor = thumbnails.FRAME + thumbnails.INSET, thumbnails.TILE // 8
     for t in tiles:
         top, left = int(t["y"]) + pad, int(t["x"]) + pad

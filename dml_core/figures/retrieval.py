@@ -32,6 +32,7 @@ from dml_core.analysis.retrieval import (
 from dml_core.analysis.verification import Verification
 from dml_core.data import Dataset
 from dml_core.figures import live, style
+from dml_core.figures.images import image_trace
 from dml_core.metrics import METRIC_LABELS, pair_overlap
 
 WRONG_COLOR = style.NEGATIVE_COLOR
@@ -62,7 +63,7 @@ def _frame(fig: go.Figure, col: int, shape: tuple[int, int], color: str, width: 
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
-    """A grey uint8 image (H, W) as RGB (H, W, 3) for ``go.Image``."""
+    """A grey uint8 image (H, W) as RGB (H, W, 3) for ``image_trace``."""
     grey = np.asarray(image, dtype=np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3)
 
@@ -110,10 +111,10 @@ def neighbour_strip_figure(
         rows=1, cols=k + 1, subplot_titles=titles, horizontal_spacing=0.012 if k > 8 else 0.02
     )
     shape = np.asarray(query_image).shape
-    fig.add_trace(go.Image(z=_rgb(query_image), hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(image_trace(_rgb(query_image), hoverinfo="skip"), row=1, col=1)
     _frame(fig, 1, shape, QUERY_COLOR, 4)
     for i in range(k):
-        fig.add_trace(go.Image(z=_rgb(images[i]), hoverinfo="skip"), row=1, col=i + 2)
+        fig.add_trace(image_trace(_rgb(images[i]), hoverinfo="skip"), row=1, col=i + 2)
         wrong = not bool(correct[i])
         _frame(fig, i + 2, shape, WRONG_COLOR if wrong else RIGHT_COLOR, 5 if wrong else 1.5)
     fig.update_xaxes(visible=False)

@@ -1,10 +1,11 @@
 """Image strips of mined tuples: what "hard" looks like, as the dataset's own pictures.
 
 Pure functions: analysis results and (n, H, W) uint8 images in, ``go.Figure`` out. Each strip
-is one ``go.Image`` of tiles composed here (the images enlarged by an integer factor, nearest
-neighbour, so pixels stay sharp), with captions as annotations below each tile. Encodings
-follow ``figures.batch``: a green frame is a positive, red a negative, dark the anchor; a
-negative's kind is written with its shape mark (○ easy, ◇ semi-hard, × hard), never a colour.
+is one ``go.Image`` (a PNG: ``figures.images``) of tiles composed here (the images enlarged by
+an integer factor, nearest neighbour, so pixels stay sharp), with captions as annotations below
+each tile. Encodings follow ``figures.batch``: a green frame is a positive, red a negative,
+dark the anchor; a negative's kind is written with its shape mark (○ easy, ◇ semi-hard,
+× hard), never a colour.
 The tiles' data is in ``layout.meta["tiles"]`` (role, index, distance, kind, and the tile's
 top-left corner x, y in image pixels), in the order drawn, so tests can read what is shown.
 
@@ -25,6 +26,7 @@ import plotly.graph_objects as go
 from dml_core.analysis.batch_view import AnchorView, Batch
 from dml_core.analysis.hard_triplets import HardTriplets
 from dml_core.figures.batch import KIND_MARKS
+from dml_core.figures.images import image_trace
 from dml_core.figures.style import NEGATIVE_COLOR, POSITIVE_COLOR, TITLE_POSITION, use_template
 from dml_core.tuples import TRIPLET_KINDS
 
@@ -87,7 +89,7 @@ def _figure(
 ) -> go.Figure:
     """The composed tiles as one image, captions below each, headings at (x, y)."""
     width, height = size
-    fig = go.Figure(go.Image(z=_compose(tiles, width, height), hoverinfo="skip"))
+    fig = go.Figure(image_trace(_compose(tiles, width, height), hoverinfo="skip"))
     side = TILE + 2 * (FRAME + INSET)
     notes = [
         {"x": t.x + side / 2, "y": t.y + side + 2, "text": t.caption, "yanchor": "top"}

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dml_core.figures import style
+from dml_core.figures.images import image_trace
 
 TITLE = "What the net is asked to match: two random views of each image"
 PAIR_GAP = 1 / 2
@@ -55,7 +56,7 @@ def views_strip_figure(
     """
     mosaic = views_mosaic(pairs)
     n, _, h, w = np.asarray(pairs).shape
-    fig = go.Figure(go.Image(z=mosaic, hoverinfo="skip"))
+    fig = go.Figure(image_trace(mosaic, hoverinfo="skip"))
     view_gap = max(1, round(h * VIEW_GAP))
     pair_width = 2 * w + view_gap + max(2, round(h * PAIR_GAP))
     for i in range(n):
