@@ -5,9 +5,9 @@ converts them one by one into a canvas; given ``source``, a PNG data URI, the br
 the picture itself. Measured on the Miner view (its anchor strip is 1,000 × 697 pixels) in
 headless Chromium on 2 cores: as ``z``, 11.4 MB over the websocket and 10.7-12.4 browser CPU-s
 per open, the strip drawn after 9-10 s; as a PNG, 0.16 MB, 5.1-7.3 CPU-s and 3.9-5.9 s.
-PNG is lossless, so ``pixels`` gives back exactly what was drawn
-(the tests read the tiles with it). Unsmoothed (plotly's ``zsmooth=False``, the default), the
-enlarged pictures stay sharp at any chart width.
+PNG is lossless, so ``pixels`` gives back exactly what was drawn (the tests read the tiles
+with it). Unsmoothed (plotly's ``zsmooth=False``, the default), the enlarged pictures stay
+sharp at any chart width.
 """
 
 from __future__ import annotations
