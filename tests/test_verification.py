@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from dml_core.analysis.verification import evaluation_pairs, verification
-from dml_core.figures.retrieval import roc_figure, threshold_histogram_figure
+from dml_core.figures.retrieval import (
+    ROC_CELLS,
+    drawn_vertices,
+    roc_figure,
+    threshold_histogram_figure,
+)
 
 
 def test_perfectly_separated_pairs() -> None:
@@ -97,3 +102,41 @@ def test_the_best_threshold_maximises_tar_minus_far() -> None:
     would accept every pair)."""
     v = verification(np.array([1.0, 1.0, 1.0, 10.0]), np.array([2.0, 3.0, 4.0, 5.0]))
     assert (v.best_threshold, v.best_tar, v.best_far) == (1.0, 0.75, 0.0)
+
+
+def test_the_roc_is_drawn_within_a_thousandth_of_each_axis_of_every_vertex() -> None:
+    """An ROC of 400k pairs (about 200k vertices) is drawn through at most 2,001 of them, first
+    to last, each a true vertex with its own threshold, and every vertex lies within √2 / 1000
+    of the drawn line in the plotted units (log FAR over the axis, TAR).
+
+    Catches (each tried): every vertex sent (the Retrieval page sent 11 MB for one ROC), cells
+    on a linear FAR axis (the flat run to the corner, spread out by the log axis, would be cut
+    to one diagonal line), and a grid too coarse.
+    """
+    rng = np.random.default_rng(0)
+    # half the positives tie at d = 0.5: TAR jumps to 0.5 at FAR = 1e-4, a corner that the log
+    # axis shows wide (the curve runs flat to it from FAR = 3e-6)
+    positives = np.r_[np.full(50_000, 0.5), rng.normal(1.0, 0.3, 50_000)]
+    v = verification(positives, rng.normal(1.6, 0.3, 300_000))
+    keep = v.far > 0
+    far, tar, thresholds = v.far[keep], v.tar[keep], v.thresholds[keep]
+    assert far.size > 100_000
+    roc = roc_figure(v)
+    low = 10 ** roc.layout.xaxis.range[0]
+    drawn = drawn_vertices(far, tar, low)
+    curve = roc.data[1]
+    x, y, t = (np.asarray(a, dtype=float) for a in (curve.x, curve.y, curve.customdata))
+    assert 2 < x.size <= 2 * ROC_CELLS + 1
+    np.testing.assert_array_equal(far[drawn], x)  # the figure draws these vertices, as they are
+    np.testing.assert_array_equal(tar[drawn], y)
+    np.testing.assert_array_equal(thresholds[drawn], t)
+    assert drawn[0] == 0
+    assert drawn[-1] == far.size - 1
+
+    u, w = (np.log10(far) - np.log10(low)) / -np.log10(low), tar  # plotted units, axes span 1
+    seg = np.clip(np.searchsorted(drawn, np.arange(far.size), side="right") - 1, 0, drawn.size - 2)
+    a, b = drawn[seg], drawn[seg + 1]  # the drawn segment over each vertex
+    du, dw = u[b] - u[a], w[b] - w[a]
+    s = np.clip(((u - u[a]) * du + (w - w[a]) * dw) / np.maximum(du**2 + dw**2, 1e-300), 0, 1)
+    gap = np.hypot(u - (u[a] + s * du), w - (w[a] + s * dw))
+    assert gap.max() < np.sqrt(2) / ROC_CELLS
