@@ -351,6 +351,11 @@ def thread_nices():
     return out
 
 
+def thread_policies():
+    """Scheduling policy of every thread of this process."""
+    return [os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")]
+
+
 if __name__ == "__main__":
     import threadpoolctl
     from dml_core.services.projection_worker import umap_pool
@@ -359,6 +364,7 @@ if __name__ == "__main__":
     info = {{
         "pid": pool.submit(os.getpid).result(),
         "nices": pool.submit(thread_nices).result(),
+        "policies": pool.submit(thread_policies).result(),
         "numba": pool.submit(os.getenv, "NUMBA_NUM_THREADS").result(),
         "pools": pool.submit(threadpoolctl.threadpool_info).result(),
     }}
@@ -383,8 +389,9 @@ def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) 
     """The server's UMAP subprocess: lower priority on every thread, one thread, no orphan.
 
     Catches: no ``os.nice`` (nice 0); only the calling thread reniced (BLAS threads started
-    at numpy's import stay at 0); numba or BLAS left at the core count; a worker that
-    outlives a killed server (a pool worker waits on its queue forever).
+    at numpy's import stay at 0); no ``SCHED_IDLE``, or on the calling thread only (both
+    tried); numba or BLAS left at the core count; a worker that outlives a killed server (a
+    pool worker waits on its queue forever).
     """
     script, out, log = tmp_path / "umap_child.py", tmp_path / "info.json", tmp_path / "log"
     script.write_text(UMAP_CHILD.format(root=str(ROOT)))
@@ -396,6 +403,7 @@ def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) 
     info = json.loads(out.read_text())
     assert info["nices"]
     assert set(info["nices"]) == {UMAP_NICE}, info["nices"]
+    assert set(info["policies"]) == {os.SCHED_IDLE}, info["policies"]
     assert info["numba"] == "1"
     assert info["pools"]
     assert {p["num_threads"] for p in info["pools"]} == {1}, info["pools"]
