@@ -389,9 +389,9 @@ def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) 
     """The server's UMAP subprocess: lower priority on every thread, one thread, no orphan.
 
     Catches: no ``os.nice`` (nice 0); only the calling thread reniced (BLAS threads started
-    at numpy's import stay at 0); no ``SCHED_IDLE``, or on the calling thread only (both
-    tried); numba or BLAS left at the core count; a worker that outlives a killed server (a
-    pool worker waits on its queue forever).
+    at numpy's import stay at 0); ``SCHED_IDLE`` (layouts starve on a busy machine: see
+    ``UMAP_NICE``); numba or BLAS left at the core count; a worker that
+    outlives a killed server (a pool worker waits on its queue forever).
     """
     script, out, log = tmp_path / "umap_child.py", tmp_path / "info.json", tmp_path / "log"
     script.write_text(UMAP_CHILD.format(root=str(ROOT)))
@@ -403,7 +403,7 @@ def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) 
     info = json.loads(out.read_text())
     assert info["nices"]
     assert set(info["nices"]) == {UMAP_NICE}, info["nices"]
-    assert set(info["policies"]) == {os.SCHED_IDLE}, info["policies"]
+    assert set(info["policies"]) == {os.SCHED_OTHER}, info["policies"]  # never starved
     assert info["numba"] == "1"
     assert info["pools"]
     assert {p["num_threads"] for p in info["pools"]} == {1}, info["pools"]

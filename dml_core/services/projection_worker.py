@@ -4,9 +4,9 @@ A daemon thread (with UMAP in a spawned subprocess inside a server) takes the ne
 each run and drops stale ones, so the pages never compute UMAP themselves and a slow layout
 never queues up behind the live view.
 
-The UMAP subprocess yields to training (``umap_pool``): it runs at the lowest priority
-(nice 19, ``SCHED_IDLE`` on Linux) with one thread, so on 2 cores a layout takes what
-training leaves instead of half the machine, and it ends with the server that started it.
+The UMAP subprocess yields to training (``umap_pool``): it runs at a lower priority with one
+thread, so on 2 cores a layout takes what training leaves instead of half the machine, and it
+ends with the server that started it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ COMPILING = "starting UMAP (first fit of this server)"
 WORKING = "working"
 IDLE = "idle"
 UMAP_NICE = 19  # CFS weight 15 against 1024 at nice 0: training gets ~98.5% of a shared core
-# ... and, on Linux, the SCHED_IDLE policy (weight 3, and preempted by any normal thread that
-# wakes): bench app on 2 cores (AVX-512 EPYC), in-app/CLI samples/s 0.785 and 0.767 against
-# 0.691 and 0.712 at nice 19 alone, run alternately. Nice still applies where it is missing.
-UMAP_POLICY = getattr(os, "SCHED_IDLE", None)
+# Not SCHED_IDLE (weight 3: next to nothing while other work is runnable), tried 2026-12-01 on
+# a 2-core AVX-512 EPYC: the app trained at 0.735-0.785 of the CLI instead of 0.676-0.749, but
+# beside two CPU-bound processes the e2e test waiting for a finished run's UMAP timed out after
+# 180 s, where nice 19 alone passed in 109 s. A busy classroom server would show PCA for ever.
 THREAD_VARIABLES = (
     "NUMBA_NUM_THREADS",
     "OMP_NUM_THREADS",
@@ -50,10 +50,8 @@ def _exit_with_parent(sentinel: int) -> None:
 def yield_to_training() -> None:
     """Set up the UMAP subprocess (its pool's initializer) to take only what training leaves.
 
-    - Priority: ``os.nice(UMAP_NICE)`` and the ``SCHED_IDLE`` policy for every thread of the
-      process (Linux keeps both per thread; threads started later inherit the caller's). A
-      nice-19 thread still ran beside training often enough to stall its two OpenMP threads:
-      a parallel region ends with its slower thread.
+    - Priority: ``os.nice(UMAP_NICE)`` for every thread of the process (Linux keeps a nice
+      value per thread; threads started later inherit the caller's).
     - One thread: numba reads ``NUMBA_NUM_THREADS`` when it is first imported, which happens
       later, in the first UMAP fit; BLAS and OpenMP, loaded with numpy already, are capped
       through threadpoolctl.
@@ -67,9 +65,6 @@ def yield_to_training() -> None:
     for tid in os.listdir(tasks) if tasks.is_dir() else ():
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, int(tid), os.getpriority(os.PRIO_PROCESS, 0))
-        if UMAP_POLICY is not None:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(int(tid), UMAP_POLICY, os.sched_param(0))
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     threadpoolctl.threadpool_limits(1)
