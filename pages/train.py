@@ -26,6 +26,7 @@ from dml_core.services.run_view import (
     redraw_due,
     run_view,
 )
+from pages.live_chart import live_chart
 from pages.train_extras import (
     export_buttons,
     loss_preview,
@@ -322,19 +323,19 @@ def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) 
         names = run_class_names(record.config)
         pending = embedding_view(worker, str(store.root), run_id, snap, names)
     with right:
-        st.plotly_chart(hist, key="chart.hist")
+        live_chart(hist, "chart.hist")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(sphere, key="chart.sphere")
+        live_chart(sphere, "chart.sphere")
     with right:
         fig = curves(str(store.root), run_id, snap.step, len(steps_saved))
-        st.plotly_chart(fig, key="chart.curves")
+        live_chart(fig, "chart.curves")
     path, rank = geometry_figures(str(store.root), run_id, snap.step, len(steps_saved))
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(path, key="chart.align_uniform")
+        live_chart(path, "chart.align_uniform")
     with right:
-        st.plotly_chart(rank, key="chart.rank")
+        live_chart(rank, "chart.rank")
     st.caption(
         "Alignment: how close same-class points sit; uniformity: how evenly all points cover "
         "the sphere (Wang & Isola, ICML 2020, Fig. 1). Effective rank (Roy & Vetterli 2007): "

@@ -36,6 +36,7 @@ from dml_core.figures.style import as_cached
 from dml_core.registry import LOSSES, MINERS
 from dml_core.runs import RunStore
 from dml_core.services import export
+from pages.live_chart import live_chart
 from pages.train_settings import load_settings
 from pages.ui import describe, load_snapshot, run_class_names
 
@@ -187,13 +188,14 @@ def loss_preview(cfg: RunConfig) -> None:
 
     The Loss explorer's two profiles in one figure (the other distance held at its default),
     so a margin moved in the sidebar moves its boundary here at once. A loss without per-pair
-    curves shows none. The page also has its charting code loaded before Train is pressed,
-    instead of in the middle of the run's first live draw.
+    curves shows none. A live chart, as the run's figures are: the page also has their
+    plotly.js loaded before Train is pressed, instead of in the middle of the run's first
+    live draw, and a moved margin redraws the preview in place.
     """
     fig = preview_figure(cfg.loss, json.dumps(cfg.loss_params, sort_keys=True))
     if fig is None:
         return
-    st.plotly_chart(fig, key="chart.loss_preview")
+    live_chart(fig, "chart.loss_preview")
     st.caption(
         f"It follows the sidebar. {loss_curves.PROFILE_NOTE} The Loss explorer shows more: "
         "heat maps, two losses."

@@ -14,6 +14,7 @@ from dml_core.figures import live as figures
 from dml_core.projection import project
 from dml_core.services.projection_worker import IDLE, ProjectionWorker, status_text
 from dml_core.snapshot import Snapshot
+from pages.live_chart import live_chart
 from pages.train_extras import layout_quality_caption, show_true_neighbours
 from pages.ui import load_snapshot
 
@@ -66,7 +67,7 @@ def embedding_view(
         diagnostics.add_class_weights(fig, weights, snap.class_weight_labels, class_names)
     if current:  # a click marks that point's true neighbours in the embedding
         show_true_neighbours(fig, points, snap.probe_emb, "chart.embedding")
-    st.plotly_chart(fig, key="chart.embedding", on_select="rerun", selection_mode="points")
+    live_chart(fig, "chart.embedding", selectable=True)
     if current and points.shape[1] == 2:
         st.caption(layout_quality_caption(run_id, snap.step, name, snap.probe_emb, points))
     return pending

@@ -3,6 +3,7 @@ number widget by key."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,3 +36,19 @@ def number_widget(at: AppTest, key: str):
     """The one slider or number input with this key (registry parameters are either)."""
     (widget,) = [w for kind in ("slider", "number_input") for w in at.get(kind) if w.key == key]
     return widget
+
+
+def live_charts(at: AppTest) -> dict[str, dict]:
+    """The figures the page drew with ``pages.live_chart``, by key (their ``data`` parsed)."""
+    found = {}
+    for element in at.get("bidi_component"):
+        if element.proto.component_name == "dml_live_chart":
+            data = json.loads(element.proto.json)
+            found[element.proto.id.rsplit("-", 1)[-1]] = {**data, "spec": json.loads(data["spec"])}
+    return found
+
+
+def figure_specs(at: AppTest) -> list[dict]:
+    """Every plotly figure on the page, drawn by ``st.plotly_chart`` or as a live chart."""
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    return specs + [chart["spec"] for chart in live_charts(at).values()]

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 import pages.ui
 from dml_core.config import margin_link
 from dml_core.registry import LOSSES, MINERS
-from tests.page_apps import number_widget
+from tests.page_apps import figure_specs, live_charts, number_widget
 from tests.saved_runs import make_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,8 +112,7 @@ def test_train_starts_a_background_run_and_shows_live_figures(train: AppTest) ->
     while time.monotonic() < deadline:
         time.sleep(1.0)
         train.run()  # timed fragments do not fire by themselves in AppTest
-        specs = [json.loads(chart.proto.spec) for chart in train.get("plotly_chart")]
-        titles = [s["layout"].get("title", {}).get("text", "") for s in specs]
+        titles = [s["layout"].get("title", {}).get("text", "") for s in figure_specs(train)]
         if any("pair distances" in t for t in titles) and any(
             "step 60" in c.value for c in train.caption
         ):
@@ -143,7 +142,7 @@ def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest
     for margin in (0.1, 0.6):
         number_widget(train, "cfg.margin.triplet.semi_hard").set_value(margin).run()
         assert not train.exception
-        specs = [json.loads(chart.proto.spec) for chart in train.get("plotly_chart")]
+        specs = figure_specs(train)
         preview = [s for s in specs if "a positive and a negative" in s["layout"]["title"]["text"]]
         assert len(preview) == 1, [s["layout"]["title"]["text"] for s in specs]
         curves = [t for t in preview[0]["data"] if t.get("name") == "negative pair"]
@@ -157,14 +156,18 @@ def test_the_idle_page_previews_the_loss_at_the_sidebars_settings(train: AppTest
 def test_a_rerun_sends_every_chart_unchanged(
     run_id: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each chart keeps its element id from the run that built its figure to the next rerun,
-    which reads the figure from the cache, so the browser keeps the chart as drawn (idle: the
-    loss preview; a saved run: the histogram, sphere, curves, alignment and rank figures).
+    """A rerun that has nothing new sends each chart as it was, so the browser draws nothing.
+
+    The idle page's loss preview and a saved run's five snapshot figures (histogram, sphere,
+    curves, alignment, rank) are live charts: each keeps its key's id, and its figure JSON is
+    the same from the run that built the figure to the next, which reads it from the cache;
+    ``live_chart.js`` then draws nothing.
     The projection is left out: it changes when its UMAP layout arrives between the runs.
 
     Catches: a cached figure function that returns the figure it built, whose JSON orders its
-    properties otherwise than the cache's copies: Streamlit gave each such chart a new id,
-    and the browser drew it anew (a full ``newPlot``) on the first rerun after it was built.
+    properties otherwise than the cache's copies (as ``st.plotly_chart``s, each such chart got
+    a new id, and the browser drew it anew on the first rerun after it was built); and a
+    figure that changes with every rerun.
     """
     make_tiny_run(tmp_path / "runs")
     monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
@@ -173,17 +176,19 @@ def test_a_rerun_sends_every_chart_unchanged(
     if run_id:
         at.query_params["run"] = run_id
 
-    def chart_ids() -> list[str]:
+    def drawn() -> tuple[list[str], dict[str, str]]:
         ids = [chart.proto.id for chart in at.get("plotly_chart")]
-        return [i for i in ids if not i.endswith("-chart.embedding")]
+        live = {key: json.dumps(chart["spec"]) for key, chart in live_charts(at).items()}
+        live.pop("chart.embedding", None)
+        return ids, live
 
     try:
         at.run()
-        built = chart_ids()
+        built = drawn()
         at.run()
         assert not at.exception
-        assert chart_ids() == built
-        assert len(built) == (5 if run_id else 1)
+        assert drawn() == built
+        assert (len(built[0]), len(built[1])) == ((0, 5) if run_id else (0, 1))
     finally:
         _, manager, _ = pages.ui.services()
         manager.stop_all()

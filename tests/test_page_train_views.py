@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pages.ui
 from dml_core.config import make_config
 from dml_core.registry import LOSSES
 from dml_core.runs import RunStore
+from tests.page_apps import figure_specs
 from tests.saved_runs import make_tiny_run, train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def open_saved(at: AppTest, saved: tuple[Path, str], monkeypatch: pytest.MonkeyP
 
 
 def charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return figure_specs(at)
 
 
 def values(data: list | dict) -> list[float]:

@@ -51,6 +51,84 @@ HIST_DATA_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
     .map(e => JSON.stringify(e.data.map(t => t.y)))"""
 
 
+# The live charts (pages/live_chart.py): each chart's node gets a mark; a chart mounted anew
+# (as st.plotly_chart does for every new figure) is a new node, without it.
+LIVE_CHARTS_JS = "() => [...document.querySelectorAll('.dml-live-chart')]"
+MARK_LIVE_JS = f"() => ({LIVE_CHARTS_JS})().map((e, i) => {{ e.e2eMark = i; return i; }})"
+MARKED_LIVE_JS = f"() => ({LIVE_CHARTS_JS})().map(e => e.e2eMark)"
+# What a live chart shows of Streamlit's plotly theme (CustomTheme.tsx), and where its
+# plotly.js came from.
+THEME_JS = f"""() => ({LIVE_CHARTS_JS})().filter(e => e._fullLayout).map(e => ({{
+    font: e._fullLayout.font.family, title: e.layout.title.text,
+    xgrid: e._fullLayout.xaxis.showgrid, paper: e._fullLayout.paper_bgcolor,
+    page: getComputedStyle(e).getPropertyValue('--st-background-color').trim()}}))"""
+PLOTLY_JS_SRC = "() => [...document.scripts].map(s => s.src).filter(s => /plotly/.test(s))"
+LIVE_PLOTLY_JS = "() => window.__dmlPlotly.then(p => p.version)"
+FETCH_JS = "(url) => fetch(url).then(r => r.text().then(t => [r.status, t.slice(0, 200)]))"
+# The embedding's plot area in page pixels, to zoom into as a user drags a box.
+EMBEDDING_JS = f"""() => ({LIVE_CHARTS_JS})().find(e =>
+    /probe set|PCA/.test(String(e.layout && e.layout.title && e.layout.title.text)))"""
+PLOT_AREA_JS = f"""() => {{ const e = ({EMBEDDING_JS})(), b = e.getBoundingClientRect(),
+    x = e._fullLayout.xaxis, y = e._fullLayout.yaxis;
+    return [b.left + x._offset, b.top + y._offset, x._length, y._length]; }}"""
+ZOOMED_JS = f"() => ({EMBEDDING_JS})()._fullLayout.xaxis.range"
+
+
+def check_live_charts(page: Page) -> None:
+    """Six live charts in Streamlit's theme, drawn by the plotly package's own plotly.js."""
+    import plotly.offline
+
+    themes = page.evaluate(THEME_JS)
+    assert len(themes) == 6, themes
+    for theme in themes:
+        assert "Source Sans" in theme["font"], theme
+        assert theme["title"].startswith("<b>"), theme
+        assert theme["xgrid"] is False, theme  # plotly_white draws it; Streamlit's theme not
+        assert theme["paper"].lower() == theme["page"].lower(), theme
+    (src,) = page.evaluate(PLOTLY_JS_SRC)
+    assert "/component/" in src, src
+    assert src.endswith("/plotly.min.js"), src
+    status, head = page.evaluate(FETCH_JS, src)
+    assert status == 200, head
+    assert f"v{plotly.offline.get_plotlyjs_version()}" in head, head
+    # the one the charts use, though the idle page's preview loaded Streamlit's (4.2.0 here)
+    assert page.evaluate(LIVE_PLOTLY_JS) == plotly.offline.get_plotlyjs_version()
+
+
+# The probe point of the embedding farthest from any other, in page pixels, and its index.
+ISOLATED_POINT_JS = f"""() => {{ const e = ({EMBEDDING_JS})(), b = e.getBoundingClientRect(),
+    x = e._fullLayout.xaxis, y = e._fullLayout.yaxis, pts = [];
+    for (const t of e._fullData) for (let i = 0; i < t.x.length; i++)
+        pts.push({{x: b.left + x._offset + x.l2p(t.x[i]), y: b.top + y._offset + y.l2p(t.y[i]),
+                   index: Number(t.customdata[i])}});
+    let best = null, gap = -1;
+    for (const p of pts) {{
+        let g = Infinity;
+        for (const q of pts) if (q !== p) g = Math.min(g, Math.hypot(p.x - q.x, p.y - q.y));
+        if (g > gap) {{ best = p; gap = g; }}
+    }}
+    return best; }}"""
+# Whether the embedding marks the true neighbours of point ``index`` (figures.neighbours).
+MARKED_POINT_JS = f"""(index) => (({EMBEDDING_JS})().data || []).some(t =>
+    t.meta && t.meta.role === 'point' && t.meta.index === index)"""
+
+
+def drag_zoom(page: Page) -> list[float]:
+    """Drag a zoom box over the middle of the embedding, as a user would; its new x-range."""
+    left, top, width, height = page.evaluate(PLOT_AREA_JS)
+    before = page.evaluate(ZOOMED_JS)
+    page.mouse.move(left + 0.3 * width, top + 0.3 * height)
+    page.mouse.down()
+    page.mouse.move(left + 0.6 * width, top + 0.6 * height, steps=8)
+    page.mouse.up()
+    page.wait_for_function(
+        f"(b) => JSON.stringify(({ZOOMED_JS})()) !== JSON.stringify(b)",
+        arg=before,
+        timeout=LOAD_TIMEOUT_MS,
+    )
+    return page.evaluate(ZOOMED_JS)
+
+
 def wait_connected(page: Page) -> None:
     page.wait_for_selector(CONNECTED, timeout=LOAD_TIMEOUT_MS)
 
@@ -148,6 +226,10 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
 
     wait_live_figures(page)
     screenshot(page, "train-early.png")
+    check_live_charts(page)
+    marks = page.evaluate(MARK_LIVE_JS)
+    assert marks == list(range(6)), marks
+    zoomed = drag_zoom(page)
 
     # The step counter advances while the page stays connected.
     first_step = step_of(page)
@@ -182,6 +264,17 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
         polling=500,
     )
     wait_live_figures(page)
+    # ... in the same charts, updated in place, the user's zoom kept (plotly's uirevision)
+    assert page.evaluate(MARKED_LIVE_JS) == marks
+    assert page.evaluate(ZOOMED_JS) == zoomed
+    embedding = page.locator(".dml-live-chart", has_text=re.compile("probe set|PCA")).first
+    embedding.hover()
+    embedding.locator(".modebar-btn[data-title='Reset axes']").click()
+    page.wait_for_function(
+        f"(z) => JSON.stringify(({ZOOMED_JS})()) !== JSON.stringify(z)",
+        arg=zoomed,
+        timeout=LOAD_TIMEOUT_MS,
+    )
 
     # Stop: the state reaches "stopped" and the buttons follow.
     page.get_by_role("button", name="Stop", exact=True).click()
@@ -198,4 +291,15 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
     wait_live_figures(page)
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
     expect(train_button(page)).to_be_enabled()
+    assert_no_exception(page)
+
+    # A click on a point of the embedding marks that point's true neighbours.
+    page.locator("[data-testid='stRadio']", has_text="Projection").get_by_text(
+        "PCA", exact=True
+    ).click()
+    wait_figures(page, r"^PCA of the probe set")
+    target = page.evaluate(ISOLATED_POINT_JS)
+    page.mouse.move(target["x"], target["y"])
+    page.mouse.click(target["x"], target["y"])
+    page.wait_for_function(MARKED_POINT_JS, arg=target["index"], timeout=LOAD_TIMEOUT_MS)
     assert_no_exception(page)

@@ -1,0 +1,182 @@
+// A plotly chart that updates in place (Plotly.react), for the Train page's live figures.
+//
+// st.plotly_chart mounts a new chart whenever its figure changes, and a live run changes every
+// figure on every snapshot: the browser rebuilt six charts (a WebGL context among them) for
+// each redraw. This component keeps one chart per key and hands it the new figure, and plotly
+// redraws only what changed. It looks like st.plotly_chart: the same Streamlit theme (the
+// layout of Streamlit's CustomTheme.tsx, coloured from the page's --st-* variables), the same
+// toolbar, and on a selectable chart the same click selection, reported as "selection".
+// See pages/live_chart.py.
+
+// Streamlit's greys (gray70, gray30, gray90 of its palette) on light and dark backgrounds.
+const GREYS = {
+  light: { text: "#808495", grid: "#e6eaf1", legend: "#262730" },
+  dark: { text: "#e6eaf1", grid: "#31333F", legend: "#fafafa" },
+};
+const CONFIG = {
+  displaylogo: false,
+  displayModeBar: "hover",
+  modeBarButtonsToRemove: ["lasso2d", "select2d", "sendChartToCloud"],
+  responsive: true,
+};
+
+// The plotly package's plotly.js, loaded once per page and kept to this component: Streamlit's
+// own (another version) may already be window.Plotly, from an st.plotly_chart drawn before,
+// and stays so.
+function loadPlotly(url) {
+  if (!window.__dmlPlotly) {
+    window.__dmlPlotly = new Promise((resolve, reject) => {
+      const previous = window.Plotly;
+      const script = document.createElement("script");
+      script.src = url;
+      script.onload = () => {
+        const ours = window.Plotly;
+        if (previous !== undefined) window.Plotly = previous;
+        resolve(ours);
+      };
+      script.onerror = () => {
+        window.__dmlPlotly = undefined;
+        reject(new Error(`plotly.js did not load from ${url}`));
+      };
+      document.head.appendChild(script);
+    });
+  }
+  return window.__dmlPlotly;
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+// lodash's merge, as Streamlit applies its theme: source values win, objects merge deeply.
+function merge(target, source) {
+  for (const [key, value] of Object.entries(source)) {
+    if (isObject(value)) {
+      if (!isObject(target[key])) target[key] = {};
+      merge(target[key], value);
+    } else {
+      target[key] = value;
+    }
+  }
+  return target;
+}
+
+function isLight(color) {
+  const probe = document.createElement("canvas").getContext("2d");
+  probe.fillStyle = color || "#ffffff";
+  const hex = probe.fillStyle; // normalised to #rrggbb
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return 0.299 * r + 0.587 * g + 0.114 * b > 127;
+}
+
+function streamlitTheme(element) {
+  const css = getComputedStyle(element);
+  const read = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+  const bg = read("--st-background-color", "#ffffff");
+  const heading = read("--st-heading-color", read("--st-text-color", "#31333f"));
+  const font = read("--st-font", '"Source Sans", sans-serif');
+  const headingFont = read("--st-heading-font", font);
+  const border = read("--st-border-color", "#dcd8d4");
+  const g = GREYS[isLight(bg) ? "light" : "dark"];
+  const axisTitle = { font: { color: g.text, size: 14 } };
+  const ticks = { color: g.text, size: 12 };
+  return {
+    font: { color: g.text, family: font, size: 12, weight: 400 },
+    title: {
+      font: { family: headingFont, size: 16, color: heading },
+      pad: { l: 4 },
+      xanchor: "left",
+      x: 0,
+    },
+    legend: {
+      title: { font: { size: 12, color: g.text }, side: "top" },
+      valign: "top",
+      bordercolor: "transparent",
+      borderwidth: 0,
+      font: { size: 12, color: g.legend },
+    },
+    paper_bgcolor: bg,
+    plot_bgcolor: bg,
+    yaxis: {
+      ticklabelposition: "outside",
+      zerolinecolor: g.grid,
+      title: { ...axisTitle, standoff: 24 },
+      tickcolor: g.grid,
+      tickfont: ticks,
+      gridcolor: g.grid,
+      minor: { gridcolor: g.grid },
+      automargin: true,
+    },
+    xaxis: {
+      zerolinecolor: g.grid,
+      gridcolor: g.grid,
+      showgrid: false,
+      tickfont: ticks,
+      tickcolor: g.grid,
+      title: { ...axisTitle, standoff: 20 },
+      minor: { gridcolor: g.grid },
+      zeroline: false,
+      automargin: true,
+    },
+    margin: { pad: 8, r: 0, l: 0 },
+    hoverlabel: {
+      bgcolor: bg,
+      bordercolor: border,
+      font: { color: g.text, family: font, size: 12 },
+    },
+  };
+}
+
+function themed(figure, element, selectable) {
+  const layout = figure.layout || {};
+  if (!isObject(layout.template)) layout.template = {};
+  if (!isObject(layout.template.layout)) layout.template.layout = {};
+  merge(layout.template.layout, streamlitTheme(element));
+  if (isObject(layout.title) && layout.title.text) {
+    layout.title.text = `<b>${layout.title.text}</b>`;
+  }
+  if (selectable) {
+    layout.clickmode = "event+select";
+    layout.hovermode = "closest";
+  }
+  figure.layout = layout;
+  return figure;
+}
+
+// What Python reads back: the clicked or selected points, as st.plotly_chart reports them.
+function selection(points) {
+  return {
+    points: (points || []).map((p) => ({
+      curve_number: p.curveNumber,
+      point_number: p.pointNumber,
+      point_index: p.pointIndex,
+      x: p.x,
+      y: p.y,
+      customdata: p.customdata,
+    })),
+  };
+}
+
+export default function (component) {
+  const { data, parentElement, setStateValue } = component;
+  let chart = parentElement.querySelector(":scope > div.dml-live-chart");
+  if (!chart) {
+    chart = document.createElement("div");
+    chart.className = "dml-live-chart";
+    chart.style.width = "100%";
+    parentElement.appendChild(chart);
+  }
+  if (chart.dmlSpec === data.spec) return; // the same figure: nothing to draw
+  chart.dmlSpec = data.spec;
+  loadPlotly(data.plotly_url).then((Plotly) => {
+    if (chart.dmlSpec !== data.spec) return; // a newer figure came while plotly.js loaded
+    const figure = themed(JSON.parse(data.spec), parentElement, data.selectable);
+    return Plotly.react(chart, figure.data, figure.layout, CONFIG).then(() => {
+      if (data.selectable && !chart.dmlListening) {
+        chart.dmlListening = true;
+        chart.on("plotly_selected", (event) => setStateValue("selection", selection(event && event.points)));
+        chart.on("plotly_deselect", () => setStateValue("selection", selection([])));
+      }
+    });
+  });
+}
