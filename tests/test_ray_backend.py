@@ -7,11 +7,9 @@ a state), with a generous deadline only so that a broken propagation fails inste
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import pickle
 import signal
 import sys
 import time
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from dml_core.cli import main as cli_main
 from dml_core.config import RunConfig, make_config
@@ -359,35 +356,6 @@ def test_the_channel_process_loads_no_torch_and_orders_after_close_do_nothing(
     executor.close()
     executor.stop("run")
     executor.pause("run")
-
-
-def test_a_worker_sends_its_writes_in_one_call_per_status_change() -> None:
-    """The worker's store sends a snapshot, its checkpoint and its step's status as one
-    parcel (one channel call), in order, without the run's pid (the driver's stays); a
-    write after them waits for the next status change or the final flush.
-
-    Catches (tried once): one channel call per write (four parcels, not two).
-    """
-    from dml_core.services.ray_worker import Channel, StreamingStore
-
-    channel = Channel.remote()  # type: ignore[attr-defined]
-    store = StreamingStore(channel, None)
-    store.save_snapshot("run", "snapshot")
-    store.save_checkpoint("run", {"step": 5})
-    store.set_status("run", step=5, pid=1)
-    store.save_embeddings("run", "embeddings")
-    (group,) = ray.get(channel.take.remote())  # the embeddings wait
-    snapshot, checkpoint, status = [record[1:] for record in pickle.loads(group[1])]
-    assert snapshot == ("save_snapshot", ("snapshot",), {})
-    assert status == ("set_status", (), {"step": 5})
-    method, (data,), _ = checkpoint  # serialised on the worker, written as it came
-    assert method == "save_checkpoint_bytes"
-    assert torch.load(io.BytesIO(data), weights_only=True) == {"step": 5}
-    store.flush()
-    (rest,) = ray.get(channel.take.remote())
-    assert pickle.loads(rest[1]) == [("run", "save_embeddings", ("embeddings",), {})]
-    assert ray.get(channel.backlog.remote("run")) == 0
-    ray.kill(channel)
 
 
 def test_the_driver_writes_only_each_runs_newest_checkpoint_of_a_batch() -> None:

@@ -7,6 +7,7 @@ order (run, pause, stop) from that channel. The driver side is ``ray_backend.Ray
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from typing import Any
@@ -17,6 +18,13 @@ from dml_core.runs import RunState, RunStore, checkpoint_bytes
 
 ORDER_EVERY_S = 0.2
 """How often (at most) a worker asks the channel for its run's order."""
+CHECKPOINT_EVERY_S = 10.0
+"""How often (at most) a worker sends its run's checkpoint to the driver while it trains, and
+with every change of state or phase (paused, stopped, final evaluation, finished). A
+snapshot's checkpoint is 1.1 MB on the default digits run: sent with each snapshot, through
+Ray's object store to the channel and on to the driver, it cost the sweep benchmark 0.025 of
+its ratio. A worker that dies loses at most this much training: its run resumes from the
+newest checkpoint the driver wrote."""
 PAUSE_POLL_S = 0.1
 MAX_BACKLOG = 12
 """Records a worker may have waiting in the channel before it waits for the driver (about
@@ -83,6 +91,8 @@ class StreamingStore:
         self.channel = channel
         self.checkpoint = checkpoint
         self._group: list[Record] = []
+        self._kept: Record | None = None  # the newest checkpoint not sent yet
+        self._checkpoint_sent_at = -math.inf
         self._last: Any = None  # the newest put, to wait for at the end
         self._snapshot_put: Any = None  # the last snapshot's put: its answer is the backlog
 
@@ -114,25 +124,42 @@ class StreamingStore:
 
     def flush(self) -> None:
         """Send the group; wait until every write reached the channel (see RemoteControl)."""
+        self._send_kept()
         self.post()
         if self._last is not None:
             self._last.future().result()
 
     def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
-        """Send a status change with the group; the driver's pid stays the run's ``pid``."""
+        """Send a status change with the group; the driver's pid stays the run's ``pid``.
+
+        A change of state or phase takes the checkpoint kept back along, before it.
+        """
         fields.pop("pid", None)
+        if "state" in fields or "phase" in fields:
+            self._send_kept()
         if fields:
             self.send(run_id, "set_status", **fields)
         self.post()
         return fields
 
     def save_checkpoint(self, run_id: str, state: dict[str, Any]) -> None:
-        """Send the state serialised here, on the worker.
+        """Serialise the state here, on the worker; send it if ``CHECKPOINT_EVERY_S`` passed.
 
-        The driver writes the bytes as they came (``RunStore.save_checkpoint_bytes``) instead
-        of unpickling the state and saving it again.
+        Otherwise it is kept back, replacing the one kept before, until a change of state or
+        phase or the next checkpoint due. Serialised now: the state's tensors are the
+        trainer's own, which the next steps change in place. The driver writes the bytes as
+        they came (``RunStore.save_checkpoint_bytes``) instead of unpickling and saving again.
         """
-        self.send(run_id, "save_checkpoint_bytes", checkpoint_bytes(state))
+        self._kept = (run_id, "save_checkpoint_bytes", (checkpoint_bytes(state),), {})
+        if time.perf_counter() - self._checkpoint_sent_at >= CHECKPOINT_EVERY_S:
+            self._send_kept()
+
+    def _send_kept(self) -> None:
+        """Add the checkpoint kept back, if any, to the group."""
+        if self._kept is not None:
+            self._group.append(self._kept)
+            self._kept = None
+            self._checkpoint_sent_at = time.perf_counter()
 
     def __getattr__(self, name: str) -> Any:
         """Any ``RunStore.save_*`` (snapshots, checkpoints, embeddings) joins the group."""
