@@ -14,6 +14,7 @@ import pytest
 
 from dml_core.projection import Projector, exact_knn, procrustes_align, project
 from dml_core.services.projection_worker import (
+    COLD_EPOCHS,
     COMPILING,
     IDLE,
     UMAP_NICE,
@@ -189,6 +190,29 @@ def test_worker_computes_newest_and_skips_stale(worker):
         assert layout is None or layout.shape == (100, 2)
 
 
+def test_a_runs_first_umap_layout_takes_cold_epochs_and_the_next_warm_ones(worker, monkeypatch):
+    """The worker's first UMAP fit of a run takes ``COLD_EPOCHS`` (200), then warm starts.
+
+    Catches: umap-learn's default for fewer than 10,000 points (500 epochs: 2.5x the CPU
+    of a run's first layout, taken from its training) and a second layout fitted cold.
+    """
+    from dml_core.projection import WARM_EPOCHS
+    from dml_core.services import projection_worker
+
+    fits = []
+
+    def recorded(*args, **kwargs):
+        fits.append((kwargs.get("init") is not None, kwargs.get("n_epochs")))
+        return project(*args, **kwargs)
+
+    monkeypatch.setattr(projection_worker, "project", recorded)
+    for index in (0, 1):
+        worker.submit("run", index, blobs(n=100, seed=index), "umap")
+        assert worker.get("run", index, "umap", timeout=60.0) is not None
+    assert fits == [(False, COLD_EPOCHS), (True, WARM_EPOCHS)]
+    assert COLD_EPOCHS == 200
+
+
 def test_worker_drops_pending_older_indices(worker):
     with worker._cond:  # re-entrant: the worker cannot start a job while the test holds it
         for index in range(5):
@@ -331,7 +355,8 @@ def test_worker_can_run_umap_in_a_subprocess() -> None:
         assert worker.last_error is None
         assert layout is not None
         assert layout.shape == (120, 2)
-        np.testing.assert_allclose(layout, project(emb, "umap", seed=0), atol=1e-4)
+        expected = project(emb, "umap", seed=0, n_epochs=COLD_EPOCHS)  # a run's first layout
+        np.testing.assert_allclose(layout, expected, atol=1e-4)
     finally:
         worker.stop()
 
