@@ -267,6 +267,23 @@ class RunStore:
         table = path / "metrics.csv"
         atomic_write_bytes(table, _with_row(table, snap).encode())
 
+    def forget_after(self, run_id: str, step: int) -> None:
+        """Drop the snapshots and metrics rows after ``step``, where a resume starts again.
+
+        What an attempt recorded after its last checkpoint (a Ray worker sends one at most
+        every 10 s) is retrained by the resume; a resume that then stops earlier would
+        otherwise show the dead attempt's later points.
+        """
+        folder = self.path(run_id) / "snapshots"
+        for later in (s for s in self.snapshot_steps(run_id) if s > step):
+            (folder / f"{later:08d}.npz").unlink(missing_ok=True)
+        table = self.path(run_id) / "metrics.csv"
+        if table.exists():
+            header, *rows = table.read_text().splitlines()
+            kept = [r for r in rows if float(r.split(",", 1)[0]) <= step]  # "step" first
+            if len(kept) < len(rows):
+                atomic_write_bytes(table, "\n".join([header, *kept, ""]).encode())
+
     def save_checkpoint(self, run_id: str, state: dict[str, Any]) -> None:
         """Atomically write the training state (``Trainer.state_dict``)."""
         self.save_checkpoint_bytes(run_id, checkpoint_bytes(state))

@@ -127,11 +127,11 @@ function streamlitTheme(element) {
   };
 }
 
-function themed(figure, element, selectable) {
+function themed(figure, theme, selectable) {
   const layout = figure.layout || {};
   if (!isObject(layout.template)) layout.template = {};
   if (!isObject(layout.template.layout)) layout.template.layout = {};
-  merge(layout.template.layout, streamlitTheme(element));
+  merge(layout.template.layout, theme);
   if (isObject(layout.title) && layout.title.text) {
     layout.title.text = `<b>${layout.title.text}</b>`;
   }
@@ -157,6 +157,9 @@ function selection(points) {
   };
 }
 
+// Draw the figure on the chart of this key, unless it shows that figure in this theme already.
+// A chart taken off the page is purged (plotly's resize listener and a WebGL context would
+// otherwise stay); one that fails to draw says so, and the next render tries again.
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let chart = parentElement.querySelector(":scope > div.dml-live-chart");
@@ -166,17 +169,30 @@ export default function (component) {
     chart.style.width = "100%";
     parentElement.appendChild(chart);
   }
-  if (chart.dmlSpec === data.spec) return; // the same figure: nothing to draw
-  chart.dmlSpec = data.spec;
-  loadPlotly(data.plotly_url).then((Plotly) => {
-    if (chart.dmlSpec !== data.spec) return; // a newer figure came while plotly.js loaded
-    const figure = themed(JSON.parse(data.spec), parentElement, data.selectable);
-    return Plotly.react(chart, figure.data, figure.layout, CONFIG).then(() => {
-      if (data.selectable && !chart.dmlListening) {
-        chart.dmlListening = true;
-        chart.on("plotly_selected", (event) => setStateValue("selection", selection(event && event.points)));
-        chart.on("plotly_deselect", () => setStateValue("selection", selection([])));
-      }
+  chart.dmlSetState = setStateValue; // the handlers below use the newest
+  const theme = streamlitTheme(parentElement);
+  const drawn = data.spec + JSON.stringify(theme); // a new theme redraws the same figure
+  const cleanup = () => {
+    if (!chart.isConnected && window.__dmlPlotly) window.__dmlPlotly.then((P) => P.purge(chart));
+  };
+  if (chart.dmlDrawn === drawn) return cleanup;
+  chart.dmlDrawn = drawn;
+  loadPlotly(data.plotly_url)
+    .then((Plotly) => {
+      if (chart.dmlDrawn !== drawn || !chart.isConnected) return; // newer figure, or gone
+      const figure = themed(JSON.parse(data.spec), theme, data.selectable);
+      return Plotly.react(chart, figure.data, figure.layout, CONFIG).then(() => {
+        if (data.selectable && !chart.dmlListening) {
+          chart.dmlListening = true;
+          const report = (points) => chart.dmlSetState("selection", selection(points));
+          chart.on("plotly_selected", (event) => report(event && event.points));
+          chart.on("plotly_deselect", () => report([]));
+        }
+      });
+    })
+    .catch((error) => {
+      chart.dmlDrawn = undefined; // the next render tries again
+      chart.textContent = `This chart could not be drawn: ${error.message || error}`;
     });
-  });
+  return cleanup;
 }

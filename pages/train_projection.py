@@ -65,9 +65,10 @@ def embedding_view(
     )
     if weights is not None and snap.class_weight_labels is not None:
         diagnostics.add_class_weights(fig, weights, snap.class_weight_labels, class_names)
+    key = f"chart.embedding.{run_id}"  # a point clicked in one run is not marked in another
     if current:  # a click marks that point's true neighbours in the embedding
-        show_true_neighbours(fig, points, snap.probe_emb, "chart.embedding")
-    live_chart(fig, "chart.embedding", selectable=True)
+        show_true_neighbours(fig, points, snap.probe_emb, key)
+    live_chart(fig, key, selectable=True)
     if current and points.shape[1] == 2:
         st.caption(layout_quality_caption(run_id, snap.step, name, snap.probe_emb, points))
     return pending

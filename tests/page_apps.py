@@ -44,7 +44,8 @@ def live_charts(at: AppTest) -> dict[str, dict]:
     for element in at.get("bidi_component"):
         if element.proto.component_name == "dml_live_chart":
             data = json.loads(element.proto.json)
-            found[element.proto.id.rsplit("-", 1)[-1]] = {**data, "spec": json.loads(data["spec"])}
+            key = element.proto.id.split("-", 2)[-1]  # "$$ID-<hash>-<key>"
+            found[key] = {**data, "spec": json.loads(data["spec"])}
     return found
 
 

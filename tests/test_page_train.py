@@ -178,8 +178,11 @@ def test_a_rerun_sends_every_chart_unchanged(
 
     def drawn() -> tuple[list[str], dict[str, str]]:
         ids = [chart.proto.id for chart in at.get("plotly_chart")]
-        live = {key: json.dumps(chart["spec"]) for key, chart in live_charts(at).items()}
-        live.pop("chart.embedding", None)
+        live = {
+            key: json.dumps(chart["spec"])
+            for key, chart in live_charts(at).items()
+            if not key.startswith("chart.embedding")
+        }
         return ids, live
 
     try:
@@ -189,6 +192,46 @@ def test_a_rerun_sends_every_chart_unchanged(
         assert not at.exception
         assert drawn() == built
         assert (len(built[0]), len(built[1])) == ((0, 5) if run_id else (0, 1))
+    finally:
+        _, manager, _ = pages.ui.services()
+        manager.stop_all()
+
+
+def test_a_clicked_point_is_marked_only_in_the_run_it_was_clicked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A click on the embedding marks that point's true neighbours in that run alone.
+
+    The embedding keeps its selection from snapshot to snapshot (a live chart keeps its
+    identity), so its key names the run. Catches (tried): one key for every run, where
+    opening another run marked the neighbours of the same probe index there.
+    """
+    for run_id in ("run-a", "run-b"):
+        make_tiny_run(tmp_path / "runs", run_id)
+    monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+
+    def embedding() -> tuple[str, dict]:
+        (key,) = [k for k in live_charts(at) if k.startswith("chart.embedding")]
+        return key, live_charts(at)[key]["spec"]
+
+    def marked() -> set[int]:
+        return {t["meta"]["index"] for t in embedding()[1]["data"] if t.get("meta")}
+
+    try:
+        at.query_params["run"] = "run-a"
+        at.run()
+        at.radio(key="view.method").set_value("PCA").run()
+        key, _ = embedding()
+        at.session_state[key] = {"selection": {"points": [{"customdata": 3}]}}
+        at.run()
+        assert not at.exception
+        assert marked() == {3}
+        at.selectbox(key="run.picker").set_value("run-b").run()  # "Open a run"
+        assert not at.exception
+        assert at.session_state["current_run"] == "run-b"
+        assert marked() == set()
     finally:
         _, manager, _ = pages.ui.services()
         manager.stop_all()

@@ -9,6 +9,7 @@ reference run, leaving the files written before the stop as they were.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
@@ -158,3 +159,38 @@ def test_a_resumed_views_run_ends_as_the_uninterrupted_one(
     steps would see other views and end with other weights."""
     resumed_run, reference = views_runs
     assert_same_training(resumed_run, reference, exact_snapshots=True)
+
+
+def test_a_resume_forgets_what_was_recorded_after_its_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A dead attempt may have recorded snapshots past its last checkpoint (a Ray worker
+    sends one at most every 10 s): the resume starts again at the checkpoint, so they go.
+
+    Here the attempt stopped at its checkpoint (step 30) and left a snapshot and a metrics
+    row at step 45, as a worker that died later would; the resume stops after one step.
+    Catches: the resume keeping them (the run would show step 45 beside a stop at 31).
+    """
+    store = RunStore(tmp_path_factory.mktemp("resume-forget"))
+    run_id = store.create(tiny_config(), "forget")
+    with pytest.MonkeyPatch.context() as mp:
+        assert stop_after_checkpoint(store, run_id, MIDWAY, mp) == "stopped"
+        dead = 45
+        snap = store.load_snapshot(run_id, MIDWAY)
+        store.save_snapshot(run_id, dataclasses.replace(snap, step=dead))
+        assert store.snapshot_steps(run_id) == (0, 15, MIDWAY, dead)
+        job = TrainingJob(
+            store.load(run_id).config, store, run_id, resume=True, threads=TEST_THREADS
+        )
+        train_step = Trainer.train_step
+
+        def one_step_then_stop(self: Trainer) -> dict:
+            job.stop()  # takes effect before the next step
+            return train_step(self)
+
+        mp.setattr(Trainer, "train_step", one_step_then_stop)
+        job.start()
+        job.join()
+    assert job.progress().state == "stopped"
+    assert store.snapshot_steps(run_id) == (0, 15, MIDWAY, MIDWAY + 1)
+    assert store.history(run_id)["step"].tolist() == [0, 15, MIDWAY, MIDWAY + 1]

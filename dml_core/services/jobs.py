@@ -152,6 +152,7 @@ def _train(
     trainer = Trainer(cfg)
     if resume:
         trainer.load_state_dict(store.load_checkpoint(run_id))
+        store.forget_after(run_id, trainer.step)  # retrained from here
         tell(step=trainer.step, elapsed=trainer.elapsed)
     note = trainer.resume_note  # e.g. the sampler was reseeded on another device type
     store.set_status(run_id, pid=os.getpid())

@@ -28,10 +28,13 @@ newest checkpoint the driver wrote."""
 PAUSE_POLL_S = 0.1
 MAX_BACKLOG = 12
 """Records a worker may have waiting in the channel before it waits for the driver (about
-four snapshots with their checkpoints and status): the driver writes each snapshot with
-fsyncs, so a tiny run snapshotting every few steps would otherwise run far ahead of what is
-on disk, and a stop would take as long as writing that backlog."""
-WRITES = frozenset(n for n in vars(RunStore) if n.startswith("save_")) | {"set_status"}
+six snapshots with their status, and a checkpoint now and then): the driver writes each
+snapshot with fsyncs, so a tiny run snapshotting every few steps would otherwise run far
+ahead of what is on disk, and a stop would take as long as writing that backlog."""
+WRITES = frozenset(n for n in vars(RunStore) if n.startswith("save_")) | {
+    "set_status",
+    "forget_after",
+}
 """The RunStore methods a worker's records may replay on the driver."""
 Record = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # run id, method, args, kwargs
 
