@@ -126,3 +126,38 @@ def test_with_no_interval_every_snapshot_takes_its_checkpoint(
     parcels = ray.get(channel.take.remote())
     assert [checkpoint_steps(pickle.loads(parcel)) for _, parcel in parcels] == [[0], [5], [10]]
     ray.kill(channel)
+
+
+def test_a_puts_answer_brings_the_order_and_the_newest_answer_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The channel answers each put with the run's order, so a worker that sends often asks
+    for it rarely; of a question's answer and a put's, the one sent later counts.
+
+    Here the worker asks no question after the first (``ORDER_EVERY_S`` is made endless):
+    a stop set after that reaches it only with a put's answer. Then a question answered
+    "stop" before a "run" came with a later put: the run goes on.
+    Catches: the order read from questions alone (the stop never arrives); a question's
+    older answer taken over a put's newer one (the run would stop after its resume).
+    """
+    from dml_core.services import ray_worker
+
+    monkeypatch.setattr(ray_worker, "ORDER_EVERY_S", float("inf"))
+    channel = ray_worker.Channel.remote()  # type: ignore[attr-defined]
+    store = ray_worker.StreamingStore(channel, None)
+    control = ray_worker.RemoteControl(channel, store, "run")
+    assert control.first()
+    ray.get(channel.set_order.remote("run", "stop"))
+    assert control(0)  # nothing has told it yet
+    store.set_status("run", step=1)
+    store.flush()  # the put's answer is in
+    assert not control(1)
+
+    monkeypatch.setattr(ray_worker, "ORDER_EVERY_S", 0.0)  # a question at every read
+    control._read()  # asks, while the order is still "stop"
+    control._answer.result()  # ... and its answer ("stop") is in
+    ray.get(channel.set_order.remote("run", "run"))
+    store.set_status("run", step=2)
+    store.flush()  # a later put answered "run"
+    assert control(2)
+    ray.kill(channel)

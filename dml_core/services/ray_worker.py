@@ -53,11 +53,15 @@ class Channel:
         self.orders: dict[str, str] = {}
         self.waiting: dict[str, int] = {}  # records per run not taken yet
 
-    def put(self, run_id: str, parcel: bytes, count: int) -> int:
-        """Append ``count`` pickled records of ``run_id``; returns its records not taken."""
+    def put(self, run_id: str, parcel: bytes, count: int) -> tuple[int, str]:
+        """Append ``count`` pickled records of ``run_id``.
+
+        Returns its records not taken, and its order: a worker that sends often need not ask
+        for it apart.
+        """
         self.parcels.append((run_id, parcel))
         self.waiting[run_id] = self.waiting.get(run_id, 0) + count
-        return self.waiting[run_id]
+        return self.waiting[run_id], self.order(run_id)
 
     def backlog(self, run_id: str) -> int:
         """The run's records not taken yet."""
@@ -97,6 +101,7 @@ class StreamingStore:
         self._kept: Record | None = None  # the newest checkpoint not sent yet
         self._checkpoint_sent_at = -math.inf
         self._last: Any = None  # the newest put, to wait for at the end
+        self._newest: tuple[float, Any] | None = None  # when the newest put left; its answer
         self._snapshot_put: Any = None  # the last snapshot's put: its answer is the backlog
 
     def send(self, run_id: str, method: str, *args: Any, **kwargs: Any) -> None:
@@ -117,13 +122,25 @@ class StreamingStore:
         snapshot = any(method == "save_snapshot" for _, method, *_ in self._group)
         parcel = pickle.dumps(self._group, pickle.HIGHEST_PROTOCOL)
         self._group = []
+        sent = time.perf_counter()
         self._last = self.channel.put.remote(run_id, parcel, count)
+        self._newest = (sent, self._last.future())
         if snapshot:
             previous, self._snapshot_put = self._snapshot_put, self._last
-            backlog = 0 if previous is None else previous.future().result()
+            backlog = 0 if previous is None else previous.future().result()[0]
             while backlog > MAX_BACKLOG:
                 time.sleep(PAUSE_POLL_S)
                 backlog = self.channel.backlog.remote(run_id).future().result()
+
+    def order_since(self, since: float) -> tuple[float, str] | None:
+        """The run's order as the newest put's answer says, if answered and sent after ``since``.
+
+        Returns:
+            (when that put left, the order), or None.
+        """
+        if self._newest is None or self._newest[0] <= since or not self._newest[1].done():
+            return None
+        return self._newest[0], self._newest[1].result()[1]
 
     def flush(self) -> None:
         """Send the group; wait until every write reached the channel (see RemoteControl)."""
@@ -186,26 +203,36 @@ class RemoteControl:
 
     A worker never calls ``ray.get`` or ``ray.wait``: a task blocked in them hands its CPU
     back to Ray, which then starts another run beside it (measured: 3 tasks at once on 2
-    CPUs). Answers arrive as futures instead, and a new question is asked once the last was
-    answered, at most every ``ORDER_EVERY_S``.
+    CPUs). Answers arrive as futures instead. The order comes with every answer to the
+    store's puts (a snapshot's or a status's); a question of its own is asked only when the
+    newest order known is ``ORDER_EVERY_S`` old and the last question was answered. Of two
+    answers, the one sent later wins.
     """
 
     def __init__(self, channel: Any, store: StreamingStore, run_id: str) -> None:
         self.channel, self.store, self.run_id = channel, store, run_id
         self.order = "run"
-        self._answer = channel.order.remote(run_id).future()
+        self._known_at = -math.inf  # when the order held was the channel's
+        self._ask()
+
+    def _ask(self) -> None:
         self._asked_at = time.perf_counter()
+        self._answer = self.channel.order.remote(self.run_id).future()
 
     def _read(self) -> None:
+        """Take the newest order answered (a put's or a question's); ask when it is old."""
+        put = self.store.order_since(self._known_at)
+        if put is not None:
+            self._known_at, self.order = put
         if self._answer.done():
-            self.order = self._answer.result()
-            self._answer = self.channel.order.remote(self.run_id).future()
-            self._asked_at = time.perf_counter()
+            if self._asked_at > self._known_at:
+                self._known_at, self.order = self._asked_at, self._answer.result()
+            if time.perf_counter() - self._known_at >= ORDER_EVERY_S:
+                self._ask()
 
     def __call__(self, step: int = 0) -> bool:
         """Before a step: hold while paused; False once told to stop."""
-        if time.perf_counter() - self._asked_at >= ORDER_EVERY_S:
-            self._read()
+        self._read()
         if self.order == "pause":
             self.store.set_status(self.run_id, state=RunState.PAUSED)
             while self.order == "pause":
@@ -217,6 +244,6 @@ class RemoteControl:
 
     def first(self) -> bool:
         """Before training: the first answer; False if the run was stopped while queued."""
-        self.order = self._answer.result()
-        self._answer = self.channel.order.remote(self.run_id).future()
+        self._known_at, self.order = self._asked_at, self._answer.result()
+        self._ask()
         return self.order != "stop"
