@@ -13,7 +13,7 @@ reported as ``st.session_state[key]["selection"]["points"]`` (each with its ``cu
 the shape ``st.plotly_chart(on_select=...)`` gives.
 
 plotly.js comes from the plotly package itself (the version the figures are written for),
-served by Streamlit's static route for components, declared once here and never mounted.
+served by Streamlit's static route for components (``plotly_js_url``: declared, never mounted).
 """
 
 from __future__ import annotations

@@ -100,9 +100,8 @@ class StreamingStore:
         self._group: list[Record] = []
         self._kept: Record | None = None  # the newest checkpoint not sent yet
         self._checkpoint_sent_at = -math.inf
-        self._last: Any = None  # the newest put, to wait for at the end
         self._newest: tuple[float, Any] | None = None  # when the newest put left; its answer
-        self._snapshot_put: Any = None  # the last snapshot's put: its answer is the backlog
+        self._snapshot_put: Any = None  # the last snapshot put's answer: its backlog
 
     def send(self, run_id: str, method: str, *args: Any, **kwargs: Any) -> None:
         """Add one write to the group (sent, in order, at the next status change)."""
@@ -123,11 +122,11 @@ class StreamingStore:
         parcel = pickle.dumps(self._group, pickle.HIGHEST_PROTOCOL)
         self._group = []
         sent = time.perf_counter()
-        self._last = self.channel.put.remote(run_id, parcel, count)
-        self._newest = (sent, self._last.future())
+        answer = self.channel.put.remote(run_id, parcel, count).future()
+        self._newest = (sent, answer)
         if snapshot:
-            previous, self._snapshot_put = self._snapshot_put, self._last
-            backlog = 0 if previous is None else previous.future().result()[0]
+            previous, self._snapshot_put = self._snapshot_put, answer
+            backlog = 0 if previous is None else previous.result()[0]
             while backlog > MAX_BACKLOG:
                 time.sleep(PAUSE_POLL_S)
                 backlog = self.channel.backlog.remote(run_id).future().result()
@@ -146,8 +145,8 @@ class StreamingStore:
         """Send the group; wait until every write reached the channel (see RemoteControl)."""
         self._send_kept()
         self.post()
-        if self._last is not None:
-            self._last.future().result()
+        if self._newest is not None:
+            self._newest[1].result()
 
     def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Send a status change with the group; the driver's pid stays the run's ``pid``.
