@@ -20,6 +20,45 @@ const CONFIG = {
   responsive: true,
 };
 
+// A chart out of view (below the fold, in a closed expander or tab) draws nothing: its newest
+// figure waits and is drawn when the chart comes within NEAR of the viewport. While a run
+// trains, the page redraws every figure every few seconds, and each draw is CPU taken from the
+// training when the browser shares its cores (a screen shows two or four of the six charts).
+const NEAR = "400px";
+let observer;
+
+function visibility() {
+  observer ??= new IntersectionObserver(
+    (entries) => {
+      for (const entry of entries) {
+        const chart = entry.target;
+        chart.dmlVisible = entry.isIntersecting;
+        if (chart.dmlVisible && chart.dmlWaiting) {
+          const draw = chart.dmlWaiting;
+          chart.dmlWaiting = undefined;
+          draw();
+        }
+      }
+    },
+    { rootMargin: NEAR, scrollMargin: NEAR }, // scrollMargin: Streamlit's main area scrolls
+  );
+  return observer;
+}
+
+// Draw now if the chart is in view, else when it comes into view (the newest figure only).
+function drawWhenVisible(chart, draw) {
+  if (!chart.dmlObserved) {
+    chart.dmlObserved = true;
+    chart.dmlWaiting = draw;
+    visibility().observe(chart); // its first report comes with the next frame
+  } else if (chart.dmlVisible) {
+    chart.dmlWaiting = undefined;
+    draw();
+  } else {
+    chart.dmlWaiting = draw;
+  }
+}
+
 // The plotly package's plotly.js, loaded once per page and kept to this component: Streamlit's
 // own (another version) may already be window.Plotly, from an st.plotly_chart drawn before,
 // and stays so.
@@ -157,8 +196,8 @@ function selection(points) {
   };
 }
 
-// Draw the figure on the chart of this key, unless it shows that figure in this theme already.
-// A chart taken off the page is purged (plotly's resize listener and a WebGL context would
+// Draw the figure on the chart of this key, unless it shows that figure in this theme already;
+// out of view, once it comes into view. A chart taken off the page is purged (plotly's resize listener and a WebGL context would
 // otherwise stay); one that fails to draw says so, and the next render tries again.
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
@@ -173,26 +212,32 @@ export default function (component) {
   const theme = streamlitTheme(parentElement);
   const drawn = data.spec + JSON.stringify(theme); // a new theme redraws the same figure
   const cleanup = () => {
-    if (!chart.isConnected && window.__dmlPlotly) window.__dmlPlotly.then((P) => P.purge(chart));
+    if (chart.isConnected) return;
+    chart.dmlWaiting = undefined;
+    if (observer) observer.unobserve(chart);
+    if (window.__dmlPlotly) window.__dmlPlotly.then((P) => P.purge(chart));
   };
   if (chart.dmlDrawn === drawn) return cleanup;
   chart.dmlDrawn = drawn;
-  loadPlotly(data.plotly_url)
-    .then((Plotly) => {
-      if (chart.dmlDrawn !== drawn || !chart.isConnected) return; // newer figure, or gone
-      const figure = themed(JSON.parse(data.spec), theme, data.selectable);
-      return Plotly.react(chart, figure.data, figure.layout, CONFIG).then(() => {
-        if (data.selectable && !chart.dmlListening) {
-          chart.dmlListening = true;
-          const report = (points) => chart.dmlSetState("selection", selection(points));
-          chart.on("plotly_selected", (event) => report(event && event.points));
-          chart.on("plotly_deselect", () => report([]));
-        }
+  chart.style.minHeight = `${data.height}px`; // the page keeps its layout while a chart waits
+  const draw = () =>
+    loadPlotly(data.plotly_url)
+      .then((Plotly) => {
+        if (chart.dmlDrawn !== drawn || !chart.isConnected) return; // newer figure, or gone
+        const figure = themed(JSON.parse(data.spec), theme, data.selectable);
+        return Plotly.react(chart, figure.data, figure.layout, CONFIG).then(() => {
+          if (data.selectable && !chart.dmlListening) {
+            chart.dmlListening = true;
+            const report = (points) => chart.dmlSetState("selection", selection(points));
+            chart.on("plotly_selected", (event) => report(event && event.points));
+            chart.on("plotly_deselect", () => report([]));
+          }
+        });
+      })
+      .catch((error) => {
+        chart.dmlDrawn = undefined; // the next render tries again
+        chart.textContent = `This chart could not be drawn: ${error.message || error}`;
       });
-    })
-    .catch((error) => {
-      chart.dmlDrawn = undefined; // the next render tries again
-      chart.textContent = `This chart could not be drawn: ${error.message || error}`;
-    });
+  drawWhenVisible(chart, draw);
   return cleanup;
 }

@@ -27,6 +27,7 @@ import streamlit.components.v1 as components_v1
 
 PLOTLY_DIR = str(Path(plotly.__file__).parent / "package_data")
 PLOTLY_JS = "plotly.min.js"
+DEFAULT_HEIGHT = 450  # plotly.js's, for a figure that sets none
 _MOUNT = st.components.v2.component(
     "dml_live_chart",
     js=(Path(__file__).with_suffix(".js")).read_text(encoding="utf-8"),
@@ -55,7 +56,12 @@ def live_chart(fig: go.Figure, key: str, *, selectable: bool = False) -> None:
     ``selectable``: a click selects a point and reruns the page, and
     ``st.session_state[key]["selection"]`` holds the points, as ``st.plotly_chart`` reports.
     """
-    data = {"spec": fig.to_json(), "plotly_url": plotly_js_url(), "selectable": selectable}
+    data = {
+        "spec": fig.to_json(),
+        "plotly_url": plotly_js_url(),
+        "selectable": selectable,
+        "height": fig.layout.height or DEFAULT_HEIGHT,  # kept while the chart waits off screen
+    }
     if selectable:
         _MOUNT(key=key, data=data, on_selection_change=_ignore)
     else:

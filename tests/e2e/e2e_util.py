@@ -128,6 +128,26 @@ def scroll_to(element: Locator) -> None:
     element.evaluate("e => e.scrollIntoView({block: 'center'})")
 
 
+# The i-th live chart (pages/live_chart.py) of the page, if there is one.
+NTH_LIVE_CHART_JS = "(i) => document.querySelectorAll('.dml-live-chart')[i]"
+
+
+def scroll_through_live_charts(page: Page) -> None:
+    """Scroll to each live chart as a user reading down the page would; each gets drawn.
+
+    A live chart out of view draws nothing until it comes near the viewport (its figure
+    waits: ``pages/live_chart.js``). Ends back at the page's title.
+    """
+    for i in range(page.locator(".dml-live-chart").count()):
+        page.evaluate(f"(i) => ({NTH_LIVE_CHART_JS})(i).scrollIntoView({{block: 'center'}})", i)
+        page.wait_for_function(
+            f"(i) => {{ const e = ({NTH_LIVE_CHART_JS})(i); return !e || !!e._fullLayout; }}",
+            arg=i,
+            timeout=WAIT_MS,
+        )
+    page.evaluate("() => document.querySelector('h1').scrollIntoView()")
+
+
 def screenshot(page: Page, name: str, showing: Locator | None = None) -> Path:
     """Save ``<SHOTS>/<name>`` of the current viewport, preferably with nothing faded.
 

@@ -19,6 +19,7 @@ from e2e_util import (
     expect_title,
     open_app,
     screenshot,
+    scroll_through_live_charts,
     scroll_to,
     set_number,
     train_button,
@@ -54,6 +55,7 @@ def test_a_label_free_run_shows_its_views_and_its_geometry(page: Page, server) -
 
     bar = page.locator("[data-testid='stProgress']", has_text=re.compile("finished"))
     expect(bar.first).to_be_visible(timeout=FIGURE_TIMEOUT_MS)
+    scroll_through_live_charts(page)  # those out of view are drawn as they come into view
     wait_figures(
         page,
         r"^What the net is asked to match",

@@ -19,6 +19,7 @@ from e2e_util import (
     choose,
     open_app,
     screenshot,
+    scroll_through_live_charts,
     set_number,
     train_button,
     wait_figures,
@@ -62,6 +63,13 @@ THEME_JS = f"""() => ({LIVE_CHARTS_JS})().filter(e => e._fullLayout).map(e => ({
     font: e._fullLayout.font.family, title: e.layout.title.text,
     xgrid: e._fullLayout.xaxis.showgrid, paper: e._fullLayout.paper_bgcolor,
     page: getComputedStyle(e).getPropertyValue('--st-background-color').trim()}}))"""
+# Indices of the live charts not drawn (yet): out of view, a chart waits with its height kept.
+UNDRAWN_JS = f"""() => ({LIVE_CHARTS_JS})().flatMap((e, i) =>
+    e._fullLayout ? [] : [[i, Math.round(e.getBoundingClientRect().height)]])"""
+# The newest step the effective-rank chart plots (its x axis is the snapshots' steps).
+RANK_STEP_JS = f"""() => {{ const e = ({LIVE_CHARTS_JS})().find(e =>
+    /Effective rank/.test(String(e.layout && e.layout.title && e.layout.title.text)));
+    return e ? Math.max(...Array.from(e._fullData[0].x)) : null; }}"""
 PLOTLY_JS_SRC = "() => [...document.scripts].map(s => s.src).filter(s => /plotly/.test(s))"
 LIVE_PLOTLY_JS = "() => window.__dmlPlotly.then(p => p.version)"
 FETCH_JS = "(url) => fetch(url).then(r => r.text().then(t => [r.status, t.slice(0, 200)]))"
@@ -226,7 +234,10 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
 
     wait_live_figures(page)
     screenshot(page, "train-early.png")
-    check_live_charts(page)
+    # Charts far below the fold wait, their place kept, until they come into view.
+    waiting = page.evaluate(UNDRAWN_JS)
+    assert waiting, "every live chart was drawn, even those far below the viewport"
+    assert all(height >= 400 for _, height in waiting), waiting
     marks = page.evaluate(MARK_LIVE_JS)
     assert marks == list(range(6)), marks
     zoomed = drag_zoom(page)
@@ -264,6 +275,11 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
         polling=500,
     )
     wait_live_figures(page)
+    # ... and those out of view are drawn as they scroll into view, with the newest figure
+    assert [i for i, _ in page.evaluate(UNDRAWN_JS)] == [i for i, _ in waiting]
+    scroll_through_live_charts(page)
+    assert page.evaluate(RANK_STEP_JS) >= later_snap_step  # not a figure that came earlier
+    check_live_charts(page)
     # ... in the same charts, updated in place, the user's zoom kept (plotly's uirevision)
     assert page.evaluate(MARKED_LIVE_JS) == marks
     assert page.evaluate(ZOOMED_JS) == zoomed
