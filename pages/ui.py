@@ -84,7 +84,7 @@ def services() -> tuple[RunStore, JobManager, ProjectionWorker]:
     except ConfigError as err:
         st.error(str(err), icon="🚫")
         st.stop()
-    return store, manager, _projection_worker()
+    return store, manager, _projection_worker(manager)
 
 
 @st.cache_resource
@@ -98,9 +98,12 @@ def _jobs(runs_dir: str) -> tuple[RunStore, JobManager]:
 
 
 @st.cache_resource
-def _projection_worker() -> ProjectionWorker:
-    """One projection worker per server process (UMAP in a subprocess, compiled at start)."""
-    worker = ProjectionWorker(in_subprocess=True)
+def _projection_worker(_manager: JobManager) -> ProjectionWorker:
+    """One projection worker per server process (UMAP in a subprocess, compiled at start).
+
+    Its fits yield to the runs that ``_manager`` (the server's) trains.
+    """
+    worker = ProjectionWorker(in_subprocess=True, training=lambda: _manager.training() > 0)
     worker.warm_up()  # compile UMAP's numba kernels before the first real request
     return worker
 

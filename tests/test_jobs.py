@@ -169,7 +169,7 @@ def test_manager_jobs_share_the_cpu_threads(
     Catches: a fixed share (a lone job held to 1 of 2 threads, or two jobs on 2 each: OpenMP
     teams of 2 jobs, the page reruns and the browser oversubscribe the cores), a share that
     never adapts while a job runs, and threads set in the wrong thread (the manager's, not the
-    training thread).
+    training thread). ``training()`` (what the UMAP process yields to) counts the same jobs.
     """
     default = torch.get_num_threads()  # an xdist worker runs on 1 (tests/conftest.py)
     torch.set_num_threads(2)  # as the app on 2 cores
@@ -193,6 +193,7 @@ def test_manager_jobs_share_the_cpu_threads(
         wait_for(lambda: manager.get(alone).done, timeout=120)
         assert manager.get(alone).state == RunState.FINISHED
         assert set(steps_of(alone)) == {2}  # alone: every thread
+        assert manager.training() == 0  # a finished job trains no more
         first = manager.submit(make_config(**long))
         wait_for(lambda: len(steps_of(first)) > 3, timeout=120)
         second = manager.submit(make_config(**{**long, "seed": 1}))
@@ -201,11 +202,13 @@ def test_manager_jobs_share_the_cpu_threads(
         wait_for(lambda: all(len(steps_of(r)) > mark[r] + 3 for r in mark), timeout=120)
         for run_id in (first, second):  # both training: one thread each
             assert set(steps_of(run_id)[mark[run_id] + 1 :]) == {1}
+        assert manager.training() == 2
         manager.stop(second)
         wait_for(lambda: manager.get(second).done, timeout=120)
         mark = len(steps_of(first))
         wait_for(lambda: len(steps_of(first)) > mark + 3, timeout=120)
         assert steps_of(first)[-1] == 2  # alone again: every thread
+        assert manager.training() == 1
         manager.stop(first)
         wait_for(lambda: manager.get(first).done, timeout=120)
         assert torch.get_num_threads() == 2  # this thread's are untouched

@@ -68,15 +68,18 @@ class JobManager:
             return self.cluster.job(cfg, run_id, resume)
         return TrainingJob(cfg, self.store, run_id, resume, threads=self.thread_share)
 
+    def training(self) -> int:
+        """How many jobs are starting or training now (here, or on the cluster)."""
+        with self._lock:
+            return sum(j.state in TRAINING for j in self._jobs.values())
+
     def thread_share(self) -> int:
         """Torch threads for each job now: the CPU's threads over the jobs training (>= 1).
 
         Each job asks before every step, so a job alone takes every thread and gives half
         back as soon as a second one starts (never more threads than cores in all).
         """
-        with self._lock:
-            training = sum(j.state in TRAINING for j in self._jobs.values())
-        return max(1, self.cpu_threads // max(1, training))
+        return max(1, self.cpu_threads // max(1, self.training()))
 
     def pause(self, run_id: str) -> None:
         """Pause the run's job, if it is training here."""

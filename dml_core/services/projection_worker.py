@@ -5,8 +5,9 @@ each run and drops stale ones, so the pages never compute UMAP themselves and a 
 never queues up behind the live view.
 
 The UMAP subprocess yields to training (``umap_pool``): it runs at a lower priority with one
-thread, so on 2 cores a layout takes what training leaves instead of half the machine, and it
-ends with the server that started it.
+thread, and a fit beside a training run of the server at Linux's idle class (``run_in_turn``),
+so on 2 cores a layout takes what training leaves instead of half the machine; it ends with
+the server that started it.
 """
 
 from __future__ import annotations
@@ -17,22 +18,31 @@ import multiprocessing.connection
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import threadpoolctl
 
 from dml_core.projection import METHODS, Method, Projector, project
 
+T = TypeVar("T")
+
 COMPILING = "starting UMAP (first fit of this server)"
 WORKING = "working"
 IDLE = "idle"
-UMAP_NICE = 19  # CFS weight 15 against 1024 at nice 0: training gets ~98.5% of a shared core
-# Not SCHED_IDLE (weight 3: next to nothing while other work is runnable), tried 2026-12-01 on
-# a 2-core AVX-512 EPYC: the app trained at 0.735-0.785 of the CLI instead of 0.676-0.749, but
-# beside two CPU-bound processes the e2e test waiting for a finished run's UMAP timed out after
-# 180 s, where nice 19 alone passed in 109 s. A busy classroom server would show PCA for ever.
+UMAP_NICE = 19  # CFS weight 15 against 1024 at nice 0
+# Beside a training run of this server, a fit runs on a SCHED_IDLE thread (``run_in_turn``):
+# Linux hands the core to a waking training thread at once, where beside a nice-19 thread it
+# can wait for that thread's time slice, and training threads wake thousands of times a
+# second (OpenMP teams, the GIL). Measured 2026-12-01 on a 2-core AVX-512 EPYC, the CLI's default
+# FashionMNIST run beside one busy thread: 3,367-3,433 samples/s at nice 19, 4,406-4,611 at
+# SCHED_IDLE, 4,948-4,988 alone. Not SCHED_IDLE for good: an unprivileged thread cannot leave
+# it, and with every core busy it gets next to nothing (weight 3): beside two CPU-bound
+# processes an e2e test waiting for a finished run's UMAP timed out after 180 s, where nice 19
+# passed in 109 s. So only fits beside training are idle; the rest run at nice 19.
 COLD_EPOCHS = 200
 """UMAP epochs of each run's first layout; the warm starts after it take ``WARM_EPOCHS``.
 
@@ -82,6 +92,33 @@ def yield_to_training() -> None:
         watch.start()
 
 
+def run_in_turn(beside_training: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in the UMAP subprocess, on an idle-class thread beside training.
+
+    Beside training, a thread of its own runs it at ``SCHED_IDLE`` (Linux's policy is per
+    thread, and a thread cannot leave SCHED_IDLE unprivileged, so the thread ends with the
+    call); otherwise the calling thread runs it at nice ``UMAP_NICE``. See ``UMAP_NICE``.
+    """
+    if not beside_training:
+        return fn(*args, **kwargs)
+    out: dict[str, Any] = {}
+
+    def idle() -> None:
+        with contextlib.suppress(OSError, AttributeError):  # no SCHED_IDLE: at nice 19
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as error:  # raised again in the caller
+            out["error"] = error
+
+    thread = threading.Thread(target=idle, name="umap-beside-training")
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
 def umap_pool() -> ProcessPoolExecutor:
     """One spawned worker process for UMAP fits, set up by ``yield_to_training``."""
     return ProcessPoolExecutor(
@@ -108,10 +145,20 @@ class ProjectionWorker:
     condition variable; the thread sleeps on it when there is nothing to do.
 
     A failed computation does not stop the thread: its message is kept in ``last_error``.
+
+    ``in_subprocess``: UMAP runs in ``umap_pool``'s process, on an idle-class thread while
+    ``training()`` says a run trains beside it (``run_in_turn``).
     """
 
-    def __init__(self, seed: int = 0, max_results: int = 200, in_subprocess: bool = False):
+    def __init__(
+        self,
+        seed: int = 0,
+        max_results: int = 200,
+        in_subprocess: bool = False,
+        training: Callable[[], bool] = lambda: False,
+    ):
         self.seed = seed
+        self.training = training  # whether a run trains beside the UMAP subprocess now
         # UMAP (numba) holds the GIL for long stretches, above all while it compiles: in a
         # server it would stall the training threads. In a subprocess it only shares the CPU,
         # and yields it to training (``yield_to_training``).
@@ -209,7 +256,8 @@ class ProjectionWorker:
     def _project(self, *args: object, **kwargs: object) -> np.ndarray:
         """``project`` here, or UMAP in the worker's subprocess when it has one."""
         if self._pool is not None and args[1] == "umap":
-            return self._pool.submit(project, *args, **kwargs).result()
+            beside = self.training()
+            return self._pool.submit(run_in_turn, beside, project, *args, **kwargs).result()
         return project(*args, **kwargs)  # type: ignore[arg-type]
 
     def _next_job(self) -> tuple[str, int, str, np.ndarray | None] | None:
