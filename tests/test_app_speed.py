@@ -90,3 +90,41 @@ def test_a_failing_cli_run_reports_its_own_error(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("PYTHONPATH", raising=False)
     with pytest.raises(RuntimeError, match="No module named dml_core"):
         app_speed.cli_run(make_config(), tmp_path / "runs")
+
+
+def test_repeats_set_each_app_run_against_the_cli_runs_beside_it(tmp_path, monkeypatch) -> None:
+    """``--repeats``: CLI, app, CLI, app, CLI...; each app run against the mean of the two
+    CLI runs around it, the median of those ratios reported, with the median run's figures.
+
+    Catches: every app run set against the first CLI (a slower machine later reads as a slow
+    app), the mean or the best ratio reported instead of the median, and the details of
+    another run than the median one.
+    """
+    from dml_core.bench import app_speed
+    from dml_core.config import make_config
+
+    cli_rates, app_rates, calls = iter([100.0, 50.0, 50.0, 100.0]), iter([60.0, 45.0, 80.0]), []
+
+    def fake_cli(cfg, runs):
+        calls.append("cli")
+        rate = next(cli_rates)
+        return {"samples_per_s": rate, "wall_s": 2.0, "cpu_s": 3.0, "train_seconds": 1.0,
+                "seconds": 1.5, "eval_seconds": 0.2, "map_at_r": 0.5}  # fmt: skip
+
+    def fake_app(cfg, runs, log, timeout_s):
+        calls.append("app")
+        rate = next(app_rates)
+        return {"samples_per_s": rate, "train_seconds": 1.0, "steps_done": 300,
+                "time_to_verdict_s": rate, "parts_s": {"setup": 0.1, "train": 1.0, "eval": 0.2},
+                "cpu_s": {"server": 1.0, "umap_worker": 0.1, "browser": 0.2},
+                "map_at_r": 0.5}  # fmt: skip
+
+    monkeypatch.setattr(app_speed, "cli_run", fake_cli)
+    monkeypatch.setattr(app_speed, "app_run", fake_app)
+    result = app_speed.run_app_speed(make_config(), tmp_path, repeats=3)
+    assert calls == ["cli", "app", "cli", "app", "cli", "app", "cli"]
+    assert result["ratios"] == [0.8, 0.9, 1.067]  # 60/75, 45/50, 80/75
+    assert result["ratio"] == 0.9
+    assert result["app_samples_per_s"] == 45.0  # the median run's
+    assert result["cli_samples_per_s"] == [50.0, 50.0]
+    assert result["repeats"] == 3
