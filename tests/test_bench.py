@@ -279,6 +279,25 @@ def test_the_app_block_puts_each_figure_under_its_own_column() -> None:
     assert f"**{result['ratio']}**" in format_markdown(result)
 
 
+def test_the_app_block_of_repeated_runs_gives_the_median_and_every_run() -> None:
+    """``bench app --repeats``: the block says how many runs, their median and each ratio.
+
+    Catches: a repeated file described as one run between two CLI runs, or its median shown
+    without the spread of the runs behind it.
+    """
+    from pathlib import Path
+
+    from dml_core.bench.report import format_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "assets" / "bench-app.json").read_text())
+    result.update(repeats=3, ratios=[0.7, 0.81, 0.9], ratio=0.81)
+    text = format_markdown(result)
+    assert "**0.81** (median; each run: 0.7, 0.81, 0.9)" in text
+    assert "The app ran 3 times, each between two CLI runs" in text
+    assert "once before and once after" not in text
+
+
 def test_a_trains_the_net_as_built_from_b_s_initial_weights(monkeypatch, no_verdict) -> None:
     """A, the pytorch-metric-learning loop, runs the ConvNet as ``build_net`` makes it: ReLU
     before max-pool, NCHW, with B's initial weights; none of B's speed-ups.

@@ -146,14 +146,24 @@ def format_app_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| ↳ {label} | " + " | ".join(cells) + " |")
     config, cpu = result["config"], result["app_cpu_s_click_to_verdict"]
     map_at_r = result["map_at_r"]
+    cli_rates = " and ".join(f"{rate:.0f}" for rate in result["cli_samples_per_s"])
+    repeats = result.get("repeats", 1)
+    if repeats == 1:
+        runs = f"The CLI ran once before and once after the app: {cli_rates} samples/s."
+        ratio = f"**{result['ratio']}**"
+    else:
+        runs = (
+            f"The app ran {repeats} times, each between two CLI runs; the figures here are "
+            f"those of the median run, whose CLI runs gave {cli_rates} samples/s."
+        )
+        ratio = f"**{result['ratio']}** (median; each run: {', '.join(map(str, result['ratios']))})"
     lines += [
         "",
         f"`{result['command']}` on {result['cpu_name']} ({result['cpus']} CPUs), "
         f"{result['date']}: {config['dataset']}, {config['net']}, {config['steps']} steps at the "
-        f"Train page's other defaults. The CLI ran once before and once after the app: "
-        f"{' and '.join(f'{rate:.0f}' for rate in result['cli_samples_per_s'])} samples/s.",
+        f"Train page's other defaults. {runs}",
         "",
-        f"- In-app training speed / CLI: **{result['ratio']}**, with the browser (headless "
+        f"- In-app training speed / CLI: {ratio}, with the browser (headless "
         f"Chromium) drawing the live view on the same {result['cpus']} cores.",
         f"- CPU seconds from Train pressed to the final metrics: server {cpu['server']} "
         f"(training, final evaluation, page reruns), UMAP worker {cpu['umap_worker']}, "
