@@ -31,6 +31,7 @@ from dml_core.figures.style import split_symbol
 from dml_core.registry import Entry
 from dml_core.runs import RunState, RunStore
 from dml_core.services import export
+from dml_core.services.job_manager import training_here
 from dml_core.services.jobs import JobManager
 from dml_core.services.projection_worker import ProjectionWorker
 from dml_core.services.share_links import Link
@@ -84,7 +85,7 @@ def services() -> tuple[RunStore, JobManager, ProjectionWorker]:
     except ConfigError as err:
         st.error(str(err), icon="🚫")
         st.stop()
-    return store, manager, _projection_worker(manager)
+    return store, manager, _projection_worker()
 
 
 @st.cache_resource
@@ -98,12 +99,12 @@ def _jobs(runs_dir: str) -> tuple[RunStore, JobManager]:
 
 
 @st.cache_resource
-def _projection_worker(_manager: JobManager) -> ProjectionWorker:
+def _projection_worker() -> ProjectionWorker:
     """One projection worker per server process (UMAP in a subprocess, compiled at start).
 
-    Its fits yield to the runs that ``_manager`` (the server's) trains.
+    Its fits yield to the runs this process trains (``job_manager.training_here``).
     """
-    worker = ProjectionWorker(in_subprocess=True, training=lambda: _manager.training() > 0)
+    worker = ProjectionWorker(in_subprocess=True, training=training_here)
     worker.warm_up()  # compile UMAP's numba kernels before the first real request
     return worker
 

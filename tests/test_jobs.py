@@ -14,6 +14,7 @@ from dml_core import metrics
 from dml_core.config import make_config
 from dml_core.evaluation import Evaluation
 from dml_core.runs import RunState, RunStore
+from dml_core.services.job_manager import training_here
 from dml_core.services.jobs import JobManager, Phase, StepRate, TrainingJob, train_and_save
 from dml_core.train import Trainer
 from tests.thread_counts import fresh_thread_count
@@ -203,6 +204,7 @@ def test_manager_jobs_share_the_cpu_threads(
         for run_id in (first, second):  # both training: one thread each
             assert set(steps_of(run_id)[mark[run_id] + 1 :]) == {1}
         assert manager.training() == 2
+        assert training_here()  # what the UMAP process asks: any manager of this process
         manager.stop(second)
         wait_for(lambda: manager.get(second).done, timeout=120)
         mark = len(steps_of(first))
@@ -212,6 +214,7 @@ def test_manager_jobs_share_the_cpu_threads(
         manager.stop(first)
         wait_for(lambda: manager.get(first).done, timeout=120)
         assert torch.get_num_threads() == 2  # this thread's are untouched
+        wait_for(lambda: not training_here(), timeout=30)  # no job of any manager trains
         # torch's count is process-wide in effect: a thread started after the job adopts what
         # one started before it saw (whatever earlier code in this process left), not the job's
         assert fresh_thread_count() == before  # the jobs gave their threads back when they ended

@@ -12,12 +12,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 
 import torch
 
 from dml_core.config import RunConfig
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import BUSY, RAY_ADDRESS_ENV, TRAINING, TrainingJob, resumable
+
+_MANAGERS: weakref.WeakSet[JobManager] = weakref.WeakSet()
+
+
+def training_here() -> bool:
+    """Whether any job manager of this process has a job starting or training now."""
+    return any(manager.training() for manager in list(_MANAGERS))
 
 
 class JobManager:
@@ -56,6 +64,7 @@ class JobManager:
         self._wake = threading.Event()
         self._scheduler = threading.Thread(target=self._schedule, name="job-scheduler", daemon=True)
         self._scheduler.start()
+        _MANAGERS.add(self)
 
     def submit(self, cfg: RunConfig, run_id: str | None = None) -> str:
         """Create the run on disk and queue its job; returns the run id."""

@@ -138,13 +138,15 @@ def scroll_through_live_charts(page: Page) -> None:
     A live chart out of view draws nothing until it comes near the viewport (its figure
     waits: ``pages/live_chart.js``). Ends back at the page's title.
     """
-    for i in range(page.locator(".dml-live-chart").count()):
-        page.evaluate(f"(i) => ({NTH_LIVE_CHART_JS})(i).scrollIntoView({{block: 'center'}})", i)
+    i = 0
+    while i < page.locator(".dml-live-chart").count():  # a rerun may add or remove one
+        page.evaluate(f"(i) => ({NTH_LIVE_CHART_JS})(i)?.scrollIntoView({{block: 'center'}})", i)
         page.wait_for_function(
             f"(i) => {{ const e = ({NTH_LIVE_CHART_JS})(i); return !e || !!e._fullLayout; }}",
             arg=i,
             timeout=WAIT_MS,
         )
+        i += 1
     page.evaluate("() => document.querySelector('h1').scrollIntoView()")
 
 
