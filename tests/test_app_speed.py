@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,8 @@ def test_repeats_set_each_app_run_against_the_cli_runs_beside_it(tmp_path, monke
         return {"samples_per_s": rate, "train_seconds": 1.0, "steps_done": 300,
                 "time_to_verdict_s": rate, "parts_s": {"setup": 0.1, "train": 1.0, "eval": 0.2},
                 "cpu_s": {"server": 1.0, "umap_worker": 0.1, "browser": 0.2},
+                "cpu_s_training": {"server": 0.5, "umap_worker": 0.0, "browser": rate / 100},
+                "training_window_s": 0.9,
                 "map_at_r": 0.5}  # fmt: skip
 
     monkeypatch.setattr(app_speed, "cli_run", fake_cli)
@@ -126,5 +129,37 @@ def test_repeats_set_each_app_run_against_the_cli_runs_beside_it(tmp_path, monke
     assert result["ratios"] == [0.8, 0.9, 1.067]  # 60/75, 45/50, 80/75
     assert result["ratio"] == 0.9
     assert result["app_samples_per_s"] == 45.0  # the median run's
+    assert result["app_cpu_s_training"]["browser"] == 0.45
     assert result["cli_samples_per_s"] == [50.0, 50.0]
     assert result["repeats"] == 3
+
+
+def test_the_training_window_is_read_while_the_status_says_training(tmp_path) -> None:
+    """``TrainingWindow``: CPU seconds from the run's phase turning "training" to its end.
+
+    Catches: a window that never opens or closes (a phase name misread), and one that closes
+    as it opens (no seconds, no CPU of the busy "server" inside it).
+    """
+    from dml_core.bench.app_speed import TrainingWindow
+
+    run = tmp_path / "runs" / "run-1"
+    run.mkdir(parents=True)
+    server = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        window = TrainingWindow(tmp_path / "runs", server.pid, every_s=0.02)
+        (run / "status.json").write_text(json.dumps({"state": "running", "phase": "training"}))
+        deadline = time.monotonic() + 30  # a bound on the wait, not a timing check
+        while window.start is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        (run / "status.json").write_text(json.dumps({"phase": "final evaluation"}))
+        while window.end is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cpu, seconds = window.result()
+    finally:
+        server.kill()
+        server.wait()
+    assert cpu is not None
+    assert seconds is not None
+    assert seconds >= 0.5
+    assert cpu["server"] > 0.05  # busy throughout the window

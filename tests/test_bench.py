@@ -291,8 +291,11 @@ def test_the_app_block_of_repeated_runs_gives_the_median_and_every_run() -> None
 
     root = Path(__file__).resolve().parents[1]
     result = json.loads((root / "assets" / "bench-app.json").read_text())
-    result.update(repeats=3, ratios=[0.7, 0.81, 0.9], ratio=0.81)
+    result.update(repeats=3, ratios=[0.7, 0.81, 0.9], ratio=0.81, app_training_window_s=7.1)
+    result["app_cpu_s_training"] = {"server": 9.5, "umap_worker": 0.4, "browser": 1.6}
     text = format_markdown(result)
+    assert "while the app's run trained (7.1 s from its first step to its last)" in text
+    assert "server 9.5, UMAP worker 0.4, browser 1.6." in text
     assert "**0.81** (median; each run: 0.7, 0.81, 0.9)" in text
     assert "The app ran 3 times, each between two CLI runs" in text
     assert "once before and once after" not in text

@@ -20,9 +20,11 @@ The figure is ``ratio`` = app samples/s / mean CLI samples/s of the CLI runs on 
 (the issue asks >= 0.8 on 2 cores); with repeats, the median of the N ratios (``ratios``).
 Beside it, the CPU seconds each process group used from Train pressed to the
 verdict: the server (training, final evaluation and page reruns share it), its UMAP
-subprocess, and the browser; and the CLI's CPU seconds for the same run. CPU seconds hardly
-depend on other processes' load, so they show the app's extra work even on a busy machine,
-where wall-clock rates do not: the load shows in ``loadavg`` before and after.
+subprocess, and the browser; and the CLI's CPU seconds for the same run. The same groups'
+CPU seconds while the run's status says "training" (``app_cpu_s_training``, over
+``app_training_window_s``) show what the live view takes from the steps themselves. CPU
+seconds hardly depend on other processes' load, so they show the app's extra work even on a
+busy machine, where wall-clock rates do not: the load shows in ``loadavg`` before and after.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,6 +152,49 @@ def _umap_settled(server_pid: int, quiet_s: float = 1.0) -> bool:
     return before > 0 and cpu_by_group(server_pid)["umap_worker"] == before
 
 
+class TrainingWindow:
+    """CPU seconds of each process group while a run trains (its status says "training").
+
+    A thread polls the runs folder's first run's ``status.json`` every ``every_s`` and reads
+    ``cpu_by_group`` when the phase turns to training and when it leaves it. Unlike the span
+    from Train to the verdict, this window holds only the steps (and the snapshots between
+    them): what the live view takes from training.
+    """
+
+    def __init__(self, runs: Path, server_pid: int, every_s: float = 0.05) -> None:
+        self.runs, self.server_pid, self.every_s = runs, server_pid, every_s
+        self.start: dict[str, float] | None = None
+        self.end: dict[str, float] | None = None
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _phase(self) -> str | None:
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            run = next(self.runs.iterdir())
+            return json.loads((run / "status.json").read_text()).get("phase")
+        return None
+
+    def _watch(self) -> None:
+        began = 0.0
+        while not self._stop.wait(self.every_s):
+            phase = self._phase()
+            if self.start is None and phase == "training":
+                self.start, began = cpu_by_group(self.server_pid), time.perf_counter()
+            elif self.start is not None and phase != "training":
+                self.end, self.seconds = cpu_by_group(self.server_pid), time.perf_counter() - began
+                return
+
+    def result(self) -> tuple[dict[str, float] | None, float | None]:
+        """(CPU seconds per group, wall seconds) of the window, or (None, None) if not seen."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self.start is None or self.end is None:
+            return None, None
+        return {k: self.end[k] - self.start[k] for k in self.end}, self.seconds
+
+
 def cli_run(cfg: RunConfig, runs: Path) -> dict[str, Any]:
     """``python -m dml_core train --json`` with ``cfg``'s settings; its JSON, wall and CPU time."""
     cmd = [
@@ -247,6 +293,7 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
         page.wait_for_timeout(1000)  # the last widget change has rerun the script
         wait_until(lambda: _umap_settled(server_pid), "the UMAP worker's warm-up", every_s=0)
         cpu_before = cpu_by_group(server_pid)
+        window = TrainingWindow(runs, server_pid)
         clicked, clicked_at = time.perf_counter(), time.time()
         train.click()
         wait_until(lambda: any(runs.iterdir()), "the run's folder")
@@ -262,6 +309,7 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
         except PlaywrightTimeoutError:  # too slow to wait for: report the steps trained so far
             verdict_s = None
         cpu_after = cpu_by_group(server_pid)
+        cpu_training, window_s = window.result()
         browser.close()
     status = json.loads((run_dir / "status.json").read_text())
     last = pd.read_csv(run_dir / "metrics.csv").sort_values("step").iloc[-1]
@@ -280,6 +328,8 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
             "eval": float(status.get("eval_seconds") or 0.0),
         },
         "cpu_s": {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+        "cpu_s_training": cpu_training,
+        "training_window_s": window_s,
         "map_at_r": (status.get("final_metrics") or {}).get("map_at_r"),
     }
 
@@ -320,6 +370,9 @@ def run_app_speed(
         "app_steps_done": app["steps_done"],
         "app_train_seconds": round(app["train_seconds"], 2),
         "app_cpu_s_click_to_verdict": {k: round(v, 1) for k, v in app["cpu_s"].items()},
+        "app_cpu_s_training": app["cpu_s_training"]
+        and {k: round(v, 2) for k, v in app["cpu_s_training"].items()},
+        "app_training_window_s": app["training_window_s"] and round(app["training_window_s"], 2),
         "ratio": round(statistics.median(ratios), 3),
         "time_to_verdict": {
             "cli": verdict_entry(

@@ -171,6 +171,13 @@ def format_app_markdown(result: dict[str, Any]) -> str:
         f"{' and '.join(str(c) for c in result['cli_cpu_s'])}.",
         f"- Final MAP@R: CLI {map_at_r['cli']:.4f}, app {map_at_r['app']:.4f} (the same seed).",
     ]
+    if training := result.get("app_cpu_s_training"):
+        lines.insert(
+            -1,
+            f"- CPU seconds while the app's run trained ({result['app_training_window_s']} s "
+            f"from its first step to its last): server {training['server']}, UMAP worker "
+            f"{training['umap_worker']}, browser {training['browser']}.",
+        )
     return "\n".join(lines)
 
 
