@@ -293,7 +293,8 @@ def figures_body(run_id: str | None, interval: float | None) -> None:
         st.caption("Waiting for the first snapshot…")
         pending = False
     else:
-        step = scrub_controls(tuple(steps_saved))
+        with st.container():  # one slot whatever it holds: the charts below keep their place
+            step = scrub_controls(tuple(steps_saved))
         pending = snapshot_view(run_id, record, tuple(steps_saved), step)
     st.session_state["view.pending"] = pending
     st.session_state.pop("view.waiting_since", None)  # what it waited on is drawn
@@ -307,7 +308,10 @@ def figures_body(run_id: str | None, interval: float | None) -> None:
 def snapshot_view(run_id: str, record, steps_saved: tuple[int, ...], step: int) -> bool:
     """Every figure of one snapshot, on the run's fixed axes; returns whether UMAP is pending."""
     snap = load_snapshot(str(store.root), run_id, step)
-    headline_metrics(snap, record.status.get("final_metrics"))
+    # One slot, with or without the final metrics: a live chart that moved to another place
+    # in the page would be mounted anew (its zoom lost, its first draw paid again).
+    with st.container():
+        headline_metrics(snap, record.status.get("final_metrics"))
     index = steps_saved.index(step)
     st.caption(
         f"Snapshot {index + 1} of {len(steps_saved)}: step {snap.step}, "

@@ -235,3 +235,49 @@ def test_a_clicked_point_is_marked_only_in_the_run_it_was_clicked_in(
     finally:
         _, manager, _ = pages.ui.services()
         manager.stop_all()
+
+
+def live_chart_places(at: AppTest) -> dict[str, tuple[int, ...]]:
+    """Where each live chart sits in the page's element tree (the index path from the main
+    area), by key: the browser keeps a chart only while it stays in its place."""
+    places: dict[str, tuple[int, ...]] = {}
+
+    def walk(node, path: tuple[int, ...]) -> None:
+        for index, child in getattr(node, "children", {}).items():
+            proto = getattr(child, "proto", None)
+            if getattr(proto, "component_name", None) == "dml_live_chart":
+                places[proto.id.split("-", 2)[-1]] = (*path, index)
+            walk(child, (*path, index))
+
+    walk(at.main, ())
+    return places
+
+
+def test_the_live_charts_keep_their_places_when_the_final_metrics_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's page with and without its final metrics puts every live chart in the same
+    place, so the finished run's redraw updates the charts the user watched (their zoom kept).
+
+    Catches: the final metrics' second row of columns added above the charts (seen in
+    Chromium: all six charts mounted anew when a run finished).
+    """
+    store = make_tiny_run(tmp_path / "runs")
+    monkeypatch.setenv("DML_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr("pages.ui.RUNS_DIR", str(tmp_path / "runs"))
+    status_file = store.root / "tiny-digits" / "status.json"
+
+    def places() -> dict[str, tuple[int, ...]]:
+        at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+        at.query_params["run"] = "tiny-digits"
+        at.run()
+        assert not at.exception
+        return live_chart_places(at)
+
+    before_the_verdict = places()
+    final = {"precision_at_1": 0.9, "r_precision": 0.8, "map_at_r": 0.7, "nmi": 0.6}
+    status = json.loads(status_file.read_text())
+    status_file.write_text(json.dumps({**status, "final_metrics": final}))
+    finished = places()
+    assert len(finished) == 6, finished
+    assert finished == before_the_verdict

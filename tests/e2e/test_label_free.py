@@ -55,6 +55,10 @@ def test_a_label_free_run_shows_its_views_and_its_geometry(page: Page, server) -
 
     bar = page.locator("[data-testid='stProgress']", has_text=re.compile("finished"))
     expect(bar.first).to_be_visible(timeout=FIGURE_TIMEOUT_MS)
+    # The finished run's redraw (its final metrics) may move the charts: read them after it.
+    final = page.locator("[data-testid='stMetricLabel']", has_text="MAP@R final")
+    expect(final.first).to_be_visible(timeout=FIGURE_TIMEOUT_MS)
+    wait_settled(page)
     scroll_through_live_charts(page)  # those out of view are drawn as they come into view
     wait_figures(
         page,

@@ -23,6 +23,7 @@ from e2e_util import (
     set_number,
     train_button,
     wait_figures,
+    wait_settled,
 )
 from playwright.sync_api import Page, expect
 
@@ -296,6 +297,8 @@ def test_train_live_stop_and_reload(page: Page, server: str) -> None:
     page.get_by_role("button", name="Stop", exact=True).click()
     wait_progress(page, r"· stopped")
     wait_live_figures(page)
+    wait_settled(page)  # the stopped run's redraw, scrubber and all: the same charts
+    assert page.evaluate(MARKED_LIVE_JS) == marks
     screenshot(page, "train-late.png")
     assert_no_exception(page)
 
