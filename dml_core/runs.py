@@ -85,6 +85,11 @@ def _process_alive(pid: Any) -> bool:
     return True
 
 
+def _row_step(row: str) -> float:
+    """The step of one of metrics.csv's rows: "step" is the first column (``Snapshot.scalars``)."""
+    return float(row.split(",", 1)[0])
+
+
 def _with_row(table: Path, snap: Snapshot) -> str:
     """metrics.csv's text with the snapshot's row last (replacing a row of the same step).
 
@@ -104,8 +109,7 @@ def _with_row(table: Path, snap: Snapshot) -> str:
         history = pd.read_csv(table)
         return pd.concat([history[history.step != snap.step], new]).to_csv(index=False)
     row = new.reindex(columns=columns).to_csv(index=False, header=False).rstrip("\n")
-    step = str(snap.step)
-    kept = [r for r in rows if r.split(",", 1)[0] != step]  # "step" is the first column
+    kept = [r for r in rows if _row_step(r) != snap.step]
     return "\n".join([old_header, *kept, row]) + "\n"
 
 
@@ -280,7 +284,7 @@ class RunStore:
         table = self.path(run_id) / "metrics.csv"
         if table.exists():
             header, *rows = table.read_text().splitlines()
-            kept = [r for r in rows if float(r.split(",", 1)[0]) <= step]  # "step" first
+            kept = [r for r in rows if _row_step(r) <= step]
             if len(kept) < len(rows):
                 atomic_write_bytes(table, "\n".join([header, *kept, ""]).encode())
 

@@ -46,16 +46,14 @@ function visibility() {
 }
 
 // Draw now if the chart is in view, else when it comes into view (the newest figure only).
+// A chart not reported yet counts as out of view: its first report comes with the next frame.
 function drawWhenVisible(chart, draw) {
-  if (!chart.dmlObserved) {
-    chart.dmlObserved = true;
-    chart.dmlWaiting = draw;
-    visibility().observe(chart); // its first report comes with the next frame
-  } else if (chart.dmlVisible) {
+  if (chart.dmlVisible) {
     chart.dmlWaiting = undefined;
     draw();
   } else {
     chart.dmlWaiting = draw;
+    visibility().observe(chart); // observing a chart observed already changes nothing
   }
 }
 
@@ -197,8 +195,9 @@ function selection(points) {
 }
 
 // Draw the figure on the chart of this key, unless it shows that figure in this theme already;
-// out of view, once it comes into view. A chart taken off the page is purged (plotly's resize listener and a WebGL context would
-// otherwise stay); one that fails to draw says so, and the next render tries again.
+// out of view, once it comes into view. A chart taken off the page is purged (plotly's resize
+// listener and a WebGL context would otherwise stay); one that fails to draw says so, and the
+// next render tries again.
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let chart = parentElement.querySelector(":scope > div.dml-live-chart");

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -38,15 +39,36 @@ def number_widget(at: AppTest, key: str):
     return widget
 
 
+def live_chart_key(proto: Any) -> str | None:
+    """The key of a ``pages.live_chart`` element (None for any other element)."""
+    if getattr(proto, "component_name", None) != "dml_live_chart":
+        return None
+    return proto.id.split("-", 2)[-1]  # "$$ID-<hash>-<key>"
+
+
 def live_charts(at: AppTest) -> dict[str, dict]:
     """The figures the page drew with ``pages.live_chart``, by key (their ``data`` parsed)."""
     found = {}
     for element in at.get("bidi_component"):
-        if element.proto.component_name == "dml_live_chart":
+        if key := live_chart_key(element.proto):
             data = json.loads(element.proto.json)
-            key = element.proto.id.split("-", 2)[-1]  # "$$ID-<hash>-<key>"
             found[key] = {**data, "spec": json.loads(data["spec"])}
     return found
+
+
+def live_chart_places(at: AppTest) -> dict[str, tuple[int, ...]]:
+    """Where each live chart sits in the page's element tree (its index path from the main
+    area), by key: the browser keeps a chart only while it stays in its place."""
+    places: dict[str, tuple[int, ...]] = {}
+
+    def walk(node: Any, path: tuple[int, ...]) -> None:
+        for index, child in getattr(node, "children", {}).items():
+            if key := live_chart_key(getattr(child, "proto", None)):
+                places[key] = (*path, index)
+            walk(child, (*path, index))
+
+    walk(at.main, ())
+    return places
 
 
 def figure_specs(at: AppTest) -> list[dict]:

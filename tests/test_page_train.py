@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 import pages.ui
 from dml_core.config import margin_link
 from dml_core.registry import LOSSES, MINERS
-from tests.page_apps import figure_specs, live_charts, number_widget
+from tests.page_apps import figure_specs, live_chart_places, live_charts, number_widget
 from tests.saved_runs import make_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,22 +235,6 @@ def test_a_clicked_point_is_marked_only_in_the_run_it_was_clicked_in(
     finally:
         _, manager, _ = pages.ui.services()
         manager.stop_all()
-
-
-def live_chart_places(at: AppTest) -> dict[str, tuple[int, ...]]:
-    """Where each live chart sits in the page's element tree (the index path from the main
-    area), by key: the browser keeps a chart only while it stays in its place."""
-    places: dict[str, tuple[int, ...]] = {}
-
-    def walk(node, path: tuple[int, ...]) -> None:
-        for index, child in getattr(node, "children", {}).items():
-            proto = getattr(child, "proto", None)
-            if getattr(proto, "component_name", None) == "dml_live_chart":
-                places[proto.id.split("-", 2)[-1]] = (*path, index)
-            walk(child, (*path, index))
-
-    walk(at.main, ())
-    return places
 
 
 def test_the_live_charts_keep_their_places_when_the_final_metrics_arrive(
