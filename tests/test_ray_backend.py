@@ -358,6 +358,38 @@ def test_the_channel_process_loads_no_torch_and_orders_after_close_do_nothing(
     executor.pause("run")
 
 
+def test_closing_the_executor_lands_the_last_records_of_a_run_going(tmp_path: Path) -> None:
+    """Closing the executor while a run trains (a sweep interrupted, the app shutting down)
+    stops the run, and the records it sends as it stops are written before the channel goes:
+    it reads "stopped", with a last snapshot and a checkpoint at that step, so Resume goes on
+    from where it stopped.
+
+    Catches (tried once): a close that kills the channel right after the stop order. The run
+    then still read "running" and its checkpoint was the one sent up to
+    ``CHECKPOINT_EVERY_S`` earlier.
+    """
+    from dml_core.services.ray_backend import RayExecutor
+    from dml_core.services.sweep_runner import RunTask
+
+    store, cfg = RunStore(tmp_path), tiny(steps=100_000, every=5)
+    store.create(cfg, "run")
+    executor = RayExecutor(store)
+    executor.submit(RunTask("run", cfg))
+
+    def trained() -> bool:
+        executor.wait(0.1)  # replays what arrived
+        return store.status("run").get("step", 0) >= 40
+
+    wait_for(trained, "the run to train 40 steps")
+    sent = store.load_checkpoint("run")["step"]  # the first, at step 0: the next is 10 s on
+    executor.close()
+    status = store.status("run")
+    assert status["state"] == RunState.STOPPED
+    last = store.snapshot_steps("run")[-1]
+    assert last == status["step"] >= 40
+    assert store.load_checkpoint("run")["step"] == last > sent
+
+
 def test_the_driver_writes_only_each_runs_newest_checkpoint_of_a_batch() -> None:
     """Of the records taken at once, a run's older checkpoints are dropped (a later one
     replaces them on disk anyway); everything else stays, in order.

@@ -45,6 +45,8 @@ from dml_core.services.sweep_runner import RunTask, worker_info
 
 GPU_SHARE = 0.25
 """GPUs each run declares by default on a cluster with GPUs: four small runs share one."""
+CLOSE_WAIT_S = 30.0
+"""How long ``RayExecutor.close`` waits for the runs it stopped to send their last records."""
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -292,13 +294,26 @@ class RayExecutor:
         if run_id in self._failed:
             self.store.set_status(run_id, state=RunState.FAILED, message=self._failed[run_id])
 
-    def close(self) -> None:
-        """Stop runs still going, drop the channel, and end a Ray instance started here."""
+    def close(self, timeout: float = CLOSE_WAIT_S) -> None:
+        """Stop runs still going and write their last records; drop the channel; end our Ray.
+
+        A stopped run sends a last snapshot, its checkpoint at that step and its "stopped"
+        status as it ends; they are replayed here (for at most ``timeout`` seconds) before the
+        channel goes, so the run resumes from where it stopped. Killed at once, it would still
+        read "running", its checkpoint up to ``CHECKPOINT_EVERY_S`` (``ray_worker``) old. A run
+        that has not ended by then (e.g. in its final evaluation) keeps what reached the
+        driver. Ray itself is shut down only if this executor started it.
+        """
         with self._lock:
             going = list(self._by_run)
         for run_id in going:
             self.stop(run_id)
-        self._closed = True  # a late stop (e.g. a manager's at exit) finds nothing to do
-        ray.kill(self.channel)
-        if self._owns_ray:
-            ray.shutdown()
+        deadline = time.monotonic() + timeout
+        try:
+            while self._refs and (left := deadline - time.monotonic()) > 0:
+                self.wait(min(left, 0.5))
+        finally:
+            self._closed = True  # a late stop (e.g. a manager's at exit) finds nothing to do
+            ray.kill(self.channel)
+            if self._owns_ray:
+                ray.shutdown()
