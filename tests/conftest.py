@@ -9,6 +9,7 @@ two cores; the fault tests still train with ``fault_runs.TEST_THREADS`` in every
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +47,7 @@ GROUPS = {
     "tests/test_kill_phases.py": "faults",
     "tests/test_resume.py": "faults",
     "tests/test_ray_backend.py": "ray",
+    "tests/test_ray_worker.py": "ray",
 }
 FIRST = ("e2e", "tests/test_lessons.py", "faults", "ray")  # the longest units start first
 
@@ -80,6 +82,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super()._assign_work_unit(node)
 
     return FileUnits(config, log)
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    """One real local Ray instance with 2 CPUs, for a module of the "ray" work unit.
+
+    Its modules run one after another in one worker process: one instance at a time.
+    """
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module", autouse=True)  # before the modules' own fixtures

@@ -8,7 +8,6 @@ a state), with a generous deadline only so that a broken propagation fails inste
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from dml_core.sweep_cli import main
 from dml_core.sweeps import SweepState, SweepStore, build_sweep
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.usefixtures("ray_instance")  # tests/conftest.py: one per module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,14 +37,6 @@ TINY = [  # the flags of tests/test_sweeps.py's tiny runs
     "--probe-size", "50", "--embedding-dim", "8", "--classes-per-batch", "4",
     "--samples-per-class", "8", "--device", "cpu", "--num-cpus", "1",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance() -> Iterator[None]:
-    """One real local Ray instance with 2 CPUs for the module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
 
 
 def tiny(steps: int, every: int) -> RunConfig:

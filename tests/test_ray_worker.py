@@ -7,9 +7,7 @@ and whole runs on Ray are in ``tests/test_ray_backend.py``.
 from __future__ import annotations
 
 import io
-import logging
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,14 +16,7 @@ import torch
 from dml_core.runs import RunState
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance() -> Iterator[None]:
-    """One real local Ray instance with 2 CPUs for the module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_instance")  # tests/conftest.py: one per module
 
 
 def taken(channel: Any) -> list[tuple]:
