@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +49,7 @@ from typing import Any
 
 import pandas as pd
 
+from dml_core.bench.processes import TrainingWindow, cpu_by_group, umap_settled
 from dml_core.bench.timing import cpu_name
 from dml_core.bench.verdict import cli_parts, verdict_entry
 from dml_core.config import RunConfig
@@ -63,7 +63,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-TICKS = os.sysconf("SC_CLK_TCK")
 TIMEOUT_S = 900.0  # a bound on each wait, not a measurement
 RUN_IN_URL = re.compile(r"[?&]run=([^&#]+)")  # the run id a page shows, in its address
 
@@ -96,103 +95,6 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every_s)
-
-
-def _children() -> dict[int, list[int]]:
-    """Child pids of every process, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
-    found, todo = [], list(tree.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(tree.get(child, []))
-    return found
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def cpu_by_group(server_pid: int) -> dict[str, float]:
-    """CPU seconds so far: the server, the server's children (UMAP), this process's browser."""
-    tree = _children()
-    browser = [p for p in _descendants(os.getpid(), tree) if p != server_pid]
-    browser = [p for p in browser if p not in _descendants(server_pid, tree)]
-    return {
-        "server": _cpu_s(server_pid),
-        "umap_worker": sum(_cpu_s(p) for p in _descendants(server_pid, tree)),
-        "browser": sum(_cpu_s(p) for p in browser),
-    }
-
-
-def _umap_settled(server_pid: int, quiet_s: float = 1.0) -> bool:
-    """Whether the server's UMAP subprocess exists and used no CPU for ``quiet_s`` seconds.
-
-    A standing server compiled UMAP's kernels long before anyone presses Train; a fresh
-    one compiles them in the background when its first page opens (``warm_up``, about
-    6 s of CPU here). The app is timed as the standing server it is once that is done.
-    """
-    before = cpu_by_group(server_pid)["umap_worker"]
-    time.sleep(quiet_s)
-    return before > 0 and cpu_by_group(server_pid)["umap_worker"] == before
-
-
-class TrainingWindow:
-    """CPU seconds of each process group while a run trains (its status says "training").
-
-    A thread polls the runs folder's first run's ``status.json`` every ``every_s`` and reads
-    ``cpu_by_group`` when the phase turns to training and when it leaves it. Unlike the span
-    from Train to the verdict, this window holds only the steps (and the snapshots between
-    them): what the live view takes from training.
-    """
-
-    def __init__(self, runs: Path, server_pid: int, every_s: float = 0.05) -> None:
-        self.runs, self.server_pid, self.every_s = runs, server_pid, every_s
-        self.start: dict[str, float] | None = None
-        self.end: dict[str, float] | None = None
-        self.seconds: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _phase(self) -> str | None:
-        with contextlib.suppress(OSError, ValueError, StopIteration):
-            run = next(self.runs.iterdir())
-            return json.loads((run / "status.json").read_text()).get("phase")
-        return None
-
-    def _watch(self) -> None:
-        began = 0.0
-        while not self._stop.wait(self.every_s):
-            phase = self._phase()
-            if self.start is None and phase == "training":
-                self.start, began = cpu_by_group(self.server_pid), time.perf_counter()
-            elif self.start is not None and phase != "training":
-                self.end, self.seconds = cpu_by_group(self.server_pid), time.perf_counter() - began
-                return
-
-    def result(self) -> tuple[dict[str, float] | None, float | None]:
-        """(CPU seconds per group, wall seconds) of the window, or (None, None) if not seen."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        if self.start is None or self.end is None:
-            return None, None
-        return {k: self.end[k] - self.start[k] for k in self.end}, self.seconds
 
 
 def cli_run(cfg: RunConfig, runs: Path) -> dict[str, Any]:
@@ -291,7 +193,7 @@ def app_run(cfg: RunConfig, runs: Path, log: Path, timeout_s: float) -> dict[str
         set_number(page, "Steps", cfg.steps)
         expect(train).to_be_enabled(timeout=120_000)
         page.wait_for_timeout(1000)  # the last widget change has rerun the script
-        wait_until(lambda: _umap_settled(server_pid), "the UMAP worker's warm-up", every_s=0)
+        wait_until(lambda: umap_settled(server_pid), "the UMAP worker's warm-up", every_s=0)
         cpu_before = cpu_by_group(server_pid)
         window = TrainingWindow(runs, server_pid)
         clicked, clicked_at = time.perf_counter(), time.time()
