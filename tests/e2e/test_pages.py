@@ -189,15 +189,24 @@ def test_retrieval_click_point(shot_page: Page, server: str, two_runs: list[str]
     scatter = page.locator(".js-plotly-plot").filter(has_text="click one").first
     scroll_to(scatter)
     wait_settled(page)
-    target = page.evaluate(FIND_POINT_JS, 0)
-    assert target, "no probe point found in the scatter"
-    assert target["n"] == 300, target
     query = page.get_by_label(re.compile(r"^Query \(index in the [\d,]+ test images\)"))
     expect(query).to_have_value("0")
-
-    page.mouse.move(target["x"], target["y"])
-    page.mouse.click(target["x"], target["y"])
-    expect(query).to_have_value(str(target["c"]), timeout=LOAD_TIMEOUT_MS)
+    # Under the full suite's load on two cores, one click (of many runs) left the query at 0:
+    # the point is looked up again and clicked again, as a reader would; a chart whose clicks
+    # never select still fails every try.
+    for attempt in range(3):
+        target = page.evaluate(FIND_POINT_JS, 0)
+        assert target, "no probe point found in the scatter"
+        assert target["n"] == 300, target
+        page.mouse.move(target["x"], target["y"])
+        page.mouse.click(target["x"], target["y"])
+        try:
+            expect(query).to_have_value(str(target["c"]), timeout=15_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+            wait_settled(page)
     wait_figures(page, rf"^Query {target['c']} and its 8 nearest references")
     page.wait_for_function(  # the old strip is gone (stale copies may linger mid-rerun)
         f"() => !({FIGURE_TITLES_JS})().some(t => t.startsWith('Query 0 and'))",
