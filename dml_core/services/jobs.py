@@ -209,6 +209,7 @@ class TrainingJob:
         self._resume = threading.Event()
         self._resume.set()
         self._thread: threading.Thread | None = None
+        self._finished = threading.Event()  # set as the thread's work ends (see ``join``)
         self._rate = StepRate()
         self._phase_since = clock()
         self._timed_step = 0  # the step ``elapsed`` belongs to
@@ -252,9 +253,14 @@ class TrainingJob:
         self._record(state=RunState.STOPPED)
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the thread to end."""
+        """Wait for the thread's work to end (the trainer freed, the state final).
+
+        Waits on an event, not ``Thread.join``: in CPython 3.11 a ``Thread.join`` cut short by
+        Ctrl-C marks the thread ended, and every later join returns at once. The CLI then
+        printed the run as "running", left it so on disk, and exited under the training.
+        """
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._finished.wait(timeout)
 
     @property
     def done(self) -> bool:
@@ -338,6 +344,7 @@ class TrainingJob:
         finally:
             if self.threads is not None:
                 torch.set_num_threads(previous)
+            self._finished.set()
 
 
 def resumable(store: RunStore, run_id: str) -> RunRecord:

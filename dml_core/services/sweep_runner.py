@@ -230,6 +230,7 @@ class SweepRunner:
         self._lock = threading.Lock()
         self._pending: set[str] = set()  # submitted runs that did not end yet
         self._thread: threading.Thread | None = None
+        self._finished = threading.Event()  # set as the thread's work ends (see ``join``)
         self.state: SweepState | None = None
         self.error: str = ""
 
@@ -240,13 +241,20 @@ class SweepRunner:
 
     def _run_quietly(self) -> None:
         """``run`` in the background: an error ends the sweep and is kept in ``error``."""
-        with contextlib.suppress(Exception):
-            self.run()
+        try:
+            with contextlib.suppress(Exception):
+                self.run()
+        finally:
+            self._finished.set()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the background thread."""
+        """Wait for the background thread's work to end (its state recorded).
+
+        An event, not ``Thread.join``, which once cut short by Ctrl-C returns at once
+        (CPython 3.11): ``python -m dml_core sweep`` then left the sweep "running".
+        """
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._finished.wait(timeout)
 
     @property
     def done(self) -> bool:
