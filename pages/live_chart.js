@@ -98,12 +98,43 @@ function merge(target, source) {
   return target;
 }
 
-function isLight(color) {
+function rgbOf(color) {
   const probe = document.createElement("canvas").getContext("2d");
   probe.fillStyle = color || "#ffffff";
   const hex = probe.fillStyle; // normalised to #rrggbb
-  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+function isLight(color) {
+  const [r, g, b] = rgbOf(color);
   return 0.299 * r + 0.587 * g + 0.114 * b > 127;
+}
+
+// The figures draw reference lines, outlines and label text in near-black ink, and put labels
+// on light boxes, as on paper (dml_core.figures). On a dark page that ink vanishes (the
+// margin's line, the sphere's q(d)) and a label's light box hides its light text: there, the
+// ink takes the theme's text colour and a light box the page's background, at its opacity.
+const INKS = new Set(["#222222", "#333333", "#000000", "black"]);
+const LIGHT_BOX = /^rgba\(\s*255\s*,\s*255\s*,\s*255\s*,/;
+
+function forDarkPage(node, ink, background) {
+  if (Array.isArray(node)) {
+    for (const item of node) {
+      if (item !== null && typeof item === "object") forDarkPage(item, ink, background);
+    }
+    return;
+  }
+  if (!isObject(node)) return;
+  for (const [key, value] of Object.entries(node)) {
+    if (typeof value === "string" && key.endsWith("color")) {
+      if (INKS.has(value.toLowerCase())) node[key] = ink;
+      else if (key === "bgcolor" && LIGHT_BOX.test(value)) {
+        node[key] = value.replace(LIGHT_BOX, `rgba(${background.join(",")},`);
+      }
+    } else if (value !== null && typeof value === "object") {
+      forDarkPage(value, ink, background);
+    }
+  }
 }
 
 function streamlitTheme(element) {
@@ -166,6 +197,12 @@ function streamlitTheme(element) {
 
 function themed(figure, theme, selectable) {
   const layout = figure.layout || {};
+  if (!isLight(theme.paper_bgcolor)) {
+    const ink = theme.legend.font.color;
+    for (const part of [figure.data, layout.shapes, layout.annotations, layout.legend]) {
+      forDarkPage(part, ink, rgbOf(theme.paper_bgcolor));
+    }
+  }
   if (!isObject(layout.template)) layout.template = {};
   if (!isObject(layout.template.layout)) layout.template.layout = {};
   merge(layout.template.layout, theme);

@@ -199,6 +199,13 @@ def goto_train(page: Page, server: str) -> None:
 BACKGROUNDS_JS = f"""() => ({LIVE_CHARTS_JS})().filter(e => e._fullLayout).map(e => [
     e._fullLayout.paper_bgcolor.toLowerCase(),
     getComputedStyle(e).getPropertyValue('--st-background-color').trim().toLowerCase()])"""
+# The label boxes (annotations' backgrounds) and line colours the drawn live charts show.
+INKS_JS = f"""() => ({LIVE_CHARTS_JS})().filter(e => e._fullLayout).flatMap(e => [
+    ...(e._fullLayout.annotations || []).map(a => ['box', a.bgcolor]),
+    ...(e._fullLayout.shapes || []).map(s => ['line', s.line.color]),
+    ...e._fullData.map(t => ['line', t.line && t.line.color])])"""
+LIGHT_BOX = re.compile(r"^rgba\(255, ?255, ?255, ?(0\.\d*[1-9]|1)")
+DARK_INKS = {"#222222", "#333333", "#000000", "black"}
 
 
 def test_a_live_chart_follows_the_theme(page: Page, server: str) -> None:
@@ -206,8 +213,9 @@ def test_a_live_chart_follows_the_theme(page: Page, server: str) -> None:
     the system's theme by default): its live chart, the loss preview, is drawn again in the
     dark theme, though its figure did not change.
 
-    Catches (tried once): a live chart that redraws only for a new figure (the theme left out
-    of what it compares with the drawn one) kept its light background on the dark page.
+    Catches (tried once each): a live chart that redraws only for a new figure (the theme
+    left out of what it compares with the drawn one) kept its light background on the dark
+    page; without the dark page's inks, its labels kept light boxes behind light text.
     """
     page.emulate_media(color_scheme="light")
     open_app(page, f"{server}/train")
@@ -215,10 +223,16 @@ def test_a_live_chart_follows_the_theme(page: Page, server: str) -> None:
     page.wait_for_function(f"() => ({BACKGROUNDS_JS})().length > 0", timeout=LOAD_TIMEOUT_MS)
     ((light, page_light),) = page.evaluate(BACKGROUNDS_JS)
     assert light == page_light
+    boxes = [color for kind, color in page.evaluate(INKS_JS) if kind == "box"]
+    assert any(LIGHT_BOX.match(str(c)) for c in boxes), boxes  # on paper: light label boxes
     page.emulate_media(color_scheme="dark")
     dark = f"""() => {{ const b = ({BACKGROUNDS_JS})(), light = {json.dumps(page_light)};
         return b.length === 1 && b[0][1] !== light && b[0][0] === b[0][1]; }}"""
     page.wait_for_function(dark, timeout=LOAD_TIMEOUT_MS)
+    # On the dark page no light box hides the labels' light text, and no line keeps dark ink.
+    inks = page.evaluate(INKS_JS)
+    assert not [c for kind, c in inks if kind == "box" and LIGHT_BOX.match(str(c))], inks
+    assert not [c for kind, c in inks if str(c).lower() in DARK_INKS], inks
     preview = page.locator(".dml-live-chart").first
     scroll_to(preview)
     screenshot(page, "train-idle-dark.png", showing=preview)
