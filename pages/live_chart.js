@@ -199,8 +199,9 @@ function themed(figure, theme, selectable) {
   const layout = figure.layout || {};
   if (!isLight(theme.paper_bgcolor)) {
     const ink = theme.legend.font.color;
+    const background = rgbOf(theme.paper_bgcolor);
     for (const part of [figure.data, layout.shapes, layout.annotations, layout.legend]) {
-      forDarkPage(part, ink, rgbOf(theme.paper_bgcolor));
+      forDarkPage(part, ink, background);
     }
   }
   if (!isObject(layout.template)) layout.template = {};
