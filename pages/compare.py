@@ -19,6 +19,7 @@ from dml_core.runs import FINAL, RunStore
 from pages.ui import (
     POLL_OTHERS_S,
     load_snapshot,
+    plotly_chart,
     run_class_names,
     run_label,
     services,
@@ -172,20 +173,20 @@ def comparison(run_ids: list[str], live: bool) -> None:
             title=f"{method.upper()} of the same {len(snaps[0].probe_labels)} probe images, "
             "aligned to one frame",
         )
-        st.plotly_chart(fig, key="cmp.chart.embedding")
+        plotly_chart(fig, key="cmp.chart.embedding")
     fig = compare_figures.histogram_panels_figure(snaps, titles, axes=axes.histogram)
-    st.plotly_chart(fig, key="cmp.chart.hist")
+    plotly_chart(fig, key="cmp.chart.hist")
     histories = {names[rec.run_id]: rec.history for rec in records}
     marks = {names[r]: getattr(s, x) for r, s in zip(run_ids, snaps, strict=True)}
     fig = compare_figures.metric_curves_figure(histories, x=x, marker_x=marks)
-    st.plotly_chart(fig, key="cmp.chart.curves")
+    plotly_chart(fig, key="cmp.chart.curves")
     fig = compare_figures.sphere_overlay_figure(
         [s.probe_emb for s in snaps],
         [names[r] for r in run_ids],
         y_max=axes.sphere_top,
         normalized=[c.normalize for c in configs],
     )
-    st.plotly_chart(fig, key="cmp.chart.sphere")
+    plotly_chart(fig, key="cmp.chart.sphere")
     results(run_ids, names)
 
 

@@ -111,29 +111,34 @@ function isLight(color) {
 }
 
 // The figures draw reference lines, outlines and label text in near-black ink, and put labels
-// on light boxes, as on paper (dml_core.figures). On a dark page that ink vanishes (the
-// margin's line, the sphere's q(d)) and a label's light box hides its light text: there, the
-// ink takes the theme's text colour and a light box the page's background, at its opacity.
-const INKS = new Set(["#222222", "#333333", "#000000", "black"]);
+// on light boxes, as on paper. On a dark page that ink vanishes (the margin's line, the
+// sphere's q(d)) and a label's light box hides its light text. There each paper ink takes its
+// colour in the table Python hands over (dml_core.figures.dark.DARK_PAGE_INKS, as every other
+// chart of the app), and a light box the page's background, at its opacity.
 const LIGHT_BOX = /^rgba\(\s*255\s*,\s*255\s*,\s*255\s*,/;
 
-function forDarkPage(node, ink, background) {
+function darkColor(key, value, inks, background) {
+  if (Array.isArray(value)) return value.map((item) => darkColor(key, item, inks, background));
+  if (typeof value !== "string") return value;
+  const ink = inks[value.toLowerCase()];
+  if (ink !== undefined) return ink;
+  if (key === "bgcolor" && LIGHT_BOX.test(value)) {
+    return value.replace(LIGHT_BOX, `rgba(${background.join(",")},`);
+  }
+  return value;
+}
+
+function forDarkPage(node, inks, background) {
   if (Array.isArray(node)) {
     for (const item of node) {
-      if (item !== null && typeof item === "object") forDarkPage(item, ink, background);
+      if (item !== null && typeof item === "object") forDarkPage(item, inks, background);
     }
     return;
   }
   if (!isObject(node)) return;
   for (const [key, value] of Object.entries(node)) {
-    if (typeof value === "string" && key.endsWith("color")) {
-      if (INKS.has(value.toLowerCase())) node[key] = ink;
-      else if (key === "bgcolor" && LIGHT_BOX.test(value)) {
-        node[key] = value.replace(LIGHT_BOX, `rgba(${background.join(",")},`);
-      }
-    } else if (value !== null && typeof value === "object") {
-      forDarkPage(value, ink, background);
-    }
+    if (key.endsWith("color")) node[key] = darkColor(key, value, inks, background);
+    else if (value !== null && typeof value === "object") forDarkPage(value, inks, background);
   }
 }
 
@@ -195,13 +200,12 @@ function streamlitTheme(element) {
   };
 }
 
-function themed(figure, theme, selectable) {
+function themed(figure, theme, selectable, inks) {
   const layout = figure.layout || {};
   if (!isLight(theme.paper_bgcolor)) {
-    const ink = theme.legend.font.color;
     const background = rgbOf(theme.paper_bgcolor);
     for (const part of [figure.data, layout.shapes, layout.annotations, layout.legend]) {
-      forDarkPage(part, ink, background);
+      forDarkPage(part, inks, background);
     }
   }
   if (!isObject(layout.template)) layout.template = {};
@@ -261,7 +265,7 @@ export default function (component) {
     loadPlotly(data.plotly_url)
       .then((Plotly) => {
         if (chart.dmlDrawn !== drawn || !chart.isConnected) return; // newer figure, or gone
-        const figure = themed(JSON.parse(data.spec), theme, data.selectable);
+        const figure = themed(JSON.parse(data.spec), theme, data.selectable, data.inks);
         return Plotly.react(chart, figure.data, figure.layout, CONFIG).then(() => {
           if (data.selectable && !chart.dmlListening) {
             chart.dmlListening = true;

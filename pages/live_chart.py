@@ -25,6 +25,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import streamlit.components.v1 as components_v1
 
+from dml_core.figures.dark import DARK_PAGE_INKS
+
 PLOTLY_DIR = str(Path(plotly.__file__).parent / "package_data")
 PLOTLY_JS = "plotly.min.js"
 DEFAULT_HEIGHT = 450  # plotly.js's, for a figure that sets none
@@ -60,6 +62,7 @@ def live_chart(fig: go.Figure, key: str, *, selectable: bool = False) -> None:
         "spec": fig.to_json(),
         "plotly_url": plotly_js_url(),
         "selectable": selectable,
+        "inks": DARK_PAGE_INKS,  # each paper ink's colour on a dark page (drawn in the browser)
         "height": fig.layout.height or DEFAULT_HEIGHT,  # kept while the chart waits off screen
     }
     if selectable:

@@ -19,6 +19,7 @@ from pages.ui import (
     describe,
     link_warnings,
     param_widgets,
+    plotly_chart,
     read_new_link,
     use_app_navigation,
 )
@@ -197,7 +198,7 @@ for col, i, title in ((left, 0, "Positive pair"), (right, 1, "Negative pair")):
     fig = loss_figures.profile_figure(
         profiles, title, uirevision=f"profile-{i}", normalize=normalize
     )
-    col.plotly_chart(fig, key=f"explorer.profile.{i}")
+    plotly_chart(fig, col, key=f"explorer.profile.{i}")
 st.caption(
     f"{loss_curves.PROFILE_NOTE} Dotted verticals: where a profile crosses the loss's decision "
     "boundary. A flat gradient means pairs there no longer teach the network anything."
@@ -209,7 +210,7 @@ if second and other is not None:
     maps += heat_maps(*other, second[2], show)
 columns = st.columns(2)
 for i, fig in enumerate(maps):
-    columns[i % 2].plotly_chart(fig, key=f"explorer.map.{i}")
+    plotly_chart(fig, columns[i % 2], key=f"explorer.map.{i}")
 st.caption(
     "Lines: the decision boundaries the loss defines (from its parameters). In the distance "
     "plane, triplet-type losses are satisfied above their line, d(a,n) > d(a,p) + margin."
@@ -226,7 +227,7 @@ if weights:
     columns = st.columns(2)
     for i, w in enumerate(weights):
         fig = geometry_figures.hardness_figure(w, log_y, uirevision=f"hardness-{i}")
-        columns[i % 2].plotly_chart(fig, key=f"explorer.hardness.{i}")
+        plotly_chart(fig, columns[i % 2], key=f"explorer.hardness.{i}")
     if len(weights) == 1:
         columns[1].markdown(
             "One anchor, one positive and many negatives spread evenly from dissimilar "
@@ -245,7 +246,7 @@ if weights:
 if planes:
     st.subheader("Decision boundary by angle")
     left, right = st.columns(2)
-    left.plotly_chart(geometry_figures.angular_figure(planes), key="explorer.angles")
+    plotly_chart(geometry_figures.angular_figure(planes), left, key="explorer.angles")
     right.markdown(
         "A sample is at angle θ_own from its own class weight and θ_other from another "
         "class's. A plain softmax picks the nearer class: the dotted diagonal. A margin "

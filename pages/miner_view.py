@@ -35,6 +35,7 @@ from pages.ui import (
     field_widget,
     link_warnings,
     param_widgets,
+    plotly_chart,
     read_new_link,
     use_app_navigation,
 )
@@ -223,13 +224,13 @@ if batch is not None and result is not None:
         f"{batch.class_names[batch.labels[anchor]]}."
     )
     c4.image(batch.images[anchor], width=56, clamp=True)
-    st.plotly_chart(
+    plotly_chart(
         batch_figures.batch_pca_figure(batch, result, focus, anchor, positive),
         key="mv.chart.pca",
         on_select="rerun",
         selection_mode="points",
     )
-    st.plotly_chart(
+    plotly_chart(
         thumbnails.anchor_strip_figure(
             batch, result.anchor_view(focus, anchor, positive), focus, margin
         ),
@@ -250,7 +251,7 @@ if batch is not None and result is not None:
         "positive and shown by its outline: ○ easy, ◇ semi-hard, × hard; the fill colour is "
         "the class, green and red lines are positive and negative pairs."
     )
-    st.plotly_chart(
+    plotly_chart(
         batch_figures.anchor_polar_figure(batch, result, anchor, list(miners), positive),
         key="mv.chart.polar",
     )

@@ -129,7 +129,7 @@ def probe_scatter(run_id: str, cfg, dataset, query_i: int) -> None:
         customdata=probe,
     )
     retrieval_figures.mark_query(fig, layout, probe, query_i)
-    st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=CHART_KEY)
+    ui.plotly_chart(fig, on_select="rerun", selection_mode="points", key=CHART_KEY)
 
 
 def query_section(
@@ -173,7 +173,7 @@ def query_section(
         )
     with left:
         probe_scatter(run_id, cfg, dataset, query_i)
-    st.plotly_chart(
+    ui.plotly_chart(
         retrieval_figures.query_strip_figure(
             index, dataset, query_i, k, f"Query {query_i} and its {k} nearest references"
         ),
@@ -196,7 +196,7 @@ def worst_section(dataset, index: retrieval.RetrievalIndex, k: int) -> None:
         label = dataset.class_names[int(index.query_labels[query_i])]
         title = f"Worst #{rank + 1}: query {query_i} ({label}), AP@R = {value:.3f}"
         fig = retrieval_figures.query_strip_figure(index, dataset, query_i, k, title)
-        st.plotly_chart(fig, key=f"retrieval.worst.{rank}")
+        ui.plotly_chart(fig, key=f"retrieval.worst.{rank}")
 
 
 def verification_section(run_id: str, step: int) -> None:
@@ -227,10 +227,10 @@ def verification_section(run_id: str, step: int) -> None:
     left, right = st.columns(2)
     with left:
         fig = retrieval_figures.roc_figure(v, uirevision=f"roc-{run_id}")
-        st.plotly_chart(fig, key="retrieval.roc")
+        ui.plotly_chart(fig, key="retrieval.roc")
     with right:
         fig = retrieval_figures.threshold_histogram_figure(pos, neg, v, uirevision=f"thr-{run_id}")
-        st.plotly_chart(fig, key="retrieval.threshold")
+        ui.plotly_chart(fig, key="retrieval.threshold")
 
 
 st.title("Retrieval")
@@ -280,7 +280,7 @@ worst_section(dataset, index, k)
 st.header(f"Per-class {METRIC_LABELS['precision_at_1']}")
 if cfg.split == "open-set":
     st.caption("Classes never seen in training: P@1 well above chance means they still cluster.")
-st.plotly_chart(
+ui.plotly_chart(
     retrieval_figures.per_class_figure(
         retrieval.per_class_precision_at_1(index), dataset.class_names
     ),

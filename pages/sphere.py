@@ -9,7 +9,7 @@ from dml_core.config import EMBEDDING_DIMS
 from dml_core.errors import ConfigError
 from dml_core.figures import batch as batch_figures
 from dml_core.figures import sphere as sphere_figures
-from pages.ui import use_app_navigation
+from pages.ui import plotly_chart, use_app_navigation
 
 use_app_navigation()
 DIMS = list(EMBEDDING_DIMS)
@@ -39,11 +39,9 @@ left, right = st.columns(2)
 with left:
     points = st.select_slider("Random points", [100, 200, 400, 800], value=400, key="sp.points")
     distances = sample_sphere_distances(n, points, seed=0)
-    st.plotly_chart(
-        batch_figures.sampled_density_figure(n, distances, zoom=zoom), key="sp.chart.one"
-    )
+    plotly_chart(batch_figures.sampled_density_figure(n, distances, zoom=zoom), key="sp.chart.one")
 with right:
-    st.plotly_chart(
+    plotly_chart(
         sphere_figures.density_figure(
             OVERLAY_DIMS, title="q(d) for several n: mass piles up at √2", uirevision="overlay"
         ),
@@ -76,7 +74,7 @@ else:
             f"classes drawn at random (of {comparison.classes}), every point of the batch a "
             "candidate negative, so the page answers in seconds."
         )
-    st.plotly_chart(
+    plotly_chart(
         batch_figures.selected_distance_figure(comparison, zoom=zoom), key="sp.chart.selected"
     )
     st.dataframe(

@@ -36,6 +36,7 @@ from pages.ui import (
     STATE_ICONS,
     field_widget,
     open_in_compare,
+    plotly_chart,
     run_label,
     services,
     use_app_navigation,
@@ -209,7 +210,7 @@ def watch(sweep_id: str, live: bool) -> None:
         horizontal=True, key="swp.metric",
     )  # fmt: skip
     figure = sweep_figure(cell_results(store, sweep), axes, metric, uirevision=sweep_id)
-    st.plotly_chart(figure, width="stretch", key="swp.figure")
+    plotly_chart(figure, width="stretch", key="swp.figure")
     cell_picker(sweep, table)
 
 

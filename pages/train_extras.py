@@ -38,7 +38,7 @@ from dml_core.runs import RunStore
 from dml_core.services import export
 from pages.live_chart import live_chart
 from pages.train_settings import load_settings
-from pages.ui import describe, load_snapshot, run_class_names
+from pages.ui import describe, load_snapshot, plotly_chart, run_class_names
 
 Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
 
@@ -89,7 +89,7 @@ def render_hardest_triplets(runs_dir: str, run_id: str, step: int) -> None:
     except ConfigError as err:
         st.error(str(err), icon="🚫")
         return
-    st.plotly_chart(fig, key="chart.hard_triplets")
+    plotly_chart(fig, key="chart.hard_triplets")
     st.caption(
         "Each column is one (anchor, positive, negative) of the probe set at this snapshot: "
         "the negative (red) sits closer to the anchor than the loss allows. Violation = how "

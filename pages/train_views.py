@@ -14,6 +14,7 @@ from dml_core.augment import example_views
 from dml_core.config import RunConfig
 from dml_core.data import DatasetError, load_for_config
 from dml_core.figures.views import views_strip_figure
+from pages.ui import plotly_chart
 
 Array = Any  # a numpy array: pages never import numpy (tests/test_boundaries.py)
 
@@ -41,5 +42,5 @@ def render_views_strip(cfg: RunConfig, n: int = STRIP_IMAGES) -> None:
     except DatasetError as err:
         st.info(f"The views cannot be shown: {err}")
         return
-    st.plotly_chart(views_strip_figure(pairs), key="chart.views_strip")
+    plotly_chart(views_strip_figure(pairs), key="chart.views_strip")
     st.caption(CAPTION)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+import plotly.graph_objects as go
 import streamlit as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -25,6 +26,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from dml_core.config import RunConfig
 from dml_core.errors import ConfigError, field_bounds
 from dml_core.figures import live as live_figures
+from dml_core.figures.dark import for_dark_page
 from dml_core.figures.live import SteadyAxes
 from dml_core.figures.sphere import sphere_density_max
 from dml_core.figures.style import split_symbol
@@ -179,6 +181,20 @@ def _nice_step(low: float, high: float) -> float:
     raw = (high - low) / 200
     magnitude = 10 ** math.floor(math.log10(raw))
     return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+def plotly_chart(fig: go.Figure, where: Any = st, **kwargs: Any) -> Any:
+    """``where.plotly_chart(fig, **kwargs)``, with the figure re-inked when the page is dark.
+
+    ``where``: ``st`` or a container (a column, an expander).
+
+    The figures' near-black reference lines and labels vanish on Streamlit's dark theme
+    (``dml_core.figures.dark``). The theme is the browser's as this script run heard it
+    (``st.context.theme``); a theme changed in the settings shows from the next rerun.
+    """
+    if st.context.theme.type == "dark":
+        fig = for_dark_page(fig)
+    return where.plotly_chart(fig, **kwargs)
 
 
 def _help(field: FieldInfo) -> str | None:

@@ -31,6 +31,8 @@ from e2e_util import (
 )
 from playwright.sync_api import Page, expect
 
+from dml_core.figures.dark import DARK_PAGE_INKS
+
 pytestmark = pytest.mark.e2e
 
 FIGURE_TIMEOUT_MS = 180_000
@@ -205,7 +207,7 @@ INKS_JS = f"""() => ({LIVE_CHARTS_JS})().filter(e => e._fullLayout).flatMap(e =>
     ...(e._fullLayout.shapes || []).map(s => ['line', s.line.color]),
     ...e._fullData.map(t => ['line', t.line && t.line.color])])"""
 LIGHT_BOX = re.compile(r"^rgba\(255, ?255, ?255, ?(0\.\d*[1-9]|1)")
-DARK_INKS = {"#222222", "#333333", "#000000", "black"}
+DARK_INKS = set(DARK_PAGE_INKS)  # the paper inks, none left on a dark page
 
 
 def test_a_live_chart_follows_the_theme(page: Page, server: str) -> None:
