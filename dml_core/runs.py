@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 import unicodedata
@@ -41,6 +40,7 @@ import torch
 
 from dml_core.config import RunConfig
 from dml_core.errors import ConfigError
+from dml_core.files import atomic_write_bytes, atomic_write_json, locked
 from dml_core.snapshot import ARRAY_FIELDS, OPTIONAL_ARRAY_FIELDS, Snapshot
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
@@ -129,30 +129,11 @@ def new_run_id(cfg: RunConfig) -> str:
     return f"{stamp}-{cfg.loss.replace('_', '-')}-{secrets.token_hex(2)}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     """A training state as ``checkpoint.pt`` holds it (``torch.save``)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    """Atomically write ``value`` as indented JSON."""
-    atomic_write_bytes(path, json.dumps(value, indent=2, default=float).encode())
 
 
 @dataclass(frozen=True)
@@ -228,7 +209,9 @@ class RunStore:
     def set_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into status.json (with an ``updated`` timestamp)."""
         file = self.path(run_id) / "status.json"
-        with self._status_lock:  # read-modify-write: one writer at a time in this process
+        # read-modify-write: one writer at a time, in this process and across processes (the
+        # app's runs train in child processes that write their status beside the server)
+        with self._status_lock, locked(file):
             status = json.loads(file.read_text()) if file.exists() else {}
             status.update(fields, updated=time.time())
             atomic_write_json(file, status)

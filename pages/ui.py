@@ -95,7 +95,7 @@ def _jobs(runs_dir: str) -> tuple[RunStore, JobManager]:
     """One store and job manager per runs directory, shared by every session."""
     store = RunStore(runs_dir)
     max_jobs = int(os.environ.get("DML_MAX_JOBS", "0")) or None
-    manager = JobManager(store, max_running=max_jobs)
+    manager = JobManager(store, max_running=max_jobs, processes=True)  # off the reruns' GIL
     atexit.register(manager.stop_all)
     return store, manager
 

@@ -1,9 +1,10 @@
 """Which process used how much CPU: the app benchmark's accounting, from ``/proc``.
 
-The app benchmark (``app_speed``) starts a Streamlit server, which starts the UMAP worker,
-and drives Chromium from this process. Their CPU seconds are read from ``/proc/<pid>/stat``
-by process tree: the server, its descendants (the UMAP worker) and this process's other
-descendants (the browser and its renderers). ``TrainingWindow`` reads them while a run's
+The app benchmark (``app_speed``) starts a Streamlit server, which starts the UMAP worker and
+a child process per run (``services.process_jobs``, named ``dml-train``), and drives Chromium
+from this process. Their CPU seconds are read from ``/proc/<pid>/stat`` by process tree: the
+server, its training children, its other descendants (the UMAP worker) and this process's
+other descendants (the browser and its renderers). ``TrainingWindow`` reads them while a run's
 status says "training".
 """
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+TRAINING_NAME = "dml-train"  # services.process_jobs.PROCESS_NAME (not imported: no torch here)
 
 
 def children() -> dict[int, list[int]]:
@@ -41,6 +43,14 @@ def descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
     return found
 
 
+def name(pid: int) -> str:
+    """A process's name (``comm``), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (0 once it is gone)."""
     try:
@@ -50,14 +60,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
+def ended_children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the children ``pid`` waited for (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / TICKS  # cutime, cstime
+
+
 def cpu_by_group(server_pid: int) -> dict[str, float]:
-    """CPU seconds so far: the server, the server's children (UMAP), this process's browser."""
+    """CPU seconds so far: the server, its runs' children, its other children, the browser.
+
+    The runs' children are the live ``dml-train`` processes and those the server waited for
+    (a run's child ends with its run); the other children are the UMAP worker and the child
+    started ahead for the next run, which live as long as the server.
+    """
     tree = children()
-    browser = [p for p in descendants(os.getpid(), tree) if p != server_pid]
-    browser = [p for p in browser if p not in descendants(server_pid, tree)]
+    below = descendants(server_pid, tree)
+    browser = [p for p in descendants(os.getpid(), tree) if p != server_pid and p not in below]
+    training = [p for p in below if name(p) == TRAINING_NAME]
     return {
         "server": cpu_seconds(server_pid),
-        "umap_worker": sum(cpu_seconds(p) for p in descendants(server_pid, tree)),
+        "training_process": sum(cpu_seconds(p) for p in training)
+        + ended_children_cpu_seconds(server_pid),
+        "umap_worker": sum(cpu_seconds(p) for p in below if p not in training),
         "browser": sum(cpu_seconds(p) for p in browser),
     }
 

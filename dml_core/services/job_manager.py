@@ -1,9 +1,10 @@
 """The process's training jobs: a queue, at most ``max_running`` at once, or a Ray cluster.
 
 ``JobManager`` is what pages use to submit, pause, resume and stop runs. Locally it trains
-each run as a ``jobs.TrainingJob`` in a thread of this process; with a Ray address
+each run as a ``jobs.TrainingJob`` in a thread of this process, or, as the app asks, as a
+``process_jobs.ProcessJob`` in a child process of its own; with a Ray address
 (``DML_RAY_ADDRESS``) it hands every run to the cluster (``services.ray_jobs``), which queues
-them. Either way the run's files are written by this process only. (Also importable as
+them, and the run's files are written by this process only. (Also importable as
 ``dml_core.services.jobs.JobManager``.)
 """
 
@@ -19,6 +20,7 @@ import torch
 from dml_core.config import RunConfig
 from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import BUSY, RAY_ADDRESS_ENV, TRAINING, TrainingJob, resumable
+from dml_core.services.process_jobs import ProcessJob, Standby
 
 _MANAGERS: weakref.WeakSet[JobManager] = weakref.WeakSet()
 
@@ -38,12 +40,20 @@ class JobManager:
         store: where runs are saved.
         max_running: concurrent local jobs (default: 1 on a GPU, 2 on CPU).
         ray_address: a Ray cluster for the runs (default ``DML_RAY_ADDRESS``; none: here).
+        processes: train each local run in a child process (``process_jobs``), with one child
+            started ahead while no run trains; the app's choice, away from its page reruns.
     """
 
     def __init__(
-        self, store: RunStore, max_running: int | None = None, ray_address: str | None = None
+        self,
+        store: RunStore,
+        max_running: int | None = None,
+        ray_address: str | None = None,
+        processes: bool = False,
     ) -> None:
         self.store = store
+        self.processes = processes
+        self._standby: Standby | None = None
         self.cluster = None
         if address := ray_address or os.environ.get(RAY_ADDRESS_ENV):
             from dml_core.services.ray_jobs import RayJobs  # Ray only when asked for
@@ -75,6 +85,12 @@ class JobManager:
     def _job(self, cfg: RunConfig, run_id: str, resume: bool) -> TrainingJob:
         if self.cluster is not None:
             return self.cluster.job(cfg, run_id, resume)
+        if self.processes:
+            with self._lock:
+                standby, self._standby = self._standby, None
+            return ProcessJob(
+                cfg, self.store, run_id, resume, threads=self.thread_share, standby=standby
+            )
         return TrainingJob(cfg, self.store, run_id, resume, threads=self.thread_share)
 
     def training(self) -> int:
@@ -160,8 +176,12 @@ class JobManager:
             job.join(timeout)
 
     def close(self) -> None:
-        """Stop every job, then let go of the Ray cluster, if any (the manager is done)."""
+        """Stop every job, then let go of the standby child and the Ray cluster, if any."""
         self.stop_all()
+        with self._lock:
+            standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.close()
         if self.cluster is not None:
             self.cluster.close()
 
@@ -174,4 +194,8 @@ class JobManager:
                 while self._queue and (self.cluster or busy < self.max_running):  # Ray queues
                     self._jobs[self._queue.pop(0)].start()
                     busy += 1
+                idle = self.processes and not self._queue and busy == 0
+                if idle and (self._standby is None or not self._standby.alive()):
+                    # its imports take seconds of CPU: started only while no run trains
+                    self._standby = Standby()
             time.sleep(0.05)

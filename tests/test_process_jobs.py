@@ -1,0 +1,152 @@
+"""services.process_jobs: the app's runs, each trained in a child process.
+
+Catches (tried once each): a ProcessJob that trains in a thread of this process (the run's
+recorded pid is ours); a child that never reads the order (pause, stop) and trains on; a pump
+that leaves a run whose child was killed "running" (the page waits forever); a manager that
+does not hand its standby to the next run (a second child is started); status.json written
+without the cross-process lock (updates of two processes lost).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+from dml_core.config import make_config
+from dml_core.runs import RunState, RunStore
+from dml_core.services.job_manager import JobManager
+from dml_core.services.jobs import resumable
+from dml_core.snapshot import Snapshot
+
+FAST = {"steps": 60, "snapshot_every": 20, "probe_size": 200, "embedding_dim": 8}
+ENDLESS = {**FAST, "steps": 1_000_000, "final_eval": False}
+
+
+def finish(manager: JobManager, run_id: str, timeout: float = 180.0) -> None:
+    """Wait until the manager started the run's job, then until the job ended."""
+    wait_for(lambda: manager.get(run_id).state is not RunState.QUEUED)
+    manager.get(run_id).join(timeout)
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_a_run_trains_in_a_child_process_and_the_job_shows_what_it_saved(
+    tmp_path: Path,
+) -> None:
+    manager = JobManager(RunStore(tmp_path), processes=True)
+    try:
+        run_id = manager.submit(make_config(**FAST))
+        finish(manager, run_id)
+        job = manager.get(run_id)
+        progress = job.progress()
+        assert progress.state == RunState.FINISHED
+        assert progress.step == 60
+        status = manager.store.status(run_id)
+        assert status["state"] == RunState.FINISHED
+        assert status["pid"] not in (None, os.getpid())  # trained by another process
+        assert manager.store.snapshot_steps(run_id) == (0, 20, 40, 60)
+        assert progress.snapshots == 4
+        assert isinstance(job.latest, Snapshot)
+        assert job.latest.step == 60
+        assert job.final == status["final_metrics"]
+        assert job.final["precision_at_1"] > 0.5
+        assert job.exitcode == 0
+    finally:
+        manager.close()
+
+
+def test_pause_resume_and_stop_reach_the_child(tmp_path: Path) -> None:
+    manager = JobManager(RunStore(tmp_path), processes=True)
+    try:
+        run_id = manager.submit(make_config(**ENDLESS))
+        job = manager.get(run_id)
+        wait_for(lambda: job.progress().step > 5)
+        job.pause()
+        wait_for(lambda: job.progress().state == RunState.PAUSED)
+        assert manager.store.status(run_id)["state"] == RunState.PAUSED
+        paused_at = job.progress().step
+        time.sleep(0.6)
+        assert job.progress().step == paused_at
+        job.resume()
+        wait_for(lambda: job.progress().step > paused_at)
+        assert job.progress().state == RunState.RUNNING
+        job.stop()
+        job.join(60)
+        stopped_at = job.progress().step
+        assert job.progress().state == RunState.STOPPED
+        assert manager.store.status(run_id)["state"] == RunState.STOPPED
+        assert manager.store.snapshot_steps(run_id)[-1] == stopped_at
+        assert manager.store.load_checkpoint(run_id)["step"] == stopped_at
+    finally:
+        manager.close()
+
+
+def test_a_killed_child_leaves_its_run_interrupted_and_resumable(tmp_path: Path) -> None:
+    manager = JobManager(RunStore(tmp_path), processes=True)
+    try:
+        run_id = manager.submit(make_config(**ENDLESS))
+        job = manager.get(run_id)
+        wait_for(lambda: job.progress().snapshots >= 2)
+        child = manager.store.status(run_id)["pid"]
+        assert child != os.getpid()  # never this test's own process
+        os.kill(child, signal.SIGKILL)
+        job.join(30)
+        assert job.done
+        assert job.progress().state == RunState.INTERRUPTED
+        assert "exit code -9" in job.progress().message
+        status = manager.store.status(run_id)
+        assert status["state"] == RunState.INTERRUPTED
+        record = resumable(manager.store, run_id)  # raises if it cannot be resumed
+        assert manager.store.load_checkpoint(run_id)["step"] >= 20
+        assert record.status["state"] == RunState.INTERRUPTED
+    finally:
+        manager.close()
+
+
+def test_the_standby_started_while_idle_trains_the_next_run(tmp_path: Path) -> None:
+    manager = JobManager(RunStore(tmp_path), processes=True)
+    try:
+        wait_for(lambda: manager._standby is not None and manager._standby.alive())
+        standby_pid = manager._standby.process.pid
+        run_id = manager.submit(make_config(**{**FAST, "final_eval": False}))
+        finish(manager, run_id)
+        assert manager.store.status(run_id)["pid"] == standby_pid
+        assert manager.get(run_id).progress().state == RunState.FINISHED
+        # once nothing trains, a new child is started ahead for the run after
+        wait_for(lambda: manager._standby is not None and manager._standby.alive())
+        assert manager._standby.process.pid != standby_pid
+    finally:
+        manager.close()
+
+
+def _write_fields(root: str, run_id: str, prefix: str, count: int) -> None:
+    store = RunStore(root)
+    for i in range(count):
+        store.set_status(run_id, **{f"{prefix}{i}": i})
+
+
+def test_status_updates_of_two_processes_are_all_kept(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create(make_config(**FAST))
+    ctx = multiprocessing.get_context("spawn")
+    writers = [
+        ctx.Process(target=_write_fields, args=(str(tmp_path), run_id, prefix, 150))
+        for prefix in ("a", "b")
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    status = store.status(run_id)
+    missing = [f"{p}{i}" for p in "ab" for i in range(150) if f"{p}{i}" not in status]
+    assert not missing, missing
