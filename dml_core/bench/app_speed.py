@@ -18,13 +18,14 @@ prints one JSON object (defaults: FashionMNIST, ConvNet, the Train page's 300 st
 
 The figure is ``ratio`` = app samples/s / mean CLI samples/s of the CLI runs on either side
 (the issue asks >= 0.8 on 2 cores); with repeats, the median of the N ratios (``ratios``).
-Beside it, the CPU seconds each process group used from Train pressed to the
-verdict: the run's training process (the app trains each run in a child process of the server,
-``services.process_jobs``), the server (page reruns), its UMAP subprocess, and the browser; and the CLI's CPU seconds for the same run. The same groups'
-CPU seconds while the run's status says "training" (``app_cpu_s_training``, over
-``app_training_window_s``) show what the live view takes from the steps themselves. CPU
-seconds hardly depend on other processes' load, so they show the app's extra work even on a
-busy machine, where wall-clock rates do not: the load shows in ``loadavg`` before and after.
+Beside it, the CPU seconds each process group used from Train pressed to the verdict: the
+run's training process (the app trains each run in a child process of the server,
+``services.process_jobs``), the server (page reruns), its UMAP subprocess, and the browser;
+and the CLI's CPU seconds for the same run. The same groups' CPU seconds while the run's
+status says "training" (``app_cpu_s_training``, over ``app_training_window_s``) show what the
+live view takes from the steps themselves. CPU seconds hardly depend on other processes'
+load, so they show the app's extra work even on a busy machine, where wall-clock rates do
+not: the load shows in ``loadavg`` before and after.
 """
 
 from __future__ import annotations
