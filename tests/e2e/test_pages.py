@@ -17,8 +17,10 @@ from e2e_util import (
     assert_no_exception,
     choose,
     choose_containing,
+    expect_title,
     figure_titles,
     go_via_sidebar,
+    open_app,
     screenshot,
     scroll_to,
     wait_figures,
@@ -28,6 +30,7 @@ from playwright.sync_api import Page, expect
 
 from dml_core.analysis import compare
 from dml_core.config import make_config
+from dml_core.figures.dark import DARK_PAGE_INKS
 from dml_core.runs import RunStore
 from tests.saved_runs import train_and_save
 
@@ -216,3 +219,38 @@ def test_retrieval_click_point(shot_page: Page, server: str, two_runs: list[str]
     assert_no_exception(page)
     strip = page.locator(".js-plotly-plot", has_text=f"Query {target['c']} and its")
     screenshot(page, "page-retrieval.png", showing=strip.first)
+
+
+# The line colours and label boxes of the page's st.plotly_chart charts, as plotly drew them.
+STATIC_INKS_JS = """() => [
+    ...document.querySelectorAll('[data-testid=stPlotlyChart] .js-plotly-plot')]
+    .filter(e => e._fullLayout).flatMap(e => [
+        ...(e._fullLayout.annotations || []).map(a => a.bgcolor),
+        ...(e._fullLayout.shapes || []).map(s => s.line.color),
+        ...e._fullData.map(t => t.line && t.line.color)])"""
+SPHERE_FIGURES = PAGES[[p[0] for p in PAGES].index("sphere")][3]
+
+
+def _sphere_inks(page: Page, server: str) -> list[str]:
+    open_app(page, f"{server}/sphere")
+    expect_title(page, "Sphere & sampling")
+    wait_figures(page, *SPHERE_FIGURES)
+    return [str(c).lower() for c in page.evaluate(STATIC_INKS_JS)]
+
+
+def test_the_static_charts_ink_reads_on_a_dark_page(page: Page, server: str) -> None:
+    """Sphere & sampling opened in dark mode: q(d)'s near-black line takes the dark page's ink.
+
+    Catches (tried once): ``ui.plotly_chart`` without the re-inking, where q(d) and the
+    margin lines kept #222222 / #333333 on the page's #0e1117 (all but invisible).
+    """
+    page.emulate_media(color_scheme="light")
+    light = _sphere_inks(page, server)
+    assert any(c in DARK_PAGE_INKS for c in light), light  # on paper: near-black ink
+    page.emulate_media(color_scheme="dark")
+    dark = _sphere_inks(page, server)
+    assert not [c for c in dark if c in DARK_PAGE_INKS], dark
+    assert DARK_PAGE_INKS["#222222"] in dark, dark
+    page.set_viewport_size(SHOT_VIEWPORT)
+    screenshot(page, "page-sphere-dark.png")
+    assert_no_exception(page)
