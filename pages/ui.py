@@ -40,6 +40,7 @@ from dml_core.services.share_links import Link
 from dml_core.snapshot import Snapshot
 
 RUNS_DIR = os.environ.get("DML_RUNS_DIR", "runs")
+RUNS_IN_THREADS_ENV = "DML_RUNS_IN_THREADS"  # "1": train in threads of the server (AppTests)
 # How often timed fragments rerun, in seconds: one place for every page.
 POLL_LIVE_S = 1.5  # a run this page shows is training
 POLL_LAYOUT_S = 1.0  # a UMAP layout is being computed
@@ -95,7 +96,9 @@ def _jobs(runs_dir: str) -> tuple[RunStore, JobManager]:
     """One store and job manager per runs directory, shared by every session."""
     store = RunStore(runs_dir)
     max_jobs = int(os.environ.get("DML_MAX_JOBS", "0")) or None
-    manager = JobManager(store, max_running=max_jobs, processes=True)  # off the reruns' GIL
+    # each run in a child process, off the page reruns' GIL (``services.process_jobs``)
+    in_processes = os.environ.get(RUNS_IN_THREADS_ENV, "") != "1"
+    manager = JobManager(store, max_running=max_jobs, processes=in_processes)
     atexit.register(manager.stop_all)
     return store, manager
 

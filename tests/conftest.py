@@ -34,6 +34,10 @@ if manifest_scanner is not None:
         manifest_scanner.scan_component_manifests
     )
 
+# The pages' AppTests train in threads of the test process, as the CLI does: a child process
+# per run (and one started ahead) for each of hundreds of page tests would cost seconds of CPU
+# each. tests/test_process_jobs.py and the e2e server (which drops this) train in processes.
+os.environ.setdefault("DML_RUNS_IN_THREADS", "1")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist, else None
 torch.set_num_threads(1 if WORKER else 2)
 

@@ -10,6 +10,8 @@ them, and the run's files are written by this process only. (Also importable as
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -22,6 +24,9 @@ from dml_core.runs import RunState, RunStore
 from dml_core.services.jobs import BUSY, RAY_ADDRESS_ENV, TRAINING, TrainingJob, resumable
 from dml_core.services.process_jobs import ProcessJob, Standby
 
+STANDBY_RETRY_S = 60.0
+"""How long after a failed start the manager tries again to start a child ahead."""
+log = logging.getLogger(__name__)
 _MANAGERS: weakref.WeakSet[JobManager] = weakref.WeakSet()
 
 
@@ -54,6 +59,7 @@ class JobManager:
         self.store = store
         self.processes = processes
         self._standby: Standby | None = None
+        self._standby_retry_at = 0.0
         self.cluster = None
         if address := ray_address or os.environ.get(RAY_ADDRESS_ENV):
             from dml_core.services.ray_jobs import RayJobs  # Ray only when asked for
@@ -196,6 +202,21 @@ class JobManager:
                     busy += 1
                 idle = self.processes and not self._queue and busy == 0
                 if idle and (self._standby is None or not self._standby.alive()):
-                    # its imports take seconds of CPU: started only while no run trains
-                    self._standby = Standby()
+                    self._start_standby()
             time.sleep(0.05)
+
+    def _start_standby(self) -> None:
+        """Start a child ahead for the next run (the scheduler's lock held).
+
+        Its imports take seconds of CPU, so only while no run trains. A failure is logged and
+        retried after ``STANDBY_RETRY_S``; the next run then starts its own child.
+        """
+        if time.monotonic() < self._standby_retry_at:
+            return
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            return  # this process is itself still being started by multiprocessing
+        try:
+            self._standby = Standby()
+        except Exception:  # the scheduler must go on: runs start their own child then
+            log.exception("Could not start a training process ahead")
+            self._standby_retry_at = time.monotonic() + STANDBY_RETRY_S

@@ -68,6 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sync_playwright_cls) -> Ite
     runs_dir = tmp_path_factory.mktemp("e2e-runs")
     log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
     env = {**os.environ, "DML_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("DML_RUNS_IN_THREADS", None)  # the app as users run it: each run in a process
     # fmt: off
     cmd = [
         sys.executable, "-m", "streamlit", "run", "app.py",
