@@ -124,7 +124,9 @@ def density_figure(
         uirevision: constant per view.
     """
     dims = [int(n) for n in dims]
-    colors = sample_colorscale("Viridis", np.linspace(0.0, 0.9, max(len(dims), 2)).tolist())
+    # Viridis from 0.3: its darkest purple (#440154) all but vanished on a dark page (1.4:1 on
+    # #0e1117); #355f8d reads on both (3:1 there, 6.6:1 on white), as does the yellow end.
+    colors = sample_colorscale("Viridis", np.linspace(0.3, 0.95, max(len(dims), 2)).tolist())
     fig = go.Figure()
     for n, color in zip(dims, colors, strict=False):
         grid, density = _density_grid(n)
