@@ -175,7 +175,7 @@ def format_app_markdown(result: dict[str, Any]) -> str:
         lines.insert(
             -1,
             f"- CPU seconds while the app's run trained ({result['app_training_window_s']} s "
-            f"from its first step to its last): {_server(training)}, UMAP worker "
+            f"from its first step to its last): {_server(training, work='training')}, UMAP worker "
             f"{training['umap_worker']}, browser {training['browser']}.",
         )
     return "\n".join(lines)
@@ -184,7 +184,9 @@ def format_app_markdown(result: dict[str, Any]) -> str:
 ALL_IN_SERVER = " (training, final evaluation, page reruns)"
 
 
-def _server(cpu: dict[str, float], before: str = "") -> str:
+def _server(
+    cpu: dict[str, float], before: str = "", work: str = "training, final evaluation"
+) -> str:
     """The server's CPU seconds, its run's child process apart when it had one.
 
     ``before``: what the server's figure held when the runs trained in the server (before
@@ -193,7 +195,7 @@ def _server(cpu: dict[str, float], before: str = "") -> str:
     if "training_process" not in cpu:
         return f"server {cpu['server']}{before}"
     return (
-        f"the run's training process {cpu['training_process']} (training, final evaluation), "
+        f"the run's training process {cpu['training_process']} ({work}), "
         f"server {cpu['server']} (page reruns)"
     )
 
