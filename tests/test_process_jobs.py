@@ -20,6 +20,7 @@ from dml_core.runs import RunState, RunStore
 from dml_core.services.job_manager import JobManager
 from dml_core.services.jobs import resumable
 from dml_core.snapshot import Snapshot
+from tests.test_jobs import wait_for
 
 FAST = {"steps": 60, "snapshot_every": 20, "probe_size": 200, "embedding_dim": 8}
 ENDLESS = {**FAST, "steps": 1_000_000, "final_eval": False}
@@ -29,14 +30,6 @@ def finish(manager: JobManager, run_id: str, timeout: float = 180.0) -> None:
     """Wait until the manager started the run's job, then until the job ended."""
     wait_for(lambda: manager.get(run_id).state is not RunState.QUEUED)
     manager.get(run_id).join(timeout)
-
-
-def wait_for(predicate, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def test_a_run_trains_in_a_child_process_and_the_job_shows_what_it_saved(

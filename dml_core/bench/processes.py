@@ -51,22 +51,23 @@ def name(pid: int) -> str:
         return ""
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (0 once it is gone)."""
+def _stat_seconds(pid: int, first: int) -> float:
+    """Two adjacent CPU-tick fields of ``/proc/<pid>/stat`` (after the name), in seconds."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return (int(fields[first]) + int(fields[first + 1])) / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 once it is gone)."""
+    return _stat_seconds(pid, 11)  # utime, stime
 
 
 def ended_children_cpu_seconds(pid: int) -> float:
     """CPU seconds of the children ``pid`` waited for (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[13]) + int(fields[14])) / TICKS  # cutime, cstime
+    return _stat_seconds(pid, 13)  # cutime, cstime
 
 
 def cpu_by_group(server_pid: int) -> dict[str, float]:
