@@ -38,7 +38,7 @@ from typing import Any
 
 from dml_core.config import RunConfig
 from dml_core.runs import FINAL, RunState, RunStore
-from dml_core.services.jobs import TrainingJob
+from dml_core.services.jobs import Phase, TrainingJob
 
 TICK_S = 0.2
 """How often (at most) a child tells the job its step between snapshots."""
@@ -143,15 +143,18 @@ class ProcessJob(TrainingJob):
     def start(self) -> None:
         """Hand the run to the child; a pump thread shows what it sends."""
         self._update(state=RunState.STARTING)
+        spec = (self.cfg.model_dump_json(), str(self.store.root), self.run_id,
+                self.resume_from_checkpoint)  # fmt: skip
         child = self._standby if self._standby is not None and self._standby.alive() else None
-        self._child = child or Standby()
-        if isinstance(self.threads, int):
-            self._child.threads.value = self.threads
-        with contextlib.suppress(OSError):
-            self._child.conn.send(
-                (self.cfg.model_dump_json(), str(self.store.root), self.run_id,
-                 self.resume_from_checkpoint)
-            )  # fmt: skip
+        for attempt in (child, None):  # a standby that died since: a child of its own
+            self._child = attempt or Standby()
+            if isinstance(self.threads, int):
+                self._child.threads.value = self.threads
+            try:
+                self._child.conn.send(spec)
+                break
+            except OSError:
+                continue
         if self._stop.is_set():
             self._child.order.value = STOP
         self._thread = threading.Thread(target=self._pump, name=f"pump-{self.run_id}", daemon=True)
@@ -159,7 +162,8 @@ class ProcessJob(TrainingJob):
 
     def pause(self) -> None:
         """Ask the child to hold before its next step (it says when it did)."""
-        if self.state is RunState.RUNNING and self._child is not None:
+        training = self.state is RunState.RUNNING and self.phase is Phase.TRAINING
+        if training and self._child is not None:
             self._child.order.value = PAUSE
 
     def resume(self) -> None:
