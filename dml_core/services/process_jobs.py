@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import multiprocessing.connection
-import os
 import signal
 import threading
 import time
@@ -38,6 +36,7 @@ from typing import Any
 
 from dml_core.config import RunConfig
 from dml_core.runs import FINAL, RunState, RunStore
+from dml_core.services.child_process import end_with_parent
 from dml_core.services.jobs import Phase, TrainingJob
 
 TICK_S = 0.2
@@ -50,20 +49,12 @@ PROCESS_NAME = "dml-train"
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a server with threads and OpenMP
 
 
-def _exit_with_parent() -> None:
-    """End this process as soon as the process that started it is gone."""
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os._exit(1)
-
-
 def _child(conn: Any, order: Any, threads: Any) -> None:
     """A child's life: import what training needs, wait for its run, train it, end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us
     with contextlib.suppress(OSError):  # its name in ps, top and /proc (``bench.processes``)
         Path("/proc/self/comm").write_text(PROCESS_NAME)
-    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
+    end_with_parent(1)
     import torch
 
     from dml_core.services.jobs import train_and_save

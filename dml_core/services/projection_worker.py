@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import multiprocessing.connection
 import os
 import threading
 from collections import OrderedDict
@@ -27,6 +26,7 @@ import numpy as np
 import threadpoolctl
 
 from dml_core.projection import METHODS, Method, Projector, project
+from dml_core.services.child_process import end_with_parent
 
 T = TypeVar("T")
 
@@ -59,12 +59,6 @@ THREAD_VARIABLES = (
 )
 
 
-def _exit_with_parent(sentinel: int) -> None:
-    """Wait until the parent process is gone, then end this one."""
-    multiprocessing.connection.wait([sentinel])
-    os._exit(0)
-
-
 def yield_to_training() -> None:
     """Set up the UMAP subprocess (its pool's initializer) to take only what training leaves.
 
@@ -86,10 +80,7 @@ def yield_to_training() -> None:
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     threadpoolctl.threadpool_limits(1)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        watch = threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True)
-        watch.start()
+    end_with_parent(0)
 
 
 def run_in_turn(beside_training: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
