@@ -82,7 +82,20 @@ def _process_alive(pid: Any) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _ended(pid)
+
+
+def _ended(pid: int) -> bool:
+    """Whether the process has ended and waits to be reaped (a zombie; Linux's /proc only).
+
+    A run's training process whose server was killed ends with it, and whoever adopts it may
+    reap it late: until then ``os.kill(pid, 0)`` still finds it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _row_step(row: str) -> float:

@@ -9,11 +9,16 @@ without the cross-process lock (updates of two processes lost).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from dml_core.config import make_config
 from dml_core.runs import RunState, RunStore
@@ -21,6 +26,7 @@ from dml_core.services.job_manager import JobManager
 from dml_core.services.jobs import resumable
 from dml_core.snapshot import Snapshot
 from tests.test_jobs import wait_for
+from tests.test_projection_worker import process_state
 
 FAST = {"steps": 60, "snapshot_every": 20, "probe_size": 200, "embedding_dim": 8}
 ENDLESS = {**FAST, "steps": 1_000_000, "final_eval": False}
@@ -143,3 +149,54 @@ def test_status_updates_of_two_processes_are_all_kept(tmp_path: Path) -> None:
     status = store.status(run_id)
     missing = [f"{p}{i}" for p in "ab" for i in range(150) if f"{p}{i}" not in status]
     assert not missing, missing
+
+
+SERVER = """
+import json, os, signal, sys, time
+sys.path.insert(0, {root!r})
+from dml_core.config import make_config
+from dml_core.runs import RunStore
+from dml_core.services.job_manager import JobManager
+
+if __name__ == "__main__":
+    manager = JobManager(RunStore({runs!r}), processes=True)
+    run_id = manager.submit(make_config(**{endless!r}))
+    while manager.get(run_id).progress().snapshots < 2:
+        time.sleep(0.05)
+    manager.pause(run_id)  # a paused child sends nothing: only the server's end can end it
+    while manager.get(run_id).progress().state != "paused":
+        time.sleep(0.05)
+    pid = manager.store.status(run_id)["pid"]
+    with open({out!r}, "w") as f:
+        json.dump({{"run_id": run_id, "child": pid}}, f)
+    os.kill(os.getpid(), signal.SIGKILL)  # the server dies without stopping anything
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+def test_a_run_s_child_ends_with_a_killed_server_and_its_run_reads_interrupted(
+    tmp_path: Path,
+) -> None:
+    """A paused run's child ends with its killed server; the run reads "interrupted".
+
+    Catches (tried once each): a child without ``end_with_parent`` (paused, it sends nothing
+    through its pipe, so nothing broke: it slept on forever); a zombie child counted alive
+    (the run read "running" until whoever adopted the child reaped it).
+    """
+    script, out, runs = tmp_path / "server.py", tmp_path / "child.json", tmp_path / "runs"
+    root = str(Path(__file__).resolve().parents[1])
+    script.write_text(SERVER.format(root=root, runs=str(runs), endless=ENDLESS, out=str(out)))
+    with (tmp_path / "log").open("w") as log:  # a file: an orphan holding it cannot block us
+        done = subprocess.run([sys.executable, str(script)], stdout=log, stderr=log, timeout=300)
+    assert done.returncode == -signal.SIGKILL, (tmp_path / "log").read_text()[-2000:]
+    info = json.loads(out.read_text())
+    deadline = time.monotonic() + 60  # a bound on the wait, not a timing check
+    while process_state(info["child"]) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = process_state(info["child"])
+    if state not in (None, "Z"):
+        os.kill(info["child"], signal.SIGKILL)
+    assert state in (None, "Z"), f"the run's child outlived its server (state {state})"
+    store = RunStore(runs)
+    assert store.status(info["run_id"])["state"] == RunState.INTERRUPTED, state
+    resumable(store, info["run_id"])  # raises if it cannot be resumed
