@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,14 @@ FAST = {"steps": 60, "snapshot_every": 20, "probe_size": 200, "embedding_dim": 8
 ENDLESS = {**FAST, "steps": 1_000_000, "final_eval": False}
 
 
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[JobManager]:
+    """A job manager that trains in child processes, closed after the test."""
+    jobs = JobManager(RunStore(tmp_path), processes=True)
+    yield jobs
+    jobs.close()
+
+
 def finish(manager: JobManager, run_id: str, timeout: float = 180.0) -> None:
     """Wait until the manager started the run's job, then until the job ended."""
     wait_for(lambda: manager.get(run_id).state is not RunState.QUEUED)
@@ -39,92 +48,76 @@ def finish(manager: JobManager, run_id: str, timeout: float = 180.0) -> None:
 
 
 def test_a_run_trains_in_a_child_process_and_the_job_shows_what_it_saved(
-    tmp_path: Path,
+    manager: JobManager,
 ) -> None:
-    manager = JobManager(RunStore(tmp_path), processes=True)
-    try:
-        run_id = manager.submit(make_config(**FAST))
-        finish(manager, run_id)
-        job = manager.get(run_id)
-        progress = job.progress()
-        assert progress.state == RunState.FINISHED
-        assert progress.step == 60
-        status = manager.store.status(run_id)
-        assert status["state"] == RunState.FINISHED
-        assert status["pid"] not in (None, os.getpid())  # trained by another process
-        assert manager.store.snapshot_steps(run_id) == (0, 20, 40, 60)
-        assert progress.snapshots == 4
-        assert isinstance(job.latest, Snapshot)
-        assert job.latest.step == 60
-        assert job.final == status["final_metrics"]
-        assert job.final["precision_at_1"] > 0.5
-        assert job.exitcode == 0
-    finally:
-        manager.close()
+    run_id = manager.submit(make_config(**FAST))
+    finish(manager, run_id)
+    job = manager.get(run_id)
+    progress = job.progress()
+    assert progress.state == RunState.FINISHED
+    assert progress.step == 60
+    status = manager.store.status(run_id)
+    assert status["state"] == RunState.FINISHED
+    assert status["pid"] not in (None, os.getpid())  # trained by another process
+    assert manager.store.snapshot_steps(run_id) == (0, 20, 40, 60)
+    assert progress.snapshots == 4
+    assert isinstance(job.latest, Snapshot)
+    assert job.latest.step == 60
+    assert job.final == status["final_metrics"]
+    assert job.final["precision_at_1"] > 0.5
+    assert job.exitcode == 0
 
 
-def test_pause_resume_and_stop_reach_the_child(tmp_path: Path) -> None:
-    manager = JobManager(RunStore(tmp_path), processes=True)
-    try:
-        run_id = manager.submit(make_config(**ENDLESS))
-        job = manager.get(run_id)
-        wait_for(lambda: job.progress().step > 5)
-        job.pause()
-        wait_for(lambda: job.progress().state == RunState.PAUSED)
-        assert manager.store.status(run_id)["state"] == RunState.PAUSED
-        paused_at = job.progress().step
-        time.sleep(0.6)
-        assert job.progress().step == paused_at
-        job.resume()
-        wait_for(lambda: job.progress().step > paused_at)
-        assert job.progress().state == RunState.RUNNING
-        job.stop()
-        job.join(60)
-        stopped_at = job.progress().step
-        assert job.progress().state == RunState.STOPPED
-        assert manager.store.status(run_id)["state"] == RunState.STOPPED
-        assert manager.store.snapshot_steps(run_id)[-1] == stopped_at
-        assert manager.store.load_checkpoint(run_id)["step"] == stopped_at
-    finally:
-        manager.close()
+def test_pause_resume_and_stop_reach_the_child(manager: JobManager) -> None:
+    run_id = manager.submit(make_config(**ENDLESS))
+    job = manager.get(run_id)
+    wait_for(lambda: job.progress().step > 5)
+    job.pause()
+    wait_for(lambda: job.progress().state == RunState.PAUSED)
+    assert manager.store.status(run_id)["state"] == RunState.PAUSED
+    paused_at = job.progress().step
+    time.sleep(0.6)
+    assert job.progress().step == paused_at
+    job.resume()
+    wait_for(lambda: job.progress().step > paused_at)
+    assert job.progress().state == RunState.RUNNING
+    job.stop()
+    job.join(60)
+    stopped_at = job.progress().step
+    assert job.progress().state == RunState.STOPPED
+    assert manager.store.status(run_id)["state"] == RunState.STOPPED
+    assert manager.store.snapshot_steps(run_id)[-1] == stopped_at
+    assert manager.store.load_checkpoint(run_id)["step"] == stopped_at
 
 
-def test_a_killed_child_leaves_its_run_interrupted_and_resumable(tmp_path: Path) -> None:
-    manager = JobManager(RunStore(tmp_path), processes=True)
-    try:
-        run_id = manager.submit(make_config(**ENDLESS))
-        job = manager.get(run_id)
-        wait_for(lambda: job.progress().snapshots >= 2)
-        child = manager.store.status(run_id)["pid"]
-        assert child != os.getpid()  # never this test's own process
-        os.kill(child, signal.SIGKILL)
-        job.join(30)
-        assert job.done
-        assert job.progress().state == RunState.INTERRUPTED
-        assert "exit code -9" in job.progress().message
-        status = manager.store.status(run_id)
-        assert status["state"] == RunState.INTERRUPTED
-        record = resumable(manager.store, run_id)  # raises if it cannot be resumed
-        assert manager.store.load_checkpoint(run_id)["step"] >= 20
-        assert record.status["state"] == RunState.INTERRUPTED
-    finally:
-        manager.close()
+def test_a_killed_child_leaves_its_run_interrupted_and_resumable(manager: JobManager) -> None:
+    run_id = manager.submit(make_config(**ENDLESS))
+    job = manager.get(run_id)
+    wait_for(lambda: job.progress().snapshots >= 2)
+    child = manager.store.status(run_id)["pid"]
+    assert child != os.getpid()  # never this test's own process
+    os.kill(child, signal.SIGKILL)
+    job.join(30)
+    assert job.done
+    assert job.progress().state == RunState.INTERRUPTED
+    assert "exit code -9" in job.progress().message
+    status = manager.store.status(run_id)
+    assert status["state"] == RunState.INTERRUPTED
+    record = resumable(manager.store, run_id)  # raises if it cannot be resumed
+    assert manager.store.load_checkpoint(run_id)["step"] >= 20
+    assert record.status["state"] == RunState.INTERRUPTED
 
 
-def test_the_standby_started_while_idle_trains_the_next_run(tmp_path: Path) -> None:
-    manager = JobManager(RunStore(tmp_path), processes=True)
-    try:
-        wait_for(lambda: manager._standby is not None and manager._standby.alive())
-        standby_pid = manager._standby.process.pid
-        run_id = manager.submit(make_config(**{**FAST, "final_eval": False}))
-        finish(manager, run_id)
-        assert manager.store.status(run_id)["pid"] == standby_pid
-        assert manager.get(run_id).progress().state == RunState.FINISHED
-        # once nothing trains, a new child is started ahead for the run after
-        wait_for(lambda: manager._standby is not None and manager._standby.alive())
-        assert manager._standby.process.pid != standby_pid
-    finally:
-        manager.close()
+def test_the_standby_started_while_idle_trains_the_next_run(manager: JobManager) -> None:
+    wait_for(lambda: manager._standby is not None and manager._standby.alive())
+    standby_pid = manager._standby.process.pid
+    run_id = manager.submit(make_config(**{**FAST, "final_eval": False}))
+    finish(manager, run_id)
+    assert manager.store.status(run_id)["pid"] == standby_pid
+    assert manager.get(run_id).progress().state == RunState.FINISHED
+    # once nothing trains, a new child is started ahead for the run after
+    wait_for(lambda: manager._standby is not None and manager._standby.alive())
+    assert manager._standby.process.pid != standby_pid
 
 
 def _write_fields(root: str, run_id: str, prefix: str, count: int) -> None:
