@@ -27,7 +27,7 @@ from dml_core.services.job_manager import JobManager
 from dml_core.services.jobs import resumable
 from dml_core.snapshot import Snapshot
 from tests.test_jobs import wait_for
-from tests.test_projection_worker import process_state
+from tests.test_projection_worker import state_once_ended
 
 FAST = {"steps": 60, "snapshot_every": 20, "probe_size": 200, "embedding_dim": 8}
 ENDLESS = {**FAST, "steps": 1_000_000, "final_eval": False}
@@ -183,12 +183,7 @@ def test_a_run_s_child_ends_with_a_killed_server_and_its_run_reads_interrupted(
         done = subprocess.run([sys.executable, str(script)], stdout=log, stderr=log, timeout=300)
     assert done.returncode == -signal.SIGKILL, (tmp_path / "log").read_text()[-2000:]
     info = json.loads(out.read_text())
-    deadline = time.monotonic() + 60  # a bound on the wait, not a timing check
-    while process_state(info["child"]) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    state = process_state(info["child"])
-    if state not in (None, "Z"):
-        os.kill(info["child"], signal.SIGKILL)
+    state = state_once_ended(info["child"])
     assert state in (None, "Z"), f"the run's child outlived its server (state {state})"
     store = RunStore(runs)
     assert store.status(info["run_id"])["state"] == RunState.INTERRUPTED, state

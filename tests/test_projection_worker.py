@@ -268,6 +268,21 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+def state_once_ended(pid: int, within_s: float = 60.0) -> str | None:
+    """``process_state`` once the process ended (gone or a zombie), or after ``within_s``.
+
+    A process still running then is killed, so no orphan outlives the test; its state then
+    (R, S, ...) is returned for the test to fail on.
+    """
+    deadline = time.monotonic() + within_s  # a bound on the wait, not a timing check
+    while process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = process_state(pid)
+    if state not in (None, "Z"):
+        os.kill(pid, signal.SIGKILL)
+    return state
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
 @pytest.mark.slow
 def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) -> None:
@@ -292,12 +307,7 @@ def test_the_umap_process_yields_to_training_and_dies_with_its_parent(tmp_path) 
     assert info["numba"] == "1"
     assert info["pools"]
     assert {p["num_threads"] for p in info["pools"]} == {1}, info["pools"]
-    deadline = time.monotonic() + 60  # a bound on the wait, not a timing check
-    while process_state(info["pid"]) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    state = process_state(info["pid"])
-    if state not in (None, "Z"):
-        os.kill(info["pid"], signal.SIGKILL)
+    state = state_once_ended(info["pid"])
     assert state in (None, "Z"), f"the UMAP process outlived its parent (state {state})"
 
 
