@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,10 @@ import pytest
 
 from dml_core.config import make_config
 from dml_core.runs import RunState, RunStore
+from dml_core.services.child_process import start_without_main
 from dml_core.services.job_manager import JobManager
 from dml_core.services.jobs import resumable
+from dml_core.services.process_jobs import Standby
 from dml_core.snapshot import Snapshot
 from tests.test_jobs import wait_for
 from tests.test_projection_worker import state_once_ended
@@ -135,7 +138,7 @@ def test_status_updates_of_two_processes_are_all_kept(tmp_path: Path) -> None:
         for prefix in ("a", "b")
     ]
     for writer in writers:
-        writer.start()
+        start_without_main(writer)  # not an AppTest's script left as __main__
     for writer in writers:
         writer.join(120)
         assert writer.exitcode == 0
@@ -188,3 +191,26 @@ def test_a_run_s_child_ends_with_a_killed_server_and_its_run_reads_interrupted(
     store = RunStore(runs)
     assert store.status(info["run_id"])["state"] == RunState.INTERRUPTED, state
     resumable(store, info["run_id"])  # raises if it cannot be resumed
+
+
+def test_a_child_does_not_run_the_page_the_server_ran_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamlit installs each page run's script as ``__main__``; a spawned child must not
+    run it again (in an AppTest's worker, that script failed in every child).
+
+    Catches (tried once): ``Standby`` started with ``process.start()``, whose child ran the
+    page below and exited 3 before taking its run.
+    """
+    page = tmp_path / "page.py"
+    page.write_text("raise SystemExit(3)\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    standby = Standby()
+    try:
+        time.sleep(3.0)  # long enough for the page to have run, were it run
+        assert standby.alive(), standby.process.exitcode
+    finally:
+        standby.close()
+    assert sys.modules["__main__"] is main  # the server's own __main__ is back

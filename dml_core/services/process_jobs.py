@@ -36,7 +36,7 @@ from typing import Any
 
 from dml_core.config import RunConfig
 from dml_core.runs import FINAL, RunState, RunStore
-from dml_core.services.child_process import end_with_parent
+from dml_core.services.child_process import end_with_parent, start_without_main
 from dml_core.services.jobs import Phase, TrainingJob
 
 TICK_S = 0.2
@@ -104,7 +104,7 @@ class Standby:
         self.process = _CONTEXT.Process(
             target=_child, args=(child_conn, self.order, self.threads), daemon=True
         )
-        self.process.start()
+        start_without_main(self.process)  # not the page the server ran last
         child_conn.close()
 
     def alive(self) -> bool:
